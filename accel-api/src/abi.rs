@@ -1,0 +1,115 @@
+//! The binary interface between a host and a plugin: the root module every plugin exports and the
+//! `#[sabi_trait]` objects for the accelerator, the VM and the vCPU.
+//!
+//! Plugin authors do not implement these traits by hand: they implement [`crate::backend`]'s
+//! traits and export them with [`crate::export_plugin!`], which adds panic containment. Hosts use
+//! them through [`crate::client`].
+
+// The `#[sabi_trait]` expansion places trait impls inside a generated module.
+#![allow(non_local_definitions)]
+
+use abi_stable::{
+    declare_root_module_statics,
+    library::RootModule,
+    sabi_trait,
+    sabi_types::VersionStrings,
+    std_types::{RBox, RResult, RStr},
+    StableAbi,
+};
+
+use crate::{
+    config::{MemoryRegion, ProbeInfo, VcpuConfig, VmConfig},
+    error::AccelError,
+    exit::VcpuExit,
+    logging::LogSink,
+    regs::{CoreRegs, FpRegs, PutLevel},
+};
+
+/// The ABI version of this crate's interface, checked when a plugin loads.
+///
+/// While the major version is 0, a host accepts only plugins of the same minor version.
+pub const ABI_VERSION: &str = "0.1.0";
+
+/// An accelerator opened by a plugin: the factory of VMs.
+#[sabi_trait]
+pub trait AccelOps: Send + Sync {
+    /// Probes the host again, through the opened accelerator.
+    fn probe(&self) -> ProbeInfo;
+
+    /// Creates a VM.
+    #[sabi(last_prefix_field)]
+    fn create_vm(&self, config: &VmConfig) -> RResult<VmBox, AccelError>;
+}
+
+/// A virtual machine: guest memory and vCPUs.
+#[sabi_trait]
+pub trait VmOps: Send + Sync {
+    /// Maps a host memory range into the guest physical address space; returns its slot.
+    fn add_memory(&self, region: &MemoryRegion) -> RResult<u32, AccelError>;
+
+    /// Unmaps the region in `slot`.
+    fn remove_memory(&self, slot: u32) -> RResult<(), AccelError>;
+
+    /// Creates and initialises a vCPU.
+    #[sabi(last_prefix_field)]
+    fn create_vcpu(&self, config: &VcpuConfig) -> RResult<VcpuBox, AccelError>;
+}
+
+/// A virtual CPU. Driven from one thread at a time.
+#[sabi_trait]
+pub trait VcpuOps: Send {
+    /// The vCPU's index in its VM.
+    fn index(&self) -> u32;
+
+    /// Reads the core registers.
+    fn get_core(&mut self) -> RResult<CoreRegs, AccelError>;
+
+    /// Writes the core registers that differ from the last get (all of them at [`PutLevel::Full`]
+    /// or when no get came first).
+    fn put_core(&mut self, regs: &CoreRegs, level: PutLevel) -> RResult<(), AccelError>;
+
+    /// Reads the FP/SIMD registers.
+    fn get_fp(&mut self) -> RResult<FpRegs, AccelError>;
+
+    /// Writes the FP/SIMD registers that differ from the last get, as [`VcpuOps::put_core`].
+    fn put_fp(&mut self, regs: &FpRegs, level: PutLevel) -> RResult<(), AccelError>;
+
+    /// Supplies the value of the MMIO read reported by the last exit, as a little-endian value of
+    /// which the access's `len` low bytes are used.
+    fn set_mmio_read_data(&mut self, value: u64) -> RResult<(), AccelError>;
+
+    /// Runs the guest until an exit.
+    #[sabi(last_prefix_field)]
+    fn run(&mut self) -> RResult<VcpuExit, AccelError>;
+}
+
+/// An accelerator object as it crosses the boundary.
+pub type AccelBox = AccelOps_TO<'static, RBox<()>>;
+/// A VM object as it crosses the boundary.
+pub type VmBox = VmOps_TO<'static, RBox<()>>;
+/// A vCPU object as it crosses the boundary.
+pub type VcpuBox = VcpuOps_TO<'static, RBox<()>>;
+
+/// The root module every plugin exports.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginRef)))]
+#[sabi(missing_field(option))]
+pub struct Plugin {
+    /// The backend's short name (`kvm`, `hvf`, …), used to pick it on the command line.
+    pub name: extern "C" fn() -> RStr<'static>,
+    /// Routes the plugin's `log` records to the host. Called once, right after loading.
+    pub set_logger: extern "C" fn(sink: LogSink),
+    /// Whether the backend can run here, and why not.
+    pub probe: extern "C" fn() -> ProbeInfo,
+    /// Opens the accelerator.
+    #[sabi(last_prefix_field)]
+    pub open: extern "C" fn() -> RResult<AccelBox, AccelError>,
+}
+
+impl RootModule for PluginRef {
+    declare_root_module_statics! {PluginRef}
+    const BASE_NAME: &'static str = "accel_plugin";
+    const NAME: &'static str = "accel plugin";
+    const VERSION_STRINGS: VersionStrings = VersionStrings::new(ABI_VERSION);
+}

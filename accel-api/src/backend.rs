@@ -1,0 +1,301 @@
+//! The traits a backend implements, in plain Rust, and the glue that turns them into the ABI
+//! objects of [`crate::abi`] with every call guarded against panics.
+//!
+//! A plugin implements [`Backend`], [`BackendVm`] and [`BackendVcpu`] and exports them with
+//! [`crate::export_plugin!`]. No panic unwinds across the boundary: each call runs under
+//! `catch_unwind`, and a caught panic comes back as an [`ErrorKind::PANIC`] error.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use abi_stable::{
+    sabi_trait::TD_Opaque,
+    std_types::{RErr, RResult},
+};
+
+use crate::{
+    abi::{AccelBox, AccelOps, AccelOps_TO, VcpuBox, VcpuOps, VcpuOps_TO, VmBox, VmOps, VmOps_TO},
+    config::{MemoryRegion, ProbeInfo, VcpuConfig, VmConfig},
+    error::{AccelError, ErrorKind, Result},
+    exit::VcpuExit,
+    regs::{CoreRegs, FpRegs, PutLevel},
+};
+
+/// An opened accelerator.
+pub trait Backend: Send + Sync + 'static {
+    /// The backend's VM type.
+    type Vm: BackendVm;
+
+    /// Probes the host through the opened accelerator.
+    fn probe(&self) -> ProbeInfo;
+
+    /// Creates a VM.
+    fn create_vm(&self, config: &VmConfig) -> Result<Self::Vm>;
+}
+
+/// A backend's VM.
+pub trait BackendVm: Send + Sync + 'static {
+    /// The backend's vCPU type.
+    type Vcpu: BackendVcpu;
+
+    /// Maps host memory into the guest. See [`MemoryRegion`] for the caller's obligations.
+    fn add_memory(&self, region: &MemoryRegion) -> Result<u32>;
+
+    /// Unmaps a region added before.
+    fn remove_memory(&self, slot: u32) -> Result<()>;
+
+    /// Creates and initialises a vCPU.
+    fn create_vcpu(&self, config: &VcpuConfig) -> Result<Self::Vcpu>;
+}
+
+/// A backend's vCPU. See [`crate::abi::VcpuOps`] for the meaning of each call.
+#[allow(missing_docs)]
+pub trait BackendVcpu: Send + 'static {
+    fn index(&self) -> u32;
+    fn get_core(&mut self) -> Result<CoreRegs>;
+    fn put_core(&mut self, regs: &CoreRegs, level: PutLevel) -> Result<()>;
+    fn get_fp(&mut self) -> Result<FpRegs>;
+    fn put_fp(&mut self, regs: &FpRegs, level: PutLevel) -> Result<()>;
+    fn set_mmio_read_data(&mut self, value: u64) -> Result<()>;
+    fn run(&mut self) -> Result<VcpuExit>;
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "non-string panic payload"
+    }
+}
+
+/// Runs `f`, turning a panic into an [`ErrorKind::PANIC`] error that names `op`.
+pub fn guard<T>(op: &str, f: impl FnOnce() -> Result<T>) -> RResult<T, AccelError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(result) => result.into(),
+        Err(payload) => RErr(AccelError::new(
+            ErrorKind::PANIC,
+            format!(
+                "{op}: the plugin panicked: {}",
+                panic_message(payload.as_ref())
+            ),
+        )),
+    }
+}
+
+/// Runs a probe function, turning a panic into an "unavailable" answer.
+pub fn guarded_probe(probe: fn() -> ProbeInfo) -> ProbeInfo {
+    catch_unwind(probe).unwrap_or_else(|payload| ProbeInfo {
+        available: false,
+        reason: format!("the probe panicked: {}", panic_message(payload.as_ref())).into(),
+        caps: Default::default(),
+    })
+}
+
+/// Runs a plugin's open function and wraps the backend for the ABI.
+pub fn guarded_open<B: Backend>(open: fn() -> Result<B>) -> RResult<AccelBox, AccelError> {
+    guard("open", || {
+        open().map(|b| AccelOps_TO::from_value(Guarded(b), TD_Opaque))
+    })
+}
+
+/// A backend object behind the ABI, with every call guarded.
+pub struct Guarded<T>(T);
+
+impl<B: Backend> AccelOps for Guarded<B> {
+    fn probe(&self) -> ProbeInfo {
+        match guard("probe", || Ok(self.0.probe())) {
+            abi_stable::std_types::ROk(info) => info,
+            RErr(e) => ProbeInfo {
+                available: false,
+                reason: e.message,
+                caps: Default::default(),
+            },
+        }
+    }
+
+    fn create_vm(&self, config: &VmConfig) -> RResult<VmBox, AccelError> {
+        guard("create_vm", || {
+            self.0
+                .create_vm(config)
+                .map(|vm| VmOps_TO::from_value(Guarded(vm), TD_Opaque))
+        })
+    }
+}
+
+impl<V: BackendVm> VmOps for Guarded<V> {
+    fn add_memory(&self, region: &MemoryRegion) -> RResult<u32, AccelError> {
+        guard("add_memory", || self.0.add_memory(region))
+    }
+
+    fn remove_memory(&self, slot: u32) -> RResult<(), AccelError> {
+        guard("remove_memory", || self.0.remove_memory(slot))
+    }
+
+    fn create_vcpu(&self, config: &VcpuConfig) -> RResult<VcpuBox, AccelError> {
+        guard("create_vcpu", || {
+            self.0
+                .create_vcpu(config)
+                .map(|vcpu| VcpuOps_TO::from_value(Guarded(vcpu), TD_Opaque))
+        })
+    }
+}
+
+impl<C: BackendVcpu> VcpuOps for Guarded<C> {
+    fn index(&self) -> u32 {
+        // Reading an index cannot fail in any backend worth the name; a panic here reads as
+        // u32::MAX rather than unwinding.
+        catch_unwind(AssertUnwindSafe(|| self.0.index())).unwrap_or(u32::MAX)
+    }
+
+    fn get_core(&mut self) -> RResult<CoreRegs, AccelError> {
+        guard("get_core", || self.0.get_core())
+    }
+
+    fn put_core(&mut self, regs: &CoreRegs, level: PutLevel) -> RResult<(), AccelError> {
+        guard("put_core", || self.0.put_core(regs, level))
+    }
+
+    fn get_fp(&mut self) -> RResult<FpRegs, AccelError> {
+        guard("get_fp", || self.0.get_fp())
+    }
+
+    fn put_fp(&mut self, regs: &FpRegs, level: PutLevel) -> RResult<(), AccelError> {
+        guard("put_fp", || self.0.put_fp(regs, level))
+    }
+
+    fn set_mmio_read_data(&mut self, value: u64) -> RResult<(), AccelError> {
+        guard("set_mmio_read_data", || self.0.set_mmio_read_data(value))
+    }
+
+    fn run(&mut self) -> RResult<VcpuExit, AccelError> {
+        guard("run", || self.0.run())
+    }
+}
+
+/// Exports a backend as an accel plugin.
+///
+/// ```ignore
+/// accel_api::export_plugin! {
+///     name: "kvm",
+///     probe: probe,      // fn() -> accel_api::ProbeInfo
+///     open: open,        // fn() -> accel_api::Result<impl accel_api::backend::Backend>
+/// }
+/// ```
+///
+/// The plugin crate is a `cdylib` and depends on `abi_stable` directly.
+#[macro_export]
+macro_rules! export_plugin {
+    (name: $name:expr, probe: $probe:path, open: $open:path $(,)?) => {
+        /// The plugin's root module, found by the host through abi_stable's loader.
+        #[::abi_stable::export_root_module]
+        pub fn accel_plugin_root() -> $crate::abi::PluginRef {
+            use ::abi_stable::prefix_type::PrefixTypeTrait;
+
+            extern "C" fn plugin_name() -> ::abi_stable::std_types::RStr<'static> {
+                ::abi_stable::std_types::RStr::from_str($name)
+            }
+            extern "C" fn plugin_set_logger(sink: $crate::logging::LogSink) {
+                let _ = ::std::panic::catch_unwind(move || {
+                    $crate::logging::install_plugin_logger(sink)
+                });
+            }
+            extern "C" fn plugin_probe() -> $crate::config::ProbeInfo {
+                $crate::backend::guarded_probe($probe)
+            }
+            extern "C" fn plugin_open(
+            ) -> ::abi_stable::std_types::RResult<$crate::abi::AccelBox, $crate::AccelError> {
+                $crate::backend::guarded_open($open)
+            }
+
+            $crate::abi::Plugin {
+                name: plugin_name,
+                set_logger: plugin_set_logger,
+                probe: plugin_probe,
+                open: plugin_open,
+            }
+            .leak_into_prefix()
+        }
+    };
+}
+
+/// The backend of a plugin that cannot run on this host: no value of it is ever made, so its
+/// plugin's `open` always fails with the reason.
+pub enum NoBackend {}
+
+impl Backend for NoBackend {
+    type Vm = NoBackend;
+    fn probe(&self) -> ProbeInfo {
+        match *self {}
+    }
+    fn create_vm(&self, _: &VmConfig) -> Result<NoBackend> {
+        match *self {}
+    }
+}
+
+impl BackendVm for NoBackend {
+    type Vcpu = NoBackend;
+    fn add_memory(&self, _: &MemoryRegion) -> Result<u32> {
+        match *self {}
+    }
+    fn remove_memory(&self, _: u32) -> Result<()> {
+        match *self {}
+    }
+    fn create_vcpu(&self, _: &VcpuConfig) -> Result<NoBackend> {
+        match *self {}
+    }
+}
+
+impl BackendVcpu for NoBackend {
+    fn index(&self) -> u32 {
+        match *self {}
+    }
+    fn get_core(&mut self) -> Result<CoreRegs> {
+        match *self {}
+    }
+    fn put_core(&mut self, _: &CoreRegs, _: PutLevel) -> Result<()> {
+        match *self {}
+    }
+    fn get_fp(&mut self) -> Result<FpRegs> {
+        match *self {}
+    }
+    fn put_fp(&mut self, _: &FpRegs, _: PutLevel) -> Result<()> {
+        match *self {}
+    }
+    fn set_mmio_read_data(&mut self, _: u64) -> Result<()> {
+        match *self {}
+    }
+    fn run(&mut self) -> Result<VcpuExit> {
+        match *self {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_turns_a_panic_into_an_error() {
+        let r: RResult<u32, AccelError> = guard("run", || panic!("boom {}", 7));
+        let e = r.into_result().unwrap_err();
+        assert_eq!(e.kind, ErrorKind::PANIC);
+        assert_eq!(e.message.as_str(), "run: the plugin panicked: boom 7");
+    }
+
+    #[test]
+    fn guard_passes_results_through() {
+        assert_eq!(guard("x", || Ok(5)).into_result(), Ok(5));
+        let e = AccelError::invalid("no");
+        assert_eq!(guard::<()>("x", || Err(e.clone())).into_result(), Err(e));
+    }
+
+    #[test]
+    fn a_panicking_probe_reads_as_unavailable() {
+        fn bad() -> ProbeInfo {
+            panic!("no device")
+        }
+        let info = guarded_probe(bad);
+        assert!(!info.available);
+        assert!(info.reason.contains("no device"));
+    }
+}

@@ -1,0 +1,107 @@
+//! Host-side handles over the ABI objects, with `Result`-returning methods.
+
+use crate::{
+    abi::{AccelBox, VcpuBox, VmBox},
+    config::{MemoryRegion, ProbeInfo, VcpuConfig, VmConfig},
+    error::Result,
+    exit::VcpuExit,
+    regs::{CoreRegs, FpRegs, PutLevel},
+};
+
+/// An opened accelerator.
+pub struct Accelerator {
+    inner: AccelBox,
+}
+
+impl Accelerator {
+    /// Wraps an accelerator object returned by a plugin's `open`.
+    pub fn from_abi(inner: AccelBox) -> Self {
+        Self { inner }
+    }
+
+    /// Probes the host through the opened accelerator.
+    pub fn probe(&self) -> ProbeInfo {
+        self.inner.probe()
+    }
+
+    /// Creates a VM.
+    pub fn create_vm(&self, config: &VmConfig) -> Result<Vm> {
+        self.inner
+            .create_vm(config)
+            .into_result()
+            .map(|inner| Vm { inner })
+    }
+}
+
+/// A virtual machine.
+pub struct Vm {
+    inner: VmBox,
+}
+
+impl Vm {
+    /// Maps host memory into the guest; returns the slot.
+    ///
+    /// # Safety
+    /// `region.host_addr .. + region.size` must be memory of this process that stays mapped
+    /// until the region is removed or the VM is dropped. The guest can write to it at any time
+    /// while a vCPU runs.
+    pub unsafe fn add_memory(&self, region: &MemoryRegion) -> Result<u32> {
+        self.inner.add_memory(region).into_result()
+    }
+
+    /// Unmaps the region in `slot`.
+    pub fn remove_memory(&self, slot: u32) -> Result<()> {
+        self.inner.remove_memory(slot).into_result()
+    }
+
+    /// Creates and initialises a vCPU.
+    pub fn create_vcpu(&self, config: &VcpuConfig) -> Result<Vcpu> {
+        self.inner
+            .create_vcpu(config)
+            .into_result()
+            .map(|inner| Vcpu { inner })
+    }
+}
+
+/// A virtual CPU.
+pub struct Vcpu {
+    inner: VcpuBox,
+}
+
+impl Vcpu {
+    /// The vCPU's index in its VM.
+    pub fn index(&self) -> u32 {
+        self.inner.index()
+    }
+
+    /// Reads the core registers.
+    pub fn get_core(&mut self) -> Result<CoreRegs> {
+        self.inner.get_core().into_result()
+    }
+
+    /// Writes the core registers changed since the last get (all at [`PutLevel::Full`]).
+    pub fn put_core(&mut self, regs: &CoreRegs, level: PutLevel) -> Result<()> {
+        self.inner.put_core(regs, level).into_result()
+    }
+
+    /// Reads the FP/SIMD registers.
+    pub fn get_fp(&mut self) -> Result<FpRegs> {
+        self.inner.get_fp().into_result()
+    }
+
+    /// Writes the FP/SIMD registers changed since the last get (all at [`PutLevel::Full`]).
+    pub fn put_fp(&mut self, regs: &FpRegs, level: PutLevel) -> Result<()> {
+        self.inner.put_fp(regs, level).into_result()
+    }
+
+    /// Supplies the value for the MMIO read reported by the last exit (little-endian, the first
+    /// `len` bytes are used).
+    pub fn set_mmio_read_data(&mut self, value: u64) -> Result<()> {
+        self.inner.set_mmio_read_data(value).into_result()
+    }
+
+    /// Runs the guest until the next exit.
+    pub fn run(&mut self) -> Result<VcpuExit> {
+        self.inner.run().into_result()
+    }
+}

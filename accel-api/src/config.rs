@@ -1,0 +1,192 @@
+//! What a caller asks of a backend (VM and vCPU configuration, memory regions) and what a probe
+//! tells about it.
+
+use abi_stable::{std_types::RString, StableAbi};
+
+/// A probe's answer: whether the backend can run here, and its headline capabilities.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq, Eq)]
+pub struct ProbeInfo {
+    /// True when VMs can be created.
+    pub available: bool,
+    /// Why not, when `available` is false; otherwise a short description of the host.
+    pub reason: RString,
+    /// The backend's headline capabilities. All zero when unavailable.
+    pub caps: Capabilities,
+}
+
+/// The capabilities a backend reports on probe.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The largest number of vCPUs in one VM.
+    pub max_vcpus: u32,
+    /// The largest guest physical address size, in bits.
+    pub ipa_bits: u32,
+    /// The number of hardware breakpoints usable for guest debug.
+    pub hw_breakpoints: u32,
+    /// The number of hardware watchpoints usable for guest debug.
+    pub hw_watchpoints: u32,
+    /// vCPU features the backend can enable.
+    pub vcpu_features: VcpuFeatures,
+    /// Guest debug (single-step, breakpoints) is supported.
+    pub guest_debug: bool,
+    /// Read-only memory regions are supported.
+    pub readonly_memory: bool,
+}
+
+/// A set of vCPU features to enable at init, as a bit set.
+///
+/// A newtype over `u64` so that later API versions can add features without breaking plugins.
+#[repr(transparent)]
+#[derive(StableAbi, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct VcpuFeatures(pub u64);
+
+impl VcpuFeatures {
+    /// No features.
+    pub const NONE: Self = Self(0);
+    /// Start in the powered-off state (secondary CPUs waiting for PSCI CPU_ON).
+    pub const POWER_OFF: Self = Self(1 << 0);
+    /// AArch32 at EL1.
+    pub const EL1_32BIT: Self = Self(1 << 1);
+    /// PSCI 0.2 or later, handled by the backend.
+    pub const PSCI_0_2: Self = Self(1 << 2);
+    /// The PMUv3 performance monitors.
+    pub const PMU_V3: Self = Self(1 << 3);
+    /// The Scalable Vector Extension.
+    pub const SVE: Self = Self(1 << 4);
+    /// Pointer authentication, address keys.
+    pub const PTRAUTH_ADDRESS: Self = Self(1 << 5);
+    /// Pointer authentication, generic key.
+    pub const PTRAUTH_GENERIC: Self = Self(1 << 6);
+
+    const NAMES: [(VcpuFeatures, &'static str); 7] = [
+        (Self::POWER_OFF, "power-off"),
+        (Self::EL1_32BIT, "el1-32bit"),
+        (Self::PSCI_0_2, "psci-0.2"),
+        (Self::PMU_V3, "pmu-v3"),
+        (Self::SVE, "sve"),
+        (Self::PTRAUTH_ADDRESS, "ptrauth-address"),
+        (Self::PTRAUTH_GENERIC, "ptrauth-generic"),
+    ];
+
+    /// True when every feature of `other` is in `self`.
+    pub fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The features of `self` not in `other`.
+    pub fn difference(self, other: Self) -> Self {
+        Self(self.0 & !other.0)
+    }
+
+    /// True when the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The names of the features in the set; unknown bits print as `bitN`.
+    pub fn names(self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut rest = self.0;
+        for (f, name) in Self::NAMES {
+            if self.contains(f) {
+                out.push(name.to_string());
+                rest &= !f.0;
+            }
+        }
+        out.extend(
+            (0..64)
+                .filter(|b| rest & (1 << b) != 0)
+                .map(|b| format!("bit{b}")),
+        );
+        out
+    }
+
+    /// Parses one feature name as printed by [`names`](Self::names).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::NAMES
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(f, _)| *f)
+    }
+}
+
+impl std::ops::BitOr for VcpuFeatures {
+    type Output = Self;
+    fn bitor(self, rhs: Self) -> Self {
+        Self(self.0 | rhs.0)
+    }
+}
+
+impl std::ops::BitOrAssign for VcpuFeatures {
+    fn bitor_assign(&mut self, rhs: Self) {
+        self.0 |= rhs.0;
+    }
+}
+
+impl std::fmt::Debug for VcpuFeatures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VcpuFeatures({})", self.names().join("|"))
+    }
+}
+
+/// How to create a VM.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmConfig {
+    /// The guest physical address size in bits, or 0 for the backend's default.
+    pub ipa_bits: u32,
+}
+
+/// How to create a vCPU.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VcpuConfig {
+    /// The vCPU's index in the VM, from 0.
+    pub index: u32,
+    /// Features to enable at init.
+    pub features: VcpuFeatures,
+}
+
+/// A range of host memory mapped into the guest's physical address space.
+///
+/// The host owns the memory. It must stay mapped, at `host_addr`, until the region is removed or
+/// the VM is dropped.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryRegion {
+    /// The guest physical address of the first byte.
+    pub guest_addr: u64,
+    /// The size in bytes; a multiple of the host page size.
+    pub size: u64,
+    /// The host virtual address of the first byte.
+    pub host_addr: u64,
+    /// Guest writes fault to the monitor as MMIO writes instead of changing memory.
+    pub read_only: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feature_names_round_trip() {
+        let set = VcpuFeatures::PSCI_0_2 | VcpuFeatures::SVE | VcpuFeatures(1 << 40);
+        assert_eq!(set.names(), vec!["psci-0.2", "sve", "bit40"]);
+        assert_eq!(
+            VcpuFeatures::from_name("pmu-v3"),
+            Some(VcpuFeatures::PMU_V3)
+        );
+        assert_eq!(VcpuFeatures::from_name("avx"), None);
+    }
+
+    #[test]
+    fn feature_set_algebra() {
+        let want = VcpuFeatures::PSCI_0_2 | VcpuFeatures::SVE;
+        let have = VcpuFeatures::PSCI_0_2 | VcpuFeatures::POWER_OFF;
+        assert!(!have.contains(want));
+        assert_eq!(want.difference(have), VcpuFeatures::SVE);
+        assert!(want.difference(want).is_empty());
+    }
+}

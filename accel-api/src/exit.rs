@@ -1,0 +1,113 @@
+//! Why `run` returned: the exits a vCPU reports to the monitor.
+
+use abi_stable::{std_types::RVec, StableAbi};
+
+/// An MMIO access the backend could not complete itself.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmioAccess {
+    /// The guest physical address accessed.
+    pub addr: u64,
+    /// Access size in bytes: 1, 2, 4 or 8.
+    pub len: u32,
+    /// For a write, the bytes written (the first `len` are meaningful), in guest memory order.
+    pub data: [u8; 8],
+}
+
+impl MmioAccess {
+    /// The written bytes as a little-endian integer.
+    pub fn value(&self) -> u64 {
+        let mut bytes = [0u8; 8];
+        let n = (self.len as usize).min(8);
+        bytes[..n].copy_from_slice(&self.data[..n]);
+        u64::from_le_bytes(bytes)
+    }
+}
+
+/// The kind of a system event, with KVM's `KVM_SYSTEM_EVENT_*` numbering.
+#[repr(transparent)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SystemEventKind(pub u32);
+
+impl SystemEventKind {
+    /// PSCI SYSTEM_OFF.
+    pub const SHUTDOWN: Self = Self(1);
+    /// PSCI SYSTEM_RESET (and SYSTEM_RESET2).
+    pub const RESET: Self = Self(2);
+    /// The guest reported a crash.
+    pub const CRASH: Self = Self(3);
+    /// A vCPU in a suspended state is to be woken.
+    pub const WAKEUP: Self = Self(4);
+    /// PSCI SYSTEM_SUSPEND.
+    pub const SUSPEND: Self = Self(5);
+
+    /// A lower-case name for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::SHUTDOWN => "shutdown",
+            Self::RESET => "reset",
+            Self::CRASH => "crash",
+            Self::WAKEUP => "wakeup",
+            Self::SUSPEND => "suspend",
+            _ => "unknown",
+        }
+    }
+}
+
+/// A debug exception trapped to the monitor, as reported by the hardware.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DebugExit {
+    /// The syndrome (ESR_ELx) of the debug exception.
+    pub esr: u64,
+    /// FAR_ELx; meaningful for watchpoints only.
+    pub far: u64,
+}
+
+/// Why `run` returned.
+#[repr(C, u8)]
+#[derive(StableAbi, Clone, Debug, PartialEq, Eq)]
+pub enum VcpuExit {
+    /// The guest read from an MMIO address. Supply the value with
+    /// `set_mmio_read_data` before the next `run`.
+    MmioRead(MmioAccess),
+    /// The guest wrote to an MMIO address.
+    MmioWrite(MmioAccess),
+    /// A PSCI system call (off, reset, suspend) or another system-level event.
+    SystemEvent {
+        /// What happened.
+        kind: SystemEventKind,
+        /// Event-specific data (for example PSCI SYSTEM_RESET2's reset type).
+        data: RVec<u64>,
+    },
+    /// A debug exception routed to the monitor.
+    Debug(DebugExit),
+    /// The backend reported an internal error.
+    InternalError {
+        /// The backend's sub-error code.
+        suberror: u32,
+        /// Extra data.
+        data: RVec<u64>,
+    },
+    /// The vCPU could not be entered.
+    FailEntry {
+        /// The hardware entry failure reason.
+        reason: u64,
+        /// The physical CPU that failed.
+        cpu: u32,
+    },
+    /// A data abort without valid syndrome information (KVM_EXIT_ARM_NISV).
+    ArmNisv {
+        /// The ISS part of ESR_EL2.
+        esr_iss: u64,
+        /// The faulting intermediate physical address.
+        fault_ipa: u64,
+    },
+    /// `run` was interrupted by a signal or a kick before or while the guest ran.
+    Interrupted,
+    /// An exit the backend does not know how to classify.
+    Unknown {
+        /// The backend's own exit code.
+        reason: u32,
+    },
+}

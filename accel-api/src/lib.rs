@@ -1,0 +1,25 @@
+//! The accel contract: the stable plugin ABI, the AArch64 register model, exits, configuration
+//! and the one error type, shared by every backend and host.
+//!
+//! - Backends implement [`backend::Backend`] and friends and export them with [`export_plugin!`].
+//! - Hosts load plugins (see the `accel-host` crate) and drive them through [`client`].
+//!
+//! This crate makes no OS calls and builds on every host.
+
+#![warn(missing_docs)]
+
+pub mod abi;
+pub mod backend;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod exit;
+pub mod logging;
+pub mod memory;
+pub mod regs;
+
+pub use abi_stable;
+pub use config::{Capabilities, MemoryRegion, ProbeInfo, VcpuConfig, VcpuFeatures, VmConfig};
+pub use error::{AccelError, ErrorKind, Result};
+pub use exit::{DebugExit, MmioAccess, SystemEventKind, VcpuExit};
+pub use regs::{CoreReg, CoreRegs, FpReg, FpRegs, PutLevel};

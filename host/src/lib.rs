@@ -1,0 +1,41 @@
+//! The accel host: finds and loads backend plugins, and runs guests on them with a small VMM.
+
+pub mod loader;
+pub mod vmm;
+
+/// Parses a memory size such as `512M`, `1G`, `65536` or `64k` (binary units).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_lowercase() {
+                'k' => 10,
+                'm' => 20,
+                'g' => 30,
+                _ => return Err(format!("'{text}': unknown unit '{c}' (use k, M or G)")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size"))?;
+    n.checked_shl(shift)
+        .filter(|v| v >> shift == n)
+        .ok_or_else(|| format!("'{text}' is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(super::parse_size("64k"), Ok(64 << 10));
+        assert_eq!(super::parse_size("512M"), Ok(512 << 20));
+        assert_eq!(super::parse_size("1G"), Ok(1 << 30));
+        assert_eq!(super::parse_size("4096"), Ok(4096));
+        assert!(super::parse_size("12Q").is_err());
+        assert!(super::parse_size("M").is_err());
+        assert!(super::parse_size("99999999999999G").is_err());
+    }
+}

@@ -1,0 +1,229 @@
+//! A small VMM on top of any backend: guest RAM, an image loader, a PL011 console, PSCI through
+//! the backend, and one thread per vCPU.
+//!
+//! The machine's memory map follows QEMU's `virt` board where it overlaps:
+//!
+//! | range | device |
+//! | --- | --- |
+//! | `0x0900_0000 .. +0x1000` | PL011 UART |
+//! | `0x4000_0000 .. +mem` | RAM; images load here |
+
+pub mod image;
+pub mod pl011;
+pub mod ram;
+
+use std::{
+    collections::HashSet,
+    io::Write,
+    sync::{mpsc, Arc, Mutex},
+};
+
+use accel_api::{
+    client::{Accelerator, Vcpu},
+    AccelError, ErrorKind, PutLevel, Result, SystemEventKind, VcpuConfig, VcpuExit, VcpuFeatures,
+    VmConfig,
+};
+
+use self::{pl011::Pl011, ram::GuestRam};
+
+/// The guest physical address of RAM.
+pub const RAM_BASE: u64 = 0x4000_0000;
+/// The guest physical address of the PL011 UART.
+pub const UART_BASE: u64 = 0x0900_0000;
+/// PSTATE at entry: EL1h with D, A, I and F masked.
+pub const PSTATE_EL1H_DAIF: u64 = 0x3c5;
+
+/// How to build the machine.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineConfig {
+    /// Number of vCPUs; vCPU 0 starts at the image's entry, the others wait for PSCI CPU_ON.
+    pub cpus: u32,
+    /// RAM size in bytes.
+    pub mem_size: u64,
+}
+
+/// How a guest run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// PSCI SYSTEM_OFF.
+    PowerOff,
+    /// PSCI SYSTEM_RESET: the machine stops rather than reboots.
+    Reset,
+    /// The guest reported a crash (a system event of kind crash).
+    Crash,
+    /// The guest did something the machine cannot continue from.
+    Fault(String),
+}
+
+impl Outcome {
+    /// The host's exit code for this outcome: 0 off or reset, 2 fault, 3 crash.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::PowerOff | Outcome::Reset => 0,
+            Outcome::Fault(_) => 2,
+            Outcome::Crash => 3,
+        }
+    }
+}
+
+/// The MMIO devices of the machine.
+struct Bus {
+    uart: Mutex<Pl011<Box<dyn Write + Send>>>,
+    warned: Mutex<HashSet<u64>>,
+}
+
+impl Bus {
+    fn uart_offset(addr: u64) -> Option<u64> {
+        addr.checked_sub(UART_BASE)
+            .filter(|o| *o < pl011::PL011_SIZE)
+    }
+
+    fn unmapped(&self, addr: u64, what: &str) {
+        if self.warned.lock().is_ok_and(|mut w| w.insert(addr)) {
+            log::warn!(
+                "guest {what} unmapped MMIO address {addr:#x}: reads as zero, writes ignored"
+            );
+        }
+    }
+
+    fn read(&self, addr: u64) -> u64 {
+        match Self::uart_offset(addr) {
+            Some(offset) => self
+                .uart
+                .lock()
+                .map_or(0, |mut u| u64::from(u.read(offset))),
+            None => {
+                self.unmapped(addr, "read from");
+                0
+            }
+        }
+    }
+
+    fn write(&self, addr: u64, value: u64) {
+        match Self::uart_offset(addr) {
+            Some(offset) => {
+                if let Ok(mut u) = self.uart.lock() {
+                    u.write(offset, value as u32);
+                }
+            }
+            None => self.unmapped(addr, "write to"),
+        }
+    }
+}
+
+fn vcpu_loop(vcpu: &mut Vcpu, bus: &Bus) -> Result<Outcome> {
+    let index = vcpu.index();
+    loop {
+        match vcpu.run()? {
+            VcpuExit::MmioWrite(access) => bus.write(access.addr, access.value()),
+            VcpuExit::MmioRead(access) => vcpu.set_mmio_read_data(bus.read(access.addr))?,
+            VcpuExit::SystemEvent { kind, .. } => match kind {
+                SystemEventKind::SHUTDOWN => return Ok(Outcome::PowerOff),
+                SystemEventKind::RESET => {
+                    log::info!("vCPU {index}: the guest requested a reset; the machine stops");
+                    return Ok(Outcome::Reset);
+                }
+                SystemEventKind::CRASH => return Ok(Outcome::Crash),
+                SystemEventKind::SUSPEND | SystemEventKind::WAKEUP => {
+                    log::info!("vCPU {index}: system {} event; resuming", kind.name());
+                }
+                other => return Ok(Outcome::Fault(format!("vCPU {index}: unknown system event {}", other.0))),
+            },
+            VcpuExit::Interrupted => {}
+            VcpuExit::Debug(d) => {
+                return Ok(Outcome::Fault(format!(
+                    "vCPU {index}: debug exception (ESR {:#x}) with no debugger attached",
+                    d.esr
+                )))
+            }
+            VcpuExit::InternalError { suberror, data } => {
+                return Ok(Outcome::Fault(format!(
+                    "vCPU {index}: internal error {suberror} (data {:x?})",
+                    data.as_slice()
+                )))
+            }
+            VcpuExit::FailEntry { reason, cpu } => {
+                return Ok(Outcome::Fault(format!("vCPU {index}: entry failed on CPU {cpu}, reason {reason:#x}")))
+            }
+            VcpuExit::ArmNisv { esr_iss, fault_ipa } => {
+                return Ok(Outcome::Fault(format!(
+                    "vCPU {index}: data abort at IPA {fault_ipa:#x} with no instruction syndrome (ISS {esr_iss:#x})"
+                )))
+            }
+            VcpuExit::Unknown { reason } => {
+                return Ok(Outcome::Fault(format!("vCPU {index}: unknown exit reason {reason}")))
+            }
+        }
+    }
+}
+
+/// Builds a machine on `accel`, loads `image`, runs it, and returns when the guest powers off,
+/// resets, crashes or faults on any vCPU. Console output goes to `console`.
+///
+/// vCPU threads that are still inside the guest when another vCPU ends the run are left
+/// detached; they end with the process.
+pub fn run(
+    accel: &Accelerator,
+    config: &MachineConfig,
+    image: &[u8],
+    console: Box<dyn Write + Send>,
+) -> Result<Outcome> {
+    if config.cpus == 0 {
+        return Err(AccelError::invalid("at least one vCPU is needed"));
+    }
+    let vm = accel.create_vm(&VmConfig::default())?;
+    let ram = Arc::new(GuestRam::new(&vm, RAM_BASE, config.mem_size)?);
+    let loaded = image::load(&ram, image)?;
+    log::info!(
+        "image loaded at {:#x}..{:#x}, entry {:#x}",
+        loaded.extent.0,
+        loaded.extent.1,
+        loaded.entry
+    );
+
+    let mut vcpus = Vec::new();
+    for index in 0..config.cpus {
+        let mut features = VcpuFeatures::PSCI_0_2;
+        if index > 0 {
+            features |= VcpuFeatures::POWER_OFF;
+        }
+        vcpus.push(vm.create_vcpu(&VcpuConfig { index, features })?);
+    }
+    let boot = &mut vcpus[0];
+    let mut regs = boot.get_core()?;
+    regs.pc = loaded.entry;
+    regs.pstate = PSTATE_EL1H_DAIF;
+    boot.put_core(&regs, PutLevel::Reset)?;
+
+    let bus = Arc::new(Bus {
+        uart: Mutex::new(Pl011::new(console)),
+        warned: Mutex::new(HashSet::new()),
+    });
+    let (tx, rx) = mpsc::channel();
+    for mut vcpu in vcpus {
+        let (bus, tx, ram) = (Arc::clone(&bus), tx.clone(), Arc::clone(&ram));
+        let index = vcpu.index();
+        std::thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || {
+                let outcome = vcpu_loop(&mut vcpu, &bus);
+                let _ = tx.send(outcome);
+                // Each vCPU thread holds the RAM: it stays mapped while any vCPU can run.
+                drop(ram);
+            })
+            .map_err(|e| {
+                AccelError::new(
+                    ErrorKind::NO_RESOURCE,
+                    format!("spawning the thread of vCPU {index}: {e}"),
+                )
+            })?;
+    }
+    drop(tx);
+    let outcome = rx
+        .recv()
+        .map_err(|_| AccelError::bad_state("every vCPU thread ended without an outcome"))??;
+    if let Ok(mut uart) = bus.uart.lock() {
+        let _ = uart.output().flush();
+    }
+    Ok(outcome)
+}

@@ -1,0 +1,91 @@
+//! Guest RAM: anonymous host memory from `vm-memory`, registered with a VM.
+
+use accel_api::{client::Vm, AccelError, ErrorKind, MemoryRegion, Result};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+/// One contiguous block of guest RAM, mapped into a VM.
+pub struct GuestRam {
+    mem: GuestMemoryMmap,
+    base: u64,
+    size: u64,
+}
+
+impl GuestRam {
+    /// Allocates `size` bytes at guest physical `base` and maps them into `vm`.
+    pub fn new(vm: &Vm, base: u64, size: u64) -> Result<Self> {
+        let len = usize::try_from(size)
+            .map_err(|_| AccelError::invalid(format!("RAM size {size:#x} is too large")))?;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(base), len)]).map_err(|e| {
+            AccelError::new(
+                ErrorKind::NO_RESOURCE,
+                format!("allocating {size:#x} bytes of guest RAM: {e}"),
+            )
+        })?;
+        let host = mem.get_host_address(GuestAddress(base)).map_err(|e| {
+            AccelError::new(
+                ErrorKind::NO_RESOURCE,
+                format!("guest RAM has no host address: {e}"),
+            )
+        })?;
+        let region = MemoryRegion {
+            guest_addr: base,
+            size,
+            host_addr: host as u64,
+            read_only: false,
+        };
+        // SAFETY: `mem` owns the mapping and lives in the returned GuestRam; the host keeps the
+        // GuestRam alive for as long as the VM runs (see `Machine`), and the guest writing to it
+        // is the point.
+        unsafe { vm.add_memory(&region) }?;
+        Ok(Self { mem, base, size })
+    }
+
+    /// The guest physical address of the first byte.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// The size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// True when `addr .. addr + len` lies inside the RAM.
+    pub fn contains(&self, addr: u64, len: u64) -> bool {
+        addr >= self.base && len <= self.size && addr - self.base <= self.size - len
+    }
+
+    /// Copies `data` into guest RAM at `addr`.
+    pub fn write(&self, addr: u64, data: &[u8]) -> Result<()> {
+        if !self.contains(addr, data.len() as u64) {
+            return Err(self.out_of_range(addr, data.len()));
+        }
+        self.mem
+            .write_slice(data, GuestAddress(addr))
+            .map_err(|e| AccelError::invalid(format!("writing guest RAM at {addr:#x}: {e}")))
+    }
+
+    /// Copies guest RAM at `addr` into `buf`.
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        if !self.contains(addr, buf.len() as u64) {
+            return Err(self.out_of_range(addr, buf.len()));
+        }
+        self.mem
+            .read_slice(buf, GuestAddress(addr))
+            .map_err(|e| AccelError::invalid(format!("reading guest RAM at {addr:#x}: {e}")))
+    }
+
+    /// Writes A64 instruction words at `addr`, little-endian.
+    pub fn write_code(&self, addr: u64, words: &[u32]) -> Result<()> {
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        self.write(addr, &bytes)
+    }
+
+    fn out_of_range(&self, addr: u64, len: usize) -> AccelError {
+        AccelError::invalid(format!(
+            "{len} bytes at {addr:#x} are outside guest RAM {:#x}..{:#x}",
+            self.base,
+            self.base + self.size
+        ))
+    }
+}
