@@ -1,1 +1,75 @@
-fn main() {}
+//! `accel-conformance`: runs the conformance suite against one plugin file and ends with the line
+//! `N passed, N failed`. Exits 0 only when every case ran and passed.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use accel_conformance::{cases, run_all, Context};
+use accel_host::loader;
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "accel-conformance",
+    version,
+    about = "Check an accel backend plugin against the conformance suite"
+)]
+struct Cli {
+    /// The plugin file under test.
+    #[arg(long)]
+    plugin: PathBuf,
+    /// Run only the cases whose names contain this text.
+    #[arg(long)]
+    filter: Option<String>,
+    /// The directory holding test fixtures (libaccel_fixture_wrong_abi.so); defaults to the
+    /// plugin's directory.
+    #[arg(long)]
+    fixtures: Option<PathBuf>,
+    /// List the cases and exit.
+    #[arg(long)]
+    list: bool,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    if cli.list {
+        for case in cases::all() {
+            println!("{}", case.name);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let plugin = match loader::load(&cli.plugin) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("accel-conformance: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let info = plugin.probe();
+    println!(
+        "plugin {} ({}): {}",
+        plugin.name(),
+        cli.plugin.display(),
+        if info.available {
+            format!("available, {}", info.reason)
+        } else {
+            format!("unavailable, {}", info.reason)
+        }
+    );
+    let fixtures = cli
+        .fixtures
+        .or_else(|| cli.plugin.parent().map(PathBuf::from));
+    let ctx: &'static Context = Box::leak(Box::new(Context {
+        plugin,
+        plugin_path: cli.plugin,
+        fixtures,
+    }));
+    let summary = run_all(ctx, cli.filter.as_deref());
+    let code = if summary.failed == 0 && summary.not_run == 0 && summary.passed > 0 {
+        0
+    } else {
+        1
+    };
+    // Cases that timed out may have left threads inside a guest: end the process here.
+    std::process::exit(code)
+}

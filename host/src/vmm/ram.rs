@@ -8,6 +8,7 @@ pub struct GuestRam {
     mem: GuestMemoryMmap,
     base: u64,
     size: u64,
+    slot: u32,
 }
 
 impl GuestRam {
@@ -36,13 +37,23 @@ impl GuestRam {
         // SAFETY: `mem` owns the mapping and lives in the returned GuestRam; the host keeps the
         // GuestRam alive for as long as the VM runs (see `Machine`), and the guest writing to it
         // is the point.
-        unsafe { vm.add_memory(&region) }?;
-        Ok(Self { mem, base, size })
+        let slot = unsafe { vm.add_memory(&region) }?;
+        Ok(Self {
+            mem,
+            base,
+            size,
+            slot,
+        })
     }
 
     /// The guest physical address of the first byte.
     pub fn base(&self) -> u64 {
         self.base
+    }
+
+    /// The VM's memory slot for this RAM.
+    pub fn slot(&self) -> u32 {
+        self.slot
     }
 
     /// The size in bytes.

@@ -1,0 +1,164 @@
+//! VM, vCPU and memory-region lifecycle, including the errors for bad requests.
+
+use accel_api::{ErrorKind, MemoryRegion, VcpuConfig, VcpuFeatures, VmConfig};
+use accel_host::vmm::ram::GuestRam;
+
+use crate::{ensure, guest::RAM_BASE, Case, CaseResult, Context, Failure};
+
+pub fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "lifecycle::vms_and_vcpus",
+            run: vms_and_vcpus,
+        },
+        Case {
+            name: "lifecycle::unsupported_vcpu_feature",
+            run: unsupported_vcpu_feature,
+        },
+        Case {
+            name: "lifecycle::memory_regions",
+            run: memory_regions,
+        },
+    ]
+}
+
+fn vms_and_vcpus(ctx: &Context) -> CaseResult {
+    let accel = ctx.accelerator()?;
+    let vm_a = accel.create_vm(&VmConfig::default())?;
+    let vm_b = accel.create_vm(&VmConfig::default())?;
+    let max = accel.probe().caps.max_vcpus.min(4);
+    let mut vcpus = Vec::new();
+    for index in 0..max {
+        let features = if index == 0 {
+            VcpuFeatures::PSCI_0_2
+        } else {
+            VcpuFeatures::PSCI_0_2 | VcpuFeatures::POWER_OFF
+        };
+        let vcpu = vm_a.create_vcpu(&VcpuConfig { index, features })?;
+        ensure!(
+            vcpu.index() == index,
+            "vCPU {index} reports index {}",
+            vcpu.index()
+        );
+        vcpus.push(vcpu);
+    }
+    let other = vm_b.create_vcpu(&VcpuConfig {
+        index: 0,
+        features: VcpuFeatures::PSCI_0_2,
+    })?;
+    ensure!(
+        other.index() == 0,
+        "a second VM's vCPU 0 reports index {}",
+        other.index()
+    );
+    match vm_a.create_vcpu(&VcpuConfig {
+        index: 0,
+        features: VcpuFeatures::PSCI_0_2,
+    }) {
+        Ok(_) => Err(Failure::Fail(
+            "creating vCPU 0 twice in one VM succeeded".into(),
+        )),
+        Err(e) => {
+            ensure!(
+                !e.message.is_empty(),
+                "the duplicate-vCPU error has no message"
+            );
+            Ok(())
+        }
+    }
+}
+
+fn unsupported_vcpu_feature(ctx: &Context) -> CaseResult {
+    let accel = ctx.accelerator()?;
+    let vm = accel.create_vm(&VmConfig::default())?;
+    let bogus = VcpuFeatures(1 << 63);
+    match vm.create_vcpu(&VcpuConfig {
+        index: 0,
+        features: VcpuFeatures::PSCI_0_2 | bogus,
+    }) {
+        Ok(_) => Err(Failure::Fail(
+            "a vCPU with an unknown feature bit was created".into(),
+        )),
+        Err(e) => {
+            ensure!(
+                e.kind == ErrorKind::UNSUPPORTED,
+                "expected an unsupported error, got {e:?}"
+            );
+            ensure!(
+                e.message.contains("bit63"),
+                "the error does not name the feature: {e}"
+            );
+            // The VM is still usable afterwards.
+            vm.create_vcpu(&VcpuConfig {
+                index: 0,
+                features: VcpuFeatures::PSCI_0_2,
+            })?;
+            Ok(())
+        }
+    }
+}
+
+fn memory_regions(ctx: &Context) -> CaseResult {
+    let accel = ctx.accelerator()?;
+    let vm = accel.create_vm(&VmConfig::default())?;
+    let ram = GuestRam::new(&vm, RAM_BASE, 1 << 20)?;
+    let second = GuestRam::new(&vm, RAM_BASE + (1 << 20), 1 << 20)?;
+    ensure!(
+        second.base() == RAM_BASE + (1 << 20),
+        "second region misplaced"
+    );
+
+    // An overlapping region, backed by real memory, is refused.
+    let scratch = vec![0u8; 3 << 12];
+    let page = (scratch.as_ptr() as u64 + 0xfff) & !0xfff;
+    let overlapping = MemoryRegion {
+        guest_addr: RAM_BASE + 0x1000,
+        size: 0x1000,
+        host_addr: page,
+        read_only: false,
+    };
+    // SAFETY: `scratch` outlives the call, and the region is refused (checked below) so it is
+    // never mapped into the guest.
+    let err = match unsafe { vm.add_memory(&overlapping) } {
+        Ok(slot) => {
+            let _ = vm.remove_memory(slot);
+            return Err(Failure::Fail(
+                "an overlapping memory region was accepted".into(),
+            ));
+        }
+        Err(e) => e,
+    };
+    ensure!(
+        err.kind == ErrorKind::INVALID_ARGUMENT,
+        "overlap: expected invalid argument, got {err:?}"
+    );
+
+    let misaligned = MemoryRegion {
+        guest_addr: 0x8000_0800,
+        ..overlapping
+    };
+    // SAFETY: as above; misaligned regions are refused.
+    let err = unsafe { vm.add_memory(&misaligned) }.err();
+    ensure!(
+        err.as_ref()
+            .is_some_and(|e| e.kind == ErrorKind::INVALID_ARGUMENT),
+        "misaligned: expected invalid argument, got {err:?}"
+    );
+
+    let err = vm.remove_memory(999).err();
+    ensure!(
+        err.as_ref().is_some_and(|e| e.kind == ErrorKind::NOT_FOUND),
+        "removing an unknown slot: expected not found, got {err:?}"
+    );
+    // A removed region frees its range for a new one.
+    vm.remove_memory(second.slot())?;
+    let again = GuestRam::new(&vm, RAM_BASE + (1 << 20), 1 << 20)?;
+    ensure!(
+        again.slot() == second.slot(),
+        "the freed slot {} was not reused (got {})",
+        second.slot(),
+        again.slot()
+    );
+    drop(ram);
+    Ok(())
+}

@@ -1,0 +1,32 @@
+//! The conformance cases, by area.
+
+mod lifecycle;
+mod loader;
+mod probe;
+mod regs;
+mod run;
+
+use crate::Case;
+
+/// Every case, in run order.
+pub fn all() -> Vec<Case> {
+    let mut cases = Vec::new();
+    cases.extend(probe::cases());
+    cases.extend(lifecycle::cases());
+    cases.extend(regs::cases());
+    cases.extend(run::cases());
+    cases.extend(loader::cases());
+    cases
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn case_names_are_unique() {
+        let cases = super::all();
+        let mut names: Vec<_> = cases.iter().map(|c| c.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), cases.len());
+    }
+}

@@ -1,0 +1,176 @@
+//! Register sync: bit-exact round trips of random state, host edits reaching the vCPU, and a
+//! refused write named in its error.
+
+use accel_api::{CoreRegs, ErrorKind, FpRegs, PutLevel};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+use crate::{asm, ensure, guest::TestGuest, Case, CaseResult, Context, Failure};
+
+pub fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "regs::core_round_trip_random",
+            run: core_round_trip_random,
+        },
+        Case {
+            name: "regs::fp_round_trip_random",
+            run: fp_round_trip_random,
+        },
+        Case {
+            name: "regs::host_edits_reach_the_vcpu",
+            run: host_edits_reach_the_vcpu,
+        },
+        Case {
+            name: "regs::refused_write_is_named",
+            run: refused_write_is_named,
+        },
+    ]
+}
+
+/// PSTATE values every AArch64 vCPU accepts: random NZCV and DAIF, mode EL0t, EL1t or EL1h.
+fn random_pstate(rng: &mut StdRng) -> u64 {
+    let nzcv = rng.random::<u64>() & 0xf000_0000;
+    let daif = rng.random::<u64>() & 0x3c0;
+    let mode = [0b0000, 0b0100, 0b0101][rng.random_range(0..3)];
+    nzcv | daif | mode
+}
+
+fn random_core(rng: &mut StdRng) -> CoreRegs {
+    let mut regs = CoreRegs::default();
+    for x in &mut regs.x {
+        *x = rng.random();
+    }
+    regs.sp_el0 = rng.random();
+    regs.sp_el1 = rng.random();
+    regs.pc = rng.random::<u64>() & !3;
+    regs.pstate = random_pstate(rng);
+    regs.elr_el1 = rng.random();
+    for s in &mut regs.spsr {
+        *s = rng.random();
+    }
+    regs
+}
+
+fn random_fp(rng: &mut StdRng) -> FpRegs {
+    let mut regs = FpRegs::default();
+    for v in &mut regs.v {
+        rng.fill(&mut v[..]);
+    }
+    regs.fpsr = rng.random();
+    regs.fpcr = rng.random();
+    regs
+}
+
+fn seeded() -> (u64, StdRng) {
+    let seed: u64 = rand::random();
+    (seed, StdRng::seed_from_u64(seed))
+}
+
+fn guest(ctx: &Context) -> Result<TestGuest, Failure> {
+    TestGuest::new(&ctx.accelerator()?, &[asm::b(0)])
+}
+
+fn core_round_trip_random(ctx: &Context) -> CaseResult {
+    let mut g = guest(ctx)?;
+    let (seed, mut rng) = seeded();
+    for round in 0..4 {
+        let want = random_core(&mut rng);
+        g.vcpu.put_core(&want, PutLevel::Full)?;
+        let got = g.vcpu.get_core()?;
+        let first_difference = got.changed_since(&want).next();
+        if let Some(reg) = first_difference {
+            return Err(Failure::Fail(format!(
+                "seed {seed:#x} round {round}: {} wrote {:#x}, read {:#x}",
+                reg.name(),
+                want.get(reg),
+                got.get(reg)
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn fp_round_trip_random(ctx: &Context) -> CaseResult {
+    let mut g = guest(ctx)?;
+    let (seed, mut rng) = seeded();
+    for round in 0..4 {
+        let want = random_fp(&mut rng);
+        g.vcpu.put_fp(&want, PutLevel::Full)?;
+        let got = g.vcpu.get_fp()?;
+        let first_difference = got.changed_since(&want).next();
+        if let Some(reg) = first_difference {
+            return Err(Failure::Fail(format!(
+                "seed {seed:#x} round {round}: {} differs after a round trip (wrote {want:?}, read {got:?})",
+                reg.name()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn host_edits_reach_the_vcpu(ctx: &Context) -> CaseResult {
+    let mut g = guest(ctx)?;
+    let (seed, mut rng) = seeded();
+    let before = g.vcpu.get_core()?;
+    let fp_before = g.vcpu.get_fp()?;
+
+    let mut edited = before;
+    edited.x[5] = rng.random();
+    edited.elr_el1 = rng.random();
+    edited.spsr[0] = rng.random();
+    g.vcpu.put_core(&edited, PutLevel::Runtime)?;
+    let mut fp_edited = fp_before;
+    fp_edited.set_v_u128(7, rng.random());
+    fp_edited.fpcr = rng.random::<u32>() & 0x07c0_0000;
+    g.vcpu.put_fp(&fp_edited, PutLevel::Runtime)?;
+
+    let after = g.vcpu.get_core()?;
+    let fp_after = g.vcpu.get_fp()?;
+    ensure!(
+        after == edited,
+        "seed {seed:#x}: core registers after a runtime put: {after:?}, expected {edited:?}"
+    );
+    ensure!(
+        fp_after == fp_edited,
+        "seed {seed:#x}: FP registers after a runtime put differ"
+    );
+
+    // A put with nothing changed succeeds and changes nothing.
+    g.vcpu.put_core(&after, PutLevel::Runtime)?;
+    ensure!(
+        g.vcpu.get_core()? == edited,
+        "an unchanged put altered the registers"
+    );
+    Ok(())
+}
+
+fn refused_write_is_named(ctx: &Context) -> CaseResult {
+    let mut g = guest(ctx)?;
+    let mut regs = g.vcpu.get_core()?;
+    let good = regs;
+    // M[4:0] = 0b11111 is AArch32 System mode: not valid for an AArch64 EL1 vCPU.
+    regs.pstate = 0x1f;
+    let err = match g.vcpu.put_core(&regs, PutLevel::Runtime) {
+        Ok(()) => {
+            return Err(Failure::Fail(
+                "PSTATE with an AArch32 mode was accepted by an AArch64 vCPU".into(),
+            ))
+        }
+        Err(e) => e,
+    };
+    ensure!(
+        err.message.contains("PSTATE"),
+        "the error does not name the register: {err}"
+    );
+    ensure!(
+        err.kind == ErrorKind::OS && err.errno().is_some(),
+        "expected an OS error with errno, got {err:?}"
+    );
+    // The vCPU keeps its state, and the next put still works.
+    ensure!(
+        g.vcpu.get_core()?.pstate == good.pstate,
+        "the refused PSTATE changed the vCPU"
+    );
+    g.vcpu.put_core(&good, PutLevel::Runtime)?;
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! Running guests: computed values read back, MMIO exits of every size with resumed reads, and
+//! PSCI system events.
+
+use accel_api::{ErrorKind, SystemEventKind, VcpuExit};
+
+use crate::{
+    asm::{self, Size},
+    ensure,
+    guest::{TestGuest, MMIO_BASE, PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET},
+    Case, CaseResult, Context, Failure,
+};
+
+pub fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "run::guest_computes_known_values",
+            run: guest_computes_known_values,
+        },
+        Case {
+            name: "run::mmio_writes_of_every_size",
+            run: mmio_writes_of_every_size,
+        },
+        Case {
+            name: "run::mmio_read_resumes_with_host_value",
+            run: mmio_read_resumes_with_host_value,
+        },
+        Case {
+            name: "run::mmio_read_data_without_a_read",
+            run: mmio_read_data_without_a_read,
+        },
+        Case {
+            name: "run::psci_system_off",
+            run: psci_system_off,
+        },
+        Case {
+            name: "run::psci_system_reset",
+            run: psci_system_reset,
+        },
+    ]
+}
+
+fn guest_computes_known_values(ctx: &Context) -> CaseResult {
+    let mut code = vec![
+        asm::movz(0, 7, 0),
+        asm::movz(1, 6, 0),
+        asm::mul(2, 0, 1),        // x2 = 42
+        asm::add_imm(3, 2, 100),  // x3 = 142
+        asm::eor(4, 3, 0),        // x4 = 142 ^ 7 = 137
+        asm::scvtf_d(1, 2),       // d1 = 42.0
+        asm::fadd_d(2, 1, 1),     // d2 = 84.0
+        asm::fmov_d_from_x(0, 3), // v0.d[0] = 142
+        asm::ins_d1_from_x(0, 4), // v0.d[1] = 137
+    ];
+    code.extend(asm::mov_imm64(9, MMIO_BASE));
+    code.push(asm::str(Size::X, 2, 9, 0));
+    code.push(asm::b(0));
+    let mut g = TestGuest::new(&ctx.accelerator()?, &code)?;
+    let (addr, len, value) = g.expect_mmio_write()?;
+    ensure!(
+        (addr, len, value) == (MMIO_BASE, 8, 42),
+        "done write: ({addr:#x}, {len}, {value})"
+    );
+    let core = g.core()?;
+    ensure!(
+        core.x[2..5] == [42, 142, 137],
+        "X2..X4 = {:?}, expected [42, 142, 137]",
+        &core.x[2..5]
+    );
+    let fp = g.vcpu.get_fp()?;
+    ensure!(
+        fp.v_u128(1) as u64 == 42f64.to_bits(),
+        "D1 = {:#x}, expected 42.0",
+        fp.v_u128(1) as u64
+    );
+    ensure!(
+        fp.v_u128(2) as u64 == 84f64.to_bits(),
+        "D2 = {:#x}, expected 84.0",
+        fp.v_u128(2) as u64
+    );
+    ensure!(
+        fp.v_u128(0) == (137u128 << 64) | 142,
+        "V0 = {:#x}, expected 137:142 in its doublewords",
+        fp.v_u128(0)
+    );
+    Ok(())
+}
+
+fn mmio_writes_of_every_size(ctx: &Context) -> CaseResult {
+    const VALUE: u64 = 0x1122_3344_5566_7788;
+    let mut code = asm::mov_imm64(1, MMIO_BASE);
+    code.extend(asm::mov_imm64(2, VALUE));
+    code.extend([
+        asm::str(Size::B, 2, 1, 1),
+        asm::str(Size::H, 2, 1, 2),
+        asm::str(Size::W, 2, 1, 4),
+        asm::str(Size::X, 2, 1, 8),
+        asm::b(0),
+    ]);
+    let mut g = TestGuest::new(&ctx.accelerator()?, &code)?;
+    for (offset, len, want) in [
+        (1, 1, 0x88),
+        (2, 2, 0x7788),
+        (4, 4, 0x5566_7788),
+        (8, 8, VALUE),
+    ] {
+        let got = g.expect_mmio_write()?;
+        ensure!(
+            got == (MMIO_BASE + offset, len, want),
+            "expected a {len}-byte write of {want:#x} at {:#x}, got {got:x?}",
+            MMIO_BASE + offset
+        );
+    }
+    Ok(())
+}
+
+fn mmio_read_resumes_with_host_value(ctx: &Context) -> CaseResult {
+    let mut code = asm::mov_imm64(1, MMIO_BASE);
+    code.extend([
+        asm::ldr(Size::W, 3, 1, 8),
+        asm::add_imm(4, 3, 1),
+        asm::str(Size::X, 4, 1, 16),
+        asm::ldr(Size::X, 5, 1, 24),
+        asm::str(Size::X, 5, 1, 32),
+        asm::ldr(Size::B, 6, 1, 40),
+        asm::str(Size::X, 6, 1, 48),
+        asm::b(0),
+    ]);
+    let mut g = TestGuest::new(&ctx.accelerator()?, &code)?;
+    for (read_offset, len, supplied, write_offset, echoed) in [
+        (8, 4, 0x1234_5678u64, 16, 0x1234_5679u64),
+        (24, 8, 0xdead_beef_cafe_f00d, 32, 0xdead_beef_cafe_f00d),
+        // Only the access's byte reaches the register: LDRB zero-extends.
+        (40, 1, 0xffff_ffff_ffff_ffab, 48, 0xab),
+    ] {
+        match g.run()? {
+            VcpuExit::MmioRead(a) if a.addr == MMIO_BASE + read_offset && a.len == len => {}
+            other => {
+                return Err(Failure::Fail(format!(
+                    "expected a {len}-byte MMIO read at {:#x}, got {other:?}",
+                    MMIO_BASE + read_offset
+                )))
+            }
+        }
+        g.vcpu.set_mmio_read_data(supplied)?;
+        let got = g.expect_mmio_write()?;
+        ensure!(
+            got == (MMIO_BASE + write_offset, 8, echoed),
+            "after supplying {supplied:#x} to a {len}-byte read the guest wrote {got:x?}, expected {echoed:#x}"
+        );
+    }
+    Ok(())
+}
+
+fn mmio_read_data_without_a_read(ctx: &Context) -> CaseResult {
+    let mut g = TestGuest::new(&ctx.accelerator()?, &[asm::b(0)])?;
+    let err = g.vcpu.set_mmio_read_data(1).err();
+    ensure!(
+        err.as_ref().is_some_and(|e| e.kind == ErrorKind::BAD_STATE),
+        "supplying MMIO read data with no read pending: expected a bad-state error, got {err:?}"
+    );
+    Ok(())
+}
+
+fn psci_event(ctx: &Context, function: u64, want: SystemEventKind) -> CaseResult {
+    let mut code = asm::mov_imm64(0, function);
+    code.extend([asm::hvc(0), asm::b(0)]);
+    let mut g = TestGuest::new(&ctx.accelerator()?, &code)?;
+    match g.run()? {
+        VcpuExit::SystemEvent { kind, .. } if kind == want => Ok(()),
+        other => Err(Failure::Fail(format!(
+            "expected a {} system event, got {other:?}",
+            want.name()
+        ))),
+    }
+}
+
+fn psci_system_off(ctx: &Context) -> CaseResult {
+    psci_event(ctx, PSCI_SYSTEM_OFF, SystemEventKind::SHUTDOWN)
+}
+
+fn psci_system_reset(ctx: &Context) -> CaseResult {
+    psci_event(ctx, PSCI_SYSTEM_RESET, SystemEventKind::RESET)
+}
