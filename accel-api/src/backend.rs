@@ -175,7 +175,7 @@ impl<C: BackendVcpu> VcpuOps for Guarded<C> {
 
 /// Exports a backend as an accel plugin.
 ///
-/// ```ignore
+/// ```text
 /// accel_api::export_plugin! {
 ///     name: "kvm",
 ///     probe: probe,      // fn() -> accel_api::ProbeInfo

@@ -127,6 +127,39 @@ pub const NOP: u32 = 0xd503_201f;
 /// `WFI`.
 pub const WFI: u32 = 0xd503_207f;
 
+/// A system register by its encoding (op0, op1, CRn, CRm, op2), as in the Arm ARM's system
+/// register descriptions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SysReg(pub u32, pub u32, pub u32, pub u32, pub u32);
+
+/// CPACR_EL1.
+pub const CPACR_EL1: SysReg = SysReg(3, 0, 1, 0, 2);
+/// ELR_EL1.
+pub const ELR_EL1: SysReg = SysReg(3, 0, 4, 0, 1);
+/// ESR_EL1.
+pub const ESR_EL1: SysReg = SysReg(3, 0, 5, 2, 0);
+/// FAR_EL1.
+pub const FAR_EL1: SysReg = SysReg(3, 0, 6, 0, 0);
+/// VBAR_EL1.
+pub const VBAR_EL1: SysReg = SysReg(3, 0, 12, 0, 0);
+
+fn sysreg_bits(SysReg(op0, op1, crn, crm, op2): SysReg) -> u32 {
+    (op0 & 3) << 19 | (op1 & 7) << 16 | (crn & 15) << 12 | (crm & 15) << 8 | (op2 & 7) << 5
+}
+
+/// `MRS Xt, <sysreg>`.
+pub fn mrs(t: Reg, reg: SysReg) -> u32 {
+    0xd520_0000 | sysreg_bits(reg) | rd(t)
+}
+
+/// `MSR <sysreg>, Xt`.
+pub fn msr(reg: SysReg, t: Reg) -> u32 {
+    0xd500_0000 | sysreg_bits(reg) | rd(t)
+}
+
+/// `ISB`.
+pub const ISB: u32 = 0xd503_3fdf;
+
 /// `FMOV Dd, Xn`.
 pub fn fmov_d_from_x(d: Reg, n: Reg) -> u32 {
     0x9e67_0000 | rn(n) | rd(d)
@@ -154,7 +187,13 @@ mod tests {
     // Every expected word below is what GNU as 2.40 assembles for the instruction named.
     #[test]
     fn encodings_match_binutils() {
-        let cases: [(u32, u32, &str); 26] = [
+        let cases: [(u32, u32, &str); 32] = [
+            (mrs(0, ESR_EL1), 0xd5385200, "mrs x0, esr_el1"),
+            (mrs(1, ELR_EL1), 0xd5384021, "mrs x1, elr_el1"),
+            (mrs(2, FAR_EL1), 0xd5386002, "mrs x2, far_el1"),
+            (msr(VBAR_EL1, 0), 0xd518c000, "msr vbar_el1, x0"),
+            (msr(CPACR_EL1, 0), 0xd5181040, "msr cpacr_el1, x0"),
+            (ISB, 0xd5033fdf, "isb"),
             (movz(0, 0x1234, 0), 0xd2824680, "mov x0, #0x1234"),
             (movz(3, 0xbeef, 1), 0xd2b7dde3, "mov x3, #0xbeef0000"),
             (movk(1, 0xcafe, 3), 0xf2f95fc1, "movk x1, #0xcafe, lsl #48"),

@@ -6,7 +6,35 @@ use accel_api::{
 };
 use accel_host::vmm::{ram::GuestRam, PSTATE_EL1H_DAIF};
 
-use crate::Failure;
+use crate::{asm, Failure};
+
+/// The prelude at the start of RAM: enable FP/SIMD at EL1 (CPACR_EL1.FPEN = 0b11), install the
+/// reporting vector table, and branch to the case's code.
+fn prelude() -> Vec<u32> {
+    let mut code = vec![asm::movz(0, 0x30, 1), asm::msr(asm::CPACR_EL1, 0)];
+    code.extend(asm::mov_imm64(0, VECTORS));
+    code.extend([asm::msr(asm::VBAR_EL1, 0), asm::ISB]);
+    let here = (code.len() * 4) as i32;
+    code.push(asm::b((CODE - RAM_BASE) as i32 - here));
+    code
+}
+
+/// One vector-table entry: report ESR_EL1, ELR_EL1 and FAR_EL1 to [`EXCEPTION_MMIO`], then spin.
+fn vector_entry() -> Vec<u32> {
+    let mut code = vec![
+        asm::mrs(0, asm::ESR_EL1),
+        asm::mrs(1, asm::ELR_EL1),
+        asm::mrs(2, asm::FAR_EL1),
+    ];
+    code.extend(asm::mov_imm64(3, EXCEPTION_MMIO));
+    code.extend([
+        asm::str(asm::Size::X, 0, 3, 0),
+        asm::str(asm::Size::X, 1, 3, 8),
+        asm::str(asm::Size::X, 2, 3, 16),
+        asm::b(0),
+    ]);
+    code
+}
 
 /// Where test RAM starts.
 pub const RAM_BASE: u64 = 0x4000_0000;
@@ -14,6 +42,13 @@ pub const RAM_BASE: u64 = 0x4000_0000;
 pub const RAM_SIZE: u64 = 2 << 20;
 /// An address with no memory behind it: accesses exit to the host as MMIO.
 pub const MMIO_BASE: u64 = 0x0a00_0000;
+/// Where an unexpected guest exception is reported: ESR_EL1, ELR_EL1 and FAR_EL1 are stored at
+/// offsets 0, 8 and 16.
+pub const EXCEPTION_MMIO: u64 = 0x0b00_0000;
+/// The vector table every test guest installs (2 KiB aligned), after the prelude.
+pub const VECTORS: u64 = RAM_BASE + 0x800;
+/// Where a case's own code starts.
+pub const CODE: u64 = RAM_BASE + 0x1000;
 /// PSCI 0.2 SYSTEM_OFF function id (SMC32).
 pub const PSCI_SYSTEM_OFF: u64 = 0x8400_0008;
 /// PSCI 0.2 SYSTEM_RESET function id (SMC32).
@@ -30,11 +65,16 @@ pub struct TestGuest {
 }
 
 impl TestGuest {
-    /// Builds a guest running `code` from the start of RAM at EL1h with interrupts masked.
+    /// Builds a guest at EL1h with interrupts masked that runs the prelude and then `code` from
+    /// [`CODE`].
     pub fn new(accel: &Accelerator, code: &[u32]) -> Result<Self, Failure> {
         let vm = accel.create_vm(&VmConfig::default())?;
         let ram = GuestRam::new(&vm, RAM_BASE, RAM_SIZE)?;
-        ram.write_code(RAM_BASE, code)?;
+        ram.write_code(RAM_BASE, &prelude())?;
+        for entry in 0..16 {
+            ram.write_code(VECTORS + entry * 0x80, &vector_entry())?;
+        }
+        ram.write_code(CODE, code)?;
         let mut vcpu = vm.create_vcpu(&VcpuConfig {
             index: 0,
             features: VcpuFeatures::PSCI_0_2,
@@ -46,11 +86,19 @@ impl TestGuest {
         Ok(Self { vm, ram, vcpu })
     }
 
-    /// Runs until an exit other than an interruption.
+    /// Runs until an exit other than an interruption. An exception the guest did not expect
+    /// fails the case with its syndrome.
     pub fn run(&mut self) -> Result<VcpuExit, Failure> {
         loop {
             match self.vcpu.run()? {
                 VcpuExit::Interrupted => continue,
+                VcpuExit::MmioWrite(a) if a.addr == EXCEPTION_MMIO => {
+                    let elr = self.vcpu.get_core()?.x[1];
+                    return Err(Failure::Fail(format!(
+                        "the guest took an unexpected exception: ESR_EL1 {:#x}, ELR_EL1 {elr:#x}",
+                        a.value()
+                    )));
+                }
                 exit => return Ok(exit),
             }
         }

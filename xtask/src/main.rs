@@ -1,1 +1,516 @@
-fn main() {}
+//! `cargo xtask`: builds, provisions and tests accel.
+//!
+//! - `cargo xtask test [--cpu MODEL]...`: host unit tests, cross build for aarch64, then the
+//!   conformance suite and the host end-to-end checks on real KVM inside a nested arm64 VM (one
+//!   boot per CPU model). Ends with `N passed, N failed`; fails if the KVM suite did not run.
+//! - `cargo xtask run [IMAGE]`: runs the host with the KVM plugin on the demo guest (or IMAGE),
+//!   natively on an arm64 Linux host with usable KVM, otherwise inside the nested VM.
+
+mod cmd;
+mod cpio;
+mod provision;
+mod vm;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    time::{Duration, Instant},
+};
+
+use vm::{Job, VmFile, VmRun};
+
+/// An xtask failure, printed as one message.
+#[derive(Debug)]
+pub struct Error(pub String);
+
+/// The result type of xtask steps.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+const CROSS_TARGET: &str = "aarch64-unknown-linux-gnu";
+const GUEST_TARGET: &str = "aarch64-unknown-none";
+/// The CPU models `cargo xtask test` boots by default: the newest (VHE, SVE, pointer auth) and a
+/// Cortex-A72 (nVHE, no SVE, no pointer auth).
+const DEFAULT_CPUS: &[&str] = &["max", "cortex-a72"];
+const VM_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+const DEMO_LINE: &str = "Hello from an accel guest";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// Builds everything that runs inside the VM, and the demo guest.
+fn cross_build() -> Result<()> {
+    cmd::run(
+        cargo()
+            .args(["build", "--release", "--target", CROSS_TARGET])
+            .args([
+                "-p",
+                "accel-host",
+                "-p",
+                "accel-kvm",
+                "-p",
+                "accel-hvf",
+                "-p",
+                "accel-conformance",
+                "-p",
+                "accel-fixture-wrong-abi",
+                "-p",
+                "accel-vm-init",
+            ]),
+    )?;
+    let guests = root().join("target").join("guests");
+    cmd::run(
+        cargo()
+            .args([
+                "build",
+                "--release",
+                "--target",
+                GUEST_TARGET,
+                "--manifest-path",
+            ])
+            .arg(root().join("tests/guests/demo/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&guests),
+    )
+}
+
+fn cross_out(name: &str) -> PathBuf {
+    root()
+        .join("target")
+        .join(CROSS_TARGET)
+        .join("release")
+        .join(name)
+}
+
+fn demo_guest() -> PathBuf {
+    root()
+        .join("target/guests")
+        .join(GUEST_TARGET)
+        .join("release/demo")
+}
+
+/// The files every VM gets: our aarch64 binaries, plugins, fixtures and the demo guest.
+fn vm_files() -> Result<Vec<VmFile>> {
+    let mut files = vec![
+        VmFile::from_host("/bin/accel-host", &cross_out("accel-host"), 0o755)?,
+        VmFile::from_host(
+            "/bin/accel-conformance",
+            &cross_out("accel-conformance"),
+            0o755,
+        )?,
+        VmFile::from_host("/guests/demo.elf", &demo_guest(), 0o644)?,
+        VmFile {
+            path: "/lib/accel/not-a-plugin.so".into(),
+            data: b"this file is not a shared library\n".to_vec(),
+            perm: 0o644,
+        },
+    ];
+    for lib in [
+        "libaccel_kvm.so",
+        "libaccel_hvf.so",
+        "libaccel_fixture_wrong_abi.so",
+    ] {
+        files.push(VmFile::from_host(
+            &format!("/lib/accel/{lib}"),
+            &cross_out(lib),
+            0o755,
+        )?);
+    }
+    Ok(files)
+}
+
+fn job(name: &str, argv: &[&str]) -> Job {
+    Job {
+        name: name.into(),
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// Tallies of a test run.
+#[derive(Default)]
+struct Tally {
+    passed: usize,
+    failed: usize,
+    failures: Vec<String>,
+}
+
+impl Tally {
+    fn check(&mut self, name: &str, ok: bool, why: impl FnOnce() -> String) {
+        if ok {
+            self.passed += 1;
+            println!("xtask: PASS {name}");
+        } else {
+            self.failed += 1;
+            let why = why();
+            println!("xtask: FAIL {name}: {why}");
+            self.failures.push(format!("{name}: {why}"));
+        }
+    }
+}
+
+/// Parses `N passed, N failed` (the conformance runner's summary).
+fn summary_line(lines: &[String]) -> Option<(usize, usize)> {
+    lines.iter().rev().find_map(|l| {
+        let (p, f) = l.trim().split_once(" passed, ")?;
+        Some((p.parse().ok()?, f.strip_suffix(" failed")?.parse().ok()?))
+    })
+}
+
+/// Sums libtest's `test result: ok. N passed; M failed; ...` lines.
+fn libtest_counts(lines: &[String]) -> (usize, usize) {
+    let mut total = (0, 0);
+    for line in lines.iter().filter_map(|l| l.strip_prefix("test result: ")) {
+        let number = |word: &str| -> usize {
+            line.split(';')
+                .find_map(|part| {
+                    part.trim()
+                        .trim_start_matches("ok. ")
+                        .trim_start_matches("FAILED. ")
+                        .strip_suffix(word)
+                })
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        total.0 += number(" passed");
+        total.1 += number(" failed");
+    }
+    total
+}
+
+fn check_vm(tally: &mut Tally, cpu: &str, run: &VmRun) {
+    let tag = |what: &str| format!("[{cpu}] {what}");
+    tally.check(
+        &tag("vm boot"),
+        run.all_done && run.qemu_status == Some(0),
+        || {
+            format!(
+                "the VM did not finish its jobs (all-done: {}, QEMU status {:?})",
+                run.all_done, run.qemu_status
+            )
+        },
+    );
+
+    match run.job("conformance") {
+        Some(job) => match summary_line(&job.output) {
+            Some((passed, failed)) => {
+                println!(
+                    "xtask: [{cpu}] conformance on real KVM: {passed} passed, {failed} failed"
+                );
+                tally.passed += passed;
+                tally.failed += failed;
+                for line in job
+                    .output
+                    .iter()
+                    .filter(|l| l.starts_with("FAIL") || l.starts_with("NOT RUN"))
+                {
+                    tally.failures.push(format!("[{cpu}] {line}"));
+                }
+                tally.check(
+                    &tag("KVM conformance suite ran completely"),
+                    job.status == Some(0) && passed > 0,
+                    || {
+                        format!(
+                            "the runner exited with {:?} (cases failed or were not run)",
+                            job.status
+                        )
+                    },
+                );
+            }
+            None => tally.check(&tag("KVM conformance suite ran"), false, || {
+                "no summary line in its output".into()
+            }),
+        },
+        None => tally.check(&tag("KVM conformance suite ran"), false, || {
+            "the job did not run".into()
+        }),
+    }
+
+    let output_of = |name: &str| run.job(name).map(|j| (j.status, j.output.clone()));
+    let (status, out) = output_of("host-probe").unwrap_or_default();
+    tally.check(
+        &tag("accel-host probe --accel kvm says available"),
+        status == Some(0)
+            && out
+                .iter()
+                .any(|l| l.starts_with("available") && l.ends_with("yes")),
+        || format!("status {status:?}, output {out:?}"),
+    );
+    let (status, out) = output_of("host-list").unwrap_or_default();
+    tally.check(
+        &tag("accel-host list finds the kvm (available) and hvf plugins"),
+        status == Some(0)
+            && out
+                .iter()
+                .any(|l| l.starts_with("kvm") && l.contains(" available"))
+            && out
+                .iter()
+                .any(|l| l.starts_with("hvf") && l.contains("unavailable")),
+        || format!("status {status:?}, output {out:?}"),
+    );
+    let (status, out) = output_of("host-demo").unwrap_or_default();
+    tally.check(
+        &tag("accel-host run prints the demo guest's line and exits 0"),
+        status == Some(0) && out.iter().any(|l| l.contains(DEMO_LINE)),
+        || format!("status {status:?}, output {out:?}"),
+    );
+    let (status, out) = output_of("host-not-a-plugin").unwrap_or_default();
+    tally.check(
+        &tag("accel-host run with a non-plugin file fails with a one-line reason"),
+        status == Some(1)
+            && out.len() == 1
+            && out[0].starts_with("accel-host: error:")
+            && out[0].contains("not a loadable shared library"),
+        || format!("status {status:?}, output {out:?}"),
+    );
+}
+
+fn test(cpus: &[String]) -> Result<bool> {
+    let start = Instant::now();
+    provision::host_tools()?;
+    provision::rust_targets()?;
+
+    println!("xtask: host unit tests");
+    let (lines, ok) = cmd::tee(cargo().args(["test", "--workspace", "--color", "never"]))?;
+    let (unit_passed, unit_failed) = libtest_counts(&lines);
+    let mut tally = Tally::default();
+    tally.passed += unit_passed;
+    tally.failed += unit_failed;
+    if !ok && unit_failed == 0 {
+        tally.check("host unit tests build and run", false, || {
+            "cargo test failed".into()
+        });
+    }
+    println!("xtask: host unit tests: {unit_passed} passed, {unit_failed} failed");
+
+    println!("xtask: cross build for {CROSS_TARGET} and the demo guest");
+    cross_build()?;
+    let kernel = provision::kernel()?;
+    let work = vm::work_dir(&root());
+    std::fs::create_dir_all(&work)
+        .map_err(|e| Error(format!("creating {}: {e}", work.display())))?;
+    let initrd = work.join("test-initrd.cpio");
+    let jobs = [
+        job(
+            "conformance",
+            &[
+                "/bin/accel-conformance",
+                "--plugin",
+                "/lib/accel/libaccel_kvm.so",
+                "--fixtures",
+                "/lib/accel",
+            ],
+        ),
+        job("host-list", &["/bin/accel-host", "list"]),
+        job(
+            "host-probe",
+            &["/bin/accel-host", "probe", "--accel", "kvm"],
+        ),
+        job(
+            "host-demo",
+            &[
+                "/bin/accel-host",
+                "run",
+                "--accel",
+                "kvm",
+                "/guests/demo.elf",
+            ],
+        ),
+        job(
+            "host-not-a-plugin",
+            &[
+                "/bin/accel-host",
+                "run",
+                "--accel",
+                "/lib/accel/not-a-plugin.so",
+                "/guests/demo.elf",
+            ],
+        ),
+    ];
+    vm::initramfs(
+        &initrd,
+        &cross_out("accel-vm-init"),
+        vm_files()?,
+        &[("ACCEL_PLUGIN_PATH", "/lib/accel")],
+        &jobs,
+    )?;
+    for cpu in cpus {
+        println!("xtask: booting the nested arm64 VM (-cpu {cpu})");
+        let run = vm::boot(&kernel, &initrd, cpu, VM_TIMEOUT, &|line| {
+            println!("  vm[{cpu}]| {line}")
+        })?;
+        println!(
+            "xtask: [{cpu}] VM finished in {:.1} s",
+            run.elapsed.as_secs_f64()
+        );
+        check_vm(&mut tally, cpu, &run);
+    }
+    println!("xtask: total time {:.1} s", start.elapsed().as_secs_f64());
+    if !tally.failures.is_empty() {
+        println!("xtask: failures:");
+        for f in &tally.failures {
+            println!("  {f}");
+        }
+    }
+    println!("{} passed, {} failed", tally.passed, tally.failed);
+    Ok(tally.failed == 0 && tally.failures.is_empty())
+}
+
+fn native_kvm_usable(host: &Path, plugin: &Path) -> bool {
+    cfg!(all(target_os = "linux", target_arch = "aarch64"))
+        && Command::new(host)
+            .args(["probe", "--accel"])
+            .arg(plugin)
+            .output()
+            .is_ok_and(|o| {
+                o.status.success()
+                    && String::from_utf8_lossy(&o.stdout).contains("available        yes")
+            })
+}
+
+fn run(image: Option<PathBuf>) -> Result<i32> {
+    let image = match image {
+        Some(i) => std::fs::canonicalize(&i).map_err(|e| Error(format!("{}: {e}", i.display())))?,
+        None => {
+            if cfg!(target_arch = "aarch64") {
+                provision::rust_targets()?;
+            }
+            demo_guest()
+        }
+    };
+    if cfg!(all(target_os = "linux", target_arch = "aarch64")) {
+        cmd::run(cargo().args(["build", "--release", "-p", "accel-host", "-p", "accel-kvm"]))?;
+        if image == demo_guest() {
+            cross_build_guest()?;
+        }
+        let release = root().join("target/release");
+        let (host, plugin) = (release.join("accel-host"), release.join("libaccel_kvm.so"));
+        if native_kvm_usable(&host, &plugin) {
+            let status = Command::new(&host)
+                .args(["run", "--accel"])
+                .arg(&plugin)
+                .arg(&image)
+                .status()
+                .map_err(|e| Error(format!("running {}: {e}", host.display())))?;
+            return Ok(status.code().unwrap_or(1));
+        }
+        println!("xtask: KVM is not usable natively here; using the nested VM");
+    }
+    provision::host_tools()?;
+    provision::rust_targets()?;
+    cross_build()?;
+    let kernel = provision::kernel()?;
+    let work = vm::work_dir(&root());
+    std::fs::create_dir_all(&work)
+        .map_err(|e| Error(format!("creating {}: {e}", work.display())))?;
+    let initrd = work.join("run-initrd.cpio");
+    let mut files = vm_files()?;
+    files.push(VmFile::from_host("/guests/image", &image, 0o644)?);
+    let jobs = [job(
+        "run",
+        &["/bin/accel-host", "run", "--accel", "kvm", "/guests/image"],
+    )];
+    vm::initramfs(
+        &initrd,
+        &cross_out("accel-vm-init"),
+        files,
+        &[("ACCEL_PLUGIN_PATH", "/lib/accel")],
+        &jobs,
+    )?;
+    println!("xtask: booting the nested arm64 VM; guest console follows");
+    let result = vm::boot(&kernel, &initrd, "max", VM_TIMEOUT, &|line| {
+        if !line.starts_with("@@accel") {
+            println!("{line}");
+        }
+    })?;
+    match result.job("run").and_then(|j| j.status) {
+        Some(code) => Ok(code),
+        None => Err(Error("the VM ended before accel-host finished".into())),
+    }
+}
+
+fn cross_build_guest() -> Result<()> {
+    cmd::run(
+        cargo()
+            .args([
+                "build",
+                "--release",
+                "--target",
+                GUEST_TARGET,
+                "--manifest-path",
+            ])
+            .arg(root().join("tests/guests/demo/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(root().join("target/guests")),
+    )
+}
+
+const USAGE: &str = "usage: cargo xtask test [--cpu MODEL]...\n       cargo xtask run [IMAGE]";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => {
+            let mut cpus = Vec::new();
+            let mut rest = args[1..].iter();
+            let mut bad = None;
+            while let Some(a) = rest.next() {
+                match (a.as_str(), rest.clone().next()) {
+                    ("--cpu", Some(model)) => {
+                        cpus.push(model.clone());
+                        rest.next();
+                    }
+                    _ => bad = Some(a.clone()),
+                }
+            }
+            if let Some(bad) = bad {
+                Err(Error(format!("unknown argument '{bad}'\n{USAGE}")))
+            } else {
+                if cpus.is_empty() {
+                    cpus = DEFAULT_CPUS.iter().map(|s| s.to_string()).collect();
+                }
+                test(&cpus).map(|ok| if ok { 0 } else { 1 })
+            }
+        }
+        Some("run") if args.len() <= 2 => run(args.get(1).map(PathBuf::from)),
+        _ => Err(Error(USAGE.into())),
+    };
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(Error(message)) => {
+            eprintln!("xtask: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_summaries() {
+        let lines: Vec<String> = ["PASS x", "3 not run", "17 passed, 2 failed"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(summary_line(&lines), Some((17, 2)));
+        assert_eq!(summary_line(&["nothing".to_string()]), None);
+        let libtest: Vec<String> = [
+            "test result: ok. 12 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s",
+            "test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(libtest_counts(&libtest), (15, 1));
+    }
+}

@@ -6,7 +6,7 @@ use accel_api::{ErrorKind, SystemEventKind, VcpuExit};
 use crate::{
     asm::{self, Size},
     ensure,
-    guest::{TestGuest, MMIO_BASE, PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET},
+    guest::{TestGuest, CODE, EXCEPTION_MMIO, MMIO_BASE, PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET},
     Case, CaseResult, Context, Failure,
 };
 
@@ -27,6 +27,10 @@ pub fn cases() -> Vec<Case> {
         Case {
             name: "run::mmio_read_data_without_a_read",
             run: mmio_read_data_without_a_read,
+        },
+        Case {
+            name: "run::guest_exception_reaches_its_vectors",
+            run: guest_exception_reaches_its_vectors,
         },
         Case {
             name: "run::psci_system_off",
@@ -157,6 +161,42 @@ fn mmio_read_data_without_a_read(ctx: &Context) -> CaseResult {
     ensure!(
         err.as_ref().is_some_and(|e| e.kind == ErrorKind::BAD_STATE),
         "supplying MMIO read data with no read pending: expected a bad-state error, got {err:?}"
+    );
+    Ok(())
+}
+
+/// With no debugger attached, a guest's own `BRK` is the guest's business: it must be taken by
+/// the guest's vector table at EL1 with ESR_EL1.EC = 0x3c and the immediate in the ISS.
+fn guest_exception_reaches_its_vectors(ctx: &Context) -> CaseResult {
+    let mut g = TestGuest::new(&ctx.accelerator()?, &[asm::NOP, asm::brk(0x7), asm::b(0)])?;
+    let (addr, len, esr) = loop {
+        match g.vcpu.run()? {
+            VcpuExit::Interrupted => continue,
+            VcpuExit::MmioWrite(a) => break (a.addr, a.len, a.value()),
+            other => {
+                return Err(Failure::Fail(format!(
+                    "expected the vector table's report, got {other:?}"
+                )))
+            }
+        }
+    };
+    ensure!(
+        addr == EXCEPTION_MMIO && len == 8,
+        "the first write went to {addr:#x} ({len} bytes)"
+    );
+    ensure!(
+        esr >> 26 == 0x3c && esr & 0xffff == 7,
+        "ESR_EL1 {esr:#x}: expected EC 0x3c (BRK) with comment 7"
+    );
+    let (addr, _, elr) = g.expect_mmio_write()?;
+    ensure!(
+        addr == EXCEPTION_MMIO + 8,
+        "the second write went to {addr:#x}"
+    );
+    ensure!(
+        elr == CODE + 4,
+        "ELR_EL1 {elr:#x}: expected the BRK at {:#x}",
+        CODE + 4
     );
     Ok(())
 }

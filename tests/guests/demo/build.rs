@@ -1,0 +1,7 @@
+//! Links the demo guest with its own linker script.
+
+fn main() {
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+    println!("cargo:rustc-link-arg=-T{dir}/link.ld");
+    println!("cargo:rerun-if-changed=link.ld");
+}

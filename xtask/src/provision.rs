@@ -1,0 +1,374 @@
+//! Provisioning: the host tools, the Rust targets and the arm64 Debian kernel the nested VM needs.
+//! Missing tools are installed when this user can (root with apt-get); otherwise the exact
+//! command is printed. The kernel and apt lists are cached, so later runs work offline.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use crate::{cmd, Error, Result};
+
+/// Debian packages the nested VM needs on the build host.
+pub const APT_PACKAGES: &[&str] = &[
+    "qemu-system-arm",
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
+];
+/// Rust targets: plugins and tools for the VM, and the bare-metal demo guest.
+pub const RUST_TARGETS: &[&str] = &["aarch64-unknown-linux-gnu", "aarch64-unknown-none"];
+/// Where the cross glibc lives.
+pub const CROSS_LIB: &str = "/usr/aarch64-linux-gnu/lib";
+/// Kernel metapackages to try, newest first.
+const KERNEL_METAPACKAGES: &[&str] = &["linux-image-6.12-arm64", "linux-image-arm64"];
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// Makes sure the host tools are there, installing them when possible.
+pub fn host_tools() -> Result<()> {
+    let missing: Vec<&str> = [
+        ("qemu-system-aarch64", "qemu-system-arm"),
+        ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
+    ]
+    .iter()
+    .filter(|(program, _)| !have(program))
+    .map(|(_, package)| *package)
+    .chain((!Path::new(CROSS_LIB).join("libc.so.6").exists()).then_some("libc6-dev-arm64-cross"))
+    .collect();
+    if !missing.is_empty() {
+        let install = format!(
+            "apt-get install -y --no-install-recommends {}",
+            APT_PACKAGES.join(" ")
+        );
+        if is_root() && have("apt-get") {
+            eprintln!("xtask: installing {}", missing.join(", "));
+            cmd::run(Command::new("apt-get").args(["update", "-qq"]))?;
+            cmd::run(Command::new("sh").args([
+                "-c",
+                &format!("DEBIAN_FRONTEND=noninteractive {install} -qq"),
+            ]))?;
+        } else {
+            return Err(Error(format!(
+                "missing host tools ({}); install them with:\n  sudo {install}",
+                missing.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Makes sure the Rust cross targets are installed.
+pub fn rust_targets() -> Result<()> {
+    let installed = cmd::output(Command::new("rustup").args(["target", "list", "--installed"]))
+        .map_err(|Error(e)| {
+            Error(format!(
+                "{e}; rustup is needed to add the targets {}",
+                RUST_TARGETS.join(" ")
+            ))
+        })?;
+    let missing: Vec<&str> = RUST_TARGETS
+        .iter()
+        .copied()
+        .filter(|t| !installed.lines().any(|l| l.trim() == *t))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("xtask: adding Rust targets {}", missing.join(", "));
+        cmd::run(
+            Command::new("rustup")
+                .arg("target")
+                .arg("add")
+                .args(&missing),
+        )?;
+    }
+    Ok(())
+}
+
+/// The cache directory: `ACCEL_CACHE_DIR`, else `$XDG_CACHE_HOME/accel`, else `~/.cache/accel`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("ACCEL_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    base.join("accel")
+}
+
+/// One Debian apt source: a URI, its suites and components, and its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AptSource {
+    /// The archive's URI.
+    pub uri: String,
+    /// Suites (e.g. the release and its security suite).
+    pub suites: Vec<String>,
+    /// Components.
+    pub components: Vec<String>,
+    /// The keyring, if the source names one.
+    pub signed_by: Option<String>,
+}
+
+impl AptSource {
+    fn is_debian(&self) -> bool {
+        let uri = self.uri.trim_end_matches('/');
+        self.signed_by
+            .as_deref()
+            .is_some_and(|k| k.contains("debian-archive-keyring"))
+            || uri.ends_with("/debian")
+            || uri.ends_with("/debian-security")
+    }
+}
+
+/// Parses deb822 `.sources` text.
+pub fn parse_deb822(text: &str) -> Vec<AptSource> {
+    let mut out = Vec::new();
+    for stanza in text.split("\n\n") {
+        let mut fields = std::collections::HashMap::new();
+        for line in stanza.lines().filter(|l| !l.trim_start().starts_with('#')) {
+            if let Some((k, v)) = line.split_once(':') {
+                fields.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+            }
+        }
+        let words = |k: &str| -> Vec<String> {
+            fields
+                .get(k)
+                .map(|v| v.split_whitespace().map(String::from).collect())
+                .unwrap_or_default()
+        };
+        if !words("types").iter().any(|t| t == "deb")
+            || fields.get("enabled").is_some_and(|e| e == "no")
+        {
+            continue;
+        }
+        for uri in words("uris") {
+            out.push(AptSource {
+                uri,
+                suites: words("suites"),
+                components: words("components"),
+                signed_by: fields.get("signed-by").cloned(),
+            });
+        }
+    }
+    out
+}
+
+/// Parses one-line-style `.list` text.
+pub fn parse_one_line(text: &str) -> Vec<AptSource> {
+    let mut out = Vec::new();
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("deb "))
+    {
+        let mut rest = line["deb ".len()..].trim();
+        let mut signed_by = None;
+        if rest.starts_with('[') {
+            let Some(end) = rest.find(']') else { continue };
+            for opt in rest[1..end].split_whitespace() {
+                if let Some(key) = opt.strip_prefix("signed-by=") {
+                    signed_by = Some(key.to_string());
+                }
+            }
+            rest = rest[end + 1..].trim();
+        }
+        let mut words = rest.split_whitespace();
+        let (Some(uri), Some(suite)) = (words.next(), words.next()) else {
+            continue;
+        };
+        out.push(AptSource {
+            uri: uri.to_string(),
+            suites: vec![suite.to_string()],
+            components: words.map(String::from).collect(),
+            signed_by,
+        });
+    }
+    out
+}
+
+/// The Debian sources configured on this host.
+fn system_debian_sources() -> Vec<AptSource> {
+    let mut sources = Vec::new();
+    if let Ok(text) = std::fs::read_to_string("/etc/apt/sources.list") {
+        sources.extend(parse_one_line(&text));
+    }
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        let mut paths: Vec<PathBuf> = dir.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for path in paths {
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            match path.extension().and_then(|e| e.to_str()) {
+                Some("sources") => sources.extend(parse_deb822(&text)),
+                Some("list") => sources.extend(parse_one_line(&text)),
+                _ => {}
+            }
+        }
+    }
+    sources.into_iter().filter(AptSource::is_debian).collect()
+}
+
+/// The arm64 kernel image: `ACCEL_KERNEL` if set, else the cached Debian kernel, fetched on first
+/// use through a private apt root (the system's apt setup is not touched).
+pub fn kernel() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("ACCEL_KERNEL") {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(Error(format!(
+                "ACCEL_KERNEL={} is not a file",
+                path.display()
+            )))
+        };
+    }
+    let dir = cache_dir().join("kernel");
+    let image = dir.join("vmlinuz");
+    if image.is_file() {
+        return Ok(image);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| Error(format!("creating {}: {e}", dir.display())))?;
+    let apt = cache_dir().join("apt");
+    let sources = system_debian_sources();
+    if sources.is_empty() {
+        return Err(Error(
+            "no Debian apt source is configured on this host, so the arm64 kernel cannot be fetched; \
+             set ACCEL_KERNEL to an arm64 Linux Image with KVM built in"
+                .into(),
+        ));
+    }
+    for sub in [
+        "state/lists/partial",
+        "cache/archives/partial",
+        "etc/sources.list.d",
+        "etc/preferences.d",
+    ] {
+        std::fs::create_dir_all(apt.join(sub))
+            .map_err(|e| Error(format!("creating the apt root: {e}")))?;
+    }
+    let list: String = sources
+        .iter()
+        .flat_map(|s| {
+            let key = s
+                .signed_by
+                .as_ref()
+                .map(|k| format!(" signed-by={k}"))
+                .unwrap_or_default();
+            let components = s.components.join(" ");
+            s.suites
+                .iter()
+                .map(move |suite| format!("deb [arch=arm64{key}] {} {suite} {components}\n", s.uri))
+        })
+        .collect();
+    write(&apt.join("etc/sources.list"), list.as_bytes())?;
+    write(&apt.join("state/status"), b"")?;
+    let conf = format!(
+        "Dir::State \"{0}/state\";\nDir::State::status \"{0}/state/status\";\nDir::Cache \"{0}/cache\";\n\
+         Dir::Etc::sourcelist \"{0}/etc/sources.list\";\nDir::Etc::sourceparts \"{0}/etc/sources.list.d\";\n\
+         Dir::Etc::preferencesparts \"{0}/etc/preferences.d\";\nAPT::Architecture \"arm64\";\n\
+         APT::Architectures {{ \"arm64\"; }};\nAPT::Sandbox::User \"root\";\n",
+        apt.display()
+    );
+    let conf_path = apt.join("etc/apt.conf");
+    write(&conf_path, conf.as_bytes())?;
+    let apt_cmd = |program: &str| {
+        let mut c = Command::new(program);
+        c.env("APT_CONFIG", &conf_path);
+        c
+    };
+    eprintln!(
+        "xtask: fetching the arm64 Debian kernel (once; cached in {})",
+        dir.display()
+    );
+    cmd::run(apt_cmd("apt-get").args(["update", "-qq"]))?;
+    let package = KERNEL_METAPACKAGES
+        .iter()
+        .find_map(|meta| {
+            let deps = cmd::output(apt_cmd("apt-cache").args(["depends", meta])).ok()?;
+            deps.lines()
+                .filter_map(|l| l.trim().strip_prefix("Depends: "))
+                .map(str::trim)
+                .find(|d| d.starts_with("linux-image-") && !d.contains('<'))
+                .map(String::from)
+        })
+        .ok_or_else(|| {
+            Error(format!(
+                "none of {} resolves to a kernel package",
+                KERNEL_METAPACKAGES.join(", ")
+            ))
+        })?;
+    let download = dir.join("download");
+    std::fs::create_dir_all(&download)
+        .map_err(|e| Error(format!("creating {}: {e}", download.display())))?;
+    cmd::run(
+        apt_cmd("apt-get")
+            .current_dir(&download)
+            .args(["download", "-qq", &package]),
+    )?;
+    let deb = std::fs::read_dir(&download)
+        .map_err(|e| Error(e.to_string()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .ok_or_else(|| Error(format!("apt-get download {package} produced no .deb")))?;
+    cmd::run(Command::new("sh").current_dir(&download).args([
+        "-c",
+        &format!(
+            "dpkg-deb --fsys-tarfile '{}' | tar -x --wildcards './boot/vmlinuz-*'",
+            deb.display()
+        ),
+    ]))?;
+    let vmlinuz = std::fs::read_dir(download.join("boot"))
+        .map_err(|e| Error(e.to_string()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .next()
+        .ok_or_else(|| Error(format!("{} holds no /boot/vmlinuz", deb.display())))?;
+    std::fs::rename(&vmlinuz, &image)
+        .map_err(|e| Error(format!("moving the kernel into the cache: {e}")))?;
+    std::fs::write(dir.join("package"), package.as_bytes()).map_err(|e| Error(e.to_string()))?;
+    let _ = std::fs::remove_dir_all(&download);
+    Ok(image)
+}
+
+fn write(path: &Path, data: &[u8]) -> Result<()> {
+    std::fs::write(path, data).map_err(|e| Error(format!("writing {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deb822_sources_parse() {
+        let text = "Types: deb\n# comment\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n\
+                    Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n\
+                    Types: deb-src\nURIs: http://mirror.example/debian\nSuites: bookworm\nComponents: main\n";
+        let s = parse_deb822(text);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].suites, vec!["bookworm", "bookworm-updates"]);
+        assert!(s[0].is_debian());
+    }
+
+    #[test]
+    fn one_line_sources_parse() {
+        let text = "# x\ndeb [arch=amd64 signed-by=/k.gpg] http://m.example/debian-security bookworm-security main contrib\n\
+                    deb http://other.example/apt cloud main\n";
+        let s = parse_one_line(text);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].signed_by.as_deref(), Some("/k.gpg"));
+        assert_eq!(s[0].components, vec!["main", "contrib"]);
+        assert!(s[0].is_debian());
+        assert!(!s[1].is_debian());
+    }
+}

@@ -1,0 +1,261 @@
+//! The nested arm64 VM: an initramfs of our aarch64 binaries, a QEMU boot with EL2 so that the
+//! guest kernel offers `/dev/kvm`, and the job results read back from the serial console.
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use crate::{cpio::Cpio, provision::CROSS_LIB, Error, Result};
+
+/// A file to put into the initramfs.
+pub struct VmFile {
+    /// Its absolute path inside the VM.
+    pub path: String,
+    /// Its contents.
+    pub data: Vec<u8>,
+    /// Permission bits.
+    pub perm: u32,
+}
+
+impl VmFile {
+    /// A file read from the host.
+    pub fn from_host(path: &str, host: &Path, perm: u32) -> Result<Self> {
+        let data =
+            std::fs::read(host).map_err(|e| Error(format!("reading {}: {e}", host.display())))?;
+        Ok(Self {
+            path: path.into(),
+            data,
+            perm,
+        })
+    }
+}
+
+/// A job for the VM's init: a name and a command line.
+pub struct Job {
+    /// Unique name.
+    pub name: String,
+    /// Program and arguments.
+    pub argv: Vec<String>,
+}
+
+/// What one job did.
+#[derive(Debug, Default, Clone)]
+pub struct JobResult {
+    /// The job's name.
+    pub name: String,
+    /// Its exit status, if it ended.
+    pub status: Option<i32>,
+    /// Its console lines.
+    pub output: Vec<String>,
+}
+
+/// What a VM boot produced.
+#[derive(Debug)]
+pub struct VmRun {
+    /// Job results in order.
+    pub jobs: Vec<JobResult>,
+    /// Init reported the end of the job list.
+    pub all_done: bool,
+    /// QEMU's exit status (None when it was killed on timeout).
+    pub qemu_status: Option<i32>,
+    /// Wall time of the boot.
+    pub elapsed: Duration,
+}
+
+impl VmRun {
+    /// The result of the job called `name`.
+    pub fn job(&self, name: &str) -> Option<&JobResult> {
+        self.jobs.iter().find(|j| j.name == name)
+    }
+}
+
+/// The glibc runtime a dynamically linked aarch64 program (and `dlopen`) needs.
+fn runtime_files() -> Result<Vec<VmFile>> {
+    let lib = Path::new(CROSS_LIB);
+    let mut files = vec![VmFile::from_host(
+        "/lib/ld-linux-aarch64.so.1",
+        &lib.join("ld-linux-aarch64.so.1"),
+        0o755,
+    )?];
+    for name in ["libc.so.6", "libgcc_s.so.1", "libm.so.6"] {
+        files.push(VmFile::from_host(
+            &format!("/lib/aarch64-linux-gnu/{name}"),
+            &lib.join(name),
+            0o755,
+        )?);
+    }
+    Ok(files)
+}
+
+/// Writes an initramfs with `init` as `/init`, the glibc runtime, `files`, and the job list.
+pub fn initramfs(
+    out: &Path,
+    init: &Path,
+    files: Vec<VmFile>,
+    env: &[(&str, &str)],
+    jobs: &[Job],
+) -> Result<()> {
+    let mut all = vec![VmFile::from_host("/init", init, 0o755)?];
+    all.extend(runtime_files()?);
+    all.extend(files);
+    let mut list: String = env.iter().map(|(k, v)| format!("env\t{k}={v}\n")).collect();
+    for job in jobs {
+        list.push_str(&format!("{}\t{}\n", job.name, job.argv.join("\t")));
+    }
+    all.push(VmFile {
+        path: "/etc/accel/jobs".into(),
+        data: list.into_bytes(),
+        perm: 0o644,
+    });
+
+    let mut dirs = BTreeSet::new();
+    for d in ["/dev", "/proc", "/sys", "/tmp", "/bin"] {
+        dirs.insert(d.to_string());
+    }
+    for f in &all {
+        let mut p = Path::new(&f.path).parent();
+        while let Some(dir) = p.filter(|d| d != &Path::new("/")) {
+            dirs.insert(dir.to_string_lossy().into_owned());
+            p = dir.parent();
+        }
+    }
+    let mut cpio = Cpio::new();
+    // BTreeSet order puts every parent before its children.
+    for d in &dirs {
+        cpio.dir(d);
+    }
+    for f in &all {
+        cpio.file(&f.path, f.perm, &f.data);
+    }
+    std::fs::write(out, cpio.finish()).map_err(|e| Error(format!("writing {}: {e}", out.display())))
+}
+
+/// The QEMU command line for a CPU model. `max` gets the cheap pointer-authentication algorithm,
+/// which makes emulation about three times faster.
+fn qemu_command(kernel: &Path, initrd: &Path, cpu: &str) -> Command {
+    let cpu_arg = if cpu == "max" {
+        "max,pauth-impdef=on".to_string()
+    } else {
+        cpu.to_string()
+    };
+    let mut c = Command::new("qemu-system-aarch64");
+    c.args([
+        "-M",
+        "virt,virtualization=on,gic-version=3",
+        "-cpu",
+        &cpu_arg,
+    ])
+    .args(["-smp", "2", "-m", "1024", "-accel", "tcg,thread=single"])
+    .args(["-nographic", "-nic", "none", "-no-reboot"])
+    .args([
+        "-semihosting-config",
+        "enable=on,target=native,userspace=on",
+    ])
+    .arg("-kernel")
+    .arg(kernel)
+    .arg("-initrd")
+    .arg(initrd)
+    .args(["-append", "console=ttyAMA0 rdinit=/init panic=-1 quiet"]);
+    c
+}
+
+/// Boots the VM and collects the job results, echoing console lines through `echo`. QEMU is
+/// killed after `timeout`.
+pub fn boot(
+    kernel: &Path,
+    initrd: &Path,
+    cpu: &str,
+    timeout: Duration,
+    echo: &dyn Fn(&str),
+) -> Result<VmRun> {
+    let start = Instant::now();
+    let mut child = qemu_command(kernel, initrd, cpu)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| Error(format!("starting qemu-system-aarch64: {e}")))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error("QEMU has no stdout".into()))?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        while r.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+            let line = String::from_utf8_lossy(&buf)
+                .trim_end_matches(['\r', '\n'])
+                .to_string();
+            buf.clear();
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    let mut run = VmRun {
+        jobs: Vec::new(),
+        all_done: false,
+        qemu_status: None,
+        elapsed: Duration::ZERO,
+    };
+    let mut current: Option<JobResult> = None;
+    let deadline = start + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                echo(&line);
+                if let Some(name) = line.strip_prefix("@@accel job-begin ") {
+                    current = Some(JobResult {
+                        name: name.trim().to_string(),
+                        ..Default::default()
+                    });
+                } else if let Some(rest) = line.strip_prefix("@@accel job-end ") {
+                    let mut job = current.take().unwrap_or_default();
+                    let mut words = rest.split_whitespace();
+                    job.name = words.next().unwrap_or_default().to_string();
+                    job.status = words
+                        .next()
+                        .and_then(|s| s.strip_prefix("status="))
+                        .and_then(|s| s.parse().ok());
+                    run.jobs.push(job);
+                } else if line.starts_with("@@accel all-done") {
+                    run.all_done = true;
+                } else if let Some(job) = current.as_mut() {
+                    job.output.push(line);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                eprintln!(
+                    "xtask: the VM did not finish within {} s; stopping it",
+                    timeout.as_secs()
+                );
+                let _ = child.kill();
+                break;
+            }
+        }
+    }
+    if let Some(job) = current.take() {
+        run.jobs.push(job);
+    }
+    let status = child
+        .wait()
+        .map_err(|e| Error(format!("waiting for QEMU: {e}")))?;
+    let _ = reader.join();
+    run.qemu_status = status.code();
+    run.elapsed = start.elapsed();
+    Ok(run)
+}
+
+/// Where xtask keeps build products of its own.
+pub fn work_dir(root: &Path) -> PathBuf {
+    root.join("target").join("xtask")
+}

@@ -1,0 +1,113 @@
+//! `/init` of the nested arm64 test VM.
+//!
+//! It mounts devtmpfs, proc, sysfs and a tmpfs, runs each job of `/etc/accel/jobs` with its output
+//! on the console between marker lines, and ends the VM through an Arm semihosting `SYS_EXIT`
+//! (QEMU's `-semihosting-config ...,userspace=on`), falling back to a power-off.
+//!
+//! A job line is `NAME<TAB>PROGRAM<TAB>ARG...`; a line `env<TAB>KEY=VALUE` sets an environment
+//! variable for the jobs after it. For each job the console shows
+//! `@@accel job-begin NAME`, the job's output, and `@@accel job-end NAME status=N` (N is the
+//! exit code, or 128 + the signal number). The run ends with `@@accel all-done`.
+
+use std::{
+    ffi::CString,
+    io::Write,
+    os::unix::process::ExitStatusExt,
+    process::{Command, Stdio},
+};
+
+const JOBS: &str = "/etc/accel/jobs";
+
+fn mount(source: &str, target: &str, fstype: &str) {
+    let _ = std::fs::create_dir_all(target);
+    let (Ok(src), Ok(tgt), Ok(fs)) = (
+        CString::new(source),
+        CString::new(target),
+        CString::new(fstype),
+    ) else {
+        return;
+    };
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call; data is null.
+    let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        println!(
+            "@@accel warning: mounting {fstype} on {target}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+fn run_job(line: &str, env: &mut Vec<(String, String)>) {
+    if let Some(assignment) = line.strip_prefix("env\t") {
+        if let Some((k, v)) = assignment.split_once('=') {
+            env.push((k.to_string(), v.to_string()));
+        }
+        return;
+    }
+    let mut fields = line.split('\t');
+    let (Some(name), Some(program)) = (fields.next(), fields.next()) else {
+        println!("@@accel warning: malformed job line {line:?}");
+        return;
+    };
+    let args: Vec<&str> = fields.collect();
+    println!("@@accel job-begin {name}");
+    let _ = std::io::stdout().flush();
+    let status = Command::new(program)
+        .args(&args)
+        .env("PATH", "/bin")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .status();
+    let code = match status {
+        Ok(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
+        Err(e) => {
+            println!("@@accel warning: starting {program}: {e}");
+            127
+        }
+    };
+    println!("@@accel job-end {name} status={code}");
+    let _ = std::io::stdout().flush();
+}
+
+/// Ends QEMU with `code` through semihosting SYS_EXIT (operation 0x18 with the parameter block
+/// `[ADP_Stopped_ApplicationExit, code]`).
+#[cfg(target_arch = "aarch64")]
+fn semihosting_exit(code: u64) {
+    let block: [u64; 2] = [0x20026, code];
+    // SAFETY: HLT #0xF000 is the A64 semihosting trap; QEMU reads the parameter block at x1,
+    // which is valid for the call, and stops the machine. Without semihosting the instruction
+    // raises an exception that the kernel turns into SIGILL, caught by the fallback below.
+    unsafe {
+        std::arch::asm!("hlt #0xf000", in("x0") 0x18u64, in("x1") block.as_ptr(), options(nostack));
+    }
+}
+
+#[cfg(not(target_arch = "aarch64"))]
+fn semihosting_exit(_: u64) {}
+
+fn main() {
+    mount("devtmpfs", "/dev", "devtmpfs");
+    mount("proc", "/proc", "proc");
+    mount("sysfs", "/sys", "sysfs");
+    mount("tmpfs", "/tmp", "tmpfs");
+    match std::fs::read_to_string(JOBS) {
+        Ok(jobs) => {
+            let mut env = Vec::new();
+            for line in jobs.lines().filter(|l| !l.trim().is_empty()) {
+                run_job(line, &mut env);
+            }
+        }
+        Err(e) => println!("@@accel warning: reading {JOBS}: {e}"),
+    }
+    println!("@@accel all-done");
+    let _ = std::io::stdout().flush();
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    semihosting_exit(0);
+    // SAFETY: reboot with RB_POWER_OFF has no memory-safety preconditions; as PID 1 we may call it.
+    unsafe { libc::reboot(libc::RB_POWER_OFF) };
+    loop {
+        std::thread::park();
+    }
+}
