@@ -98,7 +98,7 @@ impl Size {
 
 /// `STR{B,H,} Rt, [Xn, #offset]` (unsigned offset, a multiple of the size).
 pub fn str(size: Size, t: Reg, n: Reg, offset: u32) -> u32 {
-    size.base() | (offset / size.bytes() & 0xfff) << 10 | rn(n) | rd(t)
+    size.base() | ((offset / size.bytes()) & 0xfff) << 10 | rn(n) | rd(t)
 }
 
 /// `LDR{B,H,} Rt, [Xn, #offset]` (unsigned offset, a multiple of the size).

@@ -28,6 +28,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 const CROSS_TARGET: &str = "aarch64-unknown-linux-gnu";
 const GUEST_TARGET: &str = "aarch64-unknown-none";
+/// The HVF backend's target: type-checked and linted here, never linked or run.
+const MAC_TARGET: &str = "aarch64-apple-darwin";
 /// The CPU models `cargo xtask test` boots by default: the newest (VHE, SVE, pointer auth) and a
 /// Cortex-A72 (nVHE, no SVE, no pointer auth).
 const DEFAULT_CPUS: &[&str] = &["max", "cortex-a72"];
@@ -273,15 +275,43 @@ fn check_vm(tally: &mut Tally, cpu: &str, run: &VmRun) {
     );
 }
 
+/// rustfmt, and clippy with `-D warnings` on every target accel builds for.
+fn lint(tally: &mut Tally) {
+    let checks: [(&str, Vec<&str>); 4] = [
+        ("cargo fmt --check", vec!["fmt", "--all", "--", "--check"]),
+        (
+            "clippy (host)",
+            vec!["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+        ),
+        (
+            "clippy (aarch64-unknown-linux-gnu)",
+            vec!["clippy", "--workspace", "--all-targets", "--target", CROSS_TARGET, "--", "-D", "warnings"],
+        ),
+        (
+            "clippy (aarch64-apple-darwin: accel-api, accel-hvf)",
+            vec![
+                "clippy", "-p", "accel-api", "-p", "accel-hvf", "--all-targets", "--target", MAC_TARGET, "--", "-D",
+                "warnings",
+            ],
+        ),
+    ];
+    for (name, args) in checks {
+        let ok = cmd::run(cargo().args(&args)).is_ok();
+        tally.check(name, ok, || "see the output above".into());
+    }
+}
+
 fn test(cpus: &[String]) -> Result<bool> {
     let start = Instant::now();
     provision::host_tools()?;
     provision::rust_targets()?;
+    let mut tally = Tally::default();
+    println!("xtask: formatting and lints");
+    lint(&mut tally);
 
     println!("xtask: host unit tests");
     let (lines, ok) = cmd::tee(cargo().args(["test", "--workspace", "--color", "never"]))?;
     let (unit_passed, unit_failed) = libtest_counts(&lines);
-    let mut tally = Tally::default();
     tally.passed += unit_passed;
     tally.failed += unit_failed;
     if !ok && unit_failed == 0 {

@@ -15,8 +15,11 @@ pub const APT_PACKAGES: &[&str] = &[
     "gcc-aarch64-linux-gnu",
     "libc6-dev-arm64-cross",
 ];
-/// Rust targets: plugins and tools for the VM, and the bare-metal demo guest.
-pub const RUST_TARGETS: &[&str] = &["aarch64-unknown-linux-gnu", "aarch64-unknown-none"];
+/// Rust targets: plugins and tools for the VM, the bare-metal demo guest, and macOS on Apple
+/// silicon for checking the HVF backend.
+pub const RUST_TARGETS: &[&str] = &["aarch64-unknown-linux-gnu", "aarch64-unknown-none", "aarch64-apple-darwin"];
+/// rustup components the lint step needs.
+pub const RUST_COMPONENTS: &[&str] = &["clippy", "rustfmt"];
 /// Where the cross glibc lives.
 pub const CROSS_LIB: &str = "/usr/aarch64-linux-gnu/lib";
 /// Kernel metapackages to try, newest first.
