@@ -17,7 +17,11 @@ pub const APT_PACKAGES: &[&str] = &[
 ];
 /// Rust targets: plugins and tools for the VM, the bare-metal demo guest, and macOS on Apple
 /// silicon for checking the HVF backend.
-pub const RUST_TARGETS: &[&str] = &["aarch64-unknown-linux-gnu", "aarch64-unknown-none", "aarch64-apple-darwin"];
+pub const RUST_TARGETS: &[&str] = &[
+    "aarch64-unknown-linux-gnu",
+    "aarch64-unknown-none",
+    "aarch64-apple-darwin",
+];
 /// rustup components the lint step needs.
 pub const RUST_COMPONENTS: &[&str] = &["clippy", "rustfmt"];
 /// Where the cross glibc lives.
@@ -91,6 +95,22 @@ pub fn rust_targets() -> Result<()> {
         cmd::run(
             Command::new("rustup")
                 .arg("target")
+                .arg("add")
+                .args(&missing),
+        )?;
+    }
+    let components =
+        cmd::output(Command::new("rustup").args(["component", "list", "--installed"]))?;
+    let missing: Vec<&str> = RUST_COMPONENTS
+        .iter()
+        .copied()
+        .filter(|c| !components.lines().any(|l| l.starts_with(&format!("{c}-"))))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("xtask: adding rustup components {}", missing.join(", "));
+        cmd::run(
+            Command::new("rustup")
+                .arg("component")
                 .arg("add")
                 .args(&missing),
         )?;
