@@ -75,10 +75,7 @@ pub fn guard<T>(op: &str, f: impl FnOnce() -> Result<T>) -> RResult<T, AccelErro
         Ok(result) => result.into(),
         Err(payload) => RErr(AccelError::new(
             ErrorKind::PANIC,
-            format!(
-                "{op}: the plugin panicked: {}",
-                panic_message(payload.as_ref())
-            ),
+            format!("{op}: the plugin panicked: {}", panic_message(payload.as_ref())),
         )),
     }
 }
@@ -94,9 +91,7 @@ pub fn guarded_probe(probe: fn() -> ProbeInfo) -> ProbeInfo {
 
 /// Runs a plugin's open function and wraps the backend for the ABI.
 pub fn guarded_open<B: Backend>(open: fn() -> Result<B>) -> RResult<AccelBox, AccelError> {
-    guard("open", || {
-        open().map(|b| AccelOps_TO::from_value(Guarded(b), TD_Opaque))
-    })
+    guard("open", || open().map(|b| AccelOps_TO::from_value(Guarded(b), TD_Opaque)))
 }
 
 /// A backend object behind the ABI, with every call guarded.
@@ -106,20 +101,12 @@ impl<B: Backend> AccelOps for Guarded<B> {
     fn probe(&self) -> ProbeInfo {
         match guard("probe", || Ok(self.0.probe())) {
             abi_stable::std_types::ROk(info) => info,
-            RErr(e) => ProbeInfo {
-                available: false,
-                reason: e.message,
-                caps: Default::default(),
-            },
+            RErr(e) => ProbeInfo { available: false, reason: e.message, caps: Default::default() },
         }
     }
 
     fn create_vm(&self, config: &VmConfig) -> RResult<VmBox, AccelError> {
-        guard("create_vm", || {
-            self.0
-                .create_vm(config)
-                .map(|vm| VmOps_TO::from_value(Guarded(vm), TD_Opaque))
-        })
+        guard("create_vm", || self.0.create_vm(config).map(|vm| VmOps_TO::from_value(Guarded(vm), TD_Opaque)))
     }
 }
 
@@ -134,9 +121,7 @@ impl<V: BackendVm> VmOps for Guarded<V> {
 
     fn create_vcpu(&self, config: &VcpuConfig) -> RResult<VcpuBox, AccelError> {
         guard("create_vcpu", || {
-            self.0
-                .create_vcpu(config)
-                .map(|vcpu| VcpuOps_TO::from_value(Guarded(vcpu), TD_Opaque))
+            self.0.create_vcpu(config).map(|vcpu| VcpuOps_TO::from_value(Guarded(vcpu), TD_Opaque))
         })
     }
 }
@@ -196,9 +181,7 @@ macro_rules! export_plugin {
                 ::abi_stable::std_types::RStr::from_str($name)
             }
             extern "C" fn plugin_set_logger(sink: $crate::logging::LogSink) {
-                let _ = ::std::panic::catch_unwind(move || {
-                    $crate::logging::install_plugin_logger(sink)
-                });
+                let _ = ::std::panic::catch_unwind(move || $crate::logging::install_plugin_logger(sink));
             }
             extern "C" fn plugin_probe() -> $crate::config::ProbeInfo {
                 $crate::backend::guarded_probe($probe)

@@ -26,10 +26,7 @@ impl Accelerator {
 
     /// Creates a VM.
     pub fn create_vm(&self, config: &VmConfig) -> Result<Vm> {
-        self.inner
-            .create_vm(config)
-            .into_result()
-            .map(|inner| Vm { inner })
+        self.inner.create_vm(config).into_result().map(|inner| Vm { inner })
     }
 }
 
@@ -56,10 +53,7 @@ impl Vm {
 
     /// Creates and initialises a vCPU.
     pub fn create_vcpu(&self, config: &VcpuConfig) -> Result<Vcpu> {
-        self.inner
-            .create_vcpu(config)
-            .into_result()
-            .map(|inner| Vcpu { inner })
+        self.inner.create_vcpu(config).into_result().map(|inner| Vcpu { inner })
     }
 }
 

@@ -95,20 +95,13 @@ impl VcpuFeatures {
                 rest &= !f.0;
             }
         }
-        out.extend(
-            (0..64)
-                .filter(|b| rest & (1 << b) != 0)
-                .map(|b| format!("bit{b}")),
-        );
+        out.extend((0..64).filter(|b| rest & (1 << b) != 0).map(|b| format!("bit{b}")));
         out
     }
 
     /// Parses one feature name as printed by [`names`](Self::names).
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::NAMES
-            .iter()
-            .find(|(_, n)| *n == name)
-            .map(|(f, _)| *f)
+        Self::NAMES.iter().find(|(_, n)| *n == name).map(|(f, _)| *f)
     }
 }
 
@@ -174,10 +167,7 @@ mod tests {
     fn feature_names_round_trip() {
         let set = VcpuFeatures::PSCI_0_2 | VcpuFeatures::SVE | VcpuFeatures(1 << 40);
         assert_eq!(set.names(), vec!["psci-0.2", "sve", "bit40"]);
-        assert_eq!(
-            VcpuFeatures::from_name("pmu-v3"),
-            Some(VcpuFeatures::PMU_V3)
-        );
+        assert_eq!(VcpuFeatures::from_name("pmu-v3"), Some(VcpuFeatures::PMU_V3));
         assert_eq!(VcpuFeatures::from_name("avx"), None);
     }
 

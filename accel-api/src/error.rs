@@ -90,20 +90,12 @@ pub struct AccelError {
 impl AccelError {
     /// An error with no errno.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            errno: 0,
-            message: RString::from(message.into()),
-        }
+        Self { kind, errno: 0, message: RString::from(message.into()) }
     }
 
     /// An error carrying the errno of a failed system call.
     pub fn os(errno: i32, message: impl Into<String>) -> Self {
-        Self {
-            kind: ErrorKind::OS,
-            errno,
-            message: RString::from(message.into()),
-        }
+        Self { kind: ErrorKind::OS, errno, message: RString::from(message.into()) }
     }
 
     /// Shorthand for [`ErrorKind::UNSUPPORTED`].
@@ -177,10 +169,7 @@ mod tests {
     fn display_includes_errno_text() {
         let e = AccelError::os(1, "KVM_SET_ONE_REG of ID_AA64PFR0_EL1 failed");
         let s = e.to_string();
-        assert!(
-            s.starts_with("KVM_SET_ONE_REG of ID_AA64PFR0_EL1 failed ("),
-            "{s}"
-        );
+        assert!(s.starts_with("KVM_SET_ONE_REG of ID_AA64PFR0_EL1 failed ("), "{s}");
         assert!(s.contains("os error 1"), "{s}");
         assert_eq!(e.errno(), Some(1));
     }

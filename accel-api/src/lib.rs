@@ -22,4 +22,4 @@ pub use abi_stable;
 pub use config::{Capabilities, MemoryRegion, ProbeInfo, VcpuConfig, VcpuFeatures, VmConfig};
 pub use error::{AccelError, ErrorKind, Result};
 pub use exit::{DebugExit, MmioAccess, SystemEventKind, VcpuExit};
-pub use regs::{CoreReg, CoreRegs, FpReg, FpRegs, PutLevel};
+pub use regs::{regs_to_put, CoreReg, CoreRegs, FpReg, FpRegs, PutLevel, RegisterFile};

@@ -54,10 +54,7 @@ extern "C" fn host_log(level: u8, target: RStr<'_>, message: RStr<'_>) {
 
 /// The sink a host passes to plugins: records go to this process's `log` logger.
 pub fn host_sink() -> LogSink {
-    LogSink {
-        max_level: log::max_level() as u8,
-        log: host_log,
-    }
+    LogSink { max_level: log::max_level() as u8, log: host_log }
 }
 
 struct Forwarder;
@@ -66,19 +63,14 @@ static SINK: OnceLock<LogSink> = OnceLock::new();
 
 impl log::Log for Forwarder {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        SINK.get()
-            .is_some_and(|s| metadata.level() as u8 <= s.max_level)
+        SINK.get().is_some_and(|s| metadata.level() as u8 <= s.max_level)
     }
 
     fn log(&self, record: &log::Record<'_>) {
         if let Some(sink) = SINK.get() {
             if record.level() as u8 <= sink.max_level {
                 let message = record.args().to_string();
-                (sink.log)(
-                    record.level() as u8,
-                    record.target().into(),
-                    message.as_str().into(),
-                );
+                (sink.log)(record.level() as u8, record.target().into(), message.as_str().into());
             }
         }
     }
@@ -102,20 +94,12 @@ mod tests {
 
     #[test]
     fn level_encodings_match_the_log_crate() {
-        for level in [
-            log::Level::Error,
-            log::Level::Warn,
-            log::Level::Info,
-            log::Level::Debug,
-            log::Level::Trace,
-        ] {
+        for level in
+            [log::Level::Error, log::Level::Warn, log::Level::Info, log::Level::Debug, log::Level::Trace]
+        {
             assert_eq!(level_from_u8(level as u8), level);
         }
-        for filter in [
-            log::LevelFilter::Off,
-            log::LevelFilter::Error,
-            log::LevelFilter::Trace,
-        ] {
+        for filter in [log::LevelFilter::Off, log::LevelFilter::Error, log::LevelFilter::Trace] {
             assert_eq!(filter_from_u8(filter as u8), filter);
         }
     }

@@ -47,13 +47,9 @@ impl MemoryMap {
                 other.guest_addr + other.size
             )));
         }
-        let slot = (0..max_slots)
-            .find(|s| self.regions.iter().all(|(used, _)| used != s))
-            .ok_or_else(|| {
-                AccelError::new(
-                    ErrorKind::NO_RESOURCE,
-                    format!("all {max_slots} memory slots are in use"),
-                )
+        let slot =
+            (0..max_slots).find(|s| self.regions.iter().all(|(used, _)| used != s)).ok_or_else(|| {
+                AccelError::new(ErrorKind::NO_RESOURCE, format!("all {max_slots} memory slots are in use"))
             })?;
         self.regions.push((slot, region));
         Ok(slot)
@@ -61,25 +57,15 @@ impl MemoryMap {
 
     /// Removes the region in `slot` and returns it.
     pub fn remove(&mut self, slot: u32) -> Result<MemoryRegion> {
-        let pos = self
-            .regions
-            .iter()
-            .position(|(s, _)| *s == slot)
-            .ok_or_else(|| {
-                AccelError::new(
-                    ErrorKind::NOT_FOUND,
-                    format!("no memory region in slot {slot}"),
-                )
-            })?;
+        let pos = self.regions.iter().position(|(s, _)| *s == slot).ok_or_else(|| {
+            AccelError::new(ErrorKind::NOT_FOUND, format!("no memory region in slot {slot}"))
+        })?;
         Ok(self.regions.swap_remove(pos).1)
     }
 
     /// The region in `slot`.
     pub fn get(&self, slot: u32) -> Option<&MemoryRegion> {
-        self.regions
-            .iter()
-            .find(|(s, _)| *s == slot)
-            .map(|(_, r)| r)
+        self.regions.iter().find(|(s, _)| *s == slot).map(|(_, r)| r)
     }
 
     /// The host address backing guest physical address `gpa`.
@@ -108,67 +94,41 @@ mod tests {
     use super::*;
 
     fn region(guest: u64, size: u64, host: u64) -> MemoryRegion {
-        MemoryRegion {
-            guest_addr: guest,
-            size,
-            host_addr: host,
-            read_only: false,
-        }
+        MemoryRegion { guest_addr: guest, size, host_addr: host, read_only: false }
     }
 
     #[test]
     fn slots_are_reused_lowest_first() {
         let mut m = MemoryMap::new();
-        assert_eq!(
-            m.insert(region(0x4000_0000, 0x1000, 0x10000), 0x1000, 4),
-            Ok(0)
-        );
-        assert_eq!(
-            m.insert(region(0x8000_0000, 0x1000, 0x20000), 0x1000, 4),
-            Ok(1)
-        );
+        assert_eq!(m.insert(region(0x4000_0000, 0x1000, 0x10000), 0x1000, 4), Ok(0));
+        assert_eq!(m.insert(region(0x8000_0000, 0x1000, 0x20000), 0x1000, 4), Ok(1));
         assert_eq!(m.remove(0).map(|r| r.guest_addr), Ok(0x4000_0000));
-        assert_eq!(
-            m.insert(region(0x9000_0000, 0x1000, 0x30000), 0x1000, 4),
-            Ok(0)
-        );
+        assert_eq!(m.insert(region(0x9000_0000, 0x1000, 0x30000), 0x1000, 4), Ok(0));
         assert_eq!(m.remove(7).unwrap_err().kind, ErrorKind::NOT_FOUND);
     }
 
     #[test]
     fn rejects_overlap_misalignment_and_exhaustion() {
         let mut m = MemoryMap::new();
-        m.insert(region(0x4000_0000, 0x2000, 0x10000), 0x1000, 2)
-            .unwrap();
-        let e = m
-            .insert(region(0x4000_1000, 0x1000, 0x30000), 0x1000, 2)
-            .unwrap_err();
+        m.insert(region(0x4000_0000, 0x2000, 0x10000), 0x1000, 2).unwrap();
+        let e = m.insert(region(0x4000_1000, 0x1000, 0x30000), 0x1000, 2).unwrap_err();
         assert!(e.message.contains("overlaps slot 0"), "{e}");
         // Touching, not overlapping.
-        m.insert(region(0x4000_2000, 0x1000, 0x30000), 0x1000, 2)
-            .unwrap();
+        m.insert(region(0x4000_2000, 0x1000, 0x30000), 0x1000, 2).unwrap();
         assert_eq!(
-            m.insert(region(0x5000_0000, 0x800, 0x50000), 0x1000, 2)
-                .unwrap_err()
-                .kind,
+            m.insert(region(0x5000_0000, 0x800, 0x50000), 0x1000, 2).unwrap_err().kind,
             ErrorKind::INVALID_ARGUMENT
         );
         assert_eq!(
-            m.insert(region(0x5000_0000, 0, 0x50000), 0x1000, 2)
-                .unwrap_err()
-                .kind,
+            m.insert(region(0x5000_0000, 0, 0x50000), 0x1000, 2).unwrap_err().kind,
             ErrorKind::INVALID_ARGUMENT
         );
         assert_eq!(
-            m.insert(region(u64::MAX - 0xfff, 0x2000, 0x50000), 0x1000, 2)
-                .unwrap_err()
-                .kind,
+            m.insert(region(u64::MAX - 0xfff, 0x2000, 0x50000), 0x1000, 2).unwrap_err().kind,
             ErrorKind::INVALID_ARGUMENT
         );
         assert_eq!(
-            m.insert(region(0x6000_0000, 0x1000, 0x60000), 0x1000, 2)
-                .unwrap_err()
-                .kind,
+            m.insert(region(0x6000_0000, 0x1000, 0x60000), 0x1000, 2).unwrap_err().kind,
             ErrorKind::NO_RESOURCE
         );
     }
@@ -176,8 +136,7 @@ mod tests {
     #[test]
     fn lookups_in_both_directions() {
         let mut m = MemoryMap::new();
-        m.insert(region(0x4000_0000, 0x2000, 0x7f00_0000), 0x1000, 8)
-            .unwrap();
+        m.insert(region(0x4000_0000, 0x2000, 0x7f00_0000), 0x1000, 8).unwrap();
         assert_eq!(m.guest_to_host(0x4000_1234), Some(0x7f00_1234));
         assert_eq!(m.guest_to_host(0x4000_2000), None);
         assert_eq!(m.host_to_guest(0x7f00_0010), Some(0x4000_0010));

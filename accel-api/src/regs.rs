@@ -55,20 +55,13 @@ impl CoreReg {
     pub fn all() -> impl Iterator<Item = CoreReg> {
         (0..31u8)
             .map(CoreReg::X)
-            .chain([
-                CoreReg::SpEl0,
-                CoreReg::SpEl1,
-                CoreReg::Pc,
-                CoreReg::Pstate,
-                CoreReg::ElrEl1,
-            ])
+            .chain([CoreReg::SpEl0, CoreReg::SpEl1, CoreReg::Pc, CoreReg::Pstate, CoreReg::ElrEl1])
             .chain((0..SPSR_BANKS as u8).map(CoreReg::Spsr))
     }
 
     /// The Arm ARM name, for messages.
     pub fn name(self) -> String {
-        const SPSR_NAMES: [&str; SPSR_BANKS] =
-            ["SPSR_EL1", "SPSR_abt", "SPSR_und", "SPSR_irq", "SPSR_fiq"];
+        const SPSR_NAMES: [&str; SPSR_BANKS] = ["SPSR_EL1", "SPSR_abt", "SPSR_und", "SPSR_irq", "SPSR_fiq"];
         match self {
             CoreReg::X(n) => format!("X{n}"),
             CoreReg::SpEl0 => "SP_EL0".into(),
@@ -76,9 +69,9 @@ impl CoreReg {
             CoreReg::Pc => "PC".into(),
             CoreReg::Pstate => "PSTATE".into(),
             CoreReg::ElrEl1 => "ELR_EL1".into(),
-            CoreReg::Spsr(n) => SPSR_NAMES
-                .get(usize::from(n))
-                .map_or_else(|| format!("SPSR bank {n}"), |s| (*s).to_string()),
+            CoreReg::Spsr(n) => {
+                SPSR_NAMES.get(usize::from(n)).map_or_else(|| format!("SPSR bank {n}"), |s| (*s).to_string())
+            }
         }
     }
 }
@@ -184,6 +177,56 @@ impl FpRegs {
     }
 }
 
+/// A register file that a put can write in part: it names its registers and says which differ
+/// from an earlier copy.
+pub trait RegisterFile: Copy {
+    /// A register of the file.
+    type Reg: Copy;
+
+    /// Every register of the file, in order.
+    fn all_regs() -> Vec<Self::Reg>;
+
+    /// The registers whose value differs from `base`.
+    fn changed(&self, base: &Self) -> Vec<Self::Reg>;
+}
+
+impl RegisterFile for CoreRegs {
+    type Reg = CoreReg;
+
+    fn all_regs() -> Vec<CoreReg> {
+        CoreReg::all().collect()
+    }
+
+    fn changed(&self, base: &Self) -> Vec<CoreReg> {
+        self.changed_since(base).collect()
+    }
+}
+
+impl RegisterFile for FpRegs {
+    type Reg = FpReg;
+
+    fn all_regs() -> Vec<FpReg> {
+        FpReg::all().collect()
+    }
+
+    fn changed(&self, base: &Self) -> Vec<FpReg> {
+        self.changed_since(base).collect()
+    }
+}
+
+/// The registers a put at `level` has to write, given the values of the last get (`None` when
+/// there was none, or when a failed put left the vCPU's values unknown).
+///
+/// A [`PutLevel::Full`] put, or one with nothing to compare against, writes the whole file; any
+/// other writes only what the host changed, so values the host never touched are never written
+/// back.
+pub fn regs_to_put<F: RegisterFile>(level: PutLevel, last_get: Option<&F>, new: &F) -> Vec<F::Reg> {
+    match (level, last_get) {
+        (PutLevel::Full, _) | (_, None) => F::all_regs(),
+        (_, Some(last)) => new.changed(last),
+    }
+}
+
 /// How much state a put may write, as in QEMU's `KVM_PUT_*_STATE` levels.
 ///
 /// - `Runtime`: state that changes while the guest runs (registers a debugger edits).
@@ -241,6 +284,19 @@ mod tests {
         assert_eq!(edited.v_u128(3), 0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10);
         let changed: Vec<_> = edited.changed_since(&base).collect();
         assert_eq!(changed, vec![FpReg::V(3), FpReg::Fpcr]);
+    }
+
+    #[test]
+    fn puts_write_changes_only_unless_full_or_unknown() {
+        let last = CoreRegs::default();
+        let mut new = last;
+        new.x[1] = 5;
+        assert_eq!(regs_to_put(PutLevel::Runtime, Some(&last), &new), vec![CoreReg::X(1)]);
+        assert_eq!(regs_to_put(PutLevel::Reset, Some(&last), &last), vec![]);
+        assert_eq!(regs_to_put(PutLevel::Full, Some(&last), &last).len(), CoreReg::all().count());
+        assert_eq!(regs_to_put::<CoreRegs>(PutLevel::Runtime, None, &new).len(), CoreReg::all().count());
+        let fp = FpRegs::default();
+        assert_eq!(regs_to_put(PutLevel::Runtime, Some(&fp), &fp), vec![]);
     }
 
     #[test]

@@ -20,11 +20,7 @@ fn reason() -> String {
 
 /// Reports the backend unavailable, with the reason.
 pub fn probe() -> ProbeInfo {
-    ProbeInfo {
-        available: false,
-        reason: reason().into(),
-        caps: Default::default(),
-    }
+    ProbeInfo { available: false, reason: reason().into(), caps: Default::default() }
 }
 
 /// Always fails, with the reason.
@@ -45,9 +41,6 @@ mod tests {
         let info = super::probe();
         assert!(!info.available);
         assert!(info.reason.contains("HVF"), "{}", info.reason);
-        assert_eq!(
-            super::open().err().map(|e| e.kind),
-            Some(accel_api::ErrorKind::UNAVAILABLE)
-        );
+        assert_eq!(super::open().err().map(|e| e.kind), Some(accel_api::ErrorKind::UNAVAILABLE));
     }
 }

@@ -12,11 +12,8 @@ fn reason() -> String {
 
 /// Reports the backend unavailable on this host.
 pub fn probe() -> ProbeInfo {
-    ProbeInfo {
-        available: false,
-        reason: reason().into(),
-        caps: Default::default(),
-    }
+    log::debug!("probe: {}", reason());
+    ProbeInfo { available: false, reason: reason().into(), caps: Default::default() }
 }
 
 /// Always fails: there is no KVM arm64 on this host.

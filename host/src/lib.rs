@@ -18,12 +18,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         }
         _ => (t, 0),
     };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{text}' is not a size"))?;
-    n.checked_shl(shift)
-        .filter(|v| v >> shift == n)
-        .ok_or_else(|| format!("'{text}' is too large"))
+    let n: u64 = digits.parse().map_err(|_| format!("'{text}' is not a size"))?;
+    n.checked_shl(shift).filter(|v| v >> shift == n).ok_or_else(|| format!("'{text}' is too large"))
 }
 
 #[cfg(test)]

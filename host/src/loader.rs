@@ -8,9 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use abi_stable::library::{lib_header_from_path, LibraryError};
-use accel_api::{
-    abi::PluginRef, client::Accelerator, logging, AccelError, ErrorKind, ProbeInfo, Result,
-};
+use accel_api::{abi::PluginRef, client::Accelerator, logging, AccelError, ErrorKind, ProbeInfo, Result};
 
 /// The environment variable holding extra plugin directories, separated by `:`.
 pub const PLUGIN_PATH_ENV: &str = "ACCEL_PLUGIN_PATH";
@@ -34,26 +32,17 @@ impl Plugin {
 
     /// Opens the accelerator.
     pub fn open(&self) -> Result<Accelerator> {
-        (self.root.open())()
-            .into_result()
-            .map(Accelerator::from_abi)
+        (self.root.open())().into_result().map(Accelerator::from_abi)
     }
 }
 
 fn load_error(path: &Path, message: impl std::fmt::Display) -> AccelError {
-    AccelError::new(
-        ErrorKind::PLUGIN_LOAD,
-        format!("{}: {message}", path.display()),
-    )
+    AccelError::new(ErrorKind::PLUGIN_LOAD, format!("{}: {message}", path.display()))
 }
 
 /// The first line of an error's text, trimmed: abi_stable's messages span several lines.
 fn first_line(text: &str) -> String {
-    text.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("")
-        .to_string()
+    text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("").to_string()
 }
 
 fn describe(path: &Path, e: LibraryError) -> AccelError {
@@ -92,9 +81,7 @@ pub fn load(path: &Path) -> Result<Plugin> {
         ));
     }
     let header = lib_header_from_path(path).map_err(|e| describe(path, e))?;
-    let root = header
-        .init_root_module::<PluginRef>()
-        .map_err(|e| describe(path, e))?;
+    let root = header.init_root_module::<PluginRef>().map_err(|e| describe(path, e))?;
     (root.set_logger())(logging::host_sink());
     Ok(Plugin { root })
 }
@@ -102,16 +89,9 @@ pub fn load(path: &Path) -> Result<Plugin> {
 /// The plugin directories, in search order.
 pub fn plugin_dirs() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os(PLUGIN_PATH_ENV)
-        .map(|v| {
-            std::env::split_paths(&v)
-                .filter(|p| !p.as_os_str().is_empty())
-                .collect()
-        })
+        .map(|v| std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect())
         .unwrap_or_default();
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(Path::to_path_buf))
-    {
+    if let Some(dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)) {
         dirs.push(dir);
     }
     dirs
@@ -119,11 +99,7 @@ pub fn plugin_dirs() -> Vec<PathBuf> {
 
 /// The file name a plugin called `name` has on this OS.
 pub fn plugin_file_name(name: &str) -> String {
-    format!(
-        "{}accel_{name}{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    )
+    format!("{}accel_{name}{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX)
 }
 
 /// Every plugin file in the plugin directories (`libaccel_*.so` and the like), in search order.
@@ -138,9 +114,9 @@ pub fn discover() -> Vec<PathBuf> {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
                 p.is_file()
-                    && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                        n.starts_with(&prefix) && n.ends_with(std::env::consts::DLL_SUFFIX)
-                    })
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(std::env::consts::DLL_SUFFIX))
             })
             .collect();
         files.sort();

@@ -6,11 +6,7 @@ use accel_host::{loader, parse_size, vmm};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "accel-host",
-    version,
-    about = "Run AArch64 guests on any accel backend plugin"
-)]
+#[command(name = "accel-host", version, about = "Run AArch64 guests on any accel backend plugin")]
 struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -48,10 +44,7 @@ enum Command {
 fn list() -> Result<(), String> {
     let files = loader::discover();
     if files.is_empty() {
-        let dirs: Vec<String> = loader::plugin_dirs()
-            .iter()
-            .map(|d| d.display().to_string())
-            .collect();
+        let dirs: Vec<String> = loader::plugin_dirs().iter().map(|d| d.display().to_string()).collect();
         println!("no plugins found in {}", dirs.join(", "));
         return Ok(());
     }
@@ -59,18 +52,8 @@ fn list() -> Result<(), String> {
         match loader::load(&path) {
             Ok(plugin) => {
                 let info = plugin.probe();
-                let state = if info.available {
-                    "available"
-                } else {
-                    "unavailable"
-                };
-                println!(
-                    "{:<8} {:<12} {}  ({})",
-                    plugin.name(),
-                    state,
-                    info.reason,
-                    path.display()
-                );
+                let state = if info.available { "available" } else { "unavailable" };
+                println!("{:<8} {:<12} {}  ({})", plugin.name(), state, info.reason, path.display());
             }
             Err(e) => println!("{:<8} {:<12} {e}", "?", "not loaded"),
         }
@@ -83,30 +66,17 @@ fn probe(accel: &str) -> Result<(), String> {
     let info = plugin.probe();
     println!("backend          {}", plugin.name());
     println!("plugin           {}", path.display());
-    println!(
-        "available        {}",
-        if info.available { "yes" } else { "no" }
-    );
-    println!(
-        "{:<16} {}",
-        if info.available { "host" } else { "reason" },
-        info.reason
-    );
+    println!("available        {}", if info.available { "yes" } else { "no" });
+    println!("{:<16} {}", if info.available { "host" } else { "reason" }, info.reason);
     if info.available {
         let c = info.caps;
         println!("max vCPUs        {}", c.max_vcpus);
         println!("IPA bits         {}", c.ipa_bits);
         println!("vCPU features    {}", c.vcpu_features.names().join(", "));
-        println!(
-            "guest debug      {}",
-            if c.guest_debug { "yes" } else { "no" }
-        );
+        println!("guest debug      {}", if c.guest_debug { "yes" } else { "no" });
         println!("HW breakpoints   {}", c.hw_breakpoints);
         println!("HW watchpoints   {}", c.hw_watchpoints);
-        println!(
-            "read-only memory {}",
-            if c.readonly_memory { "yes" } else { "no" }
-        );
+        println!("read-only memory {}", if c.readonly_memory { "yes" } else { "no" });
     }
     Ok(())
 }
@@ -115,12 +85,9 @@ fn run(accel: &str, cpus: u32, mem: u64, image: &PathBuf) -> Result<i32, String>
     let (_, plugin) = loader::resolve(accel).map_err(|e| e.to_string())?;
     let bytes = std::fs::read(image).map_err(|e| format!("{}: {e}", image.display()))?;
     let accelerator = plugin.open().map_err(|e| e.to_string())?;
-    let config = vmm::MachineConfig {
-        cpus,
-        mem_size: mem,
-    };
-    let outcome = vmm::run(&accelerator, &config, &bytes, Box::new(std::io::stdout()))
-        .map_err(|e| e.to_string())?;
+    let config = vmm::MachineConfig { cpus, mem_size: mem };
+    let outcome =
+        vmm::run(&accelerator, &config, &bytes, Box::new(std::io::stdout())).map_err(|e| e.to_string())?;
     match &outcome {
         vmm::Outcome::Fault(why) => eprintln!("accel-host: guest fault: {why}"),
         vmm::Outcome::Crash => eprintln!("accel-host: the guest reported a crash"),
@@ -137,17 +104,11 @@ fn main() -> ExitCode {
         2 => "debug",
         _ => "trace",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
-        .init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level)).init();
     let result = match &cli.command {
         Command::List => list().map(|()| 0),
         Command::Probe { accel } => probe(accel).map(|()| 0),
-        Command::Run {
-            accel,
-            cpus,
-            mem,
-            image,
-        } => run(accel, *cpus, *mem, image),
+        Command::Run { accel, cpus, mem, image } => run(accel, *cpus, *mem, image),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

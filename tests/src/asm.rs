@@ -228,14 +228,8 @@ mod tests {
 
     #[test]
     fn mov_imm64_skips_zero_halves() {
-        assert_eq!(
-            mov_imm64(1, 0x0900_0000),
-            vec![movz(1, 0, 0), movk(1, 0x0900, 1)]
-        );
-        assert_eq!(
-            mov_imm64(0, 0x8400_0008),
-            vec![movz(0, 8, 0), movk(0, 0x8400, 1)]
-        );
+        assert_eq!(mov_imm64(1, 0x0900_0000), vec![movz(1, 0, 0), movk(1, 0x0900, 1)]);
+        assert_eq!(mov_imm64(0, 0x8400_0008), vec![movz(0, 8, 0), movk(0, 0x8400, 1)]);
         assert_eq!(mov_imm64(5, 0xffff_0000_0000_0001).len(), 2);
     }
 }

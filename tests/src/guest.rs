@@ -21,11 +21,7 @@ fn prelude() -> Vec<u32> {
 
 /// One vector-table entry: report ESR_EL1, ELR_EL1 and FAR_EL1 to [`EXCEPTION_MMIO`], then spin.
 fn vector_entry() -> Vec<u32> {
-    let mut code = vec![
-        asm::mrs(0, asm::ESR_EL1),
-        asm::mrs(1, asm::ELR_EL1),
-        asm::mrs(2, asm::FAR_EL1),
-    ];
+    let mut code = vec![asm::mrs(0, asm::ESR_EL1), asm::mrs(1, asm::ELR_EL1), asm::mrs(2, asm::FAR_EL1)];
     code.extend(asm::mov_imm64(3, EXCEPTION_MMIO));
     code.extend([
         asm::str(asm::Size::X, 0, 3, 0),
@@ -69,16 +65,16 @@ impl TestGuest {
     /// [`CODE`].
     pub fn new(accel: &Accelerator, code: &[u32]) -> Result<Self, Failure> {
         let vm = accel.create_vm(&VmConfig::default())?;
-        let ram = GuestRam::new(&vm, RAM_BASE, RAM_SIZE)?;
+        let ram = GuestRam::new(RAM_BASE, RAM_SIZE)?;
+        // SAFETY: the RAM lives in the returned TestGuest next to the vCPU, and fields drop in
+        // declaration order: the VM, then the RAM, then the vCPU, which never runs again by then.
+        unsafe { ram.map_into(&vm) }?;
         ram.write_code(RAM_BASE, &prelude())?;
         for entry in 0..16 {
             ram.write_code(VECTORS + entry * 0x80, &vector_entry())?;
         }
         ram.write_code(CODE, code)?;
-        let mut vcpu = vm.create_vcpu(&VcpuConfig {
-            index: 0,
-            features: VcpuFeatures::PSCI_0_2,
-        })?;
+        let mut vcpu = vm.create_vcpu(&VcpuConfig { index: 0, features: VcpuFeatures::PSCI_0_2 })?;
         let mut regs = vcpu.get_core()?;
         regs.pc = RAM_BASE;
         regs.pstate = PSTATE_EL1H_DAIF;
@@ -108,9 +104,7 @@ impl TestGuest {
     pub fn expect_mmio_write(&mut self) -> Result<(u64, u32, u64), Failure> {
         match self.run()? {
             VcpuExit::MmioWrite(a) => Ok((a.addr, a.len, a.value())),
-            other => Err(Failure::Fail(format!(
-                "expected an MMIO write exit, got {other:?}"
-            ))),
+            other => Err(Failure::Fail(format!("expected an MMIO write exit, got {other:?}"))),
         }
     }
 

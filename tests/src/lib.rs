@@ -61,10 +61,7 @@ impl Context {
     pub fn accelerator(&self) -> Result<accel_api::client::Accelerator, Failure> {
         let info = self.plugin.probe();
         if !info.available {
-            return Err(Failure::NotRun(format!(
-                "backend unavailable: {}",
-                info.reason
-            )));
+            return Err(Failure::NotRun(format!("backend unavailable: {}", info.reason)));
         }
         Ok(self.plugin.open()?)
     }
@@ -118,12 +115,10 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 pub fn run_case(case: &Case, ctx: &'static Context) -> Verdict {
     let (tx, rx) = mpsc::channel();
     let run = case.run;
-    let spawned = std::thread::Builder::new()
-        .name(case.name.into())
-        .spawn(move || {
-            let result = catch_unwind(AssertUnwindSafe(|| run(ctx)));
-            let _ = tx.send(result);
-        });
+    let spawned = std::thread::Builder::new().name(case.name.into()).spawn(move || {
+        let result = catch_unwind(AssertUnwindSafe(|| run(ctx)));
+        let _ = tx.send(result);
+    });
     if let Err(e) = spawned {
         return Verdict::Fail(format!("could not start the case's thread: {e}"));
     }
@@ -140,10 +135,7 @@ pub fn run_case(case: &Case, ctx: &'static Context) -> Verdict {
 /// line `N passed, N failed`.
 pub fn run_all(ctx: &'static Context, filter: Option<&str>) -> Summary {
     let mut summary = Summary::default();
-    for case in cases::all()
-        .iter()
-        .filter(|c| filter.is_none_or(|f| c.name.contains(f)))
-    {
+    for case in cases::all().iter().filter(|c| filter.is_none_or(|f| c.name.contains(f))) {
         let start = Instant::now();
         let verdict = run_case(case, ctx);
         let ms = start.elapsed().as_millis();

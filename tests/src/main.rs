@@ -56,20 +56,10 @@ fn main() -> ExitCode {
             format!("unavailable, {}", info.reason)
         }
     );
-    let fixtures = cli
-        .fixtures
-        .or_else(|| cli.plugin.parent().map(PathBuf::from));
-    let ctx: &'static Context = Box::leak(Box::new(Context {
-        plugin,
-        plugin_path: cli.plugin,
-        fixtures,
-    }));
+    let fixtures = cli.fixtures.or_else(|| cli.plugin.parent().map(PathBuf::from));
+    let ctx: &'static Context = Box::leak(Box::new(Context { plugin, plugin_path: cli.plugin, fixtures }));
     let summary = run_all(ctx, cli.filter.as_deref());
-    let code = if summary.failed == 0 && summary.not_run == 0 && summary.passed > 0 {
-        0
-    } else {
-        1
-    };
+    let code = if summary.failed == 0 && summary.not_run == 0 && summary.passed > 0 { 0 } else { 1 };
     // Cases that timed out may have left threads inside a guest: end the process here.
     std::process::exit(code)
 }

@@ -19,9 +19,7 @@ fn describe(cmd: &Command) -> String {
 
 /// Runs `cmd` with inherited output; fails unless it exits 0.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .map_err(|e| Error(format!("cannot run `{}`: {e}", describe(cmd))))?;
+    let status = cmd.status().map_err(|e| Error(format!("cannot run `{}`: {e}", describe(cmd))))?;
     if status.success() {
         Ok(())
     } else {
@@ -38,11 +36,7 @@ pub fn output(cmd: &mut Command) -> Result<String> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(Error(format!(
-            "`{}` failed ({})",
-            describe(cmd),
-            out.status
-        )))
+        Err(Error(format!("`{}` failed ({})", describe(cmd), out.status)))
     }
 }
 
@@ -55,16 +49,11 @@ pub fn tee(cmd: &mut Command) -> Result<(Vec<String>, bool)> {
         .map_err(|e| Error(format!("cannot run `{}`: {e}", describe(cmd))))?;
     let mut lines = Vec::new();
     if let Some(out) = child.stdout.take() {
-        for line in BufReader::new(out)
-            .lines()
-            .map_while(std::result::Result::ok)
-        {
+        for line in BufReader::new(out).lines().map_while(std::result::Result::ok) {
             println!("{line}");
             lines.push(line);
         }
     }
-    let status = child
-        .wait()
-        .map_err(|e| Error(format!("waiting for `{}`: {e}", describe(cmd))))?;
+    let status = child.wait().map_err(|e| Error(format!("waiting for `{}`: {e}", describe(cmd))))?;
     Ok((lines, status.success()))
 }

@@ -51,34 +51,24 @@ fn cargo() -> Command {
 
 /// Builds everything that runs inside the VM, and the demo guest.
 fn cross_build() -> Result<()> {
-    cmd::run(
-        cargo()
-            .args(["build", "--release", "--target", CROSS_TARGET])
-            .args([
-                "-p",
-                "accel-host",
-                "-p",
-                "accel-kvm",
-                "-p",
-                "accel-hvf",
-                "-p",
-                "accel-conformance",
-                "-p",
-                "accel-fixture-wrong-abi",
-                "-p",
-                "accel-vm-init",
-            ]),
-    )?;
+    cmd::run(cargo().args(["build", "--release", "--target", CROSS_TARGET]).args([
+        "-p",
+        "accel-host",
+        "-p",
+        "accel-kvm",
+        "-p",
+        "accel-hvf",
+        "-p",
+        "accel-conformance",
+        "-p",
+        "accel-fixture-wrong-abi",
+        "-p",
+        "accel-vm-init",
+    ]))?;
     let guests = root().join("target").join("guests");
     cmd::run(
         cargo()
-            .args([
-                "build",
-                "--release",
-                "--target",
-                GUEST_TARGET,
-                "--manifest-path",
-            ])
+            .args(["build", "--release", "--target", GUEST_TARGET, "--manifest-path"])
             .arg(root().join("tests/guests/demo/Cargo.toml"))
             .arg("--target-dir")
             .arg(&guests),
@@ -86,29 +76,18 @@ fn cross_build() -> Result<()> {
 }
 
 fn cross_out(name: &str) -> PathBuf {
-    root()
-        .join("target")
-        .join(CROSS_TARGET)
-        .join("release")
-        .join(name)
+    root().join("target").join(CROSS_TARGET).join("release").join(name)
 }
 
 fn demo_guest() -> PathBuf {
-    root()
-        .join("target/guests")
-        .join(GUEST_TARGET)
-        .join("release/demo")
+    root().join("target/guests").join(GUEST_TARGET).join("release/demo")
 }
 
 /// The files every VM gets: our aarch64 binaries, plugins, fixtures and the demo guest.
 fn vm_files() -> Result<Vec<VmFile>> {
     let mut files = vec![
         VmFile::from_host("/bin/accel-host", &cross_out("accel-host"), 0o755)?,
-        VmFile::from_host(
-            "/bin/accel-conformance",
-            &cross_out("accel-conformance"),
-            0o755,
-        )?,
+        VmFile::from_host("/bin/accel-conformance", &cross_out("accel-conformance"), 0o755)?,
         VmFile::from_host("/guests/demo.elf", &demo_guest(), 0o644)?,
         VmFile {
             path: "/lib/accel/not-a-plugin.so".into(),
@@ -116,25 +95,14 @@ fn vm_files() -> Result<Vec<VmFile>> {
             perm: 0o644,
         },
     ];
-    for lib in [
-        "libaccel_kvm.so",
-        "libaccel_hvf.so",
-        "libaccel_fixture_wrong_abi.so",
-    ] {
-        files.push(VmFile::from_host(
-            &format!("/lib/accel/{lib}"),
-            &cross_out(lib),
-            0o755,
-        )?);
+    for lib in ["libaccel_kvm.so", "libaccel_hvf.so", "libaccel_fixture_wrong_abi.so"] {
+        files.push(VmFile::from_host(&format!("/lib/accel/{lib}"), &cross_out(lib), 0o755)?);
     }
     Ok(files)
 }
 
 fn job(name: &str, argv: &[&str]) -> Job {
-    Job {
-        name: name.into(),
-        argv: argv.iter().map(|s| s.to_string()).collect(),
-    }
+    Job { name: name.into(), argv: argv.iter().map(|s| s.to_string()).collect() }
 }
 
 /// Tallies of a test run.
@@ -174,10 +142,7 @@ fn libtest_counts(lines: &[String]) -> (usize, usize) {
         let number = |word: &str| -> usize {
             line.split(';')
                 .find_map(|part| {
-                    part.trim()
-                        .trim_start_matches("ok. ")
-                        .trim_start_matches("FAILED. ")
-                        .strip_suffix(word)
+                    part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(word)
                 })
                 .and_then(|n| n.trim().parse().ok())
                 .unwrap_or(0)
@@ -190,77 +155,58 @@ fn libtest_counts(lines: &[String]) -> (usize, usize) {
 
 fn check_vm(tally: &mut Tally, cpu: &str, run: &VmRun) {
     let tag = |what: &str| format!("[{cpu}] {what}");
-    tally.check(
-        &tag("vm boot"),
-        run.all_done && run.qemu_status == Some(0),
-        || {
-            format!(
-                "the VM did not finish its jobs (all-done: {}, QEMU status {:?})",
-                run.all_done, run.qemu_status
-            )
-        },
-    );
+    tally.check(&tag("vm boot"), run.all_done && run.qemu_status == Some(0), || {
+        format!(
+            "the VM did not finish its jobs (all-done: {}, QEMU status {:?})",
+            run.all_done, run.qemu_status
+        )
+    });
 
     match run.job("conformance") {
         Some(job) => match summary_line(&job.output) {
             Some((passed, failed)) => {
-                println!(
-                    "xtask: [{cpu}] conformance on real KVM: {passed} passed, {failed} failed"
-                );
+                println!("xtask: [{cpu}] conformance on real KVM: {passed} passed, {failed} failed");
                 tally.passed += passed;
                 tally.failed += failed;
-                for line in job
-                    .output
-                    .iter()
-                    .filter(|l| l.starts_with("FAIL") || l.starts_with("NOT RUN"))
-                {
+                for line in job.output.iter().filter(|l| l.starts_with("FAIL") || l.starts_with("NOT RUN")) {
                     tally.failures.push(format!("[{cpu}] {line}"));
                 }
                 tally.check(
                     &tag("KVM conformance suite ran completely"),
                     job.status == Some(0) && passed > 0,
-                    || {
-                        format!(
-                            "the runner exited with {:?} (cases failed or were not run)",
-                            job.status
-                        )
-                    },
+                    || format!("the runner exited with {:?} (cases failed or were not run)", job.status),
                 );
             }
-            None => tally.check(&tag("KVM conformance suite ran"), false, || {
-                "no summary line in its output".into()
-            }),
+            None => tally
+                .check(&tag("KVM conformance suite ran"), false, || "no summary line in its output".into()),
         },
-        None => tally.check(&tag("KVM conformance suite ran"), false, || {
-            "the job did not run".into()
-        }),
+        None => tally.check(&tag("KVM conformance suite ran"), false, || "the job did not run".into()),
     }
 
     let output_of = |name: &str| run.job(name).map(|j| (j.status, j.output.clone()));
     let (status, out) = output_of("host-probe").unwrap_or_default();
     tally.check(
         &tag("accel-host probe --accel kvm says available"),
-        status == Some(0)
-            && out
-                .iter()
-                .any(|l| l.starts_with("available") && l.ends_with("yes")),
+        status == Some(0) && out.iter().any(|l| l.starts_with("available") && l.ends_with("yes")),
         || format!("status {status:?}, output {out:?}"),
     );
     let (status, out) = output_of("host-list").unwrap_or_default();
     tally.check(
         &tag("accel-host list finds the kvm (available) and hvf plugins"),
         status == Some(0)
-            && out
-                .iter()
-                .any(|l| l.starts_with("kvm") && l.contains(" available"))
-            && out
-                .iter()
-                .any(|l| l.starts_with("hvf") && l.contains("unavailable")),
+            && out.iter().any(|l| l.starts_with("kvm") && l.contains(" available"))
+            && out.iter().any(|l| l.starts_with("hvf") && l.contains("unavailable")),
         || format!("status {status:?}, output {out:?}"),
     );
     let (status, out) = output_of("host-demo").unwrap_or_default();
     tally.check(
         &tag("accel-host run prints the demo guest's line and exits 0"),
+        status == Some(0) && out.iter().any(|l| l.contains(DEMO_LINE)),
+        || format!("status {status:?}, output {out:?}"),
+    );
+    let (status, out) = output_of("host-demo-2cpus").unwrap_or_default();
+    tally.check(
+        &tag("accel-host run --cpus 2 --mem 64M runs the demo guest"),
         status == Some(0) && out.iter().any(|l| l.contains(DEMO_LINE)),
         || format!("status {status:?}, output {out:?}"),
     );
@@ -279,29 +225,10 @@ fn check_vm(tally: &mut Tally, cpu: &str, run: &VmRun) {
 fn lint(tally: &mut Tally) {
     let checks: [(&str, Vec<&str>); 4] = [
         ("cargo fmt --check", vec!["fmt", "--all", "--", "--check"]),
-        (
-            "clippy (host)",
-            vec![
-                "clippy",
-                "--workspace",
-                "--all-targets",
-                "--",
-                "-D",
-                "warnings",
-            ],
-        ),
+        ("clippy (host)", vec!["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
         (
             "clippy (aarch64-unknown-linux-gnu)",
-            vec![
-                "clippy",
-                "--workspace",
-                "--all-targets",
-                "--target",
-                CROSS_TARGET,
-                "--",
-                "-D",
-                "warnings",
-            ],
+            vec!["clippy", "--workspace", "--all-targets", "--target", CROSS_TARGET, "--", "-D", "warnings"],
         ),
         (
             "clippy (aarch64-apple-darwin: accel-api, accel-hvf)",
@@ -340,9 +267,7 @@ fn test(cpus: &[String]) -> Result<bool> {
     tally.passed += unit_passed;
     tally.failed += unit_failed;
     if !ok && unit_failed == 0 {
-        tally.check("host unit tests build and run", false, || {
-            "cargo test failed".into()
-        });
+        tally.check("host unit tests build and run", false, || "cargo test failed".into());
     }
     println!("xtask: host unit tests: {unit_passed} passed, {unit_failed} failed");
 
@@ -350,44 +275,23 @@ fn test(cpus: &[String]) -> Result<bool> {
     cross_build()?;
     let kernel = provision::kernel()?;
     let work = vm::work_dir(&root());
-    std::fs::create_dir_all(&work)
-        .map_err(|e| Error(format!("creating {}: {e}", work.display())))?;
+    std::fs::create_dir_all(&work).map_err(|e| Error(format!("creating {}: {e}", work.display())))?;
     let initrd = work.join("test-initrd.cpio");
     let jobs = [
         job(
             "conformance",
-            &[
-                "/bin/accel-conformance",
-                "--plugin",
-                "/lib/accel/libaccel_kvm.so",
-                "--fixtures",
-                "/lib/accel",
-            ],
+            &["/bin/accel-conformance", "--plugin", "/lib/accel/libaccel_kvm.so", "--fixtures", "/lib/accel"],
         ),
         job("host-list", &["/bin/accel-host", "list"]),
+        job("host-probe", &["/bin/accel-host", "probe", "--accel", "kvm"]),
+        job("host-demo", &["/bin/accel-host", "run", "--accel", "kvm", "/guests/demo.elf"]),
         job(
-            "host-probe",
-            &["/bin/accel-host", "probe", "--accel", "kvm"],
-        ),
-        job(
-            "host-demo",
-            &[
-                "/bin/accel-host",
-                "run",
-                "--accel",
-                "kvm",
-                "/guests/demo.elf",
-            ],
+            "host-demo-2cpus",
+            &["/bin/accel-host", "run", "--accel", "kvm", "--cpus", "2", "--mem", "64M", "/guests/demo.elf"],
         ),
         job(
             "host-not-a-plugin",
-            &[
-                "/bin/accel-host",
-                "run",
-                "--accel",
-                "/lib/accel/not-a-plugin.so",
-                "/guests/demo.elf",
-            ],
+            &["/bin/accel-host", "run", "--accel", "/lib/accel/not-a-plugin.so", "/guests/demo.elf"],
         ),
     ];
     vm::initramfs(
@@ -399,13 +303,8 @@ fn test(cpus: &[String]) -> Result<bool> {
     )?;
     for cpu in cpus {
         println!("xtask: booting the nested arm64 VM (-cpu {cpu})");
-        let run = vm::boot(&kernel, &initrd, cpu, VM_TIMEOUT, &|line| {
-            println!("  vm[{cpu}]| {line}")
-        })?;
-        println!(
-            "xtask: [{cpu}] VM finished in {:.1} s",
-            run.elapsed.as_secs_f64()
-        );
+        let run = vm::boot(&kernel, &initrd, cpu, VM_TIMEOUT, &|line| println!("  vm[{cpu}]| {line}"))?;
+        println!("xtask: [{cpu}] VM finished in {:.1} s", run.elapsed.as_secs_f64());
         check_vm(&mut tally, cpu, &run);
     }
     println!("xtask: total time {:.1} s", start.elapsed().as_secs_f64());
@@ -421,14 +320,9 @@ fn test(cpus: &[String]) -> Result<bool> {
 
 fn native_kvm_usable(host: &Path, plugin: &Path) -> bool {
     cfg!(all(target_os = "linux", target_arch = "aarch64"))
-        && Command::new(host)
-            .args(["probe", "--accel"])
-            .arg(plugin)
-            .output()
-            .is_ok_and(|o| {
-                o.status.success()
-                    && String::from_utf8_lossy(&o.stdout).contains("available        yes")
-            })
+        && Command::new(host).args(["probe", "--accel"]).arg(plugin).output().is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("available        yes")
+        })
 }
 
 fn run(image: Option<PathBuf>) -> Result<i32> {
@@ -464,15 +358,11 @@ fn run(image: Option<PathBuf>) -> Result<i32> {
     cross_build()?;
     let kernel = provision::kernel()?;
     let work = vm::work_dir(&root());
-    std::fs::create_dir_all(&work)
-        .map_err(|e| Error(format!("creating {}: {e}", work.display())))?;
+    std::fs::create_dir_all(&work).map_err(|e| Error(format!("creating {}: {e}", work.display())))?;
     let initrd = work.join("run-initrd.cpio");
     let mut files = vm_files()?;
     files.push(VmFile::from_host("/guests/image", &image, 0o644)?);
-    let jobs = [job(
-        "run",
-        &["/bin/accel-host", "run", "--accel", "kvm", "/guests/image"],
-    )];
+    let jobs = [job("run", &["/bin/accel-host", "run", "--accel", "kvm", "/guests/image"])];
     vm::initramfs(
         &initrd,
         &cross_out("accel-vm-init"),
@@ -495,13 +385,7 @@ fn run(image: Option<PathBuf>) -> Result<i32> {
 fn cross_build_guest() -> Result<()> {
     cmd::run(
         cargo()
-            .args([
-                "build",
-                "--release",
-                "--target",
-                GUEST_TARGET,
-                "--manifest-path",
-            ])
+            .args(["build", "--release", "--target", GUEST_TARGET, "--manifest-path"])
             .arg(root().join("tests/guests/demo/Cargo.toml"))
             .arg("--target-dir")
             .arg(root().join("target/guests")),
@@ -553,10 +437,8 @@ mod tests {
 
     #[test]
     fn parses_summaries() {
-        let lines: Vec<String> = ["PASS x", "3 not run", "17 passed, 2 failed"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let lines: Vec<String> =
+            ["PASS x", "3 not run", "17 passed, 2 failed"].iter().map(|s| s.to_string()).collect();
         assert_eq!(summary_line(&lines), Some((17, 2)));
         assert_eq!(summary_line(&["nothing".to_string()]), None);
         let libtest: Vec<String> = [

@@ -10,18 +10,11 @@ use std::{
 use crate::{cmd, Error, Result};
 
 /// Debian packages the nested VM needs on the build host.
-pub const APT_PACKAGES: &[&str] = &[
-    "qemu-system-arm",
-    "gcc-aarch64-linux-gnu",
-    "libc6-dev-arm64-cross",
-];
+pub const APT_PACKAGES: &[&str] = &["qemu-system-arm", "gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"];
 /// Rust targets: plugins and tools for the VM, the bare-metal demo guest, and macOS on Apple
 /// silicon for checking the HVF backend.
-pub const RUST_TARGETS: &[&str] = &[
-    "aarch64-unknown-linux-gnu",
-    "aarch64-unknown-none",
-    "aarch64-apple-darwin",
-];
+pub const RUST_TARGETS: &[&str] =
+    &["aarch64-unknown-linux-gnu", "aarch64-unknown-none", "aarch64-apple-darwin"];
 /// rustup components the lint step needs.
 pub const RUST_COMPONENTS: &[&str] = &["clippy", "rustfmt"];
 /// Where the cross glibc lives.
@@ -37,35 +30,26 @@ fn have(program: &str) -> bool {
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
 /// Makes sure the host tools are there, installing them when possible.
 pub fn host_tools() -> Result<()> {
-    let missing: Vec<&str> = [
-        ("qemu-system-aarch64", "qemu-system-arm"),
-        ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
-    ]
-    .iter()
-    .filter(|(program, _)| !have(program))
-    .map(|(_, package)| *package)
-    .chain((!Path::new(CROSS_LIB).join("libc.so.6").exists()).then_some("libc6-dev-arm64-cross"))
-    .collect();
+    let missing: Vec<&str> =
+        [("qemu-system-aarch64", "qemu-system-arm"), ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu")]
+            .iter()
+            .filter(|(program, _)| !have(program))
+            .map(|(_, package)| *package)
+            .chain((!Path::new(CROSS_LIB).join("libc.so.6").exists()).then_some("libc6-dev-arm64-cross"))
+            .collect();
     if !missing.is_empty() {
-        let install = format!(
-            "apt-get install -y --no-install-recommends {}",
-            APT_PACKAGES.join(" ")
-        );
+        let install = format!("apt-get install -y --no-install-recommends {}", APT_PACKAGES.join(" "));
         if is_root() && have("apt-get") {
             eprintln!("xtask: installing {}", missing.join(", "));
             cmd::run(Command::new("apt-get").args(["update", "-qq"]))?;
-            cmd::run(Command::new("sh").args([
-                "-c",
-                &format!("DEBIAN_FRONTEND=noninteractive {install} -qq"),
-            ]))?;
+            cmd::run(
+                Command::new("sh").args(["-c", &format!("DEBIAN_FRONTEND=noninteractive {install} -qq")]),
+            )?;
         } else {
             return Err(Error(format!(
                 "missing host tools ({}); install them with:\n  sudo {install}",
@@ -78,29 +62,17 @@ pub fn host_tools() -> Result<()> {
 
 /// Makes sure the Rust cross targets are installed.
 pub fn rust_targets() -> Result<()> {
-    let installed = cmd::output(Command::new("rustup").args(["target", "list", "--installed"]))
-        .map_err(|Error(e)| {
-            Error(format!(
-                "{e}; rustup is needed to add the targets {}",
-                RUST_TARGETS.join(" ")
-            ))
+    let installed =
+        cmd::output(Command::new("rustup").args(["target", "list", "--installed"])).map_err(|Error(e)| {
+            Error(format!("{e}; rustup is needed to add the targets {}", RUST_TARGETS.join(" ")))
         })?;
-    let missing: Vec<&str> = RUST_TARGETS
-        .iter()
-        .copied()
-        .filter(|t| !installed.lines().any(|l| l.trim() == *t))
-        .collect();
+    let missing: Vec<&str> =
+        RUST_TARGETS.iter().copied().filter(|t| !installed.lines().any(|l| l.trim() == *t)).collect();
     if !missing.is_empty() {
         eprintln!("xtask: adding Rust targets {}", missing.join(", "));
-        cmd::run(
-            Command::new("rustup")
-                .arg("target")
-                .arg("add")
-                .args(&missing),
-        )?;
+        cmd::run(Command::new("rustup").arg("target").arg("add").args(&missing))?;
     }
-    let components =
-        cmd::output(Command::new("rustup").args(["component", "list", "--installed"]))?;
+    let components = cmd::output(Command::new("rustup").args(["component", "list", "--installed"]))?;
     let missing: Vec<&str> = RUST_COMPONENTS
         .iter()
         .copied()
@@ -108,12 +80,7 @@ pub fn rust_targets() -> Result<()> {
         .collect();
     if !missing.is_empty() {
         eprintln!("xtask: adding rustup components {}", missing.join(", "));
-        cmd::run(
-            Command::new("rustup")
-                .arg("component")
-                .arg("add")
-                .args(&missing),
-        )?;
+        cmd::run(Command::new("rustup").arg("component").arg("add").args(&missing))?;
     }
     Ok(())
 }
@@ -146,9 +113,7 @@ pub struct AptSource {
 impl AptSource {
     fn is_debian(&self) -> bool {
         let uri = self.uri.trim_end_matches('/');
-        self.signed_by
-            .as_deref()
-            .is_some_and(|k| k.contains("debian-archive-keyring"))
+        self.signed_by.as_deref().is_some_and(|k| k.contains("debian-archive-keyring"))
             || uri.ends_with("/debian")
             || uri.ends_with("/debian-security")
     }
@@ -165,14 +130,9 @@ pub fn parse_deb822(text: &str) -> Vec<AptSource> {
             }
         }
         let words = |k: &str| -> Vec<String> {
-            fields
-                .get(k)
-                .map(|v| v.split_whitespace().map(String::from).collect())
-                .unwrap_or_default()
+            fields.get(k).map(|v| v.split_whitespace().map(String::from).collect()).unwrap_or_default()
         };
-        if !words("types").iter().any(|t| t == "deb")
-            || fields.get("enabled").is_some_and(|e| e == "no")
-        {
+        if !words("types").iter().any(|t| t == "deb") || fields.get("enabled").is_some_and(|e| e == "no") {
             continue;
         }
         for uri in words("uris") {
@@ -190,11 +150,7 @@ pub fn parse_deb822(text: &str) -> Vec<AptSource> {
 /// Parses one-line-style `.list` text.
 pub fn parse_one_line(text: &str) -> Vec<AptSource> {
     let mut out = Vec::new();
-    for line in text
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.starts_with("deb "))
-    {
+    for line in text.lines().map(str::trim).filter(|l| l.starts_with("deb ")) {
         let mut rest = line["deb ".len()..].trim();
         let mut signed_by = None;
         if rest.starts_with('[') {
@@ -251,10 +207,7 @@ pub fn kernel() -> Result<PathBuf> {
         return if path.is_file() {
             Ok(path)
         } else {
-            Err(Error(format!(
-                "ACCEL_KERNEL={} is not a file",
-                path.display()
-            )))
+            Err(Error(format!("ACCEL_KERNEL={} is not a file", path.display())))
         };
     }
     let dir = cache_dir().join("kernel");
@@ -272,23 +225,13 @@ pub fn kernel() -> Result<PathBuf> {
                 .into(),
         ));
     }
-    for sub in [
-        "state/lists/partial",
-        "cache/archives/partial",
-        "etc/sources.list.d",
-        "etc/preferences.d",
-    ] {
-        std::fs::create_dir_all(apt.join(sub))
-            .map_err(|e| Error(format!("creating the apt root: {e}")))?;
+    for sub in ["state/lists/partial", "cache/archives/partial", "etc/sources.list.d", "etc/preferences.d"] {
+        std::fs::create_dir_all(apt.join(sub)).map_err(|e| Error(format!("creating the apt root: {e}")))?;
     }
     let list: String = sources
         .iter()
         .flat_map(|s| {
-            let key = s
-                .signed_by
-                .as_ref()
-                .map(|k| format!(" signed-by={k}"))
-                .unwrap_or_default();
+            let key = s.signed_by.as_ref().map(|k| format!(" signed-by={k}")).unwrap_or_default();
             let components = s.components.join(" ");
             s.suites
                 .iter()
@@ -311,10 +254,7 @@ pub fn kernel() -> Result<PathBuf> {
         c.env("APT_CONFIG", &conf_path);
         c
     };
-    eprintln!(
-        "xtask: fetching the arm64 Debian kernel (once; cached in {})",
-        dir.display()
-    );
+    eprintln!("xtask: fetching the arm64 Debian kernel (once; cached in {})", dir.display());
     cmd::run(apt_cmd("apt-get").args(["update", "-qq"]))?;
     let package = KERNEL_METAPACKAGES
         .iter()
@@ -327,19 +267,11 @@ pub fn kernel() -> Result<PathBuf> {
                 .map(String::from)
         })
         .ok_or_else(|| {
-            Error(format!(
-                "none of {} resolves to a kernel package",
-                KERNEL_METAPACKAGES.join(", ")
-            ))
+            Error(format!("none of {} resolves to a kernel package", KERNEL_METAPACKAGES.join(", ")))
         })?;
     let download = dir.join("download");
-    std::fs::create_dir_all(&download)
-        .map_err(|e| Error(format!("creating {}: {e}", download.display())))?;
-    cmd::run(
-        apt_cmd("apt-get")
-            .current_dir(&download)
-            .args(["download", "-qq", &package]),
-    )?;
+    std::fs::create_dir_all(&download).map_err(|e| Error(format!("creating {}: {e}", download.display())))?;
+    cmd::run(apt_cmd("apt-get").current_dir(&download).args(["download", "-qq", &package]))?;
     let deb = std::fs::read_dir(&download)
         .map_err(|e| Error(e.to_string()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -347,18 +279,14 @@ pub fn kernel() -> Result<PathBuf> {
         .ok_or_else(|| Error(format!("apt-get download {package} produced no .deb")))?;
     cmd::run(Command::new("sh").current_dir(&download).args([
         "-c",
-        &format!(
-            "dpkg-deb --fsys-tarfile '{}' | tar -x --wildcards './boot/vmlinuz-*'",
-            deb.display()
-        ),
+        &format!("dpkg-deb --fsys-tarfile '{}' | tar -x --wildcards './boot/vmlinuz-*'", deb.display()),
     ]))?;
     let vmlinuz = std::fs::read_dir(download.join("boot"))
         .map_err(|e| Error(e.to_string()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .next()
         .ok_or_else(|| Error(format!("{} holds no /boot/vmlinuz", deb.display())))?;
-    std::fs::rename(&vmlinuz, &image)
-        .map_err(|e| Error(format!("moving the kernel into the cache: {e}")))?;
+    std::fs::rename(&vmlinuz, &image).map_err(|e| Error(format!("moving the kernel into the cache: {e}")))?;
     std::fs::write(dir.join("package"), package.as_bytes()).map_err(|e| Error(e.to_string()))?;
     let _ = std::fs::remove_dir_all(&download);
     Ok(image)
@@ -374,7 +302,8 @@ mod tests {
 
     #[test]
     fn deb822_sources_parse() {
-        let text = "Types: deb\n# comment\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n\
+        let text =
+            "Types: deb\n# comment\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n\
                     Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n\
                     Types: deb-src\nURIs: http://mirror.example/debian\nSuites: bookworm\nComponents: main\n";
         let s = parse_deb822(text);

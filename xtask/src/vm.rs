@@ -25,13 +25,8 @@ pub struct VmFile {
 impl VmFile {
     /// A file read from the host.
     pub fn from_host(path: &str, host: &Path, perm: u32) -> Result<Self> {
-        let data =
-            std::fs::read(host).map_err(|e| Error(format!("reading {}: {e}", host.display())))?;
-        Ok(Self {
-            path: path.into(),
-            data,
-            perm,
-        })
+        let data = std::fs::read(host).map_err(|e| Error(format!("reading {}: {e}", host.display())))?;
+        Ok(Self { path: path.into(), data, perm })
     }
 }
 
@@ -77,17 +72,10 @@ impl VmRun {
 /// The glibc runtime a dynamically linked aarch64 program (and `dlopen`) needs.
 fn runtime_files() -> Result<Vec<VmFile>> {
     let lib = Path::new(CROSS_LIB);
-    let mut files = vec![VmFile::from_host(
-        "/lib/ld-linux-aarch64.so.1",
-        &lib.join("ld-linux-aarch64.so.1"),
-        0o755,
-    )?];
+    let mut files =
+        vec![VmFile::from_host("/lib/ld-linux-aarch64.so.1", &lib.join("ld-linux-aarch64.so.1"), 0o755)?];
     for name in ["libc.so.6", "libgcc_s.so.1", "libm.so.6"] {
-        files.push(VmFile::from_host(
-            &format!("/lib/aarch64-linux-gnu/{name}"),
-            &lib.join(name),
-            0o755,
-        )?);
+        files.push(VmFile::from_host(&format!("/lib/aarch64-linux-gnu/{name}"), &lib.join(name), 0o755)?);
     }
     Ok(files)
 }
@@ -107,11 +95,7 @@ pub fn initramfs(
     for job in jobs {
         list.push_str(&format!("{}\t{}\n", job.name, job.argv.join("\t")));
     }
-    all.push(VmFile {
-        path: "/etc/accel/jobs".into(),
-        data: list.into_bytes(),
-        perm: 0o644,
-    });
+    all.push(VmFile { path: "/etc/accel/jobs".into(), data: list.into_bytes(), perm: 0o644 });
 
     let mut dirs = BTreeSet::new();
     for d in ["/dev", "/proc", "/sys", "/tmp", "/bin"] {
@@ -138,29 +122,17 @@ pub fn initramfs(
 /// The QEMU command line for a CPU model. `max` gets the cheap pointer-authentication algorithm,
 /// which makes emulation about three times faster.
 fn qemu_command(kernel: &Path, initrd: &Path, cpu: &str) -> Command {
-    let cpu_arg = if cpu == "max" {
-        "max,pauth-impdef=on".to_string()
-    } else {
-        cpu.to_string()
-    };
+    let cpu_arg = if cpu == "max" { "max,pauth-impdef=on".to_string() } else { cpu.to_string() };
     let mut c = Command::new("qemu-system-aarch64");
-    c.args([
-        "-M",
-        "virt,virtualization=on,gic-version=3",
-        "-cpu",
-        &cpu_arg,
-    ])
-    .args(["-smp", "2", "-m", "1024", "-accel", "tcg,thread=single"])
-    .args(["-nographic", "-nic", "none", "-no-reboot"])
-    .args([
-        "-semihosting-config",
-        "enable=on,target=native,userspace=on",
-    ])
-    .arg("-kernel")
-    .arg(kernel)
-    .arg("-initrd")
-    .arg(initrd)
-    .args(["-append", "console=ttyAMA0 rdinit=/init panic=-1 quiet"]);
+    c.args(["-M", "virt,virtualization=on,gic-version=3", "-cpu", &cpu_arg])
+        .args(["-smp", "2", "-m", "1024", "-accel", "tcg,thread=single"])
+        .args(["-nographic", "-nic", "none", "-no-reboot"])
+        .args(["-semihosting-config", "enable=on,target=native,userspace=on"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyAMA0 rdinit=/init panic=-1 quiet"]);
     c
 }
 
@@ -180,18 +152,13 @@ pub fn boot(
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| Error(format!("starting qemu-system-aarch64: {e}")))?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| Error("QEMU has no stdout".into()))?;
+    let stdout = child.stdout.take().ok_or_else(|| Error("QEMU has no stdout".into()))?;
     let (tx, rx) = mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
         let mut r = BufReader::new(stdout);
         let mut buf = Vec::new();
         while r.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
-            let line = String::from_utf8_lossy(&buf)
-                .trim_end_matches(['\r', '\n'])
-                .to_string();
+            let line = String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).to_string();
             buf.clear();
             if tx.send(line).is_err() {
                 break;
@@ -199,12 +166,7 @@ pub fn boot(
         }
     });
 
-    let mut run = VmRun {
-        jobs: Vec::new(),
-        all_done: false,
-        qemu_status: None,
-        elapsed: Duration::ZERO,
-    };
+    let mut run = VmRun { jobs: Vec::new(), all_done: false, qemu_status: None, elapsed: Duration::ZERO };
     let mut current: Option<JobResult> = None;
     let deadline = start + timeout;
     loop {
@@ -213,18 +175,13 @@ pub fn boot(
             Ok(line) => {
                 echo(&line);
                 if let Some(name) = line.strip_prefix("@@accel job-begin ") {
-                    current = Some(JobResult {
-                        name: name.trim().to_string(),
-                        ..Default::default()
-                    });
+                    current = Some(JobResult { name: name.trim().to_string(), ..Default::default() });
                 } else if let Some(rest) = line.strip_prefix("@@accel job-end ") {
                     let mut job = current.take().unwrap_or_default();
                     let mut words = rest.split_whitespace();
                     job.name = words.next().unwrap_or_default().to_string();
-                    job.status = words
-                        .next()
-                        .and_then(|s| s.strip_prefix("status="))
-                        .and_then(|s| s.parse().ok());
+                    job.status =
+                        words.next().and_then(|s| s.strip_prefix("status=")).and_then(|s| s.parse().ok());
                     run.jobs.push(job);
                 } else if line.starts_with("@@accel all-done") {
                     run.all_done = true;
@@ -234,10 +191,7 @@ pub fn boot(
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                eprintln!(
-                    "xtask: the VM did not finish within {} s; stopping it",
-                    timeout.as_secs()
-                );
+                eprintln!("xtask: the VM did not finish within {} s; stopping it", timeout.as_secs());
                 let _ = child.kill();
                 break;
             }
@@ -246,9 +200,7 @@ pub fn boot(
     if let Some(job) = current.take() {
         run.jobs.push(job);
     }
-    let status = child
-        .wait()
-        .map_err(|e| Error(format!("waiting for QEMU: {e}")))?;
+    let status = child.wait().map_err(|e| Error(format!("waiting for QEMU: {e}")))?;
     let _ = reader.join();
     run.qemu_status = status.code();
     run.elapsed = start.elapsed();

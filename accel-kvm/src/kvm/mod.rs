@@ -6,8 +6,7 @@ mod vm;
 use std::sync::Arc;
 
 use accel_api::{
-    backend::Backend, AccelError, Capabilities, ErrorKind, ProbeInfo, Result, VcpuFeatures,
-    VmConfig,
+    backend::Backend, AccelError, Capabilities, ErrorKind, ProbeInfo, Result, VcpuFeatures, VmConfig,
 };
 use kvm_ioctls::{Cap, Kvm};
 
@@ -40,11 +39,7 @@ fn read_caps(kvm: &Kvm) -> Capabilities {
             features |= feature;
         }
     }
-    let ipa_bits = if kvm.check_extension(Cap::ArmVmIPASize) {
-        kvm.get_host_ipa_limit()
-    } else {
-        40
-    };
+    let ipa_bits = if kvm.check_extension(Cap::ArmVmIPASize) { kvm.get_host_ipa_limit() } else { 40 };
     Capabilities {
         max_vcpus: u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX),
         ipa_bits: u32::try_from(ipa_bits).unwrap_or(0),
@@ -60,10 +55,8 @@ impl KvmBackend {
     /// Opens `/dev/kvm`, checks the API version and creates a scratch VM to prove that KVM works
     /// here (a `/dev/kvm` that opens is not enough: under user-mode emulation its ioctls fail).
     pub fn open() -> Result<Self> {
-        let kvm = Kvm::new().map_err(|e| AccelError {
-            kind: ErrorKind::UNAVAILABLE,
-            ..ioctl_error("opening /dev/kvm", e)
-        })?;
+        let kvm = Kvm::new()
+            .map_err(|e| AccelError { kind: ErrorKind::UNAVAILABLE, ..ioctl_error("opening /dev/kvm", e) })?;
         let version = kvm.get_api_version();
         if version != KVM_API_VERSION {
             return Err(AccelError::new(
@@ -76,10 +69,7 @@ impl KvmBackend {
             ..ioctl_error("KVM_CREATE_VM of a scratch VM", e)
         })?;
         let caps = read_caps(&kvm);
-        Ok(Self {
-            kvm: Arc::new(kvm),
-            caps,
-        })
+        Ok(Self { kvm: Arc::new(kvm), caps })
     }
 
     fn probe_info(&self) -> ProbeInfo {
@@ -93,13 +83,10 @@ impl KvmBackend {
 
 /// Probes the host: available when a VM can be created.
 pub fn probe() -> ProbeInfo {
+    log::debug!("probe: opening /dev/kvm and a scratch VM");
     match KvmBackend::open() {
         Ok(backend) => backend.probe_info(),
-        Err(e) => ProbeInfo {
-            available: false,
-            reason: e.to_string().into(),
-            caps: Default::default(),
-        },
+        Err(e) => ProbeInfo { available: false, reason: e.to_string().into(), caps: Default::default() },
     }
 }
 

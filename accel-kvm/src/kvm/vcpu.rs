@@ -1,7 +1,7 @@
 //! A KVM vCPU: init, register sync through `KVM_GET_ONE_REG`/`KVM_SET_ONE_REG`, and `KVM_RUN`.
 
 use accel_api::{
-    backend::BackendVcpu, AccelError, CoreReg, CoreRegs, DebugExit, FpReg, FpRegs, MmioAccess,
+    backend::BackendVcpu, regs_to_put, AccelError, CoreReg, CoreRegs, DebugExit, FpReg, FpRegs, MmioAccess,
     PutLevel, Result, SystemEventKind, VcpuConfig, VcpuExit,
 };
 use kvm_bindings::{kvm_vcpu_init, KVM_EXIT_ARM_NISV};
@@ -35,13 +35,7 @@ impl KvmVcpu {
                 e,
             )
         })?;
-        Ok(Self {
-            fd,
-            index: config.index,
-            last_core: None,
-            last_fp: None,
-            pending_mmio_read: None,
-        })
+        Ok(Self { fd, index: config.index, last_core: None, last_fp: None, pending_mmio_read: None })
     }
 
     fn get_u64(&self, id: u64, name: impl FnOnce() -> String) -> Result<u64> {
@@ -61,10 +55,7 @@ impl KvmVcpu {
 }
 
 fn system_event(kind: u32, data: &[u64]) -> VcpuExit {
-    VcpuExit::SystemEvent {
-        kind: SystemEventKind(kind),
-        data: data.to_vec().into(),
-    }
+    VcpuExit::SystemEvent { kind: SystemEventKind(kind), data: data.to_vec().into() }
 }
 
 impl BackendVcpu for KvmVcpu {
@@ -82,20 +73,10 @@ impl BackendVcpu for KvmVcpu {
     }
 
     fn put_core(&mut self, regs: &CoreRegs, level: PutLevel) -> Result<()> {
-        let base = match (level, self.last_core) {
-            (PutLevel::Full, _) | (_, None) => None,
-            (_, Some(last)) => Some(last),
-        };
-        let changed: Vec<CoreReg> = match &base {
-            Some(last) => regs.changed_since(last).collect(),
-            None => CoreReg::all().collect(),
-        };
-        for reg in changed {
-            let result = self.set_bytes(core_reg_id(reg), &regs.get(reg).to_le_bytes(), || {
-                reg.name()
-            });
+        for reg in regs_to_put(level, self.last_core.as_ref(), regs) {
+            let result = self.set_bytes(core_reg_id(reg), &regs.get(reg).to_le_bytes(), || reg.name());
             if let Err(e) = result {
-                // What did reach the vCPU is unknown now: the next put writes everything.
+                // What reached the vCPU is unknown now: the next put writes everything.
                 self.last_core = None;
                 return Err(e);
             }
@@ -124,17 +105,8 @@ impl BackendVcpu for KvmVcpu {
     }
 
     fn put_fp(&mut self, regs: &FpRegs, level: PutLevel) -> Result<()> {
-        let base = match (level, self.last_fp) {
-            (PutLevel::Full, _) | (_, None) => None,
-            (_, Some(last)) => Some(last),
-        };
-        let changed: Vec<FpReg> = match &base {
-            Some(last) => regs.changed_since(last).collect(),
-            None => FpReg::all().collect(),
-        };
-        for reg in changed {
-            let fpsr = regs.fpsr.to_le_bytes();
-            let fpcr = regs.fpcr.to_le_bytes();
+        let (fpsr, fpcr) = (regs.fpsr.to_le_bytes(), regs.fpcr.to_le_bytes());
+        for reg in regs_to_put(level, self.last_fp.as_ref(), regs) {
             let bytes: &[u8] = match reg {
                 FpReg::V(n) => &regs.v[usize::from(n)],
                 FpReg::Fpsr => &fpsr,
@@ -170,19 +142,10 @@ impl BackendVcpu for KvmVcpu {
                 Ok(exit) => exit,
                 Err(e) if e.errno() == libc::EINTR => return Ok(VcpuExit::Interrupted),
                 Err(e) if e.errno() == libc::EAGAIN => continue,
-                Err(e) => {
-                    return Err(ioctl_error(
-                        format_args!("KVM_RUN of vCPU {}", self.index),
-                        e,
-                    ))
-                }
+                Err(e) => return Err(ioctl_error(format_args!("KVM_RUN of vCPU {}", self.index), e)),
             };
             let mmio = |addr: u64, data: &[u8]| {
-                let mut access = MmioAccess {
-                    addr,
-                    len: data.len() as u32,
-                    data: [0; 8],
-                };
+                let mut access = MmioAccess { addr, len: data.len() as u32, data: [0; 8] };
                 let n = data.len().min(8);
                 access.data[..n].copy_from_slice(&data[..n]);
                 access
@@ -216,10 +179,7 @@ impl BackendVcpu for KvmVcpu {
                     // SAFETY: the exit reason is KVM_EXIT_ARM_NISV, so `arm_nisv` is the active
                     // member of the exit union.
                     let nisv = unsafe { run.__bindgen_anon_1.arm_nisv };
-                    VcpuExit::ArmNisv {
-                        esr_iss: nisv.esr_iss,
-                        fault_ipa: nisv.fault_ipa,
-                    }
+                    VcpuExit::ArmNisv { esr_iss: nisv.esr_iss, fault_ipa: nisv.fault_ipa }
                 }
                 KvmExit::Unsupported(reason) => VcpuExit::Unknown { reason },
                 other => {

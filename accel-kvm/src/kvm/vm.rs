@@ -3,8 +3,8 @@
 use std::sync::Mutex;
 
 use accel_api::{
-    backend::BackendVm, memory::MemoryMap, AccelError, Capabilities, MemoryRegion, Result,
-    VcpuConfig, VcpuFeatures, VmConfig,
+    backend::BackendVm, memory::MemoryMap, AccelError, Capabilities, MemoryRegion, Result, VcpuConfig,
+    VcpuFeatures, VmConfig,
 };
 use kvm_bindings::{kvm_userspace_memory_region, kvm_vcpu_init, KVM_MEM_READONLY};
 use kvm_ioctls::{Kvm, VmFd};
@@ -41,8 +41,7 @@ impl KvmVm {
         }
         .map_err(|e| ioctl_error("KVM_CREATE_VM", e))?;
         let mut target = kvm_vcpu_init::default();
-        fd.get_preferred_target(&mut target)
-            .map_err(|e| ioctl_error("KVM_ARM_PREFERRED_TARGET", e))?;
+        fd.get_preferred_target(&mut target).map_err(|e| ioctl_error("KVM_ARM_PREFERRED_TARGET", e))?;
         Ok(Self {
             fd,
             caps,
@@ -54,11 +53,7 @@ impl KvmVm {
     }
 
     fn set_region(&self, slot: u32, region: &MemoryRegion, size: u64) -> Result<()> {
-        let flags = if region.read_only {
-            KVM_MEM_READONLY
-        } else {
-            0
-        };
+        let flags = if region.read_only { KVM_MEM_READONLY } else { 0 };
         let kvm_region = kvm_userspace_memory_region {
             slot,
             flags,
@@ -82,10 +77,8 @@ impl BackendVm for KvmVm {
                 "read-only memory (KVM_CAP_READONLY_MEM) is not supported by this kernel",
             ));
         }
-        let mut map = self
-            .memory
-            .lock()
-            .map_err(|_| AccelError::bad_state("the memory map lock is poisoned"))?;
+        let mut map =
+            self.memory.lock().map_err(|_| AccelError::bad_state("the memory map lock is poisoned"))?;
         let slot = map.insert(*region, self.page_size, self.max_slots)?;
         if let Err(e) = self.set_region(slot, region, region.size) {
             // Keep the map in step with the kernel.
@@ -96,15 +89,10 @@ impl BackendVm for KvmVm {
     }
 
     fn remove_memory(&self, slot: u32) -> Result<()> {
-        let mut map = self
-            .memory
-            .lock()
-            .map_err(|_| AccelError::bad_state("the memory map lock is poisoned"))?;
+        let mut map =
+            self.memory.lock().map_err(|_| AccelError::bad_state("the memory map lock is poisoned"))?;
         let region = *map.get(slot).ok_or_else(|| {
-            AccelError::new(
-                accel_api::ErrorKind::NOT_FOUND,
-                format!("no memory region in slot {slot}"),
-            )
+            AccelError::new(accel_api::ErrorKind::NOT_FOUND, format!("no memory region in slot {slot}"))
         })?;
         self.set_region(slot, &region, 0)?;
         map.remove(slot)?;
@@ -119,6 +107,13 @@ impl BackendVm for KvmVm {
                 missing.names().join(", ")
             )));
         }
+        let ptrauth = VcpuFeatures::PTRAUTH_ADDRESS | VcpuFeatures::PTRAUTH_GENERIC;
+        let requested_ptrauth = VcpuFeatures(config.features.0 & ptrauth.0);
+        if !requested_ptrauth.is_empty() && requested_ptrauth != ptrauth {
+            return Err(AccelError::invalid(
+                "KVM enables pointer authentication only with both ptrauth-address and ptrauth-generic",
+            ));
+        }
         if config.index >= self.caps.max_vcpus {
             return Err(AccelError::invalid(format!(
                 "vCPU index {} is out of range: this host allows {} vCPUs",
@@ -127,23 +122,11 @@ impl BackendVm for KvmVm {
         }
         let mut init = self.target;
         for (feature, bit) in [
-            (
-                VcpuFeatures::POWER_OFF,
-                kvm_bindings::KVM_ARM_VCPU_POWER_OFF,
-            ),
-            (
-                VcpuFeatures::EL1_32BIT,
-                kvm_bindings::KVM_ARM_VCPU_EL1_32BIT,
-            ),
+            (VcpuFeatures::POWER_OFF, kvm_bindings::KVM_ARM_VCPU_POWER_OFF),
+            (VcpuFeatures::EL1_32BIT, kvm_bindings::KVM_ARM_VCPU_EL1_32BIT),
             (VcpuFeatures::PSCI_0_2, kvm_bindings::KVM_ARM_VCPU_PSCI_0_2),
-            (
-                VcpuFeatures::PTRAUTH_ADDRESS,
-                kvm_bindings::KVM_ARM_VCPU_PTRAUTH_ADDRESS,
-            ),
-            (
-                VcpuFeatures::PTRAUTH_GENERIC,
-                kvm_bindings::KVM_ARM_VCPU_PTRAUTH_GENERIC,
-            ),
+            (VcpuFeatures::PTRAUTH_ADDRESS, kvm_bindings::KVM_ARM_VCPU_PTRAUTH_ADDRESS),
+            (VcpuFeatures::PTRAUTH_GENERIC, kvm_bindings::KVM_ARM_VCPU_PTRAUTH_GENERIC),
         ] {
             if config.features.contains(feature) {
                 init.features[(bit / 32) as usize] |= 1 << (bit % 32);

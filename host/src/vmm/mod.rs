@@ -20,8 +20,7 @@ use std::{
 
 use accel_api::{
     client::{Accelerator, Vcpu},
-    AccelError, ErrorKind, PutLevel, Result, SystemEventKind, VcpuConfig, VcpuExit, VcpuFeatures,
-    VmConfig,
+    AccelError, ErrorKind, PutLevel, Result, SystemEventKind, VcpuConfig, VcpuExit, VcpuFeatures, VmConfig,
 };
 
 use self::{pl011::Pl011, ram::GuestRam};
@@ -30,6 +29,8 @@ use self::{pl011::Pl011, ram::GuestRam};
 pub const RAM_BASE: u64 = 0x4000_0000;
 /// The guest physical address of the PL011 UART.
 pub const UART_BASE: u64 = 0x0900_0000;
+/// The granule of RAM sizes.
+pub const MIN_RAM: u64 = 1 << 20;
 /// PSTATE at entry: EL1h with D, A, I and F masked.
 pub const PSTATE_EL1H_DAIF: u64 = 0x3c5;
 
@@ -74,24 +75,18 @@ struct Bus {
 
 impl Bus {
     fn uart_offset(addr: u64) -> Option<u64> {
-        addr.checked_sub(UART_BASE)
-            .filter(|o| *o < pl011::PL011_SIZE)
+        addr.checked_sub(UART_BASE).filter(|o| *o < pl011::PL011_SIZE)
     }
 
     fn unmapped(&self, addr: u64, what: &str) {
         if self.warned.lock().is_ok_and(|mut w| w.insert(addr)) {
-            log::warn!(
-                "guest {what} unmapped MMIO address {addr:#x}: reads as zero, writes ignored"
-            );
+            log::warn!("guest {what} unmapped MMIO address {addr:#x}: reads as zero, writes ignored");
         }
     }
 
     fn read(&self, addr: u64) -> u64 {
         match Self::uart_offset(addr) {
-            Some(offset) => self
-                .uart
-                .lock()
-                .map_or(0, |mut u| u64::from(u.read(offset))),
+            Some(offset) => self.uart.lock().map_or(0, |mut u| u64::from(u.read(offset))),
             None => {
                 self.unmapped(addr, "read from");
                 0
@@ -171,15 +166,19 @@ pub fn run(
     if config.cpus == 0 {
         return Err(AccelError::invalid("at least one vCPU is needed"));
     }
+    if config.mem_size < MIN_RAM || config.mem_size % MIN_RAM != 0 {
+        return Err(AccelError::invalid(format!(
+            "RAM size {:#x} must be a non-zero multiple of 1 MiB",
+            config.mem_size
+        )));
+    }
     let vm = accel.create_vm(&VmConfig::default())?;
-    let ram = Arc::new(GuestRam::new(&vm, RAM_BASE, config.mem_size)?);
+    let ram = Arc::new(GuestRam::new(RAM_BASE, config.mem_size)?);
+    // SAFETY: every vCPU thread holds a clone of `ram`, so the RAM outlives every vCPU that can
+    // run; the VM itself never touches it after the vCPUs are gone.
+    unsafe { ram.map_into(&vm) }?;
     let loaded = image::load(&ram, image)?;
-    log::info!(
-        "image loaded at {:#x}..{:#x}, entry {:#x}",
-        loaded.extent.0,
-        loaded.extent.1,
-        loaded.entry
-    );
+    log::info!("image loaded at {:#x}..{:#x}, entry {:#x}", loaded.extent.0, loaded.extent.1, loaded.entry);
 
     let mut vcpus = Vec::new();
     for index in 0..config.cpus {
@@ -195,10 +194,7 @@ pub fn run(
     regs.pstate = PSTATE_EL1H_DAIF;
     boot.put_core(&regs, PutLevel::Reset)?;
 
-    let bus = Arc::new(Bus {
-        uart: Mutex::new(Pl011::new(console)),
-        warned: Mutex::new(HashSet::new()),
-    });
+    let bus = Arc::new(Bus { uart: Mutex::new(Pl011::new(console)), warned: Mutex::new(HashSet::new()) });
     let (tx, rx) = mpsc::channel();
     for mut vcpu in vcpus {
         let (bus, tx, ram) = (Arc::clone(&bus), tx.clone(), Arc::clone(&ram));
@@ -212,16 +208,12 @@ pub fn run(
                 drop(ram);
             })
             .map_err(|e| {
-                AccelError::new(
-                    ErrorKind::NO_RESOURCE,
-                    format!("spawning the thread of vCPU {index}: {e}"),
-                )
+                AccelError::new(ErrorKind::NO_RESOURCE, format!("spawning the thread of vCPU {index}: {e}"))
             })?;
     }
     drop(tx);
-    let outcome = rx
-        .recv()
-        .map_err(|_| AccelError::bad_state("every vCPU thread ended without an outcome"))??;
+    let outcome =
+        rx.recv().map_err(|_| AccelError::bad_state("every vCPU thread ended without an outcome"))??;
     if let Ok(mut uart) = bus.uart.lock() {
         let _ = uart.output().flush();
     }

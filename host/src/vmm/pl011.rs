@@ -26,10 +26,7 @@ pub struct Pl011<W: Write> {
 impl<W: Write> Pl011<W> {
     /// A UART writing to `out`.
     pub fn new(out: W) -> Self {
-        Self {
-            out,
-            regs: [0; 0x40],
-        }
+        Self { out, regs: [0; 0x40] }
     }
 
     /// A guest read at `offset` within the register window.

@@ -3,57 +3,43 @@
 use accel_api::{client::Vm, AccelError, ErrorKind, MemoryRegion, Result};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-/// One contiguous block of guest RAM, mapped into a VM.
+/// One contiguous block of guest RAM.
 pub struct GuestRam {
     mem: GuestMemoryMmap,
     base: u64,
     size: u64,
-    slot: u32,
 }
 
 impl GuestRam {
-    /// Allocates `size` bytes at guest physical `base` and maps them into `vm`.
-    pub fn new(vm: &Vm, base: u64, size: u64) -> Result<Self> {
+    /// Allocates `size` bytes of guest RAM at guest physical `base`.
+    pub fn new(base: u64, size: u64) -> Result<Self> {
         let len = usize::try_from(size)
             .map_err(|_| AccelError::invalid(format!("RAM size {size:#x} is too large")))?;
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(base), len)]).map_err(|e| {
-            AccelError::new(
-                ErrorKind::NO_RESOURCE,
-                format!("allocating {size:#x} bytes of guest RAM: {e}"),
-            )
+            AccelError::new(ErrorKind::NO_RESOURCE, format!("allocating {size:#x} bytes of guest RAM: {e}"))
         })?;
-        let host = mem.get_host_address(GuestAddress(base)).map_err(|e| {
-            AccelError::new(
-                ErrorKind::NO_RESOURCE,
-                format!("guest RAM has no host address: {e}"),
-            )
+        Ok(Self { mem, base, size })
+    }
+
+    /// Maps the RAM into `vm` and returns the slot.
+    ///
+    /// # Safety
+    /// The RAM must outlive every vCPU of `vm` that may run, or be removed from `vm` first:
+    /// the guest accesses it through the backend, not through this object.
+    pub unsafe fn map_into(&self, vm: &Vm) -> Result<u32> {
+        let host = self.mem.get_host_address(GuestAddress(self.base)).map_err(|e| {
+            AccelError::new(ErrorKind::NO_RESOURCE, format!("guest RAM has no host address: {e}"))
         })?;
-        let region = MemoryRegion {
-            guest_addr: base,
-            size,
-            host_addr: host as u64,
-            read_only: false,
-        };
-        // SAFETY: `mem` owns the mapping and lives in the returned GuestRam; the host keeps the
-        // GuestRam alive for as long as the VM runs (see `Machine`), and the guest writing to it
-        // is the point.
-        let slot = unsafe { vm.add_memory(&region) }?;
-        Ok(Self {
-            mem,
-            base,
-            size,
-            slot,
-        })
+        let region =
+            MemoryRegion { guest_addr: self.base, size: self.size, host_addr: host as u64, read_only: false };
+        // SAFETY: the mapping is owned by `self.mem`, which the caller keeps alive while the VM
+        // can use it (this function's contract).
+        unsafe { vm.add_memory(&region) }
     }
 
     /// The guest physical address of the first byte.
     pub fn base(&self) -> u64 {
         self.base
-    }
-
-    /// The VM's memory slot for this RAM.
-    pub fn slot(&self) -> u32 {
-        self.slot
     }
 
     /// The size in bytes.

@@ -7,18 +7,10 @@ use crate::{ensure, guest::RAM_BASE, Case, CaseResult, Context, Failure};
 
 pub fn cases() -> Vec<Case> {
     vec![
-        Case {
-            name: "lifecycle::vms_and_vcpus",
-            run: vms_and_vcpus,
-        },
-        Case {
-            name: "lifecycle::unsupported_vcpu_feature",
-            run: unsupported_vcpu_feature,
-        },
-        Case {
-            name: "lifecycle::memory_regions",
-            run: memory_regions,
-        },
+        Case { name: "lifecycle::vms_and_vcpus", run: vms_and_vcpus },
+        Case { name: "lifecycle::every_probed_feature_inits", run: every_probed_feature_inits },
+        Case { name: "lifecycle::unsupported_vcpu_feature", run: unsupported_vcpu_feature },
+        Case { name: "lifecycle::memory_regions", run: memory_regions },
     ]
 }
 
@@ -35,34 +27,55 @@ fn vms_and_vcpus(ctx: &Context) -> CaseResult {
             VcpuFeatures::PSCI_0_2 | VcpuFeatures::POWER_OFF
         };
         let vcpu = vm_a.create_vcpu(&VcpuConfig { index, features })?;
-        ensure!(
-            vcpu.index() == index,
-            "vCPU {index} reports index {}",
-            vcpu.index()
-        );
+        ensure!(vcpu.index() == index, "vCPU {index} reports index {}", vcpu.index());
         vcpus.push(vcpu);
     }
-    let other = vm_b.create_vcpu(&VcpuConfig {
-        index: 0,
-        features: VcpuFeatures::PSCI_0_2,
-    })?;
-    ensure!(
-        other.index() == 0,
-        "a second VM's vCPU 0 reports index {}",
-        other.index()
-    );
-    match vm_a.create_vcpu(&VcpuConfig {
-        index: 0,
-        features: VcpuFeatures::PSCI_0_2,
-    }) {
-        Ok(_) => Err(Failure::Fail(
-            "creating vCPU 0 twice in one VM succeeded".into(),
-        )),
+    let other = vm_b.create_vcpu(&VcpuConfig { index: 0, features: VcpuFeatures::PSCI_0_2 })?;
+    ensure!(other.index() == 0, "a second VM's vCPU 0 reports index {}", other.index());
+    match vm_a.create_vcpu(&VcpuConfig { index: 0, features: VcpuFeatures::PSCI_0_2 }) {
+        Ok(_) => Err(Failure::Fail("creating vCPU 0 twice in one VM succeeded".into())),
         Err(e) => {
-            ensure!(
-                !e.message.is_empty(),
-                "the duplicate-vCPU error has no message"
-            );
+            ensure!(!e.message.is_empty(), "the duplicate-vCPU error has no message");
+            Ok(())
+        }
+    }
+}
+
+/// Each vCPU feature the probe reports can be enabled on its own (pointer authentication as the
+/// address/generic pair), each in a fresh VM, and each unreported one is refused as unsupported.
+fn every_probed_feature_inits(ctx: &Context) -> CaseResult {
+    let accel = ctx.accelerator()?;
+    let offered = accel.probe().caps.vcpu_features;
+    let ptrauth = VcpuFeatures::PTRAUTH_ADDRESS | VcpuFeatures::PTRAUTH_GENERIC;
+    let candidates =
+        [VcpuFeatures::POWER_OFF, VcpuFeatures::EL1_32BIT, VcpuFeatures::PMU_V3, VcpuFeatures::SVE, ptrauth];
+    let mut tried = Vec::new();
+    for feature in candidates {
+        let vm = accel.create_vm(&VmConfig::default())?;
+        let config = VcpuConfig { index: 0, features: VcpuFeatures::PSCI_0_2 | feature };
+        match (offered.contains(feature), vm.create_vcpu(&config)) {
+            (true, Ok(_)) => tried.push(feature.names().join("+")),
+            (true, Err(e)) => {
+                return Err(Failure::Fail(format!("probed feature {:?} failed to init: {e}", feature)))
+            }
+            (false, Ok(_)) => {
+                return Err(Failure::Fail(format!("feature {:?} is not probed but inits", feature)))
+            }
+            (false, Err(e)) => ensure!(
+                e.kind == ErrorKind::UNSUPPORTED
+                    && feature.names().iter().all(|n| e.message.contains(n.as_str())),
+                "unprobed feature {feature:?}: expected an unsupported error naming it, got {e:?}"
+            ),
+        }
+    }
+    // Half of the pointer-authentication pair is refused, by name.
+    let vm = accel.create_vm(&VmConfig::default())?;
+    let half = VcpuConfig { index: 0, features: VcpuFeatures::PSCI_0_2 | VcpuFeatures::PTRAUTH_ADDRESS };
+    match vm.create_vcpu(&half) {
+        Ok(_) => Err(Failure::Fail("ptrauth-address without ptrauth-generic was accepted".into())),
+        Err(e) => {
+            ensure!(e.message.contains("ptrauth"), "the refusal does not name pointer authentication: {e}");
+            log::info!("features that init: {}", tried.join(", "));
             Ok(())
         }
     }
@@ -72,27 +85,13 @@ fn unsupported_vcpu_feature(ctx: &Context) -> CaseResult {
     let accel = ctx.accelerator()?;
     let vm = accel.create_vm(&VmConfig::default())?;
     let bogus = VcpuFeatures(1 << 63);
-    match vm.create_vcpu(&VcpuConfig {
-        index: 0,
-        features: VcpuFeatures::PSCI_0_2 | bogus,
-    }) {
-        Ok(_) => Err(Failure::Fail(
-            "a vCPU with an unknown feature bit was created".into(),
-        )),
+    match vm.create_vcpu(&VcpuConfig { index: 0, features: VcpuFeatures::PSCI_0_2 | bogus }) {
+        Ok(_) => Err(Failure::Fail("a vCPU with an unknown feature bit was created".into())),
         Err(e) => {
-            ensure!(
-                e.kind == ErrorKind::UNSUPPORTED,
-                "expected an unsupported error, got {e:?}"
-            );
-            ensure!(
-                e.message.contains("bit63"),
-                "the error does not name the feature: {e}"
-            );
+            ensure!(e.kind == ErrorKind::UNSUPPORTED, "expected an unsupported error, got {e:?}");
+            ensure!(e.message.contains("bit63"), "the error does not name the feature: {e}");
             // The VM is still usable afterwards.
-            vm.create_vcpu(&VcpuConfig {
-                index: 0,
-                features: VcpuFeatures::PSCI_0_2,
-            })?;
+            vm.create_vcpu(&VcpuConfig { index: 0, features: VcpuFeatures::PSCI_0_2 })?;
             Ok(())
         }
     }
@@ -101,47 +100,33 @@ fn unsupported_vcpu_feature(ctx: &Context) -> CaseResult {
 fn memory_regions(ctx: &Context) -> CaseResult {
     let accel = ctx.accelerator()?;
     let vm = accel.create_vm(&VmConfig::default())?;
-    let ram = GuestRam::new(&vm, RAM_BASE, 1 << 20)?;
-    let second = GuestRam::new(&vm, RAM_BASE + (1 << 20), 1 << 20)?;
-    ensure!(
-        second.base() == RAM_BASE + (1 << 20),
-        "second region misplaced"
-    );
+    let ram = GuestRam::new(RAM_BASE, 1 << 20)?;
+    let second = GuestRam::new(RAM_BASE + (1 << 20), 1 << 20)?;
+    // SAFETY: this VM never gets a vCPU, and both blocks live until the end of the case.
+    let (first_slot, second_slot) = unsafe { (ram.map_into(&vm)?, second.map_into(&vm)?) };
+    ensure!(first_slot != second_slot, "two regions share slot {first_slot}");
 
     // An overlapping region, backed by real memory, is refused.
     let scratch = vec![0u8; 3 << 12];
     let page = (scratch.as_ptr() as u64 + 0xfff) & !0xfff;
-    let overlapping = MemoryRegion {
-        guest_addr: RAM_BASE + 0x1000,
-        size: 0x1000,
-        host_addr: page,
-        read_only: false,
-    };
+    let overlapping =
+        MemoryRegion { guest_addr: RAM_BASE + 0x1000, size: 0x1000, host_addr: page, read_only: false };
     // SAFETY: `scratch` outlives the call, and the region is refused (checked below) so it is
     // never mapped into the guest.
     let err = match unsafe { vm.add_memory(&overlapping) } {
         Ok(slot) => {
             let _ = vm.remove_memory(slot);
-            return Err(Failure::Fail(
-                "an overlapping memory region was accepted".into(),
-            ));
+            return Err(Failure::Fail("an overlapping memory region was accepted".into()));
         }
         Err(e) => e,
     };
-    ensure!(
-        err.kind == ErrorKind::INVALID_ARGUMENT,
-        "overlap: expected invalid argument, got {err:?}"
-    );
+    ensure!(err.kind == ErrorKind::INVALID_ARGUMENT, "overlap: expected invalid argument, got {err:?}");
 
-    let misaligned = MemoryRegion {
-        guest_addr: 0x8000_0800,
-        ..overlapping
-    };
+    let misaligned = MemoryRegion { guest_addr: 0x8000_0800, ..overlapping };
     // SAFETY: as above; misaligned regions are refused.
     let err = unsafe { vm.add_memory(&misaligned) }.err();
     ensure!(
-        err.as_ref()
-            .is_some_and(|e| e.kind == ErrorKind::INVALID_ARGUMENT),
+        err.as_ref().is_some_and(|e| e.kind == ErrorKind::INVALID_ARGUMENT),
         "misaligned: expected invalid argument, got {err:?}"
     );
 
@@ -151,14 +136,9 @@ fn memory_regions(ctx: &Context) -> CaseResult {
         "removing an unknown slot: expected not found, got {err:?}"
     );
     // A removed region frees its range for a new one.
-    vm.remove_memory(second.slot())?;
-    let again = GuestRam::new(&vm, RAM_BASE + (1 << 20), 1 << 20)?;
-    ensure!(
-        again.slot() == second.slot(),
-        "the freed slot {} was not reused (got {})",
-        second.slot(),
-        again.slot()
-    );
-    drop(ram);
+    vm.remove_memory(second_slot)?;
+    // SAFETY: as above.
+    let again = unsafe { second.map_into(&vm) }?;
+    ensure!(again == second_slot, "the freed slot {second_slot} was not reused (got {again})");
     Ok(())
 }

@@ -11,42 +11,21 @@ pub const WRONG_ABI_FIXTURE: &str = "libaccel_fixture_wrong_abi.so";
 
 pub fn cases() -> Vec<Case> {
     vec![
-        Case {
-            name: "loader::missing_file",
-            run: missing_file,
-        },
-        Case {
-            name: "loader::not_a_plugin",
-            run: not_a_plugin,
-        },
-        Case {
-            name: "loader::wrong_abi_version",
-            run: wrong_abi_version,
-        },
-        Case {
-            name: "loader::loads_again_alongside_others",
-            run: loads_again_alongside_others,
-        },
+        Case { name: "loader::missing_file", run: missing_file },
+        Case { name: "loader::not_a_plugin", run: not_a_plugin },
+        Case { name: "loader::wrong_abi_version", run: wrong_abi_version },
+        Case { name: "loader::loads_again_alongside_others", run: loads_again_alongside_others },
     ]
 }
 
 fn expect_load_error(path: &std::path::Path, kind: ErrorKind, words: &str) -> CaseResult {
     match loader::load(path) {
-        Ok(_) => Err(Failure::Fail(format!(
-            "{} loaded as a plugin",
-            path.display()
-        ))),
+        Ok(_) => Err(Failure::Fail(format!("{} loaded as a plugin", path.display()))),
         Err(e) => {
             ensure!(e.kind == kind, "expected a {kind} error, got {e:?}");
             let text = e.to_string();
-            ensure!(
-                text.contains(&*path.to_string_lossy()),
-                "the error does not name the file: {text}"
-            );
-            ensure!(
-                text.contains(words),
-                "the error does not say '{words}': {text}"
-            );
+            ensure!(text.contains(&*path.to_string_lossy()), "the error does not name the file: {text}");
+            ensure!(text.contains(words), "the error does not say '{words}': {text}");
             ensure!(!text.contains('\n'), "the error is not one line: {text:?}");
             Ok(())
         }
@@ -54,10 +33,7 @@ fn expect_load_error(path: &std::path::Path, kind: ErrorKind, words: &str) -> Ca
 }
 
 fn missing_file(_: &Context) -> CaseResult {
-    let path = std::env::temp_dir().join(format!(
-        "accel-missing-{}/libaccel_nothing.so",
-        std::process::id()
-    ));
+    let path = std::env::temp_dir().join(format!("accel-missing-{}/libaccel_nothing.so", std::process::id()));
     expect_load_error(&path, ErrorKind::NOT_FOUND, "no such plugin file")
 }
 
@@ -65,11 +41,7 @@ fn not_a_plugin(_: &Context) -> CaseResult {
     let path = std::env::temp_dir().join(format!("accel-not-a-plugin-{}.so", std::process::id()));
     std::fs::write(&path, b"this is not a shared library\n")
         .map_err(|e| Failure::NotRun(format!("writing {}: {e}", path.display())))?;
-    let result = expect_load_error(
-        &path,
-        ErrorKind::PLUGIN_LOAD,
-        "not a loadable shared library",
-    );
+    let result = expect_load_error(&path, ErrorKind::PLUGIN_LOAD, "not a loadable shared library");
     let _ = std::fs::remove_file(&path);
     result
 }
@@ -81,10 +53,7 @@ fn fixture(ctx: &Context) -> Result<std::path::PathBuf, Failure> {
         .ok_or_else(|| Failure::NotRun("no fixture directory given (--fixtures)".into()))?;
     let path = dir.join(WRONG_ABI_FIXTURE);
     if !path.is_file() {
-        return Err(Failure::NotRun(format!(
-            "fixture {} is missing",
-            path.display()
-        )));
+        return Err(Failure::NotRun(format!("fixture {} is missing", path.display())));
     }
     Ok(path)
 }
@@ -105,9 +74,6 @@ fn loads_again_alongside_others(ctx: &Context) -> CaseResult {
     let path = fixture(ctx)?;
     ensure!(loader::load(&path).is_err(), "the wrong-ABI fixture loaded");
     // Both handles still work after a failed load in the same process.
-    ensure!(
-        again.probe() == ctx.plugin.probe(),
-        "the two loads of one plugin probe differently"
-    );
+    ensure!(again.probe() == ctx.plugin.probe(), "the two loads of one plugin probe differently");
     Ok(())
 }

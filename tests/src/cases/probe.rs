@@ -5,21 +5,14 @@ use accel_api::VcpuFeatures;
 use crate::{ensure, Case, CaseResult, Context};
 
 pub fn cases() -> Vec<Case> {
-    vec![Case {
-        name: "probe::available_with_capabilities",
-        run: available_with_capabilities,
-    }]
+    vec![Case { name: "probe::available_with_capabilities", run: available_with_capabilities }]
 }
 
 fn available_with_capabilities(ctx: &Context) -> CaseResult {
     let accel = ctx.accelerator()?;
     let info = ctx.plugin.probe();
     let opened = accel.probe();
-    ensure!(
-        opened.available,
-        "the opened accelerator reports itself unavailable: {}",
-        opened.reason
-    );
+    ensure!(opened.available, "the opened accelerator reports itself unavailable: {}", opened.reason);
     ensure!(
         opened.caps == info.caps,
         "the plugin probe and the opened accelerator disagree: {:?} vs {:?}",
@@ -34,8 +27,7 @@ fn available_with_capabilities(ctx: &Context) -> CaseResult {
         caps.ipa_bits
     );
     ensure!(
-        caps.vcpu_features
-            .contains(VcpuFeatures::PSCI_0_2 | VcpuFeatures::POWER_OFF),
+        caps.vcpu_features.contains(VcpuFeatures::PSCI_0_2 | VcpuFeatures::POWER_OFF),
         "PSCI 0.2 and power-off are required, features are {:?}",
         caps.vcpu_features
     );

@@ -8,22 +8,10 @@ use crate::{asm, ensure, guest::TestGuest, Case, CaseResult, Context, Failure};
 
 pub fn cases() -> Vec<Case> {
     vec![
-        Case {
-            name: "regs::core_round_trip_random",
-            run: core_round_trip_random,
-        },
-        Case {
-            name: "regs::fp_round_trip_random",
-            run: fp_round_trip_random,
-        },
-        Case {
-            name: "regs::host_edits_reach_the_vcpu",
-            run: host_edits_reach_the_vcpu,
-        },
-        Case {
-            name: "regs::refused_write_is_named",
-            run: refused_write_is_named,
-        },
+        Case { name: "regs::core_round_trip_random", run: core_round_trip_random },
+        Case { name: "regs::fp_round_trip_random", run: fp_round_trip_random },
+        Case { name: "regs::host_edits_reach_the_vcpu", run: host_edits_reach_the_vcpu },
+        Case { name: "regs::refused_write_is_named", run: refused_write_is_named },
     ]
 }
 
@@ -130,17 +118,11 @@ fn host_edits_reach_the_vcpu(ctx: &Context) -> CaseResult {
         after == edited,
         "seed {seed:#x}: core registers after a runtime put: {after:?}, expected {edited:?}"
     );
-    ensure!(
-        fp_after == fp_edited,
-        "seed {seed:#x}: FP registers after a runtime put differ"
-    );
+    ensure!(fp_after == fp_edited, "seed {seed:#x}: FP registers after a runtime put differ");
 
     // A put with nothing changed succeeds and changes nothing.
     g.vcpu.put_core(&after, PutLevel::Runtime)?;
-    ensure!(
-        g.vcpu.get_core()? == edited,
-        "an unchanged put altered the registers"
-    );
+    ensure!(g.vcpu.get_core()? == edited, "an unchanged put altered the registers");
     Ok(())
 }
 
@@ -152,25 +134,17 @@ fn refused_write_is_named(ctx: &Context) -> CaseResult {
     regs.pstate = 0x1f;
     let err = match g.vcpu.put_core(&regs, PutLevel::Runtime) {
         Ok(()) => {
-            return Err(Failure::Fail(
-                "PSTATE with an AArch32 mode was accepted by an AArch64 vCPU".into(),
-            ))
+            return Err(Failure::Fail("PSTATE with an AArch32 mode was accepted by an AArch64 vCPU".into()))
         }
         Err(e) => e,
     };
-    ensure!(
-        err.message.contains("PSTATE"),
-        "the error does not name the register: {err}"
-    );
+    ensure!(err.message.contains("PSTATE"), "the error does not name the register: {err}");
     ensure!(
         err.kind == ErrorKind::OS && err.errno().is_some(),
         "expected an OS error with errno, got {err:?}"
     );
     // The vCPU keeps its state, and the next put still works.
-    ensure!(
-        g.vcpu.get_core()?.pstate == good.pstate,
-        "the refused PSTATE changed the vCPU"
-    );
+    ensure!(g.vcpu.get_core()?.pstate == good.pstate, "the refused PSTATE changed the vCPU");
     g.vcpu.put_core(&good, PutLevel::Runtime)?;
     Ok(())
 }

@@ -12,34 +12,13 @@ use crate::{
 
 pub fn cases() -> Vec<Case> {
     vec![
-        Case {
-            name: "run::guest_computes_known_values",
-            run: guest_computes_known_values,
-        },
-        Case {
-            name: "run::mmio_writes_of_every_size",
-            run: mmio_writes_of_every_size,
-        },
-        Case {
-            name: "run::mmio_read_resumes_with_host_value",
-            run: mmio_read_resumes_with_host_value,
-        },
-        Case {
-            name: "run::mmio_read_data_without_a_read",
-            run: mmio_read_data_without_a_read,
-        },
-        Case {
-            name: "run::guest_exception_reaches_its_vectors",
-            run: guest_exception_reaches_its_vectors,
-        },
-        Case {
-            name: "run::psci_system_off",
-            run: psci_system_off,
-        },
-        Case {
-            name: "run::psci_system_reset",
-            run: psci_system_reset,
-        },
+        Case { name: "run::guest_computes_known_values", run: guest_computes_known_values },
+        Case { name: "run::mmio_writes_of_every_size", run: mmio_writes_of_every_size },
+        Case { name: "run::mmio_read_resumes_with_host_value", run: mmio_read_resumes_with_host_value },
+        Case { name: "run::mmio_read_data_without_a_read", run: mmio_read_data_without_a_read },
+        Case { name: "run::guest_exception_reaches_its_vectors", run: guest_exception_reaches_its_vectors },
+        Case { name: "run::psci_system_off", run: psci_system_off },
+        Case { name: "run::psci_system_reset", run: psci_system_reset },
     ]
 }
 
@@ -60,27 +39,12 @@ fn guest_computes_known_values(ctx: &Context) -> CaseResult {
     code.push(asm::b(0));
     let mut g = TestGuest::new(&ctx.accelerator()?, &code)?;
     let (addr, len, value) = g.expect_mmio_write()?;
-    ensure!(
-        (addr, len, value) == (MMIO_BASE, 8, 42),
-        "done write: ({addr:#x}, {len}, {value})"
-    );
+    ensure!((addr, len, value) == (MMIO_BASE, 8, 42), "done write: ({addr:#x}, {len}, {value})");
     let core = g.core()?;
-    ensure!(
-        core.x[2..5] == [42, 142, 137],
-        "X2..X4 = {:?}, expected [42, 142, 137]",
-        &core.x[2..5]
-    );
+    ensure!(core.x[2..5] == [42, 142, 137], "X2..X4 = {:?}, expected [42, 142, 137]", &core.x[2..5]);
     let fp = g.vcpu.get_fp()?;
-    ensure!(
-        fp.v_u128(1) as u64 == 42f64.to_bits(),
-        "D1 = {:#x}, expected 42.0",
-        fp.v_u128(1) as u64
-    );
-    ensure!(
-        fp.v_u128(2) as u64 == 84f64.to_bits(),
-        "D2 = {:#x}, expected 84.0",
-        fp.v_u128(2) as u64
-    );
+    ensure!(fp.v_u128(1) as u64 == 42f64.to_bits(), "D1 = {:#x}, expected 42.0", fp.v_u128(1) as u64);
+    ensure!(fp.v_u128(2) as u64 == 84f64.to_bits(), "D2 = {:#x}, expected 84.0", fp.v_u128(2) as u64);
     ensure!(
         fp.v_u128(0) == (137u128 << 64) | 142,
         "V0 = {:#x}, expected 137:142 in its doublewords",
@@ -101,12 +65,7 @@ fn mmio_writes_of_every_size(ctx: &Context) -> CaseResult {
         asm::b(0),
     ]);
     let mut g = TestGuest::new(&ctx.accelerator()?, &code)?;
-    for (offset, len, want) in [
-        (1, 1, 0x88),
-        (2, 2, 0x7788),
-        (4, 4, 0x5566_7788),
-        (8, 8, VALUE),
-    ] {
+    for (offset, len, want) in [(1, 1, 0x88), (2, 2, 0x7788), (4, 4, 0x5566_7788), (8, 8, VALUE)] {
         let got = g.expect_mmio_write()?;
         ensure!(
             got == (MMIO_BASE + offset, len, want),
@@ -173,31 +132,17 @@ fn guest_exception_reaches_its_vectors(ctx: &Context) -> CaseResult {
         match g.vcpu.run()? {
             VcpuExit::Interrupted => continue,
             VcpuExit::MmioWrite(a) => break (a.addr, a.len, a.value()),
-            other => {
-                return Err(Failure::Fail(format!(
-                    "expected the vector table's report, got {other:?}"
-                )))
-            }
+            other => return Err(Failure::Fail(format!("expected the vector table's report, got {other:?}"))),
         }
     };
-    ensure!(
-        addr == EXCEPTION_MMIO && len == 8,
-        "the first write went to {addr:#x} ({len} bytes)"
-    );
+    ensure!(addr == EXCEPTION_MMIO && len == 8, "the first write went to {addr:#x} ({len} bytes)");
     ensure!(
         esr >> 26 == 0x3c && esr & 0xffff == 7,
         "ESR_EL1 {esr:#x}: expected EC 0x3c (BRK) with comment 7"
     );
     let (addr, _, elr) = g.expect_mmio_write()?;
-    ensure!(
-        addr == EXCEPTION_MMIO + 8,
-        "the second write went to {addr:#x}"
-    );
-    ensure!(
-        elr == CODE + 4,
-        "ELR_EL1 {elr:#x}: expected the BRK at {:#x}",
-        CODE + 4
-    );
+    ensure!(addr == EXCEPTION_MMIO + 8, "the second write went to {addr:#x}");
+    ensure!(elr == CODE + 4, "ELR_EL1 {elr:#x}: expected the BRK at {:#x}", CODE + 4);
     Ok(())
 }
 
@@ -207,10 +152,7 @@ fn psci_event(ctx: &Context, function: u64, want: SystemEventKind) -> CaseResult
     let mut g = TestGuest::new(&ctx.accelerator()?, &code)?;
     match g.run()? {
         VcpuExit::SystemEvent { kind, .. } if kind == want => Ok(()),
-        other => Err(Failure::Fail(format!(
-            "expected a {} system event, got {other:?}",
-            want.name()
-        ))),
+        other => Err(Failure::Fail(format!("expected a {} system event, got {other:?}", want.name()))),
     }
 }
 

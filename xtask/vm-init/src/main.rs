@@ -20,20 +20,14 @@ const JOBS: &str = "/etc/accel/jobs";
 
 fn mount(source: &str, target: &str, fstype: &str) {
     let _ = std::fs::create_dir_all(target);
-    let (Ok(src), Ok(tgt), Ok(fs)) = (
-        CString::new(source),
-        CString::new(target),
-        CString::new(fstype),
-    ) else {
+    let (Ok(src), Ok(tgt), Ok(fs)) = (CString::new(source), CString::new(target), CString::new(fstype))
+    else {
         return;
     };
     // SAFETY: all pointers are valid NUL-terminated strings that outlive the call; data is null.
     let rc = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
-        println!(
-            "@@accel warning: mounting {fstype} on {target}: {}",
-            std::io::Error::last_os_error()
-        );
+        println!("@@accel warning: mounting {fstype} on {target}: {}", std::io::Error::last_os_error());
     }
 }
 
