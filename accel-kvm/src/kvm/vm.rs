@@ -6,7 +6,9 @@ use accel_api::{
     backend::BackendVm, memory::MemoryMap, AccelError, Capabilities, MemoryRegion, Result, VcpuConfig,
     VcpuFeatures, VmConfig,
 };
-use kvm_bindings::{kvm_userspace_memory_region, kvm_vcpu_init, KVM_MEM_READONLY};
+use kvm_bindings::{
+    kvm_enable_cap, kvm_userspace_memory_region, kvm_vcpu_init, KVM_CAP_ARM_NISV_TO_USER, KVM_MEM_READONLY,
+};
 use kvm_ioctls::{Kvm, VmFd};
 
 use super::{ioctl_error, vcpu::KvmVcpu};
@@ -40,6 +42,13 @@ impl KvmVm {
             bits => kvm.create_vm_with_ipa_size(bits),
         }
         .map_err(|e| ioctl_error("KVM_CREATE_VM", e))?;
+        if fd.check_extension_raw(u64::from(KVM_CAP_ARM_NISV_TO_USER)) > 0 {
+            // Data aborts without a valid syndrome (ESR_EL2.ISV = 0) outside guest memory then
+            // exit as KVM_EXIT_ARM_NISV, which the monitor can report, instead of failing
+            // KVM_RUN with ENOSYS.
+            let cap = kvm_enable_cap { cap: KVM_CAP_ARM_NISV_TO_USER, ..Default::default() };
+            fd.enable_cap(&cap).map_err(|e| ioctl_error("KVM_ENABLE_CAP(KVM_CAP_ARM_NISV_TO_USER)", e))?;
+        }
         let mut target = kvm_vcpu_init::default();
         fd.get_preferred_target(&mut target).map_err(|e| ioctl_error("KVM_ARM_PREFERRED_TARGET", e))?;
         Ok(Self {

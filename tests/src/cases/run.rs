@@ -16,6 +16,7 @@ pub fn cases() -> Vec<Case> {
         Case { name: "run::mmio_writes_of_every_size", run: mmio_writes_of_every_size },
         Case { name: "run::mmio_read_resumes_with_host_value", run: mmio_read_resumes_with_host_value },
         Case { name: "run::mmio_read_data_without_a_read", run: mmio_read_data_without_a_read },
+        Case { name: "run::mmio_abort_without_syndrome", run: mmio_abort_without_syndrome },
         Case { name: "run::guest_exception_reaches_its_vectors", run: guest_exception_reaches_its_vectors },
         Case { name: "run::psci_system_off", run: psci_system_off },
         Case { name: "run::psci_system_reset", run: psci_system_reset },
@@ -122,6 +123,22 @@ fn mmio_read_data_without_a_read(ctx: &Context) -> CaseResult {
         "supplying MMIO read data with no read pending: expected a bad-state error, got {err:?}"
     );
     Ok(())
+}
+
+/// A load with writeback from MMIO gives the hypervisor no instruction syndrome; it must come
+/// back as an exit naming the faulting address, not as a failed `run`.
+fn mmio_abort_without_syndrome(ctx: &Context) -> CaseResult {
+    let target = MMIO_BASE + 0x100;
+    let mut code = asm::mov_imm64(1, target);
+    code.extend([asm::ldr_x_post(0, 1, 8), asm::b(0)]);
+    let mut g = TestGuest::new(&ctx.accelerator()?, &code)?;
+    match g.run()? {
+        VcpuExit::ArmNisv { fault_ipa, .. } => {
+            ensure!(fault_ipa == target, "fault IPA {fault_ipa:#x}, expected {target:#x}");
+            Ok(())
+        }
+        other => Err(Failure::Fail(format!("expected a no-syndrome abort exit, got {other:?}"))),
+    }
 }
 
 /// With no debugger attached, a guest's own `BRK` is the guest's business: it must be taken by
