@@ -13,6 +13,9 @@ use accel_api::{abi::PluginRef, client::Accelerator, logging, AccelError, ErrorK
 /// The environment variable holding extra plugin directories, separated by `:`.
 pub const PLUGIN_PATH_ENV: &str = "ACCEL_PLUGIN_PATH";
 
+/// Set to see abi_stable's whole layout comparison when a plugin's layout is refused.
+pub const DEBUG_LAYOUT_ENV: &str = "ACCEL_DEBUG_LAYOUT";
+
 /// A loaded plugin.
 #[derive(Clone, Copy)]
 pub struct Plugin {
@@ -64,9 +67,16 @@ fn describe(path: &Path, e: LibraryError) -> AccelError {
                 accel_api::abi::ABI_VERSION
             ),
         ),
-        LibraryError::AbiInstability(err) => load_error(
+        LibraryError::AbiInstability(err) if std::env::var_os(DEBUG_LAYOUT_ENV).is_some() => {
+            load_error(path, format_args!("its root module's layout is incompatible with this host:\n{err}"))
+        }
+        LibraryError::AbiInstability(_) => load_error(
             path,
-            format_args!("its root module's layout is incompatible with this host ({})", first_line(&err.to_string())),
+            format_args!(
+                "its root module's layout is incompatible with this host's accel-api {}; \
+                 set {DEBUG_LAYOUT_ENV}=1 for abi_stable's full comparison",
+                accel_api::abi::ABI_VERSION
+            ),
         ),
         other => load_error(path, first_line(&other.to_string())),
     }

@@ -63,6 +63,8 @@ fn cross_build() -> Result<()> {
         "-p",
         "accel-fixture-wrong-abi",
         "-p",
+        "accel-fixture-wrong-layout",
+        "-p",
         "accel-vm-init",
     ]))?;
     let guests = root().join("target").join("guests");
@@ -95,7 +97,12 @@ fn vm_files() -> Result<Vec<VmFile>> {
             perm: 0o644,
         },
     ];
-    for lib in ["libaccel_kvm.so", "libaccel_hvf.so", "libaccel_fixture_wrong_abi.so"] {
+    for lib in [
+        "libaccel_kvm.so",
+        "libaccel_hvf.so",
+        "libaccel_fixture_wrong_abi.so",
+        "libaccel_fixture_wrong_layout.so",
+    ] {
         files.push(VmFile::from_host(&format!("/lib/accel/{lib}"), &cross_out(lib), 0o755)?);
     }
     Ok(files)

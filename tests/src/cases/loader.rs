@@ -8,12 +8,15 @@ use crate::{ensure, Case, CaseResult, Context, Failure};
 
 /// The file name of the wrong-ABI fixture plugin.
 pub const WRONG_ABI_FIXTURE: &str = "libaccel_fixture_wrong_abi.so";
+/// The file name of the fixture plugin with the current ABI version and a foreign layout.
+pub const WRONG_LAYOUT_FIXTURE: &str = "libaccel_fixture_wrong_layout.so";
 
 pub fn cases() -> Vec<Case> {
     vec![
         Case { name: "loader::missing_file", run: missing_file },
         Case { name: "loader::not_a_plugin", run: not_a_plugin },
         Case { name: "loader::wrong_abi_version", run: wrong_abi_version },
+        Case { name: "loader::wrong_layout", run: wrong_layout },
         Case { name: "loader::loads_again_alongside_others", run: loads_again_alongside_others },
     ]
 }
@@ -46,12 +49,12 @@ fn not_a_plugin(_: &Context) -> CaseResult {
     result
 }
 
-fn fixture(ctx: &Context) -> Result<std::path::PathBuf, Failure> {
+fn fixture(ctx: &Context, file: &str) -> Result<std::path::PathBuf, Failure> {
     let dir = ctx
         .fixtures
         .as_ref()
         .ok_or_else(|| Failure::NotRun("no fixture directory given (--fixtures)".into()))?;
-    let path = dir.join(WRONG_ABI_FIXTURE);
+    let path = dir.join(file);
     if !path.is_file() {
         return Err(Failure::NotRun(format!("fixture {} is missing", path.display())));
     }
@@ -59,8 +62,13 @@ fn fixture(ctx: &Context) -> Result<std::path::PathBuf, Failure> {
 }
 
 fn wrong_abi_version(ctx: &Context) -> CaseResult {
-    let path = fixture(ctx)?;
+    let path = fixture(ctx, WRONG_ABI_FIXTURE)?;
     expect_load_error(&path, ErrorKind::PLUGIN_LOAD, "built for accel ABI 0.0.1")
+}
+
+fn wrong_layout(ctx: &Context) -> CaseResult {
+    let path = fixture(ctx, WRONG_LAYOUT_FIXTURE)?;
+    expect_load_error(&path, ErrorKind::PLUGIN_LOAD, "layout is incompatible")
 }
 
 fn loads_again_alongside_others(ctx: &Context) -> CaseResult {
@@ -71,7 +79,7 @@ fn loads_again_alongside_others(ctx: &Context) -> CaseResult {
         again.name(),
         ctx.plugin.name()
     );
-    let path = fixture(ctx)?;
+    let path = fixture(ctx, WRONG_ABI_FIXTURE)?;
     ensure!(loader::load(&path).is_err(), "the wrong-ABI fixture loaded");
     // Both handles still work after a failed load in the same process.
     ensure!(again.probe() == ctx.plugin.probe(), "the two loads of one plugin probe differently");
