@@ -13,7 +13,7 @@ use abi_stable::{
     library::RootModule,
     sabi_trait,
     sabi_types::VersionStrings,
-    std_types::{RBox, RResult, RStr},
+    std_types::{RBox, RResult, RSlice, RStr, RVec},
     StableAbi,
 };
 
@@ -22,7 +22,8 @@ use crate::{
     error::AccelError,
     exit::VcpuExit,
     logging::LogSink,
-    regs::{CoreRegs, FpRegs, PutLevel},
+    regs::{CoreRegs, FpRegs, PutLevel, SyncCounters},
+    sysreg::{RegClass, RegValue},
 };
 
 /// The ABI version of this crate's interface, checked when a plugin loads.
@@ -73,6 +74,16 @@ pub trait VcpuOps: Send {
 
     /// Writes the FP/SIMD registers that differ from the last get, as [`VcpuOps::put_core`].
     fn put_fp(&mut self, regs: &FpRegs, level: PutLevel) -> RResult<(), AccelError>;
+
+    /// Reads every register of a class (system, timer, firmware, CCSIDR, raw), in a stable order.
+    fn get_regs(&mut self, class: RegClass) -> RResult<RVec<RegValue>, AccelError>;
+
+    /// Writes the given registers that may be written at `level` and differ from the last get
+    /// (all of them at [`PutLevel::Full`]). A refused write names the register and its errno.
+    fn put_regs(&mut self, values: RSlice<'_, RegValue>, level: PutLevel) -> RResult<(), AccelError>;
+
+    /// How many register reads and writes, and guest entries, the vCPU has made so far.
+    fn counters(&self) -> SyncCounters;
 
     /// Supplies the value of the MMIO read reported by the last exit, as a little-endian value of
     /// which the access's `len` low bytes are used.

@@ -9,7 +9,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use abi_stable::{
     sabi_trait::TD_Opaque,
-    std_types::{RErr, RResult},
+    std_types::{RErr, RResult, RSlice, RVec},
 };
 
 use crate::{
@@ -17,7 +17,8 @@ use crate::{
     config::{MemoryRegion, ProbeInfo, VcpuConfig, VmConfig},
     error::{AccelError, ErrorKind, Result},
     exit::VcpuExit,
-    regs::{CoreRegs, FpRegs, PutLevel},
+    regs::{CoreRegs, FpRegs, PutLevel, SyncCounters},
+    sysreg::{RegClass, RegValue},
 };
 
 /// An opened accelerator.
@@ -55,6 +56,9 @@ pub trait BackendVcpu: Send + 'static {
     fn put_core(&mut self, regs: &CoreRegs, level: PutLevel) -> Result<()>;
     fn get_fp(&mut self) -> Result<FpRegs>;
     fn put_fp(&mut self, regs: &FpRegs, level: PutLevel) -> Result<()>;
+    fn get_regs(&mut self, class: RegClass) -> Result<Vec<RegValue>>;
+    fn put_regs(&mut self, values: &[RegValue], level: PutLevel) -> Result<()>;
+    fn counters(&self) -> SyncCounters;
     fn set_mmio_read_data(&mut self, value: u64) -> Result<()>;
     fn run(&mut self) -> Result<VcpuExit>;
 }
@@ -147,6 +151,18 @@ impl<C: BackendVcpu> VcpuOps for Guarded<C> {
 
     fn put_fp(&mut self, regs: &FpRegs, level: PutLevel) -> RResult<(), AccelError> {
         guard("put_fp", || self.0.put_fp(regs, level))
+    }
+
+    fn get_regs(&mut self, class: RegClass) -> RResult<RVec<RegValue>, AccelError> {
+        guard("get_regs", || self.0.get_regs(class).map(RVec::from))
+    }
+
+    fn put_regs(&mut self, values: RSlice<'_, RegValue>, level: PutLevel) -> RResult<(), AccelError> {
+        guard("put_regs", || self.0.put_regs(values.as_slice(), level))
+    }
+
+    fn counters(&self) -> SyncCounters {
+        catch_unwind(AssertUnwindSafe(|| self.0.counters())).unwrap_or_default()
     }
 
     fn set_mmio_read_data(&mut self, value: u64) -> RResult<(), AccelError> {
@@ -243,6 +259,15 @@ impl BackendVcpu for NoBackend {
         match *self {}
     }
     fn put_fp(&mut self, _: &FpRegs, _: PutLevel) -> Result<()> {
+        match *self {}
+    }
+    fn get_regs(&mut self, _: RegClass) -> Result<Vec<RegValue>> {
+        match *self {}
+    }
+    fn put_regs(&mut self, _: &[RegValue], _: PutLevel) -> Result<()> {
+        match *self {}
+    }
+    fn counters(&self) -> SyncCounters {
         match *self {}
     }
     fn set_mmio_read_data(&mut self, _: u64) -> Result<()> {

@@ -1,11 +1,15 @@
 //! Host-side handles over the ABI objects, with `Result`-returning methods.
 
+use abi_stable::std_types::RVec;
+
 use crate::{
     abi::{AccelBox, VcpuBox, VmBox},
     config::{MemoryRegion, ProbeInfo, VcpuConfig, VmConfig},
     error::Result,
+    error::{AccelError, ErrorKind},
     exit::VcpuExit,
-    regs::{CoreRegs, FpRegs, PutLevel},
+    regs::{CoreRegs, FpRegs, PutLevel, SyncCounters},
+    sysreg::{RegClass, RegId, RegValue},
 };
 
 /// An opened accelerator.
@@ -86,6 +90,28 @@ impl Vcpu {
     /// Writes the FP/SIMD registers changed since the last get (all at [`PutLevel::Full`]).
     pub fn put_fp(&mut self, regs: &FpRegs, level: PutLevel) -> Result<()> {
         self.inner.put_fp(regs, level).into_result()
+    }
+
+    /// Reads every register of `class`.
+    pub fn get_regs(&mut self, class: RegClass) -> Result<Vec<RegValue>> {
+        self.inner.get_regs(class).into_result().map(RVec::into_vec)
+    }
+
+    /// Reads one register (through its class).
+    pub fn get_reg(&mut self, id: RegId) -> Result<u64> {
+        self.get_regs(id.class())?.into_iter().find(|v| v.id == id).map(|v| v.value).ok_or_else(|| {
+            AccelError::new(ErrorKind::NOT_FOUND, format!("{id} is not a register of this vCPU"))
+        })
+    }
+
+    /// Writes the registers that may be written at `level` and changed since the last get.
+    pub fn put_regs(&mut self, values: &[RegValue], level: PutLevel) -> Result<()> {
+        self.inner.put_regs(values.into(), level).into_result()
+    }
+
+    /// The vCPU's register-access and entry counters.
+    pub fn counters(&self) -> SyncCounters {
+        self.inner.counters()
     }
 
     /// Supplies the value for the MMIO read reported by the last exit (little-endian, the first

@@ -17,9 +17,11 @@ pub mod exit;
 pub mod logging;
 pub mod memory;
 pub mod regs;
+pub mod sysreg;
 
 pub use abi_stable;
 pub use config::{Capabilities, MemoryRegion, ProbeInfo, VcpuConfig, VcpuFeatures, VmConfig};
 pub use error::{AccelError, ErrorKind, Result};
 pub use exit::{DebugExit, MmioAccess, SystemEventKind, VcpuExit};
-pub use regs::{regs_to_put, CoreReg, CoreRegs, FpReg, FpRegs, PutLevel, RegisterFile};
+pub use regs::{regs_to_put, CoreReg, CoreRegs, FpReg, FpRegs, PutLevel, RegisterFile, SyncCounters};
+pub use sysreg::{RegClass, RegId, RegValue};

@@ -227,6 +227,20 @@ pub fn regs_to_put<F: RegisterFile>(level: PutLevel, last_get: Option<&F>, new: 
     }
 }
 
+/// What a vCPU has asked of its accelerator so far: register accesses (one `KVM_GET_ONE_REG` or
+/// `KVM_SET_ONE_REG`, one `hv_vcpu_get_*`/`set_*` call) and guest entries. For measuring sync
+/// costs; backends count what they do, not what the host asked.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncCounters {
+    /// Register reads.
+    pub reg_reads: u64,
+    /// Register writes.
+    pub reg_writes: u64,
+    /// Guest entries (`KVM_RUN`, `hv_vcpu_run`).
+    pub runs: u64,
+}
+
 /// How much state a put may write, as in QEMU's `KVM_PUT_*_STATE` levels.
 ///
 /// - `Runtime`: state that changes while the guest runs (registers a debugger edits).

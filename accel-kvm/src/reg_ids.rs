@@ -5,7 +5,10 @@
 //! the register's byte offset in `struct kvm_regs` divided by 4 (KVM API document, section
 //! "KVM_SET_ONE_REG", arm64 core registers).
 
-use accel_api::{CoreReg, FpReg};
+use accel_api::{
+    sysreg::{RegSpace, CNTVCT_EL0, CNTV_CVAL_EL0},
+    CoreReg, FpReg, RegId,
+};
 
 /// `KVM_REG_ARM64`.
 pub const KVM_REG_ARM64: u64 = 0x6000_0000_0000_0000;
@@ -15,8 +18,95 @@ pub const KVM_REG_SIZE_U32: u64 = 0x0020_0000_0000_0000;
 pub const KVM_REG_SIZE_U64: u64 = 0x0030_0000_0000_0000;
 /// `KVM_REG_SIZE_U128`.
 pub const KVM_REG_SIZE_U128: u64 = 0x0040_0000_0000_0000;
+/// `KVM_REG_SIZE_MASK`.
+pub const KVM_REG_SIZE_MASK: u64 = 0x00f0_0000_0000_0000;
+/// `KVM_REG_SIZE_SHIFT`.
+pub const KVM_REG_SIZE_SHIFT: u32 = 52;
+/// `KVM_REG_ARM_COPROC_MASK`.
+pub const KVM_REG_ARM_COPROC_MASK: u64 = 0x0fff_0000;
 /// `KVM_REG_ARM_CORE`: the coprocessor field value of the core register group.
 pub const KVM_REG_ARM_CORE: u64 = 0x0010 << 16;
+/// `KVM_REG_ARM_DEMUX`: demultiplexed registers (CCSIDR_EL1 by CSSELR_EL1).
+pub const KVM_REG_ARM_DEMUX: u64 = 0x0011 << 16;
+/// `KVM_REG_ARM_DEMUX_ID_CCSIDR`.
+pub const KVM_REG_ARM_DEMUX_ID_CCSIDR: u64 = 0x00 << 8;
+/// `KVM_REG_ARM64_SYSREG`.
+pub const KVM_REG_ARM64_SYSREG: u64 = 0x0013 << 16;
+/// `KVM_REG_ARM_FW`: firmware (PSCI/SMCCC) registers.
+pub const KVM_REG_ARM_FW: u64 = 0x0014 << 16;
+/// `KVM_REG_ARM64_SVE`.
+pub const KVM_REG_ARM64_SVE: u64 = 0x0015 << 16;
+/// `KVM_REG_ARM_FW_FEAT_BMAP`: firmware feature bitmaps.
+pub const KVM_REG_ARM_FW_FEAT_BMAP: u64 = 0x0016 << 16;
+
+/// KVM's `KVM_REG_ARM_TIMER_CNT` (the virtual counter, CNTVCT_EL0) carries the encoding of
+/// CNTV_CVAL_EL0, and `KVM_REG_ARM_TIMER_CVAL` that of CNTVCT_EL0: an ABI accident the kernel
+/// keeps. These are the encodings as KVM spells them.
+const KVM_TIMER_CNT_ENCODING: u16 = 0xdf1a; // S3_3_C14_C3_2
+const KVM_TIMER_CVAL_ENCODING: u16 = 0xdf02; // S3_3_C14_C0_2
+
+/// How the KVM backend syncs a register from `KVM_GET_REG_LIST`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvmReg {
+    /// A core or FP/SIMD register: synced by the core and FP classes.
+    Core,
+    /// An SVE register: synced by the SVE class.
+    Sve,
+    /// A register of the shared model, `size` bytes wide.
+    Listed {
+        /// The id in the shared model.
+        id: RegId,
+        /// Size in bytes.
+        size: usize,
+    },
+}
+
+/// The size in bytes encoded in a KVM register id.
+pub fn kvm_reg_size(kvm_id: u64) -> usize {
+    1 << ((kvm_id & KVM_REG_SIZE_MASK) >> KVM_REG_SIZE_SHIFT)
+}
+
+/// Classifies a KVM register id and maps it into the shared model.
+pub fn classify(kvm_id: u64) -> KvmReg {
+    let size = kvm_reg_size(kvm_id);
+    let low = kvm_id & 0xffff;
+    let id = match kvm_id & KVM_REG_ARM_COPROC_MASK {
+        KVM_REG_ARM_CORE => return KvmReg::Core,
+        KVM_REG_ARM64_SVE => return KvmReg::Sve,
+        KVM_REG_ARM64_SYSREG => match low as u16 {
+            KVM_TIMER_CNT_ENCODING => CNTVCT_EL0,
+            KVM_TIMER_CVAL_ENCODING => CNTV_CVAL_EL0,
+            encoding => RegId::from_encoding(encoding),
+        },
+        group @ (KVM_REG_ARM_FW | KVM_REG_ARM_FW_FEAT_BMAP) => RegId::firmware(group | low),
+        KVM_REG_ARM_DEMUX if low & 0xff00 == KVM_REG_ARM_DEMUX_ID_CCSIDR => RegId::ccsidr(low & 0xff),
+        _ => RegId::raw(kvm_id),
+    };
+    KvmReg::Listed { id, size }
+}
+
+/// The KVM id of a register of the shared model that is `size` bytes wide; `None` for ids KVM
+/// cannot name.
+pub fn kvm_id_of(id: RegId, size: usize) -> Option<u64> {
+    let size_bits = (size.trailing_zeros() as u64) << KVM_REG_SIZE_SHIFT;
+    let base = KVM_REG_ARM64 | size_bits;
+    match id.space() {
+        RegSpace::Sys => {
+            let encoding = match id {
+                i if i == CNTVCT_EL0 => KVM_TIMER_CNT_ENCODING,
+                i if i == CNTV_CVAL_EL0 => KVM_TIMER_CVAL_ENCODING,
+                i => i.encoding()?,
+            };
+            Some(base | KVM_REG_ARM64_SYSREG | u64::from(encoding))
+        }
+        RegSpace::Firmware => Some(base | (id.index() & 0x0fff_ffff)),
+        RegSpace::Ccsidr => {
+            Some(base | KVM_REG_ARM_DEMUX | KVM_REG_ARM_DEMUX_ID_CCSIDR | (id.index() & 0xff))
+        }
+        RegSpace::Raw => Some(KVM_REG_ARM64 | id.index()),
+        RegSpace::Unknown(_) => None,
+    }
+}
 
 /// Byte offsets inside `struct kvm_regs` (arch/arm64/include/uapi/asm/kvm.h).
 pub mod offsets {
@@ -85,6 +175,30 @@ mod tests {
         assert_eq!(core_reg_id(CoreReg::ElrEl1), 0x6030_0000_0010_0046);
         assert_eq!(core_reg_id(CoreReg::Spsr(0)), 0x6030_0000_0010_0048);
         assert_eq!(core_reg_id(CoreReg::Spsr(4)), 0x6030_0000_0010_0050);
+    }
+
+    #[test]
+    fn listed_ids_map_both_ways() {
+        use accel_api::sysreg::{CNTV_CTL_EL0, FW_PSCI_VERSION, MPIDR_EL1};
+        // (KVM id as listed by KVM_GET_REG_LIST on 6.12, id in the shared model, size)
+        let known = [
+            (0x6030_0000_0013_c005, MPIDR_EL1, 8),
+            (0x6030_0000_0013_df1a, CNTVCT_EL0, 8),
+            (0x6030_0000_0013_df02, CNTV_CVAL_EL0, 8),
+            (0x6030_0000_0013_df19, CNTV_CTL_EL0, 8),
+            (0x6030_0000_0014_0000, FW_PSCI_VERSION, 8),
+            (0x6030_0000_0016_0001, RegId::firmware(0x16_0001), 8),
+            (0x6020_0000_0011_0002, RegId::ccsidr(2), 4),
+        ];
+        for (kvm, id, size) in known {
+            assert_eq!(classify(kvm), KvmReg::Listed { id, size }, "{kvm:#x}");
+            assert_eq!(kvm_id_of(id, size), Some(kvm), "{id}");
+        }
+        assert_eq!(classify(0x6030_0000_0010_0040), KvmReg::Core);
+        assert_eq!(classify(0x6080_0000_0015_0000), KvmReg::Sve);
+        let odd = 0x6030_0000_0017_0001;
+        let KvmReg::Listed { id, size } = classify(odd) else { panic!("not listed") };
+        assert_eq!(kvm_id_of(id, size), Some(odd), "raw ids pass through");
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! Cases build their guest code inline, so the suite needs no cross toolchain and a reader sees
 //! each case's guest next to its checks.
 
+use accel_api::RegId;
+
 /// A general-purpose register number, 0–30; 31 is XZR or SP depending on the instruction.
 pub type Reg = u32;
 
@@ -133,34 +135,14 @@ pub const NOP: u32 = 0xd503_201f;
 /// `WFI`.
 pub const WFI: u32 = 0xd503_207f;
 
-/// A system register by its encoding (op0, op1, CRn, CRm, op2), as in the Arm ARM's system
-/// register descriptions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SysReg(pub u32, pub u32, pub u32, pub u32, pub u32);
-
-/// CPACR_EL1.
-pub const CPACR_EL1: SysReg = SysReg(3, 0, 1, 0, 2);
-/// ELR_EL1.
-pub const ELR_EL1: SysReg = SysReg(3, 0, 4, 0, 1);
-/// ESR_EL1.
-pub const ESR_EL1: SysReg = SysReg(3, 0, 5, 2, 0);
-/// FAR_EL1.
-pub const FAR_EL1: SysReg = SysReg(3, 0, 6, 0, 0);
-/// VBAR_EL1.
-pub const VBAR_EL1: SysReg = SysReg(3, 0, 12, 0, 0);
-
-fn sysreg_bits(SysReg(op0, op1, crn, crm, op2): SysReg) -> u32 {
-    (op0 & 3) << 19 | (op1 & 7) << 16 | (crn & 15) << 12 | (crm & 15) << 8 | (op2 & 7) << 5
-}
-
-/// `MRS Xt, <sysreg>`.
-pub fn mrs(t: Reg, reg: SysReg) -> u32 {
-    0xd520_0000 | sysreg_bits(reg) | rd(t)
+/// `MRS Xt, <sysreg>`: the register's packed encoding sits in bits [20:5].
+pub fn mrs(t: Reg, reg: RegId) -> u32 {
+    0xd520_0000 | u32::from(reg.encoding().unwrap_or(0)) << 5 | rd(t)
 }
 
 /// `MSR <sysreg>, Xt`.
-pub fn msr(reg: SysReg, t: Reg) -> u32 {
-    0xd500_0000 | sysreg_bits(reg) | rd(t)
+pub fn msr(reg: RegId, t: Reg) -> u32 {
+    0xd500_0000 | u32::from(reg.encoding().unwrap_or(0)) << 5 | rd(t)
 }
 
 /// `ISB`.
@@ -188,6 +170,8 @@ pub fn fadd_d(d: Reg, n: Reg, m: Reg) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    use accel_api::sysreg::{CPACR_EL1, ELR_EL1, ESR_EL1, FAR_EL1, VBAR_EL1};
+
     use super::*;
 
     // Every expected word below is what GNU as 2.40 assembles for the instruction named.

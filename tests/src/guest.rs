@@ -11,9 +11,9 @@ use crate::{asm, Failure};
 /// The prelude at the start of RAM: enable FP/SIMD at EL1 (CPACR_EL1.FPEN = 0b11), install the
 /// reporting vector table, and branch to the case's code.
 fn prelude() -> Vec<u32> {
-    let mut code = vec![asm::movz(0, 0x30, 1), asm::msr(asm::CPACR_EL1, 0)];
+    let mut code = vec![asm::movz(0, 0x30, 1), asm::msr(accel_api::sysreg::CPACR_EL1, 0)];
     code.extend(asm::mov_imm64(0, VECTORS));
-    code.extend([asm::msr(asm::VBAR_EL1, 0), asm::ISB]);
+    code.extend([asm::msr(accel_api::sysreg::VBAR_EL1, 0), asm::ISB]);
     let here = (code.len() * 4) as i32;
     code.push(asm::b((CODE - RAM_BASE) as i32 - here));
     code
@@ -21,7 +21,11 @@ fn prelude() -> Vec<u32> {
 
 /// One vector-table entry: report ESR_EL1, ELR_EL1 and FAR_EL1 to [`EXCEPTION_MMIO`], then spin.
 fn vector_entry() -> Vec<u32> {
-    let mut code = vec![asm::mrs(0, asm::ESR_EL1), asm::mrs(1, asm::ELR_EL1), asm::mrs(2, asm::FAR_EL1)];
+    let mut code = vec![
+        asm::mrs(0, accel_api::sysreg::ESR_EL1),
+        asm::mrs(1, accel_api::sysreg::ELR_EL1),
+        asm::mrs(2, accel_api::sysreg::FAR_EL1),
+    ];
     code.extend(asm::mov_imm64(3, EXCEPTION_MMIO));
     code.extend([
         asm::str(asm::Size::X, 0, 3, 0),

@@ -5,6 +5,7 @@ mod loader;
 mod probe;
 mod regs;
 mod run;
+mod sysregs;
 
 use crate::Case;
 
@@ -15,6 +16,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(lifecycle::cases());
     cases.extend(regs::cases());
     cases.extend(run::cases());
+    cases.extend(sysregs::cases());
     cases.extend(loader::cases());
     cases
 }
