@@ -23,6 +23,7 @@ use crate::{
     exit::VcpuExit,
     logging::LogSink,
     regs::{CoreRegs, FpRegs, PutLevel, SyncCounters},
+    sve::SveRegs,
     sysreg::{RegClass, RegValue},
 };
 
@@ -74,6 +75,13 @@ pub trait VcpuOps: Send {
 
     /// Writes the FP/SIMD registers that differ from the last get, as [`VcpuOps::put_core`].
     fn put_fp(&mut self, regs: &FpRegs, level: PutLevel) -> RResult<(), AccelError>;
+
+    /// Reads the SVE registers at the vCPU's vector length. Fails as unsupported when SVE is not
+    /// enabled on the vCPU.
+    fn get_sve(&mut self) -> RResult<SveRegs, AccelError>;
+
+    /// Writes the SVE registers that differ from the last get (all at [`PutLevel::Full`]).
+    fn put_sve(&mut self, regs: &SveRegs, level: PutLevel) -> RResult<(), AccelError>;
 
     /// Reads every register of a class (system, timer, firmware, CCSIDR, raw), in a stable order.
     fn get_regs(&mut self, class: RegClass) -> RResult<RVec<RegValue>, AccelError>;

@@ -18,6 +18,7 @@ use crate::{
     error::{AccelError, ErrorKind, Result},
     exit::VcpuExit,
     regs::{CoreRegs, FpRegs, PutLevel, SyncCounters},
+    sve::SveRegs,
     sysreg::{RegClass, RegValue},
 };
 
@@ -56,6 +57,8 @@ pub trait BackendVcpu: Send + 'static {
     fn put_core(&mut self, regs: &CoreRegs, level: PutLevel) -> Result<()>;
     fn get_fp(&mut self) -> Result<FpRegs>;
     fn put_fp(&mut self, regs: &FpRegs, level: PutLevel) -> Result<()>;
+    fn get_sve(&mut self) -> Result<SveRegs>;
+    fn put_sve(&mut self, regs: &SveRegs, level: PutLevel) -> Result<()>;
     fn get_regs(&mut self, class: RegClass) -> Result<Vec<RegValue>>;
     fn put_regs(&mut self, values: &[RegValue], level: PutLevel) -> Result<()>;
     fn counters(&self) -> SyncCounters;
@@ -151,6 +154,14 @@ impl<C: BackendVcpu> VcpuOps for Guarded<C> {
 
     fn put_fp(&mut self, regs: &FpRegs, level: PutLevel) -> RResult<(), AccelError> {
         guard("put_fp", || self.0.put_fp(regs, level))
+    }
+
+    fn get_sve(&mut self) -> RResult<SveRegs, AccelError> {
+        guard("get_sve", || self.0.get_sve())
+    }
+
+    fn put_sve(&mut self, regs: &SveRegs, level: PutLevel) -> RResult<(), AccelError> {
+        guard("put_sve", || self.0.put_sve(regs, level))
     }
 
     fn get_regs(&mut self, class: RegClass) -> RResult<RVec<RegValue>, AccelError> {
@@ -259,6 +270,12 @@ impl BackendVcpu for NoBackend {
         match *self {}
     }
     fn put_fp(&mut self, _: &FpRegs, _: PutLevel) -> Result<()> {
+        match *self {}
+    }
+    fn get_sve(&mut self) -> Result<SveRegs> {
+        match *self {}
+    }
+    fn put_sve(&mut self, _: &SveRegs, _: PutLevel) -> Result<()> {
         match *self {}
     }
     fn get_regs(&mut self, _: RegClass) -> Result<Vec<RegValue>> {

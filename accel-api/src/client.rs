@@ -9,6 +9,7 @@ use crate::{
     error::{AccelError, ErrorKind},
     exit::VcpuExit,
     regs::{CoreRegs, FpRegs, PutLevel, SyncCounters},
+    sve::SveRegs,
     sysreg::{RegClass, RegId, RegValue},
 };
 
@@ -90,6 +91,16 @@ impl Vcpu {
     /// Writes the FP/SIMD registers changed since the last get (all at [`PutLevel::Full`]).
     pub fn put_fp(&mut self, regs: &FpRegs, level: PutLevel) -> Result<()> {
         self.inner.put_fp(regs, level).into_result()
+    }
+
+    /// Reads the SVE registers (the vCPU must have SVE enabled).
+    pub fn get_sve(&mut self) -> Result<SveRegs> {
+        self.inner.get_sve().into_result()
+    }
+
+    /// Writes the SVE registers changed since the last get (all at [`PutLevel::Full`]).
+    pub fn put_sve(&mut self, regs: &SveRegs, level: PutLevel) -> Result<()> {
+        self.inner.put_sve(regs, level).into_result()
     }
 
     /// Reads every register of `class`.

@@ -29,6 +29,8 @@ pub struct Capabilities {
     pub hw_watchpoints: u32,
     /// vCPU features the backend can enable.
     pub vcpu_features: VcpuFeatures,
+    /// The SVE vector lengths the backend offers: bit `vq - 1` for a length of `vq * 128` bits.
+    pub sve_vqs: u32,
     /// Guest debug (single-step, breakpoints) is supported.
     pub guest_debug: bool,
     /// Read-only memory regions are supported.
@@ -140,6 +142,16 @@ pub struct VcpuConfig {
     pub index: u32,
     /// Features to enable at init.
     pub features: VcpuFeatures,
+    /// With SVE: the largest vector length, in quadwords (128 bits); every offered length up to
+    /// it is enabled. 0 picks the largest offered.
+    pub sve_max_vq: u32,
+}
+
+impl VcpuConfig {
+    /// vCPU `index` with `features`, and the largest offered SVE vector length if SVE is one.
+    pub fn new(index: u32, features: VcpuFeatures) -> Self {
+        Self { index, features, sve_max_vq: 0 }
+    }
 }
 
 /// A range of host memory mapped into the guest's physical address space.

@@ -17,6 +17,7 @@ pub mod exit;
 pub mod logging;
 pub mod memory;
 pub mod regs;
+pub mod sve;
 pub mod sysreg;
 
 pub use abi_stable;
@@ -24,4 +25,5 @@ pub use config::{Capabilities, MemoryRegion, ProbeInfo, VcpuConfig, VcpuFeatures
 pub use error::{AccelError, ErrorKind, Result};
 pub use exit::{DebugExit, MmioAccess, SystemEventKind, VcpuExit};
 pub use regs::{regs_to_put, CoreReg, CoreRegs, FpReg, FpRegs, PutLevel, RegisterFile, SyncCounters};
+pub use sve::{SveReg, SveRegs};
 pub use sysreg::{RegClass, RegId, RegValue};

@@ -45,6 +45,39 @@ pub const KVM_REG_ARM_FW_FEAT_BMAP: u64 = 0x0016 << 16;
 const KVM_TIMER_CNT_ENCODING: u16 = 0xdf1a; // S3_3_C14_C3_2
 const KVM_TIMER_CVAL_ENCODING: u16 = 0xdf02; // S3_3_C14_C0_2
 
+/// `KVM_REG_SIZE_U256`.
+pub const KVM_REG_SIZE_U256: u64 = 0x0050_0000_0000_0000;
+/// `KVM_REG_SIZE_U512`.
+pub const KVM_REG_SIZE_U512: u64 = 0x0060_0000_0000_0000;
+/// `KVM_REG_SIZE_U2048`.
+pub const KVM_REG_SIZE_U2048: u64 = 0x0080_0000_0000_0000;
+/// `KVM_REG_ARM64_SVE_VLS`: the vCPU's set of SVE vector lengths, 512 bits.
+pub const KVM_REG_ARM64_SVE_VLS: u64 = KVM_REG_ARM64 | KVM_REG_ARM64_SVE | KVM_REG_SIZE_U512 | 0xffff;
+/// The bytes in one KVM slice of a Z register (`KVM_REG_SIZE_U2048`).
+pub const SVE_ZREG_SLICE_BYTES: usize = 256;
+/// The bytes in one KVM slice of a predicate register or FFR (`KVM_REG_SIZE_U256`).
+pub const SVE_PREG_SLICE_BYTES: usize = 32;
+
+/// `KVM_REG_ARM64_SVE_ZREG(n, slice)`.
+pub fn sve_zreg_id(n: u8, slice: u8) -> u64 {
+    KVM_REG_ARM64 | KVM_REG_ARM64_SVE | KVM_REG_SIZE_U2048 | (u64::from(n & 31) << 5) | u64::from(slice & 31)
+}
+
+/// `KVM_REG_ARM64_SVE_PREG(n, slice)`.
+pub fn sve_preg_id(n: u8, slice: u8) -> u64 {
+    KVM_REG_ARM64
+        | KVM_REG_ARM64_SVE
+        | KVM_REG_SIZE_U256
+        | 0x400
+        | (u64::from(n & 15) << 5)
+        | u64::from(slice & 31)
+}
+
+/// `KVM_REG_ARM64_SVE_FFR(slice)`.
+pub fn sve_ffr_id(slice: u8) -> u64 {
+    KVM_REG_ARM64 | KVM_REG_ARM64_SVE | KVM_REG_SIZE_U256 | 0x600 | u64::from(slice & 31)
+}
+
 /// How the KVM backend syncs a register from `KVM_GET_REG_LIST`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KvmReg {
@@ -199,6 +232,15 @@ mod tests {
         let odd = 0x6030_0000_0017_0001;
         let KvmReg::Listed { id, size } = classify(odd) else { panic!("not listed") };
         assert_eq!(kvm_id_of(id, size), Some(odd), "raw ids pass through");
+    }
+
+    #[test]
+    fn sve_ids_match_the_kernel() {
+        assert_eq!(KVM_REG_ARM64_SVE_VLS, 0x6060_0000_0015_ffff);
+        assert_eq!(sve_zreg_id(0, 0), 0x6080_0000_0015_0000);
+        assert_eq!(sve_zreg_id(31, 0), 0x6080_0000_0015_03e0);
+        assert_eq!(sve_preg_id(15, 0), 0x6050_0000_0015_05e0);
+        assert_eq!(sve_ffr_id(0), 0x6050_0000_0015_0600);
     }
 
     #[test]

@@ -73,6 +73,11 @@ fn probe(accel: &str) -> Result<(), String> {
         println!("max vCPUs        {}", c.max_vcpus);
         println!("IPA bits         {}", c.ipa_bits);
         println!("vCPU features    {}", c.vcpu_features.names().join(", "));
+        if c.sve_vqs != 0 {
+            let bits: Vec<String> =
+                accel_api::sve::vector_lengths_bits(c.sve_vqs).iter().map(u32::to_string).collect();
+            println!("SVE lengths      {} bits", bits.join(", "));
+        }
         println!("guest debug      {}", if c.guest_debug { "yes" } else { "no" });
         println!("HW breakpoints   {}", c.hw_breakpoints);
         println!("HW watchpoints   {}", c.hw_watchpoints);

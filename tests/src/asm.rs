@@ -145,6 +145,16 @@ pub fn msr(reg: RegId, t: Reg) -> u32 {
     0xd500_0000 | u32::from(reg.encoding().unwrap_or(0)) << 5 | rd(t)
 }
 
+/// `STR Zt, [Xn]` (SVE, whole vector at the current vector length).
+pub fn str_z(t: Reg, n: Reg) -> u32 {
+    0xe580_4000 | rn(n) | rd(t)
+}
+
+/// `LDR Zt, [Xn]` (SVE, whole vector at the current vector length).
+pub fn ldr_z(t: Reg, n: Reg) -> u32 {
+    0x8580_4000 | rn(n) | rd(t)
+}
+
 /// `ISB`.
 pub const ISB: u32 = 0xd503_3fdf;
 
@@ -177,7 +187,7 @@ mod tests {
     // Every expected word below is what GNU as 2.40 assembles for the instruction named.
     #[test]
     fn encodings_match_binutils() {
-        let cases: [(u32, u32, &str); 33] = [
+        let cases: [(u32, u32, &str); 35] = [
             (mrs(0, ESR_EL1), 0xd5385200, "mrs x0, esr_el1"),
             (mrs(1, ELR_EL1), 0xd5384021, "mrs x1, elr_el1"),
             (mrs(2, FAR_EL1), 0xd5386002, "mrs x2, far_el1"),
@@ -185,6 +195,8 @@ mod tests {
             (msr(CPACR_EL1, 0), 0xd5181040, "msr cpacr_el1, x0"),
             (ISB, 0xd5033fdf, "isb"),
             (ldr_x_post(0, 1, 8), 0xf8408420, "ldr x0, [x1], #8"),
+            (str_z(0, 9), 0xe5804120, "str z0, [x9]"),
+            (ldr_z(1, 9), 0x85804121, "ldr z1, [x9]"),
             (movz(0, 0x1234, 0), 0xd2824680, "mov x0, #0x1234"),
             (movz(3, 0xbeef, 1), 0xd2b7dde3, "mov x3, #0xbeef0000"),
             (movk(1, 0xcafe, 3), 0xf2f95fc1, "movk x1, #0xcafe, lsl #48"),

@@ -8,10 +8,11 @@ use accel_host::vmm::{ram::GuestRam, PSTATE_EL1H_DAIF};
 
 use crate::{asm, Failure};
 
-/// The prelude at the start of RAM: enable FP/SIMD at EL1 (CPACR_EL1.FPEN = 0b11), install the
+/// The prelude at the start of RAM: enable FP/SIMD and SVE at EL1 (CPACR_EL1.FPEN = 0b11,
+/// CPACR_EL1.ZEN = 0b11; ZEN is RES0 without SVE), install the
 /// reporting vector table, and branch to the case's code.
 fn prelude() -> Vec<u32> {
-    let mut code = vec![asm::movz(0, 0x30, 1), asm::msr(accel_api::sysreg::CPACR_EL1, 0)];
+    let mut code = vec![asm::movz(0, 0x33, 1), asm::msr(accel_api::sysreg::CPACR_EL1, 0)];
     code.extend(asm::mov_imm64(0, VECTORS));
     code.extend([asm::msr(accel_api::sysreg::VBAR_EL1, 0), asm::ISB]);
     let here = (code.len() * 4) as i32;
@@ -49,6 +50,8 @@ pub const EXCEPTION_MMIO: u64 = 0x0b00_0000;
 pub const VECTORS: u64 = RAM_BASE + 0x800;
 /// Where a case's own code starts.
 pub const CODE: u64 = RAM_BASE + 0x1000;
+/// A data area in RAM that cases may use.
+pub const DATA: u64 = RAM_BASE + 0x10000;
 /// PSCI 0.2 SYSTEM_OFF function id (SMC32).
 pub const PSCI_SYSTEM_OFF: u64 = 0x8400_0008;
 /// PSCI 0.2 SYSTEM_RESET function id (SMC32).
@@ -68,6 +71,11 @@ impl TestGuest {
     /// Builds a guest at EL1h with interrupts masked that runs the prelude and then `code` from
     /// [`CODE`].
     pub fn new(accel: &Accelerator, code: &[u32]) -> Result<Self, Failure> {
+        Self::with_vcpu(accel, code, &VcpuConfig::new(0, VcpuFeatures::PSCI_0_2))
+    }
+
+    /// As [`TestGuest::new`], with vCPU 0 configured by `config`.
+    pub fn with_vcpu(accel: &Accelerator, code: &[u32], config: &VcpuConfig) -> Result<Self, Failure> {
         let vm = accel.create_vm(&VmConfig::default())?;
         let ram = GuestRam::new(RAM_BASE, RAM_SIZE)?;
         // SAFETY: the RAM lives in the returned TestGuest next to the vCPU, and fields drop in
@@ -78,7 +86,7 @@ impl TestGuest {
             ram.write_code(VECTORS + entry * 0x80, &vector_entry())?;
         }
         ram.write_code(CODE, code)?;
-        let mut vcpu = vm.create_vcpu(&VcpuConfig { index: 0, features: VcpuFeatures::PSCI_0_2 })?;
+        let mut vcpu = vm.create_vcpu(config)?;
         let mut regs = vcpu.get_core()?;
         regs.pc = RAM_BASE;
         regs.pstate = PSTATE_EL1H_DAIF;

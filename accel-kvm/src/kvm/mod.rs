@@ -5,10 +5,13 @@ mod vm;
 
 use std::sync::Arc;
 
+use accel_api::sve::SVE_VQ_MAX;
 use accel_api::{
     backend::Backend, AccelError, Capabilities, ErrorKind, ProbeInfo, Result, VcpuFeatures, VmConfig,
 };
 use kvm_ioctls::{Cap, Kvm};
+
+use crate::reg_ids::KVM_REG_ARM64_SVE_VLS;
 
 pub use vcpu::KvmVcpu;
 pub use vm::KvmVm;
@@ -27,6 +30,22 @@ pub struct KvmBackend {
     caps: Capabilities,
 }
 
+/// The SVE vector lengths KVM offers, as a bit set of `vq - 1`, read from
+/// `KVM_REG_ARM64_SVE_VLS` of a scratch vCPU created with SVE.
+fn sve_vector_lengths(kvm: &Kvm) -> Result<u32> {
+    let vm = kvm.create_vm().map_err(|e| ioctl_error("KVM_CREATE_VM of a scratch VM for SVE", e))?;
+    let mut init = kvm_bindings::kvm_vcpu_init::default();
+    vm.get_preferred_target(&mut init).map_err(|e| ioctl_error("KVM_ARM_PREFERRED_TARGET", e))?;
+    init.features[0] |= 1 << kvm_bindings::KVM_ARM_VCPU_SVE;
+    let vcpu = vm.create_vcpu(0).map_err(|e| ioctl_error("KVM_CREATE_VCPU of a scratch vCPU", e))?;
+    vcpu.vcpu_init(&init).map_err(|e| ioctl_error("KVM_ARM_VCPU_INIT of a scratch vCPU with SVE", e))?;
+    let mut vls = [0u8; 64];
+    vcpu.get_one_reg(KVM_REG_ARM64_SVE_VLS, &mut vls)
+        .map_err(|e| ioctl_error("KVM_GET_ONE_REG of KVM_REG_ARM64_SVE_VLS", e))?;
+    let word0 = u64::from_le_bytes(vls[..8].try_into().unwrap_or_default());
+    Ok((word0 & ((1 << SVE_VQ_MAX) - 1)) as u32)
+}
+
 fn read_caps(kvm: &Kvm) -> Capabilities {
     let mut features = VcpuFeatures::POWER_OFF;
     for (cap, feature) in [
@@ -34,9 +53,21 @@ fn read_caps(kvm: &Kvm) -> Capabilities {
         (Cap::ArmEl132bit, VcpuFeatures::EL1_32BIT),
         (Cap::ArmPtrAuthAddress, VcpuFeatures::PTRAUTH_ADDRESS),
         (Cap::ArmPtrAuthGeneric, VcpuFeatures::PTRAUTH_GENERIC),
+        (Cap::ArmPmuV3, VcpuFeatures::PMU_V3),
     ] {
         if kvm.check_extension(cap) {
             features |= feature;
+        }
+    }
+    let mut sve_vqs = 0;
+    if kvm.check_extension(Cap::ArmSve) {
+        match sve_vector_lengths(kvm) {
+            Ok(vqs) if vqs != 0 => {
+                features |= VcpuFeatures::SVE;
+                sve_vqs = vqs;
+            }
+            Ok(_) => log::warn!("KVM reports SVE but offers no vector length; SVE stays off"),
+            Err(e) => log::warn!("KVM reports SVE but probing its vector lengths failed: {e}; SVE stays off"),
         }
     }
     let ipa_bits = if kvm.check_extension(Cap::ArmVmIPASize) { kvm.get_host_ipa_limit() } else { 40 };
@@ -46,6 +77,7 @@ fn read_caps(kvm: &Kvm) -> Capabilities {
         hw_breakpoints: u32::try_from(kvm.check_extension_int(Cap::DebugHwBps)).unwrap_or(0),
         hw_watchpoints: u32::try_from(kvm.check_extension_int(Cap::DebugHwWps)).unwrap_or(0),
         vcpu_features: features,
+        sve_vqs,
         guest_debug: kvm.check_extension(Cap::SetGuestDebug),
         readonly_memory: kvm.check_extension(Cap::ReadonlyMem),
     }

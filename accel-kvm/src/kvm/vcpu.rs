@@ -9,15 +9,24 @@
 use std::{cell::Cell, collections::HashMap};
 
 use accel_api::{
-    backend::BackendVcpu, regs_to_put, sysreg::values_to_put, AccelError, CoreReg, CoreRegs, DebugExit,
-    ErrorKind, FpReg, FpRegs, MmioAccess, PutLevel, RegClass, RegId, RegValue, Result, SyncCounters,
-    SystemEventKind, VcpuConfig, VcpuExit,
+    backend::BackendVcpu,
+    regs_to_put,
+    sve::{vector_lengths_bits, SveReg, SveRegs, SVE_VQ_MAX},
+    sysreg::values_to_put,
+    AccelError, CoreReg, CoreRegs, DebugExit, ErrorKind, FpReg, FpRegs, MmioAccess, PutLevel, RegClass,
+    RegId, RegValue, Result, SyncCounters, SystemEventKind, VcpuConfig, VcpuExit, VcpuFeatures,
 };
-use kvm_bindings::{kvm_vcpu_init, RegList, KVM_EXIT_ARM_NISV};
+use kvm_bindings::{
+    kvm_device_attr, kvm_vcpu_init, RegList, KVM_ARM_VCPU_PMU_V3_CTRL, KVM_ARM_VCPU_PMU_V3_INIT,
+    KVM_ARM_VCPU_SVE, KVM_EXIT_ARM_NISV,
+};
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd, VmFd};
 
 use super::ioctl_error;
-use crate::reg_ids::{classify, core_reg_id, fp_reg_id, KvmReg};
+use crate::reg_ids::{
+    classify, core_reg_id, fp_reg_id, sve_ffr_id, sve_preg_id, sve_zreg_id, KvmReg, KVM_REG_ARM64_SVE_VLS,
+    SVE_PREG_SLICE_BYTES, SVE_ZREG_SLICE_BYTES,
+};
 
 /// The most registers `KVM_GET_REG_LIST` may report (kvm-bindings' list capacity).
 const MAX_LISTED_REGS: usize = 500;
@@ -35,10 +44,13 @@ struct Listed {
 pub struct KvmVcpu {
     fd: VcpuFd,
     index: u32,
+    /// The SVE vector length in quadwords, when SVE is enabled.
+    sve_vq: Option<u32>,
     listed: Vec<Listed>,
     by_id: HashMap<RegId, usize>,
     last_core: Option<CoreRegs>,
     last_fp: Option<FpRegs>,
+    last_sve: Option<SveRegs>,
     last_listed: HashMap<RegId, u64>,
     pending_mmio_read: Option<u32>,
     reads: Cell<u64>,
@@ -47,20 +59,40 @@ pub struct KvmVcpu {
 }
 
 impl KvmVcpu {
-    pub(super) fn new(vm: &VmFd, config: &VcpuConfig, init: &kvm_vcpu_init) -> Result<Self> {
+    pub(super) fn new(
+        vm: &VmFd,
+        config: &VcpuConfig,
+        init: &kvm_vcpu_init,
+        sve_offered: u32,
+    ) -> Result<Self> {
+        let index = config.index;
         let fd = vm
-            .create_vcpu(u64::from(config.index))
-            .map_err(|e| ioctl_error(format!("KVM_CREATE_VCPU {}", config.index), e))?;
+            .create_vcpu(u64::from(index))
+            .map_err(|e| ioctl_error(format!("KVM_CREATE_VCPU {index}"), e))?;
         fd.vcpu_init(init).map_err(|e| {
             ioctl_error(
                 format!(
-                    "KVM_ARM_VCPU_INIT of vCPU {} with features [{}]",
-                    config.index,
+                    "KVM_ARM_VCPU_INIT of vCPU {index} with features [{}]",
                     config.features.names().join(", ")
                 ),
                 e,
             )
         })?;
+        let sve_vq = if config.features.contains(VcpuFeatures::SVE) {
+            Some(configure_sve(&fd, index, config.sve_max_vq, sve_offered)?)
+        } else {
+            None
+        };
+        if config.features.contains(VcpuFeatures::PMU_V3) {
+            let attr = kvm_device_attr {
+                group: KVM_ARM_VCPU_PMU_V3_CTRL,
+                attr: u64::from(KVM_ARM_VCPU_PMU_V3_INIT),
+                ..Default::default()
+            };
+            fd.set_device_attr(&attr).map_err(|e| {
+                ioctl_error(format!("KVM_SET_DEVICE_ATTR(KVM_ARM_VCPU_PMU_V3_INIT) of vCPU {index}"), e)
+            })?;
+        }
         let mut list = RegList::new(MAX_LISTED_REGS).map_err(|e| {
             AccelError::new(ErrorKind::NO_RESOURCE, format!("allocating the register list: {e:?}"))
         })?;
@@ -79,11 +111,13 @@ impl KvmVcpu {
         let by_id = listed.iter().enumerate().map(|(i, l)| (l.id, i)).collect();
         Ok(Self {
             fd,
-            index: config.index,
+            index,
+            sve_vq,
             listed,
             by_id,
             last_core: None,
             last_fp: None,
+            last_sve: None,
             last_listed: HashMap::new(),
             pending_mmio_read: None,
             reads: Cell::new(0),
@@ -114,6 +148,35 @@ impl KvmVcpu {
             .map_err(|e| ioctl_error(format_args!("KVM_SET_ONE_REG of {}", name()), e))
     }
 
+    fn sve_enabled(&self) -> Result<u32> {
+        self.sve_vq
+            .ok_or_else(|| AccelError::unsupported(format!("SVE is not enabled on vCPU {}", self.index)))
+    }
+
+    /// Reads the first `out.len()` bytes of an SVE register, slice by slice.
+    fn read_sve(&self, reg: SveReg, out: &mut [u8]) -> Result<()> {
+        let (_, slice_len) = sve_slice(reg, 0);
+        let mut buf = vec![0u8; slice_len];
+        for (slice, chunk) in out.chunks_mut(slice_len).enumerate() {
+            let (id, _) = sve_slice(reg, slice as u8);
+            self.get_bytes(id, &mut buf, || format!("{} slice {slice}", reg.name()))?;
+            chunk.copy_from_slice(&buf[..chunk.len()]);
+        }
+        Ok(())
+    }
+
+    /// Writes `bytes` to an SVE register, slice by slice, zeroing the rest of each slice.
+    fn write_sve(&self, reg: SveReg, bytes: &[u8]) -> Result<()> {
+        let (_, slice_len) = sve_slice(reg, 0);
+        for (slice, chunk) in bytes.chunks(slice_len).enumerate() {
+            let mut buf = vec![0u8; slice_len];
+            buf[..chunk.len()].copy_from_slice(chunk);
+            let (id, _) = sve_slice(reg, slice as u8);
+            self.set_bytes(id, &buf, || format!("{} slice {slice}", reg.name()))?;
+        }
+        Ok(())
+    }
+
     fn get_listed(&self, reg: &Listed) -> Result<u64> {
         let mut buf = [0u8; 8];
         self.get_bytes(reg.kvm, &mut buf[..reg.size], || reg.id.name().into_owned())?;
@@ -128,6 +191,43 @@ impl KvmVcpu {
             )));
         }
         self.set_bytes(reg.kvm, &value.to_le_bytes()[..reg.size], || reg.id.name().into_owned())
+    }
+}
+
+/// Sets the vCPU's SVE vector lengths (every offered length up to `max_vq`, which KVM requires
+/// to be exactly the host's set below the maximum) and finalizes SVE. Returns the vector length.
+fn configure_sve(fd: &VcpuFd, index: u32, max_vq: u32, offered: u32) -> Result<u32> {
+    let max_offered = 32 - offered.leading_zeros();
+    let max_vq = if max_vq == 0 { max_offered } else { max_vq };
+    if max_vq == 0 || max_vq > SVE_VQ_MAX || offered & (1 << (max_vq - 1)) == 0 {
+        return Err(AccelError::unsupported(format!(
+            "an SVE vector length of {} bits is not offered; this host offers {:?} bits",
+            max_vq * 128,
+            vector_lengths_bits(offered)
+        )));
+    }
+    let set = u64::from(offered & (u32::MAX >> (32 - max_vq)));
+    let mut vls = [0u8; 64];
+    vls[..8].copy_from_slice(&set.to_le_bytes());
+    fd.set_one_reg(KVM_REG_ARM64_SVE_VLS, &vls).map_err(|e| {
+        ioctl_error(format!("KVM_SET_ONE_REG of KVM_REG_ARM64_SVE_VLS ({set:#x}) for vCPU {index}"), e)
+    })?;
+    fd.vcpu_finalize(&(KVM_ARM_VCPU_SVE as i32))
+        .map_err(|e| ioctl_error(format!("KVM_ARM_VCPU_FINALIZE(SVE) of vCPU {index}"), e))?;
+    Ok(max_vq)
+}
+
+/// The KVM id of slice `slice` of an SVE register, and the slice's size.
+///
+/// KVM exposes Z registers in 2048-bit slices and predicates in 256-bit slices (slice `i` holds
+/// bytes `i * size ..`). 2048 bits is the architectural maximum vector length, so slice 0 holds
+/// any register whole and is the only slice KVM defines today; the sync loops over slices anyway
+/// so a longer register would be handled.
+fn sve_slice(reg: SveReg, slice: u8) -> (u64, usize) {
+    match reg {
+        SveReg::Z(n) => (sve_zreg_id(n, slice), SVE_ZREG_SLICE_BYTES),
+        SveReg::P(n) => (sve_preg_id(n, slice), SVE_PREG_SLICE_BYTES),
+        SveReg::Ffr => (sve_ffr_id(slice), SVE_PREG_SLICE_BYTES),
     }
 }
 
@@ -166,7 +266,12 @@ impl BackendVcpu for KvmVcpu {
         let mut regs = FpRegs::default();
         for n in 0..32u8 {
             let reg = FpReg::V(n);
-            self.get_bytes(fp_reg_id(reg), &mut regs.v[usize::from(n)], || reg.name())?;
+            if self.sve_vq.is_some() {
+                // With SVE on, KVM exposes Vn only as the low 128 bits of Zn.
+                self.read_sve(SveReg::Z(n), &mut regs.v[usize::from(n)])?;
+            } else {
+                self.get_bytes(fp_reg_id(reg), &mut regs.v[usize::from(n)], || reg.name())?;
+            }
         }
         for (reg, slot) in [(FpReg::Fpsr, &mut regs.fpsr), (FpReg::Fpcr, &mut regs.fpcr)] {
             let mut buf = [0u8; 4];
@@ -185,12 +290,59 @@ impl BackendVcpu for KvmVcpu {
                 FpReg::Fpsr => &fpsr,
                 FpReg::Fpcr => &fpcr,
             };
-            if let Err(e) = self.set_bytes(fp_reg_id(reg), bytes, || reg.name()) {
+            let result = match reg {
+                // A write to Vn zeroes the rest of Zn, as an AdvSIMD write does.
+                FpReg::V(n) if self.sve_vq.is_some() => {
+                    self.last_sve = None;
+                    self.write_sve(SveReg::Z(n), bytes)
+                }
+                _ => self.set_bytes(fp_reg_id(reg), bytes, || reg.name()),
+            };
+            if let Err(e) = result {
                 self.last_fp = None;
                 return Err(e);
             }
         }
         self.last_fp = Some(*regs);
+        Ok(())
+    }
+
+    fn get_sve(&mut self) -> Result<SveRegs> {
+        let vq = self.sve_enabled()?;
+        let mut regs = SveRegs::zeroed(vq);
+        for reg in SveReg::all() {
+            let mut buf = vec![0u8; regs.reg(reg).len()];
+            self.read_sve(reg, &mut buf)?;
+            regs.reg_mut(reg).copy_from_slice(&buf);
+        }
+        self.last_sve = Some(regs.clone());
+        Ok(regs)
+    }
+
+    fn put_sve(&mut self, regs: &SveRegs, level: PutLevel) -> Result<()> {
+        let vq = self.sve_enabled()?;
+        if !regs.is_well_formed() || regs.vq != vq {
+            return Err(AccelError::invalid(format!(
+                "SVE registers for a {}-bit vector length do not fit vCPU {}, whose vector length is {} bits",
+                regs.vq * 128,
+                self.index,
+                vq * 128
+            )));
+        }
+        let plan: Vec<SveReg> = match (level, &self.last_sve) {
+            (PutLevel::Full, _) | (_, None) => SveReg::all().collect(),
+            (_, Some(last)) => regs.changed_since(last).collect(),
+        };
+        if !plan.is_empty() {
+            self.last_fp = None;
+        }
+        for reg in plan {
+            if let Err(e) = self.write_sve(reg, regs.reg(reg)) {
+                self.last_sve = None;
+                return Err(e);
+            }
+        }
+        self.last_sve = Some(regs.clone());
         Ok(())
     }
 

@@ -136,11 +136,13 @@ impl BackendVm for KvmVm {
             (VcpuFeatures::PSCI_0_2, kvm_bindings::KVM_ARM_VCPU_PSCI_0_2),
             (VcpuFeatures::PTRAUTH_ADDRESS, kvm_bindings::KVM_ARM_VCPU_PTRAUTH_ADDRESS),
             (VcpuFeatures::PTRAUTH_GENERIC, kvm_bindings::KVM_ARM_VCPU_PTRAUTH_GENERIC),
+            (VcpuFeatures::PMU_V3, kvm_bindings::KVM_ARM_VCPU_PMU_V3),
+            (VcpuFeatures::SVE, kvm_bindings::KVM_ARM_VCPU_SVE),
         ] {
             if config.features.contains(feature) {
                 init.features[(bit / 32) as usize] |= 1 << (bit % 32);
             }
         }
-        KvmVcpu::new(&self.fd, config, &init)
+        KvmVcpu::new(&self.fd, config, &init, self.caps.sve_vqs)
     }
 }

@@ -186,7 +186,7 @@ pub fn run(
         if index > 0 {
             features |= VcpuFeatures::POWER_OFF;
         }
-        vcpus.push(vm.create_vcpu(&VcpuConfig { index, features })?);
+        vcpus.push(vm.create_vcpu(&VcpuConfig::new(index, features))?);
     }
     let boot = &mut vcpus[0];
     let mut regs = boot.get_core()?;

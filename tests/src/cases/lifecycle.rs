@@ -26,13 +26,13 @@ fn vms_and_vcpus(ctx: &Context) -> CaseResult {
         } else {
             VcpuFeatures::PSCI_0_2 | VcpuFeatures::POWER_OFF
         };
-        let vcpu = vm_a.create_vcpu(&VcpuConfig { index, features })?;
+        let vcpu = vm_a.create_vcpu(&VcpuConfig::new(index, features))?;
         ensure!(vcpu.index() == index, "vCPU {index} reports index {}", vcpu.index());
         vcpus.push(vcpu);
     }
-    let other = vm_b.create_vcpu(&VcpuConfig { index: 0, features: VcpuFeatures::PSCI_0_2 })?;
+    let other = vm_b.create_vcpu(&VcpuConfig::new(0, VcpuFeatures::PSCI_0_2))?;
     ensure!(other.index() == 0, "a second VM's vCPU 0 reports index {}", other.index());
-    match vm_a.create_vcpu(&VcpuConfig { index: 0, features: VcpuFeatures::PSCI_0_2 }) {
+    match vm_a.create_vcpu(&VcpuConfig::new(0, VcpuFeatures::PSCI_0_2)) {
         Ok(_) => Err(Failure::Fail("creating vCPU 0 twice in one VM succeeded".into())),
         Err(e) => {
             ensure!(!e.message.is_empty(), "the duplicate-vCPU error has no message");
@@ -52,7 +52,7 @@ fn every_probed_feature_inits(ctx: &Context) -> CaseResult {
     let mut tried = Vec::new();
     for feature in candidates {
         let vm = accel.create_vm(&VmConfig::default())?;
-        let config = VcpuConfig { index: 0, features: VcpuFeatures::PSCI_0_2 | feature };
+        let config = VcpuConfig::new(0, VcpuFeatures::PSCI_0_2 | feature);
         match (offered.contains(feature), vm.create_vcpu(&config)) {
             (true, Ok(_)) => tried.push(feature.names().join("+")),
             (true, Err(e)) => {
@@ -70,7 +70,7 @@ fn every_probed_feature_inits(ctx: &Context) -> CaseResult {
     }
     // Half of the pointer-authentication pair is refused, by name.
     let vm = accel.create_vm(&VmConfig::default())?;
-    let half = VcpuConfig { index: 0, features: VcpuFeatures::PSCI_0_2 | VcpuFeatures::PTRAUTH_ADDRESS };
+    let half = VcpuConfig::new(0, VcpuFeatures::PSCI_0_2 | VcpuFeatures::PTRAUTH_ADDRESS);
     match vm.create_vcpu(&half) {
         Ok(_) => Err(Failure::Fail("ptrauth-address without ptrauth-generic was accepted".into())),
         Err(e) => {
@@ -85,13 +85,13 @@ fn unsupported_vcpu_feature(ctx: &Context) -> CaseResult {
     let accel = ctx.accelerator()?;
     let vm = accel.create_vm(&VmConfig::default())?;
     let bogus = VcpuFeatures(1 << 63);
-    match vm.create_vcpu(&VcpuConfig { index: 0, features: VcpuFeatures::PSCI_0_2 | bogus }) {
+    match vm.create_vcpu(&VcpuConfig::new(0, VcpuFeatures::PSCI_0_2 | bogus)) {
         Ok(_) => Err(Failure::Fail("a vCPU with an unknown feature bit was created".into())),
         Err(e) => {
             ensure!(e.kind == ErrorKind::UNSUPPORTED, "expected an unsupported error, got {e:?}");
             ensure!(e.message.contains("bit63"), "the error does not name the feature: {e}");
             // The VM is still usable afterwards.
-            vm.create_vcpu(&VcpuConfig { index: 0, features: VcpuFeatures::PSCI_0_2 })?;
+            vm.create_vcpu(&VcpuConfig::new(0, VcpuFeatures::PSCI_0_2))?;
             Ok(())
         }
     }

@@ -5,6 +5,7 @@ mod loader;
 mod probe;
 mod regs;
 mod run;
+mod sve;
 mod sysregs;
 
 use crate::Case;
@@ -17,6 +18,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(regs::cases());
     cases.extend(run::cases());
     cases.extend(sysregs::cases());
+    cases.extend(sve::cases());
     cases.extend(loader::cases());
     cases
 }

@@ -57,7 +57,7 @@ fn every_class_is_listed(ctx: &Context) -> CaseResult {
     ensure!(!ccsidr.is_empty(), "no demultiplexed CCSIDR_EL1 values");
 
     // Two vCPUs of one VM have distinct affinities, with MPIDR_EL1 bit 31 (RES1) set.
-    let mut second = g.vm.create_vcpu(&VcpuConfig { index: 1, features: VcpuFeatures::PSCI_0_2 })?;
+    let mut second = g.vm.create_vcpu(&VcpuConfig::new(1, VcpuFeatures::PSCI_0_2))?;
     let (a, b) = (g.vcpu.get_reg(MPIDR_EL1)?, second.get_reg(MPIDR_EL1)?);
     ensure!(a >> 31 & 1 == 1 && b >> 31 & 1 == 1, "MPIDR_EL1 bit 31 clear: {a:#x}, {b:#x}");
     ensure!(a & 0xff_00ff_ffff != b & 0xff_00ff_ffff, "vCPUs 0 and 1 share affinity {a:#x}");
