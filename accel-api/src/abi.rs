@@ -20,6 +20,7 @@ use abi_stable::{
 use crate::{
     config::{MemoryRegion, ProbeInfo, VcpuConfig, VmConfig},
     error::AccelError,
+    events::{MpState, VcpuEvents},
     exit::VcpuExit,
     logging::LogSink,
     regs::{CoreRegs, FpRegs, PutLevel, SyncCounters},
@@ -89,6 +90,18 @@ pub trait VcpuOps: Send {
     /// Writes the given registers that may be written at `level` and differ from the last get
     /// (all of them at [`PutLevel::Full`]). A refused write names the register and its errno.
     fn put_regs(&mut self, values: RSlice<'_, RegValue>, level: PutLevel) -> RResult<(), AccelError>;
+
+    /// Reads the pending events.
+    fn get_events(&mut self) -> RResult<VcpuEvents, AccelError>;
+
+    /// Sets the pending events: a pending SError or external data abort is injected.
+    fn put_events(&mut self, events: &VcpuEvents) -> RResult<(), AccelError>;
+
+    /// Reads the multiprocessing state.
+    fn get_mp_state(&mut self) -> RResult<MpState, AccelError>;
+
+    /// Sets the multiprocessing state.
+    fn set_mp_state(&mut self, state: MpState) -> RResult<(), AccelError>;
 
     /// How many register reads and writes, and guest entries, the vCPU has made so far.
     fn counters(&self) -> SyncCounters;

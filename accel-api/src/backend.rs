@@ -16,6 +16,7 @@ use crate::{
     abi::{AccelBox, AccelOps, AccelOps_TO, VcpuBox, VcpuOps, VcpuOps_TO, VmBox, VmOps, VmOps_TO},
     config::{MemoryRegion, ProbeInfo, VcpuConfig, VmConfig},
     error::{AccelError, ErrorKind, Result},
+    events::{MpState, VcpuEvents},
     exit::VcpuExit,
     regs::{CoreRegs, FpRegs, PutLevel, SyncCounters},
     sve::SveRegs,
@@ -61,6 +62,10 @@ pub trait BackendVcpu: Send + 'static {
     fn put_sve(&mut self, regs: &SveRegs, level: PutLevel) -> Result<()>;
     fn get_regs(&mut self, class: RegClass) -> Result<Vec<RegValue>>;
     fn put_regs(&mut self, values: &[RegValue], level: PutLevel) -> Result<()>;
+    fn get_events(&mut self) -> Result<VcpuEvents>;
+    fn put_events(&mut self, events: &VcpuEvents) -> Result<()>;
+    fn get_mp_state(&mut self) -> Result<MpState>;
+    fn set_mp_state(&mut self, state: MpState) -> Result<()>;
     fn counters(&self) -> SyncCounters;
     fn set_mmio_read_data(&mut self, value: u64) -> Result<()>;
     fn run(&mut self) -> Result<VcpuExit>;
@@ -170,6 +175,22 @@ impl<C: BackendVcpu> VcpuOps for Guarded<C> {
 
     fn put_regs(&mut self, values: RSlice<'_, RegValue>, level: PutLevel) -> RResult<(), AccelError> {
         guard("put_regs", || self.0.put_regs(values.as_slice(), level))
+    }
+
+    fn get_events(&mut self) -> RResult<VcpuEvents, AccelError> {
+        guard("get_events", || self.0.get_events())
+    }
+
+    fn put_events(&mut self, events: &VcpuEvents) -> RResult<(), AccelError> {
+        guard("put_events", || self.0.put_events(events))
+    }
+
+    fn get_mp_state(&mut self) -> RResult<MpState, AccelError> {
+        guard("get_mp_state", || self.0.get_mp_state())
+    }
+
+    fn set_mp_state(&mut self, state: MpState) -> RResult<(), AccelError> {
+        guard("set_mp_state", || self.0.set_mp_state(state))
     }
 
     fn counters(&self) -> SyncCounters {
@@ -282,6 +303,18 @@ impl BackendVcpu for NoBackend {
         match *self {}
     }
     fn put_regs(&mut self, _: &[RegValue], _: PutLevel) -> Result<()> {
+        match *self {}
+    }
+    fn get_events(&mut self) -> Result<VcpuEvents> {
+        match *self {}
+    }
+    fn put_events(&mut self, _: &VcpuEvents) -> Result<()> {
+        match *self {}
+    }
+    fn get_mp_state(&mut self) -> Result<MpState> {
+        match *self {}
+    }
+    fn set_mp_state(&mut self, _: MpState) -> Result<()> {
         match *self {}
     }
     fn counters(&self) -> SyncCounters {

@@ -7,6 +7,7 @@ use crate::{
     config::{MemoryRegion, ProbeInfo, VcpuConfig, VmConfig},
     error::Result,
     error::{AccelError, ErrorKind},
+    events::{MpState, VcpuEvents},
     exit::VcpuExit,
     regs::{CoreRegs, FpRegs, PutLevel, SyncCounters},
     sve::SveRegs,
@@ -118,6 +119,26 @@ impl Vcpu {
     /// Writes the registers that may be written at `level` and changed since the last get.
     pub fn put_regs(&mut self, values: &[RegValue], level: PutLevel) -> Result<()> {
         self.inner.put_regs(values.into(), level).into_result()
+    }
+
+    /// Reads the pending events.
+    pub fn get_events(&mut self) -> Result<VcpuEvents> {
+        self.inner.get_events().into_result()
+    }
+
+    /// Sets the pending events; a pending SError or external data abort is injected.
+    pub fn put_events(&mut self, events: &VcpuEvents) -> Result<()> {
+        self.inner.put_events(events).into_result()
+    }
+
+    /// Reads the multiprocessing state.
+    pub fn get_mp_state(&mut self) -> Result<MpState> {
+        self.inner.get_mp_state().into_result()
+    }
+
+    /// Sets the multiprocessing state.
+    pub fn set_mp_state(&mut self, state: MpState) -> Result<()> {
+        self.inner.set_mp_state(state).into_result()
     }
 
     /// The vCPU's register-access and entry counters.

@@ -35,6 +35,10 @@ pub struct Capabilities {
     pub guest_debug: bool,
     /// Read-only memory regions are supported.
     pub readonly_memory: bool,
+    /// An injected SError can carry a syndrome (`VcpuEvents::serror_has_esr`).
+    pub serror_esr: bool,
+    /// External data aborts can be injected (`VcpuEvents::ext_dabt_pending`).
+    pub ext_dabt: bool,
 }
 
 /// A set of vCPU features to enable at init, as a bit set.

@@ -155,6 +155,11 @@ pub fn ldr_z(t: Reg, n: Reg) -> u32 {
     0x8580_4000 | rn(n) | rd(t)
 }
 
+/// `MSR DAIFClr, #imm4`: unmasks D (8), A (4), I (2), F (1).
+pub fn msr_daifclr(imm4: u32) -> u32 {
+    0xd503_40ff | (imm4 & 15) << 8
+}
+
 /// `ISB`.
 pub const ISB: u32 = 0xd503_3fdf;
 
@@ -187,7 +192,7 @@ mod tests {
     // Every expected word below is what GNU as 2.40 assembles for the instruction named.
     #[test]
     fn encodings_match_binutils() {
-        let cases: [(u32, u32, &str); 35] = [
+        let cases: [(u32, u32, &str); 36] = [
             (mrs(0, ESR_EL1), 0xd5385200, "mrs x0, esr_el1"),
             (mrs(1, ELR_EL1), 0xd5384021, "mrs x1, elr_el1"),
             (mrs(2, FAR_EL1), 0xd5386002, "mrs x2, far_el1"),
@@ -196,6 +201,7 @@ mod tests {
             (ISB, 0xd5033fdf, "isb"),
             (ldr_x_post(0, 1, 8), 0xf8408420, "ldr x0, [x1], #8"),
             (str_z(0, 9), 0xe5804120, "str z0, [x9]"),
+            (msr_daifclr(4), 0xd50344ff, "msr daifclr, #4"),
             (ldr_z(1, 9), 0x85804121, "ldr z1, [x9]"),
             (movz(0, 0x1234, 0), 0xd2824680, "mov x0, #0x1234"),
             (movz(3, 0xbeef, 1), 0xd2b7dde3, "mov x3, #0xbeef0000"),

@@ -20,8 +20,9 @@ fn prelude() -> Vec<u32> {
     code
 }
 
-/// One vector-table entry: report ESR_EL1, ELR_EL1 and FAR_EL1 to [`EXCEPTION_MMIO`], then spin.
-fn vector_entry() -> Vec<u32> {
+/// One vector-table entry: report ESR_EL1, ELR_EL1, FAR_EL1, the entry's offset and SPSR_EL1 to
+/// [`EXCEPTION_MMIO`], then spin.
+fn vector_entry(offset: u16) -> Vec<u32> {
     let mut code = vec![
         asm::mrs(0, accel_api::sysreg::ESR_EL1),
         asm::mrs(1, accel_api::sysreg::ELR_EL1),
@@ -32,9 +33,28 @@ fn vector_entry() -> Vec<u32> {
         asm::str(asm::Size::X, 0, 3, 0),
         asm::str(asm::Size::X, 1, 3, 8),
         asm::str(asm::Size::X, 2, 3, 16),
+        asm::movz(4, offset, 0),
+        asm::str(asm::Size::X, 4, 3, 24),
+        asm::mrs(5, accel_api::sysreg::SPSR_EL1),
+        asm::str(asm::Size::X, 5, 3, 32),
         asm::b(0),
     ]);
     code
+}
+
+/// What the vector table reported about an exception the guest took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TakenException {
+    /// ESR_EL1.
+    pub esr: u64,
+    /// ELR_EL1.
+    pub elr: u64,
+    /// FAR_EL1.
+    pub far: u64,
+    /// The offset of the vector entry taken.
+    pub offset: u64,
+    /// SPSR_EL1.
+    pub spsr: u64,
 }
 
 /// Where test RAM starts.
@@ -43,8 +63,8 @@ pub const RAM_BASE: u64 = 0x4000_0000;
 pub const RAM_SIZE: u64 = 2 << 20;
 /// An address with no memory behind it: accesses exit to the host as MMIO.
 pub const MMIO_BASE: u64 = 0x0a00_0000;
-/// Where an unexpected guest exception is reported: ESR_EL1, ELR_EL1 and FAR_EL1 are stored at
-/// offsets 0, 8 and 16.
+/// Where the guest reports an exception: ESR_EL1, ELR_EL1, FAR_EL1, the vector offset and
+/// SPSR_EL1 are stored at offsets 0, 8, 16, 24 and 32.
 pub const EXCEPTION_MMIO: u64 = 0x0b00_0000;
 /// The vector table every test guest installs (2 KiB aligned), after the prelude.
 pub const VECTORS: u64 = RAM_BASE + 0x800;
@@ -82,8 +102,8 @@ impl TestGuest {
         // declaration order: the VM, then the RAM, then the vCPU, which never runs again by then.
         unsafe { ram.map_into(&vm) }?;
         ram.write_code(RAM_BASE, &prelude())?;
-        for entry in 0..16 {
-            ram.write_code(VECTORS + entry * 0x80, &vector_entry())?;
+        for entry in 0..16u16 {
+            ram.write_code(VECTORS + u64::from(entry) * 0x80, &vector_entry(entry * 0x80))?;
         }
         ram.write_code(CODE, code)?;
         let mut vcpu = vm.create_vcpu(config)?;
@@ -110,6 +130,24 @@ impl TestGuest {
                 exit => return Ok(exit),
             }
         }
+    }
+
+    /// Runs until the guest reports an exception through its vector table.
+    pub fn expect_exception(&mut self) -> Result<TakenException, Failure> {
+        let mut words = [0u64; 5];
+        for (i, word) in words.iter_mut().enumerate() {
+            match self.vcpu.run()? {
+                VcpuExit::MmioWrite(a) if a.addr == EXCEPTION_MMIO + 8 * i as u64 => *word = a.value(),
+                VcpuExit::Interrupted => {
+                    return Err(Failure::Fail("interrupted while waiting for an exception".into()))
+                }
+                other => {
+                    return Err(Failure::Fail(format!("expected the vector table's report, got {other:?}")))
+                }
+            }
+        }
+        let [esr, elr, far, offset, spsr] = words;
+        Ok(TakenException { esr, elr, far, offset, spsr })
     }
 
     /// Runs and expects an MMIO write; returns its address, size and value.

@@ -11,6 +11,8 @@ use accel_api::{
 };
 use kvm_ioctls::{Cap, Kvm};
 
+use kvm_bindings::{KVM_CAP_ARM_INJECT_EXT_DABT, KVM_CAP_ARM_INJECT_SERROR_ESR};
+
 use crate::reg_ids::KVM_REG_ARM64_SVE_VLS;
 
 pub use vcpu::KvmVcpu;
@@ -80,6 +82,8 @@ fn read_caps(kvm: &Kvm) -> Capabilities {
         sve_vqs,
         guest_debug: kvm.check_extension(Cap::SetGuestDebug),
         readonly_memory: kvm.check_extension(Cap::ReadonlyMem),
+        serror_esr: kvm.check_extension_raw(KVM_CAP_ARM_INJECT_SERROR_ESR.into()) > 0,
+        ext_dabt: kvm.check_extension_raw(KVM_CAP_ARM_INJECT_EXT_DABT.into()) > 0,
     }
 }
 

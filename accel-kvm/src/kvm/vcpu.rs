@@ -13,12 +13,13 @@ use accel_api::{
     regs_to_put,
     sve::{vector_lengths_bits, SveReg, SveRegs, SVE_VQ_MAX},
     sysreg::values_to_put,
-    AccelError, CoreReg, CoreRegs, DebugExit, ErrorKind, FpReg, FpRegs, MmioAccess, PutLevel, RegClass,
-    RegId, RegValue, Result, SyncCounters, SystemEventKind, VcpuConfig, VcpuExit, VcpuFeatures,
+    AccelError, Capabilities, CoreReg, CoreRegs, DebugExit, ErrorKind, FpReg, FpRegs, MmioAccess, MpState,
+    PutLevel, RegClass, RegId, RegValue, Result, SyncCounters, SystemEventKind, VcpuConfig, VcpuEvents,
+    VcpuExit, VcpuFeatures,
 };
 use kvm_bindings::{
-    kvm_device_attr, kvm_vcpu_init, RegList, KVM_ARM_VCPU_PMU_V3_CTRL, KVM_ARM_VCPU_PMU_V3_INIT,
-    KVM_ARM_VCPU_SVE, KVM_EXIT_ARM_NISV,
+    kvm_device_attr, kvm_mp_state, kvm_vcpu_events, kvm_vcpu_init, RegList, KVM_ARM_VCPU_PMU_V3_CTRL,
+    KVM_ARM_VCPU_PMU_V3_INIT, KVM_ARM_VCPU_SVE, KVM_EXIT_ARM_NISV,
 };
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd, VmFd};
 
@@ -39,6 +40,15 @@ struct Listed {
     size: usize,
 }
 
+/// An exit KVM completes only on the next KVM_RUN: until then the guest's PC still points at the
+/// MMIO instruction (and a read's destination register is unwritten).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pending {
+    None,
+    MmioWrite,
+    MmioRead { len: u32, supplied: bool },
+}
+
 /// A KVM vCPU and the register values of its last get, against which a put finds what the host
 /// changed.
 pub struct KvmVcpu {
@@ -46,13 +56,15 @@ pub struct KvmVcpu {
     index: u32,
     /// The SVE vector length in quadwords, when SVE is enabled.
     sve_vq: Option<u32>,
+    caps: Capabilities,
     listed: Vec<Listed>,
     by_id: HashMap<RegId, usize>,
     last_core: Option<CoreRegs>,
     last_fp: Option<FpRegs>,
     last_sve: Option<SveRegs>,
     last_listed: HashMap<RegId, u64>,
-    pending_mmio_read: Option<u32>,
+    /// The MMIO exit KVM has yet to complete (it does so on the next KVM_RUN).
+    pending: Pending,
     reads: Cell<u64>,
     writes: Cell<u64>,
     runs: u64,
@@ -63,7 +75,7 @@ impl KvmVcpu {
         vm: &VmFd,
         config: &VcpuConfig,
         init: &kvm_vcpu_init,
-        sve_offered: u32,
+        caps: &Capabilities,
     ) -> Result<Self> {
         let index = config.index;
         let fd = vm
@@ -79,7 +91,7 @@ impl KvmVcpu {
             )
         })?;
         let sve_vq = if config.features.contains(VcpuFeatures::SVE) {
-            Some(configure_sve(&fd, index, config.sve_max_vq, sve_offered)?)
+            Some(configure_sve(&fd, index, config.sve_max_vq, caps.sve_vqs)?)
         } else {
             None
         };
@@ -113,13 +125,14 @@ impl KvmVcpu {
             fd,
             index,
             sve_vq,
+            caps: *caps,
             listed,
             by_id,
             last_core: None,
             last_fp: None,
             last_sve: None,
             last_listed: HashMap::new(),
-            pending_mmio_read: None,
+            pending: Pending::None,
             reads: Cell::new(0),
             writes: Cell::new(0),
             runs: 0,
@@ -146,6 +159,36 @@ impl KvmVcpu {
             .set_one_reg(id, bytes)
             .map(drop)
             .map_err(|e| ioctl_error(format_args!("KVM_SET_ONE_REG of {}", name()), e))
+    }
+
+    /// Lets KVM complete a pending MMIO access without running the guest (KVM_RUN with
+    /// `immediate_exit`, which finishes the access, commits the PC and returns EINTR), so that
+    /// register reads see, and writes start from, the state after the access. Without this a PC
+    /// set by the host would be advanced past its target on the next entry.
+    fn complete_pending(&mut self) -> Result<()> {
+        match self.pending {
+            Pending::None => return Ok(()),
+            Pending::MmioRead { supplied: false, .. } => {
+                return Err(AccelError::bad_state(format!(
+                    "vCPU {} is stopped in an MMIO read: supply its data before accessing registers",
+                    self.index
+                )))
+            }
+            Pending::MmioWrite | Pending::MmioRead { supplied: true, .. } => {}
+        }
+        self.fd.set_kvm_immediate_exit(1);
+        self.runs += 1;
+        let result = self.fd.run().map(|exit| format!("{exit:?}"));
+        self.fd.set_kvm_immediate_exit(0);
+        self.pending = Pending::None;
+        match result {
+            Err(e) if e.errno() == libc::EINTR => Ok(()),
+            Err(e) => Err(ioctl_error(format!("completing the MMIO access of vCPU {}", self.index), e)),
+            Ok(exit) => Err(AccelError::bad_state(format!(
+                "vCPU {}: KVM_RUN with immediate_exit returned exit {exit} instead of EINTR",
+                self.index
+            ))),
+        }
     }
 
     fn sve_enabled(&self) -> Result<u32> {
@@ -241,6 +284,7 @@ impl BackendVcpu for KvmVcpu {
     }
 
     fn get_core(&mut self) -> Result<CoreRegs> {
+        self.complete_pending()?;
         let mut regs = CoreRegs::default();
         for reg in CoreReg::all() {
             regs.set(reg, self.get_u64(core_reg_id(reg), || reg.name())?);
@@ -250,6 +294,7 @@ impl BackendVcpu for KvmVcpu {
     }
 
     fn put_core(&mut self, regs: &CoreRegs, level: PutLevel) -> Result<()> {
+        self.complete_pending()?;
         for reg in regs_to_put(level, self.last_core.as_ref(), regs) {
             let result = self.set_bytes(core_reg_id(reg), &regs.get(reg).to_le_bytes(), || reg.name());
             if let Err(e) = result {
@@ -263,6 +308,7 @@ impl BackendVcpu for KvmVcpu {
     }
 
     fn get_fp(&mut self) -> Result<FpRegs> {
+        self.complete_pending()?;
         let mut regs = FpRegs::default();
         for n in 0..32u8 {
             let reg = FpReg::V(n);
@@ -283,6 +329,7 @@ impl BackendVcpu for KvmVcpu {
     }
 
     fn put_fp(&mut self, regs: &FpRegs, level: PutLevel) -> Result<()> {
+        self.complete_pending()?;
         let (fpsr, fpcr) = (regs.fpsr.to_le_bytes(), regs.fpcr.to_le_bytes());
         for reg in regs_to_put(level, self.last_fp.as_ref(), regs) {
             let bytes: &[u8] = match reg {
@@ -308,6 +355,7 @@ impl BackendVcpu for KvmVcpu {
     }
 
     fn get_sve(&mut self) -> Result<SveRegs> {
+        self.complete_pending()?;
         let vq = self.sve_enabled()?;
         let mut regs = SveRegs::zeroed(vq);
         for reg in SveReg::all() {
@@ -320,6 +368,7 @@ impl BackendVcpu for KvmVcpu {
     }
 
     fn put_sve(&mut self, regs: &SveRegs, level: PutLevel) -> Result<()> {
+        self.complete_pending()?;
         let vq = self.sve_enabled()?;
         if !regs.is_well_formed() || regs.vq != vq {
             return Err(AccelError::invalid(format!(
@@ -347,6 +396,7 @@ impl BackendVcpu for KvmVcpu {
     }
 
     fn get_regs(&mut self, class: RegClass) -> Result<Vec<RegValue>> {
+        self.complete_pending()?;
         let mut values = Vec::new();
         for reg in self.listed.iter().filter(|r| r.id.class() == class) {
             values.push(RegValue { id: reg.id, value: self.get_listed(reg)? });
@@ -356,6 +406,7 @@ impl BackendVcpu for KvmVcpu {
     }
 
     fn put_regs(&mut self, values: &[RegValue], level: PutLevel) -> Result<()> {
+        self.complete_pending()?;
         let plan: Vec<RegValue> =
             values_to_put(level, |id| self.last_listed.get(&id).copied(), values).collect();
         for v in plan {
@@ -371,17 +422,81 @@ impl BackendVcpu for KvmVcpu {
         Ok(())
     }
 
+    fn get_events(&mut self) -> Result<VcpuEvents> {
+        self.complete_pending()?;
+        let e = self
+            .fd
+            .get_vcpu_events()
+            .map_err(|e| ioctl_error(format!("KVM_GET_VCPU_EVENTS of vCPU {}", self.index), e))?;
+        Ok(VcpuEvents {
+            serror_pending: e.exception.serror_pending != 0,
+            serror_has_esr: e.exception.serror_has_esr != 0,
+            serror_esr: e.exception.serror_esr,
+            ext_dabt_pending: e.exception.ext_dabt_pending != 0,
+        })
+    }
+
+    fn put_events(&mut self, events: &VcpuEvents) -> Result<()> {
+        self.complete_pending()?;
+        if events.serror_has_esr && !self.caps.serror_esr {
+            return Err(AccelError::unsupported(
+                "injecting an SError with a syndrome needs KVM_CAP_ARM_INJECT_SERROR_ESR, which this host lacks",
+            ));
+        }
+        if events.ext_dabt_pending && !self.caps.ext_dabt {
+            return Err(AccelError::unsupported(
+                "injecting an external data abort needs KVM_CAP_ARM_INJECT_EXT_DABT, which this host lacks",
+            ));
+        }
+        if events.serror_esr & !0x1ff_ffff != 0 {
+            return Err(AccelError::invalid(format!(
+                "SError syndrome {:#x} does not fit ESR_EL1.ISS (bits [24:0])",
+                events.serror_esr
+            )));
+        }
+        let mut e = kvm_vcpu_events::default();
+        e.exception.serror_pending = u8::from(events.serror_pending);
+        e.exception.serror_has_esr = u8::from(events.serror_has_esr);
+        e.exception.serror_esr = events.serror_esr;
+        e.exception.ext_dabt_pending = u8::from(events.ext_dabt_pending);
+        self.fd
+            .set_vcpu_events(&e)
+            .map_err(|e| ioctl_error(format!("KVM_SET_VCPU_EVENTS of vCPU {}", self.index), e))
+    }
+
+    fn get_mp_state(&mut self) -> Result<MpState> {
+        self.complete_pending()?;
+        self.fd
+            .get_mp_state()
+            .map(|s| MpState(s.mp_state))
+            .map_err(|e| ioctl_error(format!("KVM_GET_MP_STATE of vCPU {}", self.index), e))
+    }
+
+    fn set_mp_state(&mut self, state: MpState) -> Result<()> {
+        self.complete_pending()?;
+        if ![MpState::RUNNABLE, MpState::STOPPED, MpState::SUSPENDED].contains(&state) {
+            return Err(AccelError::invalid(format!(
+                "MP state {} is not one of runnable, stopped, suspended",
+                state.0
+            )));
+        }
+        self.fd
+            .set_mp_state(kvm_mp_state { mp_state: state.0 })
+            .map_err(|e| ioctl_error(format!("KVM_SET_MP_STATE({}) of vCPU {}", state.name(), self.index), e))
+    }
+
     fn counters(&self) -> SyncCounters {
         SyncCounters { reg_reads: self.reads.get(), reg_writes: self.writes.get(), runs: self.runs }
     }
 
     fn set_mmio_read_data(&mut self, value: u64) -> Result<()> {
         let data = value.to_le_bytes();
-        let len = self.pending_mmio_read.take().ok_or_else(|| {
-            AccelError::bad_state("no MMIO read is pending: the last exit was not an MMIO read")
-        })?;
+        let Pending::MmioRead { len, .. } = self.pending else {
+            return Err(AccelError::bad_state("no MMIO read is pending: the last exit was not an MMIO read"));
+        };
+        self.pending = Pending::MmioRead { len, supplied: true };
         let run = self.fd.get_kvm_run();
-        // SAFETY: the last KVM_RUN returned KVM_EXIT_MMIO for a read (pending_mmio_read is only
+        // SAFETY: the last KVM_RUN returned KVM_EXIT_MMIO for a read (`Pending::MmioRead` is only
         // set then), so `mmio` is the active member of the exit union.
         let mmio = unsafe { &mut run.__bindgen_anon_1.mmio };
         let len = (len as usize).min(mmio.data.len());
@@ -390,7 +505,13 @@ impl BackendVcpu for KvmVcpu {
     }
 
     fn run(&mut self) -> Result<VcpuExit> {
-        self.pending_mmio_read = None;
+        if let Pending::MmioRead { supplied: false, .. } = self.pending {
+            log::warn!(
+                "vCPU {}: running on after an MMIO read with no data supplied; the guest reads 0",
+                self.index
+            );
+        }
+        self.pending = Pending::None;
         loop {
             self.runs += 1;
             let exit = match self.fd.run() {
@@ -407,10 +528,13 @@ impl BackendVcpu for KvmVcpu {
             };
             let exit = match exit {
                 KvmExit::MmioRead(addr, data) => {
-                    self.pending_mmio_read = Some(data.len() as u32);
+                    self.pending = Pending::MmioRead { len: data.len() as u32, supplied: false };
                     VcpuExit::MmioRead(mmio(addr, data))
                 }
-                KvmExit::MmioWrite(addr, data) => VcpuExit::MmioWrite(mmio(addr, data)),
+                KvmExit::MmioWrite(addr, data) => {
+                    self.pending = Pending::MmioWrite;
+                    VcpuExit::MmioWrite(mmio(addr, data))
+                }
                 KvmExit::SystemEvent(kind, data) => system_event(kind, data),
                 KvmExit::Debug(debug) => VcpuExit::Debug(DebugExit {
                     esr: u64::from(debug.hsr) | (u64::from(debug.hsr_high) << 32),

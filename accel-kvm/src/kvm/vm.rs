@@ -143,6 +143,6 @@ impl BackendVm for KvmVm {
                 init.features[(bit / 32) as usize] |= 1 << (bit % 32);
             }
         }
-        KvmVcpu::new(&self.fd, config, &init, self.caps.sve_vqs)
+        KvmVcpu::new(&self.fd, config, &init, &self.caps)
     }
 }

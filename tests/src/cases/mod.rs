@@ -1,5 +1,6 @@
 //! The conformance cases, by area.
 
+mod exceptions;
 mod lifecycle;
 mod loader;
 mod probe;
@@ -19,6 +20,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(run::cases());
     cases.extend(sysregs::cases());
     cases.extend(sve::cases());
+    cases.extend(exceptions::cases());
     cases.extend(loader::cases());
     cases
 }

@@ -1,12 +1,12 @@
 //! Running guests: computed values read back, MMIO exits of every size with resumed reads, and
 //! PSCI system events.
 
-use accel_api::{ErrorKind, SystemEventKind, VcpuExit};
+use accel_api::{ErrorKind, PutLevel, SystemEventKind, VcpuExit};
 
 use crate::{
     asm::{self, Size},
     ensure,
-    guest::{TestGuest, CODE, EXCEPTION_MMIO, MMIO_BASE, PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET},
+    guest::{TestGuest, CODE, MMIO_BASE, PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET},
     Case, CaseResult, Context, Failure,
 };
 
@@ -18,6 +18,7 @@ pub fn cases() -> Vec<Case> {
         Case { name: "run::mmio_read_data_without_a_read", run: mmio_read_data_without_a_read },
         Case { name: "run::mmio_abort_without_syndrome", run: mmio_abort_without_syndrome },
         Case { name: "run::guest_exception_reaches_its_vectors", run: guest_exception_reaches_its_vectors },
+        Case { name: "run::pc_after_mmio_exit", run: pc_after_mmio_exit },
         Case { name: "run::psci_system_off", run: psci_system_off },
         Case { name: "run::psci_system_reset", run: psci_system_reset },
     ]
@@ -145,21 +146,39 @@ fn mmio_abort_without_syndrome(ctx: &Context) -> CaseResult {
 /// the guest's vector table at EL1 with ESR_EL1.EC = 0x3c and the immediate in the ISS.
 fn guest_exception_reaches_its_vectors(ctx: &Context) -> CaseResult {
     let mut g = TestGuest::new(&ctx.accelerator()?, &[asm::NOP, asm::brk(0x7), asm::b(0)])?;
-    let (addr, len, esr) = loop {
-        match g.vcpu.run()? {
-            VcpuExit::Interrupted => continue,
-            VcpuExit::MmioWrite(a) => break (a.addr, a.len, a.value()),
-            other => return Err(Failure::Fail(format!("expected the vector table's report, got {other:?}"))),
-        }
-    };
-    ensure!(addr == EXCEPTION_MMIO && len == 8, "the first write went to {addr:#x} ({len} bytes)");
+    let taken = g.expect_exception()?;
     ensure!(
-        esr >> 26 == 0x3c && esr & 0xffff == 7,
-        "ESR_EL1 {esr:#x}: expected EC 0x3c (BRK) with comment 7"
+        taken.esr >> 26 == 0x3c && taken.esr & 0xffff == 7,
+        "ESR_EL1 {:#x}: expected EC 0x3c (BRK) with comment 7",
+        taken.esr
     );
-    let (addr, _, elr) = g.expect_mmio_write()?;
-    ensure!(addr == EXCEPTION_MMIO + 8, "the second write went to {addr:#x}");
-    ensure!(elr == CODE + 4, "ELR_EL1 {elr:#x}: expected the BRK at {:#x}", CODE + 4);
+    ensure!(taken.elr == CODE + 4, "ELR_EL1 {:#x}: expected the BRK at {:#x}", taken.elr, CODE + 4);
+    ensure!(taken.offset == 0x200, "vector offset {:#x}: expected 0x200 (current EL, SP_ELx)", taken.offset);
+    Ok(())
+}
+
+/// After an MMIO exit the PC reads as the next instruction, and a PC the host sets there is where
+/// the guest resumes, exactly.
+fn pc_after_mmio_exit(ctx: &Context) -> CaseResult {
+    let mut code = asm::mov_imm64(9, MMIO_BASE);
+    let store_at = CODE + 4 * code.len() as u64;
+    code.extend([asm::str(Size::X, 9, 9, 0), asm::b(0)]);
+    let other = code.len() as u64;
+    code.extend([asm::movz(1, 0x77, 0), asm::str(Size::X, 1, 9, 8), asm::b(0)]);
+    let mut g = TestGuest::new(&ctx.accelerator()?, &code)?;
+    let (addr, _, _) = g.expect_mmio_write()?;
+    ensure!(addr == MMIO_BASE, "first write at {addr:#x}");
+    let mut core = g.core()?;
+    ensure!(
+        core.pc == store_at + 4,
+        "PC after the MMIO exit is {:#x}, expected {:#x}",
+        core.pc,
+        store_at + 4
+    );
+    core.pc = CODE + 4 * other;
+    g.vcpu.put_core(&core, PutLevel::Runtime)?;
+    let got = g.expect_mmio_write()?;
+    ensure!(got == (MMIO_BASE + 8, 8, 0x77), "after moving the PC the guest wrote {got:x?}");
     Ok(())
 }
 
