@@ -94,10 +94,8 @@ pub fn guard<T>(op: &str, f: impl FnOnce() -> Result<T>) -> RResult<T, AccelErro
 
 /// Runs a probe function, turning a panic into an "unavailable" answer.
 pub fn guarded_probe(probe: fn() -> ProbeInfo) -> ProbeInfo {
-    catch_unwind(probe).unwrap_or_else(|payload| ProbeInfo {
-        available: false,
-        reason: format!("the probe panicked: {}", panic_message(payload.as_ref())).into(),
-        caps: Default::default(),
+    catch_unwind(probe).unwrap_or_else(|payload| {
+        ProbeInfo::unavailable(format!("the probe panicked: {}", panic_message(payload.as_ref())))
     })
 }
 
@@ -113,7 +111,7 @@ impl<B: Backend> AccelOps for Guarded<B> {
     fn probe(&self) -> ProbeInfo {
         match guard("probe", || Ok(self.0.probe())) {
             abi_stable::std_types::ROk(info) => info,
-            RErr(e) => ProbeInfo { available: false, reason: e.message, caps: Default::default() },
+            RErr(e) => ProbeInfo::unavailable(e.message),
         }
     }
 

@@ -3,6 +3,8 @@
 
 use abi_stable::{std_types::RString, StableAbi};
 
+use crate::idregs::IdRegisters;
+
 /// A probe's answer: whether the backend can run here, and its headline capabilities.
 #[repr(C)]
 #[derive(StableAbi, Clone, Debug, PartialEq, Eq)]
@@ -13,6 +15,20 @@ pub struct ProbeInfo {
     pub reason: RString,
     /// The backend's headline capabilities. All zero when unavailable.
     pub caps: Capabilities,
+    /// The host CPU's ID registers as guests see them by default. All zero when unavailable.
+    pub id: IdRegisters,
+}
+
+impl ProbeInfo {
+    /// The answer of a backend that cannot run here, and why.
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        Self {
+            available: false,
+            reason: RString::from(reason.into()),
+            caps: Default::default(),
+            id: Default::default(),
+        }
+    }
 }
 
 /// The capabilities a backend reports on probe.
@@ -39,6 +55,14 @@ pub struct Capabilities {
     pub serror_esr: bool,
     /// External data aborts can be injected (`VcpuEvents::ext_dabt_pending`).
     pub ext_dabt: bool,
+    /// vCPU MP states can be read and set.
+    pub mp_state: bool,
+    /// PSCI SYSTEM_SUSPEND reaches the monitor as a suspend event.
+    pub system_suspend: bool,
+    /// The VM-wide counter offset can be set.
+    pub counter_offset: bool,
+    /// The backend's own CPU target for vCPUs (KVM's preferred target; 0 where there is none).
+    pub cpu_target: u32,
 }
 
 /// A set of vCPU features to enable at init, as a bit set.

@@ -16,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod exception;
 pub mod exit;
+pub mod idregs;
 pub mod logging;
 pub mod memory;
 pub mod regs;
@@ -27,6 +28,7 @@ pub use config::{Capabilities, MemoryRegion, ProbeInfo, VcpuConfig, VcpuFeatures
 pub use error::{AccelError, ErrorKind, Result};
 pub use events::{MpState, VcpuEvents};
 pub use exit::{DebugExit, MmioAccess, SystemEventKind, VcpuExit};
+pub use idregs::IdRegisters;
 pub use regs::{regs_to_put, CoreReg, CoreRegs, FpReg, FpRegs, PutLevel, RegisterFile, SyncCounters};
 pub use sve::{SveReg, SveRegs};
 pub use sysreg::{RegClass, RegId, RegValue};

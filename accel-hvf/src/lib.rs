@@ -20,7 +20,7 @@ fn reason() -> String {
 
 /// Reports the backend unavailable, with the reason.
 pub fn probe() -> ProbeInfo {
-    ProbeInfo { available: false, reason: reason().into(), caps: Default::default() }
+    ProbeInfo::unavailable(reason())
 }
 
 /// Always fails, with the reason.

@@ -13,7 +13,7 @@ fn reason() -> String {
 /// Reports the backend unavailable on this host.
 pub fn probe() -> ProbeInfo {
     log::debug!("probe: {}", reason());
-    ProbeInfo { available: false, reason: reason().into(), caps: Default::default() }
+    ProbeInfo::unavailable(reason())
 }
 
 /// Always fails: there is no KVM arm64 on this host.

@@ -197,6 +197,23 @@ fn check_vm(tally: &mut Tally, cpu: &str, run: &VmRun) {
         status == Some(0) && out.iter().any(|l| l.starts_with("available") && l.ends_with("yes")),
         || format!("status {status:?}, output {out:?}"),
     );
+    let (status, out) = output_of("host-probe-json").unwrap_or_default();
+    let text = out.join("\n");
+    tally.check(
+        &tag("accel-host probe --json lists capabilities, ID registers and decoded fields"),
+        status == Some(0)
+            && [
+                "\"available\": true",
+                "\"capabilities\"",
+                "\"id_registers\"",
+                "\"PARange\"",
+                "\"DBGDIDR\"",
+                "\"BRPs\"",
+            ]
+            .iter()
+            .all(|k| text.contains(k)),
+        || format!("status {status:?}, output {text}"),
+    );
     let (status, out) = output_of("host-list").unwrap_or_default();
     tally.check(
         &tag("accel-host list finds the kvm (available) and hvf plugins"),
@@ -291,6 +308,7 @@ fn test(cpus: &[String]) -> Result<bool> {
         ),
         job("host-list", &["/bin/accel-host", "list"]),
         job("host-probe", &["/bin/accel-host", "probe", "--accel", "kvm"]),
+        job("host-probe-json", &["/bin/accel-host", "probe", "--accel", "kvm", "--json"]),
         job("host-demo", &["/bin/accel-host", "run", "--accel", "kvm", "/guests/demo.elf"]),
         job(
             "host-demo-2cpus",

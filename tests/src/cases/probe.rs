@@ -1,11 +1,14 @@
 //! Probe: the backend says it can run, and reports sane headline capabilities.
 
-use accel_api::VcpuFeatures;
+use accel_api::{idregs::synthesize_dbgdidr, sysreg, VcpuConfig, VcpuFeatures, VmConfig};
 
-use crate::{ensure, Case, CaseResult, Context};
+use crate::{ensure, Case, CaseResult, Context, Failure};
 
 pub fn cases() -> Vec<Case> {
-    vec![Case { name: "probe::available_with_capabilities", run: available_with_capabilities }]
+    vec![
+        Case { name: "probe::available_with_capabilities", run: available_with_capabilities },
+        Case { name: "probe::id_registers_match_a_vcpu", run: id_registers_match_a_vcpu },
+    ]
 }
 
 fn available_with_capabilities(ctx: &Context) -> CaseResult {
@@ -32,5 +35,62 @@ fn available_with_capabilities(ctx: &Context) -> CaseResult {
         caps.vcpu_features
     );
     ensure!(!info.reason.is_empty(), "the probe gives no description");
+    Ok(())
+}
+
+/// The probe's ID registers are what a default vCPU reads, and the numbers derived from them
+/// agree with the capabilities.
+fn id_registers_match_a_vcpu(ctx: &Context) -> CaseResult {
+    let accel = ctx.accelerator()?;
+    let info = accel.probe();
+    let id = info.id;
+    let vm = accel.create_vm(&VmConfig::default())?;
+    let mut vcpu = vm.create_vcpu(&VcpuConfig::new(0, VcpuFeatures::PSCI_0_2))?;
+    for (reg, probed) in [
+        (sysreg::MIDR_EL1, id.midr),
+        (sysreg::ID_AA64ISAR0_EL1, id.aa64isar0),
+        (sysreg::ID_AA64ISAR1_EL1, id.aa64isar1),
+        (sysreg::ID_AA64MMFR0_EL1, id.aa64mmfr0),
+        (sysreg::ID_AA64DFR0_EL1, id.aa64dfr0),
+    ] {
+        let read = vcpu.get_reg(reg)?;
+        ensure!(read == probed, "{reg}: probed {probed:#x}, a vCPU reads {read:#x}");
+    }
+    // SVE shows in ID_AA64PFR0_EL1 only on vCPUs created with it; compare the rest.
+    let pfr0 = vcpu.get_reg(sysreg::ID_AA64PFR0_EL1)?;
+    let sve_field = 0xf << 32;
+    ensure!(
+        pfr0 & !sve_field == id.aa64pfr0 & !sve_field,
+        "ID_AA64PFR0_EL1: probed {:#x}, read {pfr0:#x}",
+        id.aa64pfr0
+    );
+    // Armv8 and later CPUs give MIDR_EL1.Architecture 0xF: features are in the ID registers.
+    ensure!(
+        id.field("MIDR_EL1", "Architecture") == Some(0xf),
+        "MIDR_EL1 {:#x}: Architecture is not 0xF",
+        id.midr
+    );
+    let caps = info.caps;
+    ensure!(
+        id.breakpoints() == caps.hw_breakpoints && id.watchpoints() == caps.hw_watchpoints,
+        "BRPs/WRPs give {}/{} breakpoints/watchpoints, the capabilities {}/{}",
+        id.breakpoints(),
+        id.watchpoints(),
+        caps.hw_breakpoints,
+        caps.hw_watchpoints
+    );
+    let pa =
+        id.pa_bits().ok_or_else(|| Failure::Fail(format!("PARange of {:#x} is reserved", id.aa64mmfr0)))?;
+    ensure!(caps.ipa_bits <= pa, "IPA size {} exceeds the {pa}-bit physical address range", caps.ipa_bits);
+    let aarch32_el1 = id.field("ID_AA64PFR0_EL1", "EL1").is_some_and(|v| v >= 2);
+    ensure!(
+        aarch32_el1 == caps.vcpu_features.contains(VcpuFeatures::EL1_32BIT),
+        "ID_AA64PFR0_EL1.EL1 and the EL1 32-bit feature disagree"
+    );
+    ensure!(
+        id.dbgdidr == synthesize_dbgdidr(id.aa64pfr0, id.aa64dfr0) && (id.dbgdidr != 0) == aarch32_el1,
+        "DBGDIDR {:#x} is not the synthesized value",
+        id.dbgdidr
+    );
     Ok(())
 }
