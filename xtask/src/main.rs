@@ -7,7 +7,6 @@
 //!   natively on an arm64 Linux host with usable KVM, otherwise inside the nested VM.
 
 mod cmd;
-mod cpio;
 mod provision;
 mod vm;
 

@@ -3,14 +3,20 @@
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
-use crate::{cpio::Cpio, provision::CROSS_LIB, Error, Result};
+use cpio::newc::{trailer, Builder};
+
+use crate::{provision::CROSS_LIB, Error, Result};
+
+/// The file-type bits of a directory and of a regular file in a cpio mode.
+const S_IFDIR: u32 = 0o040000;
+const S_IFREG: u32 = 0o100000;
 
 /// A file to put into the initramfs.
 pub struct VmFile {
@@ -108,15 +114,26 @@ pub fn initramfs(
             p = dir.parent();
         }
     }
-    let mut cpio = Cpio::new();
-    // BTreeSet order puts every parent before its children.
-    for d in &dirs {
-        cpio.dir(d);
+    let io = |e: std::io::Error| Error(format!("writing {}: {e}", out.display()));
+    let mut archive = Vec::new();
+    let entries = dirs
+        .iter()
+        .map(|d| (d.as_str(), S_IFDIR | 0o755, &[][..]))
+        .chain(all.iter().map(|f| (f.path.as_str(), S_IFREG | f.perm, &f.data[..])));
+    // BTreeSet order puts every parent directory before its children.
+    for (ino, (path, mode, data)) in entries.enumerate() {
+        let nlink = if mode & S_IFDIR != 0 { 2 } else { 1 };
+        let size = u32::try_from(data.len()).map_err(|_| Error(format!("{path} is too large for cpio")))?;
+        let mut writer = Builder::new(path.trim_start_matches('/'))
+            .ino(ino as u32 + 1)
+            .mode(mode)
+            .nlink(nlink)
+            .write(&mut archive, size);
+        writer.write_all(data).map_err(io)?;
+        writer.finish().map_err(io)?;
     }
-    for f in &all {
-        cpio.file(&f.path, f.perm, &f.data);
-    }
-    std::fs::write(out, cpio.finish()).map_err(|e| Error(format!("writing {}: {e}", out.display())))
+    trailer(&mut archive).map_err(io)?;
+    std::fs::write(out, archive).map_err(io)
 }
 
 /// The QEMU command line for a CPU model. `max` gets the cheap pointer-authentication algorithm,
