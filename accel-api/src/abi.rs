@@ -13,7 +13,7 @@ use abi_stable::{
     library::RootModule,
     sabi_trait,
     sabi_types::VersionStrings,
-    std_types::{RBox, RResult, RSlice, RStr, RVec},
+    std_types::{RBox, ROption, RResult, RSlice, RStr, RVec},
     StableAbi,
 };
 
@@ -22,6 +22,7 @@ use crate::{
     error::AccelError,
     events::{MpState, VcpuEvents},
     exit::VcpuExit,
+    irq::{GicConfig, IrqLine},
     logging::LogSink,
     regs::{CoreRegs, FpRegs, PutLevel, SyncCounters},
     sve::SveRegs,
@@ -52,6 +53,46 @@ pub trait VmOps: Send + Sync {
 
     /// Unmaps the region in `slot`.
     fn remove_memory(&self, slot: u32) -> RResult<(), AccelError>;
+
+    /// Turns dirty-page logging of `slot` on or off.
+    fn set_dirty_log(&self, slot: u32, enabled: bool) -> RResult<(), AccelError>;
+
+    /// Returns the pages of `slot` written since the last call (bit `n` of word `n / 64` for page
+    /// `n`), and clears the log.
+    fn take_dirty_log(&self, slot: u32) -> RResult<RVec<u64>, AccelError>;
+
+    /// Creates the in-kernel GICv3. Must come before the first vCPU is created; the backend
+    /// finishes its set-up before the first vCPU runs.
+    fn create_gic(&self, config: &GicConfig) -> RResult<(), AccelError>;
+
+    /// Drives an interrupt line to `level`.
+    fn set_irq(&self, line: IrqLine, level: bool) -> RResult<(), AccelError>;
+
+    /// Raises SPI `spi` whenever the eventfd `fd` is written. The backend keeps its own duplicate
+    /// of the descriptor.
+    fn register_irqfd(&self, fd: i32, spi: u32) -> RResult<(), AccelError>;
+
+    /// Undoes [`VmOps::register_irqfd`].
+    fn unregister_irqfd(&self, fd: i32, spi: u32) -> RResult<(), AccelError>;
+
+    /// Completes guest writes of `len` bytes to `addr` (matching `datamatch` if given) in the
+    /// backend and signals the eventfd `fd` instead of exiting.
+    fn register_ioeventfd(
+        &self,
+        fd: i32,
+        addr: u64,
+        len: u32,
+        datamatch: ROption<u64>,
+    ) -> RResult<(), AccelError>;
+
+    /// Undoes [`VmOps::register_ioeventfd`].
+    fn unregister_ioeventfd(
+        &self,
+        fd: i32,
+        addr: u64,
+        len: u32,
+        datamatch: ROption<u64>,
+    ) -> RResult<(), AccelError>;
 
     /// Creates and initialises a vCPU.
     #[sabi(last_prefix_field)]
@@ -103,6 +144,10 @@ pub trait VcpuOps: Send {
     /// Sets the multiprocessing state.
     fn set_mp_state(&mut self, state: MpState) -> RResult<(), AccelError>;
 
+    /// A handle that another thread can use to make `run` return [`VcpuExit::Interrupted`] soon:
+    /// at once if the vCPU is in the guest, or at the next `run` if it is not.
+    fn kicker(&self) -> KickerBox;
+
     /// How many register reads and writes, and guest entries, the vCPU has made so far.
     fn counters(&self) -> SyncCounters;
 
@@ -114,6 +159,17 @@ pub trait VcpuOps: Send {
     #[sabi(last_prefix_field)]
     fn run(&mut self) -> RResult<VcpuExit, AccelError>;
 }
+
+/// Kicks a vCPU out of `run` from another thread.
+#[sabi_trait]
+pub trait KickOps: Send + Sync {
+    /// Requests that the vCPU's current or next `run` return [`VcpuExit::Interrupted`].
+    #[sabi(last_prefix_field)]
+    fn kick(&self);
+}
+
+/// A kicker as it crosses the boundary.
+pub type KickerBox = KickOps_TO<'static, RBox<()>>;
 
 /// An accelerator object as it crosses the boundary.
 pub type AccelBox = AccelOps_TO<'static, RBox<()>>;

@@ -9,15 +9,19 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use abi_stable::{
     sabi_trait::TD_Opaque,
-    std_types::{RErr, RResult, RSlice, RVec},
+    std_types::{RErr, ROption, RResult, RSlice, RVec},
 };
 
 use crate::{
-    abi::{AccelBox, AccelOps, AccelOps_TO, VcpuBox, VcpuOps, VcpuOps_TO, VmBox, VmOps, VmOps_TO},
+    abi::{
+        AccelBox, AccelOps, AccelOps_TO, KickOps, KickOps_TO, KickerBox, VcpuBox, VcpuOps, VcpuOps_TO, VmBox,
+        VmOps, VmOps_TO,
+    },
     config::{MemoryRegion, ProbeInfo, VcpuConfig, VmConfig},
     error::{AccelError, ErrorKind, Result},
     events::{MpState, VcpuEvents},
     exit::VcpuExit,
+    irq::{GicConfig, IrqLine},
     regs::{CoreRegs, FpRegs, PutLevel, SyncCounters},
     sve::SveRegs,
     sysreg::{RegClass, RegValue},
@@ -46,8 +50,44 @@ pub trait BackendVm: Send + Sync + 'static {
     /// Unmaps a region added before.
     fn remove_memory(&self, slot: u32) -> Result<()>;
 
+    /// See [`crate::abi::VmOps::set_dirty_log`].
+    fn set_dirty_log(&self, slot: u32, enabled: bool) -> Result<()>;
+
+    /// See [`crate::abi::VmOps::take_dirty_log`].
+    fn take_dirty_log(&self, slot: u32) -> Result<Vec<u64>>;
+
+    /// See [`crate::abi::VmOps::create_gic`].
+    fn create_gic(&self, config: &GicConfig) -> Result<()>;
+
+    /// See [`crate::abi::VmOps::set_irq`].
+    fn set_irq(&self, line: IrqLine, level: bool) -> Result<()>;
+
+    /// See [`crate::abi::VmOps::register_irqfd`].
+    fn register_irqfd(&self, fd: i32, spi: u32) -> Result<()>;
+
+    /// See [`crate::abi::VmOps::unregister_irqfd`].
+    fn unregister_irqfd(&self, fd: i32, spi: u32) -> Result<()>;
+
+    /// See [`crate::abi::VmOps::register_ioeventfd`].
+    fn register_ioeventfd(&self, fd: i32, addr: u64, len: u32, datamatch: Option<u64>) -> Result<()>;
+
+    /// See [`crate::abi::VmOps::unregister_ioeventfd`].
+    fn unregister_ioeventfd(&self, fd: i32, addr: u64, len: u32, datamatch: Option<u64>) -> Result<()>;
+
     /// Creates and initialises a vCPU.
     fn create_vcpu(&self, config: &VcpuConfig) -> Result<Self::Vcpu>;
+}
+
+/// Kicks a vCPU out of `run`; see [`crate::abi::KickOps`].
+pub trait Kick: Send + Sync + 'static {
+    /// Requests that the vCPU's current or next `run` return [`VcpuExit::Interrupted`].
+    fn kick(&self);
+}
+
+impl KickOps for Box<dyn Kick> {
+    fn kick(&self) {
+        let _ = catch_unwind(AssertUnwindSafe(|| (**self).kick()));
+    }
 }
 
 /// A backend's vCPU. See [`crate::abi::VcpuOps`] for the meaning of each call.
@@ -66,6 +106,7 @@ pub trait BackendVcpu: Send + 'static {
     fn put_events(&mut self, events: &VcpuEvents) -> Result<()>;
     fn get_mp_state(&mut self) -> Result<MpState>;
     fn set_mp_state(&mut self, state: MpState) -> Result<()>;
+    fn kicker(&self) -> Box<dyn Kick>;
     fn counters(&self) -> SyncCounters;
     fn set_mmio_read_data(&mut self, value: u64) -> Result<()>;
     fn run(&mut self) -> Result<VcpuExit>;
@@ -127,6 +168,50 @@ impl<V: BackendVm> VmOps for Guarded<V> {
 
     fn remove_memory(&self, slot: u32) -> RResult<(), AccelError> {
         guard("remove_memory", || self.0.remove_memory(slot))
+    }
+
+    fn set_dirty_log(&self, slot: u32, enabled: bool) -> RResult<(), AccelError> {
+        guard("set_dirty_log", || self.0.set_dirty_log(slot, enabled))
+    }
+
+    fn take_dirty_log(&self, slot: u32) -> RResult<RVec<u64>, AccelError> {
+        guard("take_dirty_log", || self.0.take_dirty_log(slot).map(RVec::from))
+    }
+
+    fn create_gic(&self, config: &GicConfig) -> RResult<(), AccelError> {
+        guard("create_gic", || self.0.create_gic(config))
+    }
+
+    fn set_irq(&self, line: IrqLine, level: bool) -> RResult<(), AccelError> {
+        guard("set_irq", || self.0.set_irq(line, level))
+    }
+
+    fn register_irqfd(&self, fd: i32, spi: u32) -> RResult<(), AccelError> {
+        guard("register_irqfd", || self.0.register_irqfd(fd, spi))
+    }
+
+    fn unregister_irqfd(&self, fd: i32, spi: u32) -> RResult<(), AccelError> {
+        guard("unregister_irqfd", || self.0.unregister_irqfd(fd, spi))
+    }
+
+    fn register_ioeventfd(
+        &self,
+        fd: i32,
+        addr: u64,
+        len: u32,
+        datamatch: ROption<u64>,
+    ) -> RResult<(), AccelError> {
+        guard("register_ioeventfd", || self.0.register_ioeventfd(fd, addr, len, datamatch.into()))
+    }
+
+    fn unregister_ioeventfd(
+        &self,
+        fd: i32,
+        addr: u64,
+        len: u32,
+        datamatch: ROption<u64>,
+    ) -> RResult<(), AccelError> {
+        guard("unregister_ioeventfd", || self.0.unregister_ioeventfd(fd, addr, len, datamatch.into()))
     }
 
     fn create_vcpu(&self, config: &VcpuConfig) -> RResult<VcpuBox, AccelError> {
@@ -191,6 +276,11 @@ impl<C: BackendVcpu> VcpuOps for Guarded<C> {
         guard("set_mp_state", || self.0.set_mp_state(state))
     }
 
+    fn kicker(&self) -> KickerBox {
+        let kick = catch_unwind(AssertUnwindSafe(|| self.0.kicker())).unwrap_or_else(|_| Box::new(NoKick));
+        KickOps_TO::from_value(kick, TD_Opaque)
+    }
+
     fn counters(&self) -> SyncCounters {
         catch_unwind(AssertUnwindSafe(|| self.0.counters())).unwrap_or_default()
     }
@@ -248,6 +338,13 @@ macro_rules! export_plugin {
     };
 }
 
+/// The kicker of a vCPU whose backend failed to make one: kicking does nothing.
+struct NoKick;
+
+impl Kick for NoKick {
+    fn kick(&self) {}
+}
+
 /// The backend of a plugin that cannot run on this host: no value of it is ever made, so its
 /// plugin's `open` always fails with the reason.
 pub enum NoBackend {}
@@ -268,6 +365,30 @@ impl BackendVm for NoBackend {
         match *self {}
     }
     fn remove_memory(&self, _: u32) -> Result<()> {
+        match *self {}
+    }
+    fn set_dirty_log(&self, _: u32, _: bool) -> Result<()> {
+        match *self {}
+    }
+    fn take_dirty_log(&self, _: u32) -> Result<Vec<u64>> {
+        match *self {}
+    }
+    fn create_gic(&self, _: &GicConfig) -> Result<()> {
+        match *self {}
+    }
+    fn set_irq(&self, _: IrqLine, _: bool) -> Result<()> {
+        match *self {}
+    }
+    fn register_irqfd(&self, _: i32, _: u32) -> Result<()> {
+        match *self {}
+    }
+    fn unregister_irqfd(&self, _: i32, _: u32) -> Result<()> {
+        match *self {}
+    }
+    fn register_ioeventfd(&self, _: i32, _: u64, _: u32, _: Option<u64>) -> Result<()> {
+        match *self {}
+    }
+    fn unregister_ioeventfd(&self, _: i32, _: u64, _: u32, _: Option<u64>) -> Result<()> {
         match *self {}
     }
     fn create_vcpu(&self, _: &VcpuConfig) -> Result<NoBackend> {
@@ -313,6 +434,9 @@ impl BackendVcpu for NoBackend {
         match *self {}
     }
     fn set_mp_state(&mut self, _: MpState) -> Result<()> {
+        match *self {}
+    }
+    fn kicker(&self) -> Box<dyn Kick> {
         match *self {}
     }
     fn counters(&self) -> SyncCounters {

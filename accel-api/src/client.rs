@@ -3,12 +3,13 @@
 use abi_stable::std_types::RVec;
 
 use crate::{
-    abi::{AccelBox, VcpuBox, VmBox},
+    abi::{AccelBox, KickerBox, VcpuBox, VmBox},
     config::{MemoryRegion, ProbeInfo, VcpuConfig, VmConfig},
     error::Result,
     error::{AccelError, ErrorKind},
     events::{MpState, VcpuEvents},
     exit::VcpuExit,
+    irq::{GicConfig, IrqLine},
     regs::{CoreRegs, FpRegs, PutLevel, SyncCounters},
     sve::SveRegs,
     sysreg::{RegClass, RegId, RegValue},
@@ -55,6 +56,46 @@ impl Vm {
     /// Unmaps the region in `slot`.
     pub fn remove_memory(&self, slot: u32) -> Result<()> {
         self.inner.remove_memory(slot).into_result()
+    }
+
+    /// Turns dirty-page logging of `slot` on or off.
+    pub fn set_dirty_log(&self, slot: u32, enabled: bool) -> Result<()> {
+        self.inner.set_dirty_log(slot, enabled).into_result()
+    }
+
+    /// The pages of `slot` written since the last call, as a bitmap; clears the log.
+    pub fn take_dirty_log(&self, slot: u32) -> Result<Vec<u64>> {
+        self.inner.take_dirty_log(slot).into_result().map(RVec::into_vec)
+    }
+
+    /// Creates the in-kernel GICv3 (before the first vCPU).
+    pub fn create_gic(&self, config: &GicConfig) -> Result<()> {
+        self.inner.create_gic(config).into_result()
+    }
+
+    /// Drives an interrupt line.
+    pub fn set_irq(&self, line: IrqLine, level: bool) -> Result<()> {
+        self.inner.set_irq(line, level).into_result()
+    }
+
+    /// Raises SPI `spi` whenever the eventfd `fd` is written.
+    pub fn register_irqfd(&self, fd: i32, spi: u32) -> Result<()> {
+        self.inner.register_irqfd(fd, spi).into_result()
+    }
+
+    /// Undoes [`Vm::register_irqfd`].
+    pub fn unregister_irqfd(&self, fd: i32, spi: u32) -> Result<()> {
+        self.inner.unregister_irqfd(fd, spi).into_result()
+    }
+
+    /// Signals the eventfd `fd` on guest writes to `addr` instead of exiting.
+    pub fn register_ioeventfd(&self, fd: i32, addr: u64, len: u32, datamatch: Option<u64>) -> Result<()> {
+        self.inner.register_ioeventfd(fd, addr, len, datamatch.into()).into_result()
+    }
+
+    /// Undoes [`Vm::register_ioeventfd`].
+    pub fn unregister_ioeventfd(&self, fd: i32, addr: u64, len: u32, datamatch: Option<u64>) -> Result<()> {
+        self.inner.unregister_ioeventfd(fd, addr, len, datamatch.into()).into_result()
     }
 
     /// Creates and initialises a vCPU.
@@ -141,6 +182,11 @@ impl Vcpu {
         self.inner.set_mp_state(state).into_result()
     }
 
+    /// A handle that kicks this vCPU out of `run` from another thread.
+    pub fn kicker(&self) -> Kicker {
+        Kicker { inner: self.inner.kicker() }
+    }
+
     /// The vCPU's register-access and entry counters.
     pub fn counters(&self) -> SyncCounters {
         self.inner.counters()
@@ -155,5 +201,17 @@ impl Vcpu {
     /// Runs the guest until the next exit.
     pub fn run(&mut self) -> Result<VcpuExit> {
         self.inner.run().into_result()
+    }
+}
+
+/// Kicks a vCPU out of `run` from any thread.
+pub struct Kicker {
+    inner: KickerBox,
+}
+
+impl Kicker {
+    /// Makes the vCPU's current or next `run` return `VcpuExit::Interrupted`.
+    pub fn kick(&self) {
+        self.inner.kick();
     }
 }

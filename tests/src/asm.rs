@@ -135,6 +135,17 @@ pub const NOP: u32 = 0xd503_201f;
 /// `WFI`.
 pub const WFI: u32 = 0xd503_207f;
 
+/// ICC_IAR1_EL1.
+pub const ICC_IAR1_EL1: RegId = RegId::sys(3, 0, 12, 12, 0);
+/// ICC_EOIR1_EL1.
+pub const ICC_EOIR1_EL1: RegId = RegId::sys(3, 0, 12, 12, 1);
+/// ICC_PMR_EL1.
+pub const ICC_PMR_EL1: RegId = RegId::sys(3, 0, 4, 6, 0);
+/// ICC_IGRPEN1_EL1.
+pub const ICC_IGRPEN1_EL1: RegId = RegId::sys(3, 0, 12, 12, 7);
+/// CNTV_TVAL_EL0.
+pub const CNTV_TVAL_EL0: RegId = RegId::sys(3, 3, 14, 3, 0);
+
 /// `MRS Xt, <sysreg>`: the register's packed encoding sits in bits [20:5].
 pub fn mrs(t: Reg, reg: RegId) -> u32 {
     0xd520_0000 | u32::from(reg.encoding().unwrap_or(0)) << 5 | rd(t)
@@ -192,7 +203,7 @@ mod tests {
     // Every expected word below is what GNU as 2.40 assembles for the instruction named.
     #[test]
     fn encodings_match_binutils() {
-        let cases: [(u32, u32, &str); 36] = [
+        let cases: [(u32, u32, &str); 40] = [
             (mrs(0, ESR_EL1), 0xd5385200, "mrs x0, esr_el1"),
             (mrs(1, ELR_EL1), 0xd5384021, "mrs x1, elr_el1"),
             (mrs(2, FAR_EL1), 0xd5386002, "mrs x2, far_el1"),
@@ -202,6 +213,10 @@ mod tests {
             (ldr_x_post(0, 1, 8), 0xf8408420, "ldr x0, [x1], #8"),
             (str_z(0, 9), 0xe5804120, "str z0, [x9]"),
             (msr_daifclr(4), 0xd50344ff, "msr daifclr, #4"),
+            (msr(ICC_PMR_EL1, 19), 0xd5184613, "msr icc_pmr_el1, x19"),
+            (mrs(0, ICC_IAR1_EL1), 0xd538cc00, "mrs x0, icc_iar1_el1"),
+            (msr(ICC_IGRPEN1_EL1, 19), 0xd518ccf3, "msr icc_igrpen1_el1, x19"),
+            (str(Size::W, 31, 21, 0x14), 0xb90016bf, "str wzr, [x21, #20]"),
             (ldr_z(1, 9), 0x85804121, "ldr z1, [x9]"),
             (movz(0, 0x1234, 0), 0xd2824680, "mov x0, #0x1234"),
             (movz(3, 0xbeef, 1), 0xd2b7dde3, "mov x3, #0xbeef0000"),

@@ -2,7 +2,7 @@
 
 use accel_api::{
     client::{Accelerator, Vcpu, Vm},
-    CoreRegs, PutLevel, VcpuConfig, VcpuExit, VcpuFeatures, VmConfig,
+    CoreRegs, GicConfig, PutLevel, VcpuConfig, VcpuExit, VcpuFeatures, VmConfig,
 };
 use accel_host::vmm::{ram::GuestRam, PSTATE_EL1H_DAIF};
 
@@ -21,13 +21,16 @@ fn prelude() -> Vec<u32> {
 }
 
 /// One vector-table entry: report ESR_EL1, ELR_EL1, FAR_EL1, the entry's offset and SPSR_EL1 to
-/// [`EXCEPTION_MMIO`], then spin.
+/// [`EXCEPTION_MMIO`], then spin. IRQ entries acknowledge the interrupt (ICC_IAR1_EL1, then
+/// ICC_EOIR1_EL1) and report its INTID in place of ESR_EL1.
 fn vector_entry(offset: u16) -> Vec<u32> {
-    let mut code = vec![
-        asm::mrs(0, accel_api::sysreg::ESR_EL1),
-        asm::mrs(1, accel_api::sysreg::ELR_EL1),
-        asm::mrs(2, accel_api::sysreg::FAR_EL1),
-    ];
+    let first = if offset & 0x180 == 0x080 {
+        vec![asm::mrs(0, asm::ICC_IAR1_EL1), asm::msr(asm::ICC_EOIR1_EL1, 0)]
+    } else {
+        vec![asm::mrs(0, accel_api::sysreg::ESR_EL1)]
+    };
+    let mut code = first;
+    code.extend([asm::mrs(1, accel_api::sysreg::ELR_EL1), asm::mrs(2, accel_api::sysreg::FAR_EL1)]);
     code.extend(asm::mov_imm64(3, EXCEPTION_MMIO));
     code.extend([
         asm::str(asm::Size::X, 0, 3, 0),
@@ -77,6 +80,38 @@ pub const PSCI_SYSTEM_OFF: u64 = 0x8400_0008;
 /// PSCI 0.2 SYSTEM_RESET function id (SMC32).
 pub const PSCI_SYSTEM_RESET: u64 = 0x8400_0009;
 
+/// Guest code that brings up the GICv3 of QEMU `virt`'s layout for vCPU 0 and enables the
+/// interrupts `intids` in group 1 (SPIs at the distributor, PPIs at the redistributor), then
+/// unmasks IRQs at the CPU interface and in PSTATE. Uses X19–X22.
+pub fn gic_enable(intids: &[u32]) -> Vec<u32> {
+    const GICD: u64 = 0x0800_0000;
+    const GICR: u64 = 0x080a_0000;
+    const SGI_FRAME: u64 = GICR + 0x1_0000;
+    let mut code = asm::mov_imm64(20, GICD);
+    code.extend(asm::mov_imm64(21, GICR));
+    code.extend(asm::mov_imm64(22, SGI_FRAME));
+    // GICR_WAKER.ProcessorSleep = 0; GICD_CTLR = ARE | EnableGrp1.
+    code.push(asm::str(asm::Size::W, 31, 21, 0x14));
+    code.push(asm::movz(19, 0x12, 0));
+    code.push(asm::str(asm::Size::W, 19, 20, 0));
+    for &intid in intids {
+        let (base, word) = if intid < 32 { (22, 0) } else { (20, intid / 32) };
+        code.push(asm::movz(19, (1u32 << (intid % 16)) as u16, (intid % 32) / 16));
+        // GICx_IGROUPR<n> (group 1), then GICx_ISENABLER<n>.
+        code.push(asm::str(asm::Size::W, 19, base, 0x080 + 4 * word));
+        code.push(asm::str(asm::Size::W, 19, base, 0x100 + 4 * word));
+    }
+    code.extend([
+        asm::movz(19, 0xff, 0),
+        asm::msr(asm::ICC_PMR_EL1, 19),
+        asm::movz(19, 1, 0),
+        asm::msr(asm::ICC_IGRPEN1_EL1, 19),
+        asm::ISB,
+        asm::msr_daifclr(2),
+    ]);
+    code
+}
+
 /// A VM with RAM, guest code and one vCPU.
 pub struct TestGuest {
     /// The VM.
@@ -96,7 +131,25 @@ impl TestGuest {
 
     /// As [`TestGuest::new`], with vCPU 0 configured by `config`.
     pub fn with_vcpu(accel: &Accelerator, code: &[u32], config: &VcpuConfig) -> Result<Self, Failure> {
+        Self::build(accel, code, config, None)
+    }
+
+    /// As [`TestGuest::new`], with an in-kernel GICv3 at QEMU `virt`'s addresses (64 SPIs).
+    pub fn with_gic(accel: &Accelerator, code: &[u32]) -> Result<Self, Failure> {
+        Self::build(accel, code, &VcpuConfig::new(0, VcpuFeatures::PSCI_0_2), Some(GicConfig::virt(64)))
+    }
+
+    /// The general form: vCPU 0 configured by `config`, and a GIC if `gic` says where.
+    pub fn build(
+        accel: &Accelerator,
+        code: &[u32],
+        config: &VcpuConfig,
+        gic: Option<GicConfig>,
+    ) -> Result<Self, Failure> {
         let vm = accel.create_vm(&VmConfig::default())?;
+        if let Some(gic) = gic {
+            vm.create_gic(&gic)?;
+        }
         let ram = GuestRam::new(RAM_BASE, RAM_SIZE)?;
         // SAFETY: the RAM lives in the returned TestGuest next to the vCPU, and fields drop in
         // declaration order: the VM, then the RAM, then the vCPU, which never runs again by then.

@@ -1,5 +1,7 @@
 //! KVM arm64 through `kvm-ioctls`: opening `/dev/kvm`, probing, and creating VMs.
 
+mod gic;
+mod kick;
 mod probe;
 mod vcpu;
 mod vm;

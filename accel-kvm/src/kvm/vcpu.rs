@@ -6,10 +6,14 @@
 //! registers whose value differs from the last get, so values the host did not touch are never
 //! written back, and registers the host edited (ESR_EL1 when injecting an exception) always are.
 
-use std::{cell::Cell, collections::HashMap};
+use std::{
+    cell::Cell,
+    collections::HashMap,
+    sync::{atomic::Ordering, Arc},
+};
 
 use accel_api::{
-    backend::BackendVcpu,
+    backend::{BackendVcpu, Kick},
     regs_to_put,
     sve::{vector_lengths_bits, SveReg, SveRegs, SVE_VQ_MAX},
     sysreg::values_to_put,
@@ -19,11 +23,15 @@ use accel_api::{
 };
 use kvm_bindings::{
     kvm_device_attr, kvm_mp_state, kvm_vcpu_events, kvm_vcpu_init, RegList, KVM_ARM_VCPU_PMU_V3_CTRL,
-    KVM_ARM_VCPU_PMU_V3_INIT, KVM_ARM_VCPU_SVE, KVM_EXIT_ARM_NISV,
+    KVM_ARM_VCPU_PMU_V3_INIT, KVM_ARM_VCPU_PMU_V3_IRQ, KVM_ARM_VCPU_SVE, KVM_EXIT_ARM_NISV,
 };
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd, VmFd};
 
-use super::ioctl_error;
+use super::{
+    gic::Gic,
+    ioctl_error,
+    kick::{self, KickShared},
+};
 use crate::reg_ids::{
     classify, core_reg_id, fp_reg_id, sve_ffr_id, sve_preg_id, sve_zreg_id, KvmReg, KVM_REG_ARM64_SVE_VLS,
     SVE_PREG_SLICE_BYTES, SVE_ZREG_SLICE_BYTES,
@@ -40,6 +48,21 @@ struct Listed {
     size: usize,
 }
 
+impl Drop for KvmVcpu {
+    fn drop(&mut self) {
+        self.kick.detach();
+    }
+}
+
+/// The PMU overflow interrupt: PPI 7, INTID 23, as on QEMU's `virt` board.
+const PMU_OVERFLOW_INTID: u32 = 23;
+
+fn pmu_attr(fd: &VcpuFd, index: u32, attr: u32, addr: u64, name: &str) -> Result<()> {
+    let attr = kvm_device_attr { group: KVM_ARM_VCPU_PMU_V3_CTRL, attr: u64::from(attr), addr, flags: 0 };
+    fd.set_device_attr(&attr)
+        .map_err(|e| ioctl_error(format!("KVM_SET_DEVICE_ATTR({name}) of vCPU {index}"), e))
+}
+
 /// An exit KVM completes only on the next KVM_RUN: until then the guest's PC still points at the
 /// MMIO instruction (and a read's destination register is unwritten).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +77,11 @@ enum Pending {
 pub struct KvmVcpu {
     fd: VcpuFd,
     index: u32,
+    /// The VM's GIC, which must be ready before the first run.
+    gic: Arc<Gic>,
+    /// The PMU waits for the GIC: it is initialised before the first run.
+    pmu_init_pending: bool,
+    kick: Arc<KickShared>,
     /// The SVE vector length in quadwords, when SVE is enabled.
     sve_vq: Option<u32>,
     caps: Capabilities,
@@ -76,9 +104,10 @@ impl KvmVcpu {
         config: &VcpuConfig,
         init: &kvm_vcpu_init,
         caps: &Capabilities,
+        gic: Arc<Gic>,
     ) -> Result<Self> {
         let index = config.index;
-        let fd = vm
+        let mut fd = vm
             .create_vcpu(u64::from(index))
             .map_err(|e| ioctl_error(format!("KVM_CREATE_VCPU {index}"), e))?;
         fd.vcpu_init(init).map_err(|e| {
@@ -95,16 +124,24 @@ impl KvmVcpu {
         } else {
             None
         };
-        if config.features.contains(VcpuFeatures::PMU_V3) {
-            let attr = kvm_device_attr {
-                group: KVM_ARM_VCPU_PMU_V3_CTRL,
-                attr: u64::from(KVM_ARM_VCPU_PMU_V3_INIT),
-                ..Default::default()
-            };
-            fd.set_device_attr(&attr).map_err(|e| {
-                ioctl_error(format!("KVM_SET_DEVICE_ATTR(KVM_ARM_VCPU_PMU_V3_INIT) of vCPU {index}"), e)
-            })?;
+        // With an in-kernel GIC, KVM initialises the PMU only after the GIC, which waits for
+        // every vCPU: give it its overflow interrupt now and initialise it before the first run.
+        let pmu = config.features.contains(VcpuFeatures::PMU_V3);
+        if pmu && gic.config().is_some() {
+            let irq = PMU_OVERFLOW_INTID;
+            pmu_attr(
+                &fd,
+                index,
+                KVM_ARM_VCPU_PMU_V3_IRQ,
+                &irq as *const u32 as u64,
+                "KVM_ARM_VCPU_PMU_V3_IRQ",
+            )?;
+        } else if pmu {
+            pmu_attr(&fd, index, KVM_ARM_VCPU_PMU_V3_INIT, 0, "KVM_ARM_VCPU_PMU_V3_INIT")?;
         }
+        let pmu_init_pending = pmu && gic.config().is_some();
+        kick::install_handler();
+        let kick = Arc::new(KickShared::new(fd.get_kvm_run()));
         let mut list = RegList::new(MAX_LISTED_REGS).map_err(|e| {
             AccelError::new(ErrorKind::NO_RESOURCE, format!("allocating the register list: {e:?}"))
         })?;
@@ -124,6 +161,9 @@ impl KvmVcpu {
         Ok(Self {
             fd,
             index,
+            gic,
+            pmu_init_pending,
+            kick,
             sve_vq,
             caps: *caps,
             listed,
@@ -485,6 +525,10 @@ impl BackendVcpu for KvmVcpu {
             .map_err(|e| ioctl_error(format!("KVM_SET_MP_STATE({}) of vCPU {}", state.name(), self.index), e))
     }
 
+    fn kicker(&self) -> Box<dyn Kick> {
+        Box::new(kick::Kicker(Arc::clone(&self.kick)))
+    }
+
     fn counters(&self) -> SyncCounters {
         SyncCounters { reg_reads: self.reads.get(), reg_writes: self.writes.get(), runs: self.runs }
     }
@@ -512,11 +556,28 @@ impl BackendVcpu for KvmVcpu {
             );
         }
         self.pending = Pending::None;
+        self.gic.ensure_ready()?;
+        if self.pmu_init_pending {
+            pmu_attr(&self.fd, self.index, KVM_ARM_VCPU_PMU_V3_INIT, 0, "KVM_ARM_VCPU_PMU_V3_INIT")?;
+            self.pmu_init_pending = false;
+        }
         loop {
+            if self.kick.requested.swap(false, Ordering::SeqCst) {
+                self.fd.set_kvm_immediate_exit(0);
+                return Ok(VcpuExit::Interrupted);
+            }
+            // SAFETY: pthread_self has no preconditions.
+            self.kick.set_thread(Some(unsafe { libc::pthread_self() }));
             self.runs += 1;
-            let exit = match self.fd.run() {
+            let result = self.fd.run();
+            self.kick.set_thread(None);
+            let exit = match result {
                 Ok(exit) => exit,
-                Err(e) if e.errno() == libc::EINTR => return Ok(VcpuExit::Interrupted),
+                Err(e) if e.errno() == libc::EINTR => {
+                    self.kick.requested.store(false, Ordering::SeqCst);
+                    self.fd.set_kvm_immediate_exit(0);
+                    return Ok(VcpuExit::Interrupted);
+                }
                 Err(e) if e.errno() == libc::EAGAIN => continue,
                 Err(e) => return Err(ioctl_error(format_args!("KVM_RUN of vCPU {}", self.index), e)),
             };

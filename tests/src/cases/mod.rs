@@ -8,6 +8,7 @@ mod regs;
 mod run;
 mod sve;
 mod sysregs;
+mod vm;
 
 use crate::Case;
 
@@ -21,6 +22,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(sysregs::cases());
     cases.extend(sve::cases());
     cases.extend(exceptions::cases());
+    cases.extend(vm::cases());
     cases.extend(loader::cases());
     cases
 }

@@ -1,0 +1,91 @@
+//! The in-kernel GICv3 (`KVM_DEV_TYPE_ARM_VGIC_V3`): creation, and the initialisation KVM
+//! allows only once every vCPU exists, done on demand before the first vCPU runs.
+
+use std::sync::Mutex;
+
+use accel_api::{AccelError, GicConfig, Result};
+use kvm_bindings::{
+    kvm_create_device, kvm_device_attr, kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3, KVM_DEV_ARM_VGIC_CTRL_INIT,
+    KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_VGIC_GRP_NR_IRQS,
+    KVM_VGIC_V3_ADDR_TYPE_DIST, KVM_VGIC_V3_ADDR_TYPE_REDIST,
+};
+use kvm_ioctls::{DeviceFd, VmFd};
+
+use super::ioctl_error;
+
+/// The VM's GIC, if it has one.
+#[derive(Default)]
+pub struct Gic {
+    state: Mutex<Option<GicState>>,
+}
+
+struct GicState {
+    device: DeviceFd,
+    config: GicConfig,
+    initialized: bool,
+}
+
+fn set_attr(device: &DeviceFd, group: u32, attr: u32, addr: u64, what: &str) -> Result<()> {
+    let attr = kvm_device_attr { group, attr: u64::from(attr), addr, flags: 0 };
+    device
+        .set_device_attr(&attr)
+        .map_err(|e| ioctl_error(format!("KVM_SET_DEVICE_ATTR({what}) of the GICv3"), e))
+}
+
+impl Gic {
+    /// Creates the GICv3 and places it.
+    pub fn create(&self, vm: &VmFd, config: &GicConfig) -> Result<()> {
+        let mut state = self.state.lock().map_err(|_| AccelError::bad_state("the GIC lock is poisoned"))?;
+        if state.is_some() {
+            return Err(AccelError::bad_state("the VM already has a GIC"));
+        }
+        if config.spis % 32 != 0 || config.spis > 988 {
+            return Err(AccelError::invalid(format!(
+                "{} SPIs: a GICv3 takes a multiple of 32, at most 988",
+                config.spis
+            )));
+        }
+        let mut create =
+            kvm_create_device { type_: kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3, fd: 0, flags: 0 };
+        let device =
+            vm.create_device(&mut create).map_err(|e| ioctl_error("KVM_CREATE_DEVICE(ARM_VGIC_V3)", e))?;
+        let dist = config.dist_base;
+        let redist = config.redist_base;
+        let irqs = config.spis + 32;
+        set_attr(
+            &device,
+            KVM_DEV_ARM_VGIC_GRP_ADDR,
+            KVM_VGIC_V3_ADDR_TYPE_DIST,
+            &dist as *const u64 as u64,
+            "distributor base",
+        )?;
+        set_attr(
+            &device,
+            KVM_DEV_ARM_VGIC_GRP_ADDR,
+            KVM_VGIC_V3_ADDR_TYPE_REDIST,
+            &redist as *const u64 as u64,
+            "redistributor base",
+        )?;
+        set_attr(&device, KVM_DEV_ARM_VGIC_GRP_NR_IRQS, 0, &irqs as *const u32 as u64, "number of IRQs")?;
+        *state = Some(GicState { device, config: *config, initialized: false });
+        Ok(())
+    }
+
+    /// The configuration, if the VM has a GIC.
+    pub fn config(&self) -> Option<GicConfig> {
+        self.state.lock().ok()?.as_ref().map(|s| s.config)
+    }
+
+    /// Initialises the GIC once (`KVM_DEV_ARM_VGIC_CTRL_INIT`); a VM without a GIC needs nothing.
+    pub fn ensure_ready(&self) -> Result<()> {
+        let mut state = self.state.lock().map_err(|_| AccelError::bad_state("the GIC lock is poisoned"))?;
+        match state.as_mut() {
+            Some(s) if !s.initialized => {
+                set_attr(&s.device, KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_VGIC_CTRL_INIT, 0, "CTRL_INIT")?;
+                s.initialized = true;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}

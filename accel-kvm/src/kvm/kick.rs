@@ -1,0 +1,95 @@
+//! Kicking a vCPU out of `KVM_RUN` from another thread: `immediate_exit` in the shared `kvm_run`
+//! page covers a vCPU about to enter, and a signal covers one inside the guest.
+//!
+//! The first real-time signal (`SIGRTMIN`) is used, with a handler that does nothing: its only
+//! job is to make `KVM_RUN` return `EINTR`.
+
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc, Mutex, Once,
+};
+
+use accel_api::backend::Kick;
+use kvm_bindings::kvm_run;
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+/// The signal that interrupts `KVM_RUN`.
+pub fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the no-op handler once per process.
+pub fn install_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if let Err(e) = register_signal_handler(kick_signal(), on_kick) {
+            log::warn!(
+                "installing the vCPU kick signal handler failed: {e}; kicks reach only vCPUs about to enter"
+            );
+        }
+    });
+}
+
+/// What a vCPU and its kickers share.
+pub struct KickShared {
+    /// Set by a kick, cleared when `run` reports the interruption.
+    pub requested: AtomicBool,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    /// The vCPU's `kvm_run`, or null once the vCPU is gone.
+    run: *mut kvm_run,
+    /// The thread inside `KVM_RUN`, if any.
+    thread: Option<libc::pthread_t>,
+}
+
+// SAFETY: `run` is only dereferenced under the mutex while the vCPU (which owns the mapping)
+// exists; the vCPU clears it before the mapping goes away.
+unsafe impl Send for Inner {}
+
+impl KickShared {
+    /// Shared state for a vCPU whose `kvm_run` is at `run`.
+    pub fn new(run: *mut kvm_run) -> Self {
+        Self { requested: AtomicBool::new(false), inner: Mutex::new(Inner { run, thread: None }) }
+    }
+
+    /// Records (or clears) the thread that is about to enter, or has left, `KVM_RUN`.
+    pub fn set_thread(&self, thread: Option<libc::pthread_t>) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.thread = thread;
+        }
+    }
+
+    /// Forgets the vCPU: later kicks do nothing.
+    pub fn detach(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.run = std::ptr::null_mut();
+            inner.thread = None;
+        }
+    }
+}
+
+/// A kicker handed out by a vCPU.
+pub struct Kicker(pub Arc<KickShared>);
+
+impl Kick for Kicker {
+    fn kick(&self) {
+        self.0.requested.store(true, Ordering::SeqCst);
+        let Ok(inner) = self.0.inner.lock() else { return };
+        let run = inner.run;
+        if run.is_null() {
+            return;
+        }
+        // SAFETY: `run` points at the vCPU's mapped `kvm_run` while non-null (see `Inner`);
+        // `immediate_exit` is a byte the kernel reads on entry, written with a volatile store.
+        unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+        if let Some(thread) = inner.thread {
+            // SAFETY: `thread` is the live thread inside `run` (it clears itself under this
+            // lock before leaving), and the signal has a no-op handler.
+            unsafe { libc::pthread_kill(thread, kick_signal()) };
+        }
+    }
+}

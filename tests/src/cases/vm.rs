@@ -1,0 +1,251 @@
+//! The VM layer: the in-kernel GIC delivering SPIs and the timer's PPI, irqfd and ioeventfd,
+//! dirty-page logging, several vCPUs with PSCI CPU_ON, kicks from another thread, and PSCI
+//! system suspend.
+
+use std::{os::fd::AsRawFd, sync::mpsc, thread, time::Duration};
+
+use accel_api::{sysreg::MPIDR_EL1, ErrorKind, IrqLine, SystemEventKind, VcpuConfig, VcpuExit, VcpuFeatures};
+use accel_host::vmm::ram::GuestRam;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::{
+    asm::{self, Size},
+    ensure,
+    guest::{gic_enable, TestGuest, CODE, MMIO_BASE},
+    Case, CaseResult, Context, Failure,
+};
+
+pub fn cases() -> Vec<Case> {
+    vec![
+        Case { name: "vm::spi_reaches_the_guest", run: spi_reaches_the_guest },
+        Case { name: "vm::timer_interrupt", run: timer_interrupt },
+        Case { name: "vm::irqfd_raises_an_spi", run: irqfd_raises_an_spi },
+        Case { name: "vm::ioeventfd_signals_without_an_exit", run: ioeventfd_signals_without_an_exit },
+        Case { name: "vm::dirty_pages_are_the_written_ones", run: dirty_pages_are_the_written_ones },
+        Case { name: "vm::kick_from_another_thread", run: kick_from_another_thread },
+        Case { name: "vm::two_vcpus_with_psci_cpu_on", run: two_vcpus_with_psci_cpu_on },
+        Case { name: "vm::psci_system_suspend", run: psci_system_suspend },
+    ]
+}
+
+/// A guest that enables `intids`, says it is ready with a write to MMIO_BASE, and waits.
+fn waiting_guest(ctx: &Context, intids: &[u32], extra: &[u32]) -> Result<TestGuest, Failure> {
+    let mut code = gic_enable(intids);
+    code.extend_from_slice(extra);
+    code.extend(asm::mov_imm64(9, MMIO_BASE));
+    code.extend([asm::str(Size::X, 9, 9, 0), asm::WFI, asm::b(-4)]);
+    let mut g = TestGuest::with_gic(&ctx.accelerator()?, &code)?;
+    let (addr, _, _) = g.expect_mmio_write()?;
+    ensure!(addr == MMIO_BASE, "the guest's ready write went to {addr:#x}");
+    Ok(g)
+}
+
+fn expect_irq(g: &mut TestGuest, intid: u32) -> CaseResult {
+    let taken = g.expect_exception()?;
+    ensure!(taken.offset == 0x280, "vector offset {:#x}: expected 0x280 (IRQ, current EL)", taken.offset);
+    ensure!(taken.esr == u64::from(intid), "the guest acknowledged INTID {}, expected {intid}", taken.esr);
+    Ok(())
+}
+
+fn spi_reaches_the_guest(ctx: &Context) -> CaseResult {
+    let mut g = waiting_guest(ctx, &[37], &[])?;
+    g.vm.set_irq(IrqLine::spi(5), true)?;
+    expect_irq(&mut g, 37)?;
+    g.vm.set_irq(IrqLine::spi(5), false)?;
+    let err = g.vm.set_irq(IrqLine::spi(64), true).err();
+    ensure!(err.is_some_and(|e| e.kind == ErrorKind::INVALID_ARGUMENT), "SPI 64 of 64 was accepted");
+    Ok(())
+}
+
+fn timer_interrupt(ctx: &Context) -> CaseResult {
+    // The virtual timer's PPI (INTID 27) fires 1000 ticks after CNTV_TVAL_EL0 is written.
+    let arm = [
+        asm::movz(0, 1000, 0),
+        asm::msr(asm::CNTV_TVAL_EL0, 0),
+        asm::movz(0, 1, 0),
+        asm::msr(accel_api::sysreg::CNTV_CTL_EL0, 0),
+        asm::ISB,
+    ];
+    let mut g = waiting_guest(ctx, &[27], &arm)?;
+    expect_irq(&mut g, 27)
+}
+
+fn irqfd_raises_an_spi(ctx: &Context) -> CaseResult {
+    let mut g = waiting_guest(ctx, &[38], &[])?;
+    let efd = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Failure::NotRun(format!("eventfd: {e}")))?;
+    g.vm.register_irqfd(efd.as_raw_fd(), 6)?;
+    let again = g.vm.register_irqfd(efd.as_raw_fd(), 6).err();
+    ensure!(again.is_some(), "registering the same irqfd twice was accepted");
+    efd.write(1).map_err(|e| Failure::Fail(format!("writing the eventfd: {e}")))?;
+    expect_irq(&mut g, 38)?;
+    g.vm.unregister_irqfd(efd.as_raw_fd(), 6)?;
+    let err = g.vm.unregister_irqfd(efd.as_raw_fd(), 6).err();
+    ensure!(
+        err.is_some_and(|e| e.kind == ErrorKind::NOT_FOUND),
+        "unregistering twice did not fail as not found"
+    );
+    Ok(())
+}
+
+fn ioeventfd_signals_without_an_exit(ctx: &Context) -> CaseResult {
+    let any = MMIO_BASE + 0x200;
+    let matched = MMIO_BASE + 0x300;
+    let mut code = asm::mov_imm64(9, MMIO_BASE);
+    code.extend(asm::mov_imm64(10, any));
+    code.extend(asm::mov_imm64(11, matched));
+    code.extend([
+        asm::str(Size::X, 9, 10, 0), // to the any-size ioeventfd: no exit
+        asm::movz(1, 0x1111, 0),
+        asm::str(Size::W, 1, 11, 0), // datamatch 0x1234 does not match: an MMIO exit
+        asm::movz(1, 0x1234, 0),
+        asm::str(Size::W, 1, 11, 0), // matches: no exit
+        asm::str(Size::X, 9, 9, 0),  // done
+        asm::b(0),
+    ]);
+    let mut g = TestGuest::new(&ctx.accelerator()?, &code)?;
+    let (e_any, e_match) = match (EventFd::new(libc::EFD_NONBLOCK), EventFd::new(libc::EFD_NONBLOCK)) {
+        (Ok(a), Ok(b)) => (a, b),
+        _ => return Err(Failure::NotRun("eventfd creation failed".into())),
+    };
+    g.vm.register_ioeventfd(e_any.as_raw_fd(), any, 0, None)?;
+    g.vm.register_ioeventfd(e_match.as_raw_fd(), matched, 4, Some(0x1234))?;
+    let err = g.vm.register_ioeventfd(e_any.as_raw_fd(), any + 8, 3, Some(1)).err();
+    ensure!(err.is_some_and(|e| e.kind == ErrorKind::INVALID_ARGUMENT), "a 3-byte ioeventfd was accepted");
+    let first = g.expect_mmio_write()?;
+    ensure!(
+        first == (matched, 4, 0x1111),
+        "first exit {first:x?}: expected the unmatched write at {matched:#x}"
+    );
+    let second = g.expect_mmio_write()?;
+    ensure!(second.0 == MMIO_BASE, "second exit {second:x?}: expected the done write");
+    ensure!(e_any.read().ok() == Some(1), "the any-size ioeventfd was not signalled once");
+    ensure!(e_match.read().ok() == Some(1), "the datamatch ioeventfd was not signalled once");
+    g.vm.unregister_ioeventfd(e_any.as_raw_fd(), any, 0, None)?;
+    g.vm.unregister_ioeventfd(e_match.as_raw_fd(), matched, 4, Some(0x1234))?;
+    Ok(())
+}
+
+fn dirty_pages_are_the_written_ones(ctx: &Context) -> CaseResult {
+    const DATA_BASE: u64 = 0x5000_0000;
+    const PAGES: u64 = 64;
+    let page = 4096u64;
+    let written = [3u64, 7, 8, 63];
+    let mut code = Vec::new();
+    for (i, p) in written.iter().enumerate() {
+        code.extend(asm::mov_imm64(10 + i as u32, DATA_BASE + p * page + 8 * i as u64));
+        code.push(asm::str(Size::X, 10 + i as u32, 10 + i as u32, 0));
+    }
+    // A read does not dirty a page.
+    code.extend(asm::mov_imm64(20, DATA_BASE + 10 * page));
+    code.push(asm::ldr(Size::X, 21, 20, 0));
+    code.extend(asm::mov_imm64(9, MMIO_BASE));
+    code.extend([asm::str(Size::X, 9, 9, 0), asm::b(0)]);
+    let mut g = TestGuest::new(&ctx.accelerator()?, &code)?;
+    let data = GuestRam::new(DATA_BASE, PAGES * page)?;
+    // SAFETY: `data` outlives the guest's last run in this case.
+    let slot = unsafe { data.map_into(&g.vm) }?;
+    let err = g.vm.take_dirty_log(slot).err();
+    ensure!(err.is_some_and(|e| e.kind == ErrorKind::BAD_STATE), "a dirty log was given with logging off");
+    g.vm.set_dirty_log(slot, true)?;
+    let clean = g.vm.take_dirty_log(slot)?;
+    ensure!(clean.iter().all(|w| *w == 0), "pages dirty before the guest ran: {clean:x?}");
+    g.expect_mmio_write()?;
+    let log = g.vm.take_dirty_log(slot)?;
+    let dirty: Vec<u64> =
+        (0..PAGES).filter(|p| log.get((p / 64) as usize).is_some_and(|w| w >> (p % 64) & 1 == 1)).collect();
+    ensure!(dirty == written, "dirty pages {dirty:?}, the guest wrote {written:?}");
+    let again = g.vm.take_dirty_log(slot)?;
+    ensure!(again.iter().all(|w| *w == 0), "the log was not cleared: {again:x?}");
+    drop(g);
+    drop(data);
+    Ok(())
+}
+
+fn kick_from_another_thread(ctx: &Context) -> CaseResult {
+    let mut g = TestGuest::new(&ctx.accelerator()?, &[asm::b(0)])?;
+    let kicker = g.vcpu.kicker();
+    let (tx, rx) = mpsc::channel();
+    let helper = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(200));
+        kicker.kick();
+        let _ = tx.send(kicker);
+    });
+    let exit = g.vcpu.run()?;
+    ensure!(exit == VcpuExit::Interrupted, "a kick while the guest spins gave {exit:?}");
+    let _ = helper.join();
+    // A kick before `run` makes the next `run` return at once.
+    let kicker = rx.recv().map_err(|_| Failure::Fail("the helper thread ended without its kicker".into()))?;
+    kicker.kick();
+    let exit = g.vcpu.run()?;
+    ensure!(exit == VcpuExit::Interrupted, "a kick before run gave {exit:?}");
+    Ok(())
+}
+
+fn two_vcpus_with_psci_cpu_on(ctx: &Context) -> CaseResult {
+    const CPU_ON: u64 = 0xc400_0003;
+    let mut g = TestGuest::new(&ctx.accelerator()?, &[asm::b(0)])?;
+    let mut second =
+        g.vm.create_vcpu(&VcpuConfig::new(1, VcpuFeatures::PSCI_0_2 | VcpuFeatures::POWER_OFF))?;
+    let affinity = second.get_reg(MPIDR_EL1)? & 0xff_00ff_ffff;
+    // vCPU 0 turns vCPU 1 on at SECONDARY with context id 0x55 and reports CPU_ON's result; vCPU 1
+    // writes its X0 (the context id) to MMIO_BASE + 0x40.
+    let secondary_at = CODE + 0x800;
+    let mut code = asm::mov_imm64(0, CPU_ON);
+    code.extend(asm::mov_imm64(1, affinity));
+    code.extend(asm::mov_imm64(2, secondary_at));
+    code.extend(asm::mov_imm64(3, 0x55));
+    code.push(asm::hvc(0));
+    code.extend(asm::mov_imm64(9, MMIO_BASE));
+    code.extend([asm::str(Size::X, 0, 9, 0x30), asm::b(0)]);
+    let mut secondary = asm::mov_imm64(9, MMIO_BASE);
+    secondary.extend([asm::str(Size::X, 0, 9, 0x40), asm::b(0)]);
+    g.ram.write_code(CODE, &code)?;
+    g.ram.write_code(secondary_at, &secondary)?;
+
+    let kicker = second.kicker();
+    let (tx, rx) = mpsc::channel();
+    let worker = thread::spawn(move || {
+        let result = match second.run() {
+            Ok(VcpuExit::MmioWrite(a)) => Ok((a.addr, a.value())),
+            Ok(VcpuExit::Interrupted) => Err("interrupted before CPU_ON".to_string()),
+            Ok(other) => Err(format!("vCPU 1 exited with {other:?}")),
+            Err(e) => Err(e.to_string()),
+        };
+        let _ = tx.send(result);
+    });
+    let (addr, _, status) = g.expect_mmio_write()?;
+    ensure!(
+        addr == MMIO_BASE + 0x30 && status == 0,
+        "CPU_ON returned {status:#x} (at {addr:#x}); 0 is success"
+    );
+    let result = rx.recv_timeout(Duration::from_secs(20));
+    if result.is_err() {
+        kicker.kick();
+    }
+    let _ = worker.join();
+    match result {
+        Ok(Ok((addr, value))) => {
+            ensure!(addr == MMIO_BASE + 0x40 && value == 0x55, "vCPU 1 wrote {value:#x} at {addr:#x}");
+            Ok(())
+        }
+        Ok(Err(why)) => Err(Failure::Fail(why)),
+        Err(_) => Err(Failure::Fail("vCPU 1 never ran after CPU_ON".into())),
+    }
+}
+
+fn psci_system_suspend(ctx: &Context) -> CaseResult {
+    const SYSTEM_SUSPEND: u64 = 0xc400_000e;
+    let caps = ctx.accelerator()?.probe().caps;
+    let mut code = asm::mov_imm64(0, SYSTEM_SUSPEND);
+    code.extend(asm::mov_imm64(1, crate::guest::CODE));
+    code.extend([asm::movz(2, 0, 0), asm::hvc(0)]);
+    code.extend(asm::mov_imm64(9, MMIO_BASE));
+    code.extend([asm::str(Size::X, 0, 9, 0), asm::b(0)]);
+    let mut g = TestGuest::new(&ctx.accelerator()?, &code)?;
+    match (caps.system_suspend, g.run()?) {
+        (true, VcpuExit::SystemEvent { kind, .. }) if kind == SystemEventKind::SUSPEND => Ok(()),
+        // Without the capability PSCI answers in the guest: NOT_SUPPORTED (-1) or success.
+        (false, VcpuExit::MmioWrite(_)) => Ok(()),
+        (offered, other) => Err(Failure::Fail(format!("system suspend offered: {offered}, exit {other:?}"))),
+    }
+}
