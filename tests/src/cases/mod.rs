@@ -6,6 +6,7 @@ mod loader;
 mod probe;
 mod regs;
 mod run;
+mod snapshot;
 mod sve;
 mod sysregs;
 mod vm;
@@ -23,6 +24,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(sve::cases());
     cases.extend(exceptions::cases());
     cases.extend(vm::cases());
+    cases.extend(snapshot::cases());
     cases.extend(loader::cases());
     cases
 }

@@ -28,12 +28,14 @@ pub fn cases() -> Vec<Case> {
     ]
 }
 
-/// A guest that enables `intids`, says it is ready with a write to MMIO_BASE, and waits.
-fn waiting_guest(ctx: &Context, intids: &[u32], extra: &[u32]) -> Result<TestGuest, Failure> {
+/// A guest that enables `intids`, says it is ready with a write to MMIO_BASE, runs `then`, and
+/// waits for interrupts.
+fn waiting_guest(ctx: &Context, intids: &[u32], then: &[u32]) -> Result<TestGuest, Failure> {
     let mut code = gic_enable(intids);
-    code.extend_from_slice(extra);
     code.extend(asm::mov_imm64(9, MMIO_BASE));
-    code.extend([asm::str(Size::X, 9, 9, 0), asm::WFI, asm::b(-4)]);
+    code.push(asm::str(Size::X, 9, 9, 0));
+    code.extend_from_slice(then);
+    code.extend([asm::WFI, asm::b(-4)]);
     let mut g = TestGuest::with_gic(&ctx.accelerator()?, &code)?;
     let (addr, _, _) = g.expect_mmio_write()?;
     ensure!(addr == MMIO_BASE, "the guest's ready write went to {addr:#x}");
