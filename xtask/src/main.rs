@@ -89,6 +89,7 @@ fn vm_files() -> Result<Vec<VmFile>> {
     let mut files = vec![
         VmFile::from_host("/bin/accel-host", &cross_out("accel-host"), 0o755)?,
         VmFile::from_host("/bin/accel-conformance", &cross_out("accel-conformance"), 0o755)?,
+        VmFile::from_host("/bin/accel-bench", &cross_out("accel-bench"), 0o755)?,
         VmFile::from_host("/guests/demo.elf", &demo_guest(), 0o644)?,
         VmFile {
             path: "/lib/accel/not-a-plugin.so".into(),
@@ -190,6 +191,16 @@ fn check_vm(tally: &mut Tally, cpu: &str, run: &VmRun) {
     }
 
     let output_of = |name: &str| run.job(name).map(|j| (j.status, j.output.clone()));
+    let (status, out) = output_of("bench").unwrap_or_default();
+    tally.check(&tag("accel-bench measures sync and exit costs"), status == Some(0) && out.len() > 5, || {
+        format!("status {status:?}, output {out:?}")
+    });
+    if let Some(bench) = run.job("bench") {
+        println!("xtask: [{cpu}] figures from accel-bench (nested VM under TCG: compare ratios, not times):");
+        for line in &bench.output {
+            println!("  {line}");
+        }
+    }
     let (status, out) = output_of("host-probe").unwrap_or_default();
     tally.check(
         &tag("accel-host probe --accel kvm says available"),
@@ -305,6 +316,7 @@ fn test(cpus: &[String]) -> Result<bool> {
             "conformance",
             &["/bin/accel-conformance", "--plugin", "/lib/accel/libaccel_kvm.so", "--fixtures", "/lib/accel"],
         ),
+        job("bench", &["/bin/accel-bench", "--plugin", "/lib/accel/libaccel_kvm.so"]),
         job("host-list", &["/bin/accel-host", "list"]),
         job("host-probe", &["/bin/accel-host", "probe", "--accel", "kvm"]),
         job("host-probe-json", &["/bin/accel-host", "probe", "--accel", "kvm", "--json"]),

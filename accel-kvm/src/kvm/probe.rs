@@ -138,8 +138,24 @@ fn has_raw(kvm: &Kvm, cap: u32) -> bool {
     kvm.check_extension_raw(cap.into()) > 0
 }
 
+/// Capabilities the backend cannot work without.
+const REQUIRED: [(Cap, &str); 4] = [
+    (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+    (Cap::OneReg, "KVM_CAP_ONE_REG"),
+    (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+    (Cap::ArmPsci02, "KVM_CAP_ARM_PSCI_0_2"),
+];
+
 fn probe_host() -> Result<Probed> {
     let kvm = open_kvm()?;
+    let missing: Vec<&str> =
+        REQUIRED.iter().filter(|(cap, _)| !kvm.check_extension(*cap)).map(|(_, n)| *n).collect();
+    if !missing.is_empty() {
+        return Err(AccelError::new(
+            ErrorKind::UNAVAILABLE,
+            format!("this kernel's KVM lacks {}, which the accel KVM backend needs", missing.join(", ")),
+        ));
+    }
     let (vcpu, target) = scratch_vcpu(&kvm, &[])?;
     let mut id = read_id_registers(&vcpu)?;
 

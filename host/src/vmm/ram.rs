@@ -21,17 +21,25 @@ impl GuestRam {
         Ok(Self { mem, base, size })
     }
 
+    /// The host address of the first byte.
+    pub fn host_addr(&self) -> Result<u64> {
+        self.mem.get_host_address(GuestAddress(self.base)).map(|p| p as u64).map_err(|e| {
+            AccelError::new(ErrorKind::NO_RESOURCE, format!("guest RAM has no host address: {e}"))
+        })
+    }
+
     /// Maps the RAM into `vm` and returns the slot.
     ///
     /// # Safety
     /// The RAM must outlive every vCPU of `vm` that may run, or be removed from `vm` first:
     /// the guest accesses it through the backend, not through this object.
     pub unsafe fn map_into(&self, vm: &Vm) -> Result<u32> {
-        let host = self.mem.get_host_address(GuestAddress(self.base)).map_err(|e| {
-            AccelError::new(ErrorKind::NO_RESOURCE, format!("guest RAM has no host address: {e}"))
-        })?;
-        let region =
-            MemoryRegion { guest_addr: self.base, size: self.size, host_addr: host as u64, read_only: false };
+        let region = MemoryRegion {
+            guest_addr: self.base,
+            size: self.size,
+            host_addr: self.host_addr()?,
+            read_only: false,
+        };
         // SAFETY: the mapping is owned by `self.mem`, which the caller keeps alive while the VM
         // can use it (this function's contract).
         unsafe { vm.add_memory(&region) }

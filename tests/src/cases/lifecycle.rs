@@ -11,6 +11,7 @@ pub fn cases() -> Vec<Case> {
         Case { name: "lifecycle::every_probed_feature_inits", run: every_probed_feature_inits },
         Case { name: "lifecycle::unsupported_vcpu_feature", run: unsupported_vcpu_feature },
         Case { name: "lifecycle::memory_regions", run: memory_regions },
+        Case { name: "lifecycle::read_only_memory", run: read_only_memory },
     ]
 }
 
@@ -140,5 +141,55 @@ fn memory_regions(ctx: &Context) -> CaseResult {
     // SAFETY: as above.
     let again = unsafe { second.map_into(&vm) }?;
     ensure!(again == second_slot, "the freed slot {second_slot} was not reused (got {again})");
+    Ok(())
+}
+
+/// A read-only region reads as memory and turns guest writes into MMIO exits, leaving the
+/// memory unchanged; a backend without read-only memory refuses the region.
+fn read_only_memory(ctx: &Context) -> CaseResult {
+    use accel_api::VcpuExit;
+
+    use crate::{
+        asm::{self, Size},
+        guest::{TestGuest, MMIO_BASE},
+    };
+    const ROM: u64 = 0x6000_0000;
+    let accel = ctx.accelerator()?;
+    let caps = accel.probe().caps;
+    let mut code = asm::mov_imm64(10, ROM);
+    code.extend(asm::mov_imm64(9, MMIO_BASE));
+    code.extend([
+        asm::ldr(Size::X, 1, 10, 0),
+        asm::str(Size::X, 1, 9, 0), // report what the ROM holds
+        asm::movz(2, 0x99, 0),
+        asm::str(Size::X, 2, 10, 8), // a write to the ROM
+        asm::ldr(Size::X, 3, 10, 8),
+        asm::str(Size::X, 3, 9, 8), // report what is there after it
+        asm::b(0),
+    ]);
+    let g = TestGuest::new(&accel, &code)?;
+    let rom = GuestRam::new(ROM, 1 << 16)?;
+    rom.write(ROM, &0x1122_3344_5566_7788u64.to_le_bytes())?;
+    let region =
+        MemoryRegion { guest_addr: ROM, size: 1 << 16, host_addr: rom.host_addr()?, read_only: true };
+    // SAFETY: `rom` lives until the end of the case, after the guest's last run.
+    let added = unsafe { g.vm.add_memory(&region) };
+    if !caps.readonly_memory {
+        ensure!(
+            added.is_err_and(|e| e.kind == ErrorKind::UNSUPPORTED),
+            "read-only memory is not offered but was added"
+        );
+        return Ok(());
+    }
+    added?;
+    let mut g = g;
+    let first = g.expect_mmio_write()?;
+    ensure!(first == (MMIO_BASE, 8, 0x1122_3344_5566_7788), "the guest read {first:x?} from the ROM");
+    match g.run()? {
+        VcpuExit::MmioWrite(a) if a.addr == ROM + 8 && a.value() == 0x99 => {}
+        other => return Err(Failure::Fail(format!("a write to read-only memory gave {other:?}"))),
+    }
+    let after = g.expect_mmio_write()?;
+    ensure!(after == (MMIO_BASE + 8, 8, 0), "after the refused write the ROM holds {after:x?}");
     Ok(())
 }
