@@ -9,6 +9,7 @@
 //! | `0x4000_0000 .. +mem` | RAM; images load here |
 
 pub mod image;
+pub mod memory_error;
 pub mod pl011;
 pub mod ram;
 
@@ -106,9 +107,31 @@ impl Bus {
     }
 }
 
-fn vcpu_loop(vcpu: &mut Vcpu, bus: &Bus) -> Result<Outcome> {
+fn vcpu_loop(vcpu: &mut Vcpu, bus: &Bus, ram: &GuestRam) -> Result<Outcome> {
     let index = vcpu.index();
     loop {
+        if let Some(error) = memory_error::take_pending() {
+            match (error.kind, ram.host_to_guest(error.host_addr)) {
+                (memory_error::MemoryErrorKind::ActionRequired, Some(gpa)) => {
+                    log::warn!(
+                        "vCPU {index}: hardware memory error at guest address {gpa:#x}; injecting an abort"
+                    );
+                    memory_error::inject_sea(vcpu)?;
+                }
+                (memory_error::MemoryErrorKind::ActionOptional, Some(gpa)) => {
+                    log::warn!("vCPU {index}: guest page at {gpa:#x} reported bad (action optional)");
+                }
+                (_, None) => {
+                    return Err(AccelError::new(
+                        ErrorKind::GUEST,
+                        format!(
+                            "hardware memory error at host address {:#x}, outside guest RAM",
+                            error.host_addr
+                        ),
+                    ))
+                }
+            }
+        }
         match vcpu.run()? {
             VcpuExit::MmioWrite(access) => bus.write(access.addr, access.value()),
             VcpuExit::MmioRead(access) => vcpu.set_mmio_read_data(bus.read(access.addr))?,
@@ -202,7 +225,8 @@ pub fn run(
         std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
-                let outcome = vcpu_loop(&mut vcpu, &bus);
+                memory_error::install();
+                let outcome = vcpu_loop(&mut vcpu, &bus, &ram);
                 let _ = tx.send(outcome);
                 // Each vCPU thread holds the RAM: it stays mapped while any vCPU can run.
                 drop(ram);

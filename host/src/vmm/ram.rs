@@ -45,6 +45,12 @@ impl GuestRam {
         unsafe { vm.add_memory(&region) }
     }
 
+    /// The guest physical address backed by host address `hva`, if it is in this RAM.
+    pub fn host_to_guest(&self, hva: u64) -> Option<u64> {
+        let base = self.host_addr().ok()?;
+        (hva >= base && hva - base < self.size).then(|| self.base + (hva - base))
+    }
+
     /// The guest physical address of the first byte.
     pub fn base(&self) -> u64 {
         self.base

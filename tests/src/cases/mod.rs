@@ -3,6 +3,7 @@
 mod exceptions;
 mod lifecycle;
 mod loader;
+mod memory_errors;
 mod probe;
 mod regs;
 mod run;
@@ -25,6 +26,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(exceptions::cases());
     cases.extend(vm::cases());
     cases.extend(snapshot::cases());
+    cases.extend(memory_errors::cases());
     cases.extend(loader::cases());
     cases
 }
