@@ -150,6 +150,11 @@ impl Vcpu {
         self.inner.get_regs(class).into_result().map(RVec::into_vec)
     }
 
+    /// MPIDR_EL1: the vCPU's affinity as the backend assigned it (what PSCI CPU_ON targets).
+    pub fn mpidr(&mut self) -> Result<u64> {
+        self.get_reg(crate::sysreg::MPIDR_EL1)
+    }
+
     /// Reads one register (through its class).
     pub fn get_reg(&mut self, id: RegId) -> Result<u64> {
         self.get_regs(id.class())?.into_iter().find(|v| v.id == id).map(|v| v.value).ok_or_else(|| {

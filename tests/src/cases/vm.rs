@@ -4,7 +4,9 @@
 
 use std::{os::fd::AsRawFd, sync::mpsc, thread, time::Duration};
 
-use accel_api::{sysreg::MPIDR_EL1, ErrorKind, IrqLine, SystemEventKind, VcpuConfig, VcpuExit, VcpuFeatures};
+use accel_api::{
+    sysreg::MPIDR_EL1, ErrorKind, IrqLine, SystemEventKind, VcpuConfig, VcpuExit, VcpuFeatures, VmConfig,
+};
 use accel_host::vmm::ram::GuestRam;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -17,7 +19,8 @@ use crate::{
 
 pub fn cases() -> Vec<Case> {
     vec![
-        Case { name: "vm::spi_reaches_the_guest", run: spi_reaches_the_guest },
+        Case { name: "vm::spi_and_ppi_reach_the_guest", run: spi_and_ppi_reach_the_guest },
+        Case { name: "vm::ipa_size_selection", run: ipa_size_selection },
         Case { name: "vm::timer_interrupt", run: timer_interrupt },
         Case { name: "vm::irqfd_raises_an_spi", run: irqfd_raises_an_spi },
         Case { name: "vm::ioeventfd_signals_without_an_exit", run: ioeventfd_signals_without_an_exit },
@@ -30,16 +33,18 @@ pub fn cases() -> Vec<Case> {
 
 /// A guest that enables `intids`, says it is ready with a write to MMIO_BASE, runs `then`, and
 /// waits for interrupts.
-fn waiting_guest(ctx: &Context, intids: &[u32], then: &[u32]) -> Result<TestGuest, Failure> {
+/// Returns the guest and the address of its wait loop.
+fn waiting_guest(ctx: &Context, intids: &[u32], then: &[u32]) -> Result<(TestGuest, u64), Failure> {
     let mut code = gic_enable(intids);
     code.extend(asm::mov_imm64(9, MMIO_BASE));
     code.push(asm::str(Size::X, 9, 9, 0));
     code.extend_from_slice(then);
+    let wait = CODE + 4 * code.len() as u64;
     code.extend([asm::WFI, asm::b(-4)]);
     let mut g = TestGuest::with_gic(&ctx.accelerator()?, &code)?;
     let (addr, _, _) = g.expect_mmio_write()?;
     ensure!(addr == MMIO_BASE, "the guest's ready write went to {addr:#x}");
-    Ok(g)
+    Ok((g, wait))
 }
 
 fn expect_irq(g: &mut TestGuest, intid: u32) -> CaseResult {
@@ -49,13 +54,39 @@ fn expect_irq(g: &mut TestGuest, intid: u32) -> CaseResult {
     Ok(())
 }
 
-fn spi_reaches_the_guest(ctx: &Context) -> CaseResult {
-    let mut g = waiting_guest(ctx, &[37], &[])?;
+fn spi_and_ppi_reach_the_guest(ctx: &Context) -> CaseResult {
+    let (mut g, wait) = waiting_guest(ctx, &[37, 20], &[])?;
     g.vm.set_irq(IrqLine::spi(5), true)?;
     expect_irq(&mut g, 37)?;
     g.vm.set_irq(IrqLine::spi(5), false)?;
+    // The guest spins after reporting; let it wait again from the start of its wait loop.
+    let mut core = g.core()?;
+    core.pc = wait;
+    core.pstate &= !(1 << 7); // PSTATE.I clear: IRQs unmasked again
+    g.vcpu.put_core(&core, accel_api::PutLevel::Runtime)?;
+    g.vm.set_irq(IrqLine::ppi(0, 20), true)?;
+    expect_irq(&mut g, 20)?;
+    g.vm.set_irq(IrqLine::ppi(0, 20), false)?;
     let err = g.vm.set_irq(IrqLine::spi(64), true).err();
     ensure!(err.is_some_and(|e| e.kind == ErrorKind::INVALID_ARGUMENT), "SPI 64 of 64 was accepted");
+    Ok(())
+}
+
+fn ipa_size_selection(ctx: &Context) -> CaseResult {
+    let accel = ctx.accelerator()?;
+    let max = accel.probe().caps.ipa_bits;
+    for bits in [40, max] {
+        let vm = accel.create_vm(&VmConfig { ipa_bits: bits })?;
+        vm.create_vcpu(&VcpuConfig::new(0, VcpuFeatures::PSCI_0_2))?;
+    }
+    for bits in [max + 1, 31] {
+        let err = accel.create_vm(&VmConfig { ipa_bits: bits }).err();
+        ensure!(
+            err.as_ref()
+                .is_some_and(|e| e.kind == ErrorKind::UNSUPPORTED && e.message.contains(&bits.to_string())),
+            "an IPA size of {bits} bits: expected an unsupported error naming it, got {err:?}"
+        );
+    }
     Ok(())
 }
 
@@ -68,12 +99,12 @@ fn timer_interrupt(ctx: &Context) -> CaseResult {
         asm::msr(accel_api::sysreg::CNTV_CTL_EL0, 0),
         asm::ISB,
     ];
-    let mut g = waiting_guest(ctx, &[27], &arm)?;
+    let (mut g, _) = waiting_guest(ctx, &[27], &arm)?;
     expect_irq(&mut g, 27)
 }
 
 fn irqfd_raises_an_spi(ctx: &Context) -> CaseResult {
-    let mut g = waiting_guest(ctx, &[38], &[])?;
+    let (mut g, _) = waiting_guest(ctx, &[38], &[])?;
     let efd = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Failure::NotRun(format!("eventfd: {e}")))?;
     g.vm.register_irqfd(efd.as_raw_fd(), 6)?;
     let again = g.vm.register_irqfd(efd.as_raw_fd(), 6).err();
