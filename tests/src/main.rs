@@ -27,6 +27,9 @@ struct Cli {
     /// List the cases and exit.
     #[arg(long)]
     list: bool,
+    /// Run the selected cases this many times (to hunt intermittent failures).
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
 }
 
 fn main() -> ExitCode {
@@ -58,8 +61,15 @@ fn main() -> ExitCode {
     );
     let fixtures = cli.fixtures.or_else(|| cli.plugin.parent().map(PathBuf::from));
     let ctx: &'static Context = Box::leak(Box::new(Context { plugin, plugin_path: cli.plugin, fixtures }));
-    let summary = run_all(ctx, cli.filter.as_deref());
-    let code = if summary.failed == 0 && summary.not_run == 0 && summary.passed > 0 { 0 } else { 1 };
+    let mut ok = true;
+    for round in 0..cli.repeat.max(1) {
+        if cli.repeat > 1 {
+            println!("round {}", round + 1);
+        }
+        let summary = run_all(ctx, cli.filter.as_deref());
+        ok &= summary.failed == 0 && summary.not_run == 0 && summary.passed > 0;
+    }
+    let code = if ok { 0 } else { 1 };
     // Cases that timed out may have left threads inside a guest: end the process here.
     std::process::exit(code)
 }

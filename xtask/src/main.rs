@@ -175,6 +175,9 @@ fn check_vm(tally: &mut Tally, cpu: &str, run: &VmRun) {
                 println!("xtask: [{cpu}] conformance on real KVM: {passed} passed, {failed} failed");
                 tally.passed += passed;
                 tally.failed += failed;
+                for line in job.output.iter().filter(|l| l.starts_with("FLAKY")) {
+                    println!("xtask: [{cpu}] intermittent: {line}");
+                }
                 for line in job.output.iter().filter(|l| l.starts_with("FAIL") || l.starts_with("NOT RUN")) {
                     tally.failures.push(format!("[{cpu}] {line}"));
                 }
@@ -428,7 +431,37 @@ fn cross_build_guest() -> Result<()> {
     )
 }
 
-const USAGE: &str = "usage: cargo xtask test [--cpu MODEL]...\n       cargo xtask run [IMAGE]";
+const USAGE: &str = "usage: cargo xtask test [--cpu MODEL]...\n       cargo xtask run [IMAGE]\n       \
+                     cargo xtask vm [--cpu MODEL] -- PROGRAM [ARG]...   (programs in the VM: /bin/accel-host, \
+                     /bin/accel-conformance, /bin/accel-bench; plugins in /lib/accel)";
+
+/// Boots the nested VM with the usual files and runs one command line in it.
+fn vm_command(cpu: &str, argv: &[String]) -> Result<i32> {
+    provision::host_tools()?;
+    provision::rust_targets()?;
+    cross_build()?;
+    let kernel = provision::kernel()?;
+    let work = vm::work_dir(&root());
+    std::fs::create_dir_all(&work).map_err(|e| Error(format!("creating {}: {e}", work.display())))?;
+    let initrd = work.join("vm-initrd.cpio");
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    vm::initramfs(
+        &initrd,
+        &cross_out("accel-vm-init"),
+        vm_files()?,
+        &[("ACCEL_PLUGIN_PATH", "/lib/accel")],
+        &[job("command", &argv)],
+    )?;
+    let result = vm::boot(&kernel, &initrd, cpu, VM_TIMEOUT, &|line| {
+        if !line.starts_with("@@accel") {
+            println!("{line}");
+        }
+    })?;
+    result
+        .job("command")
+        .and_then(|j| j.status)
+        .ok_or_else(|| Error("the VM ended before the command finished".into()))
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -456,6 +489,22 @@ fn main() -> ExitCode {
             }
         }
         Some("run") if args.len() <= 2 => run(args.get(1).map(PathBuf::from)),
+        Some("vm") => {
+            let (opts, rest) = match args.iter().position(|a| a == "--") {
+                Some(i) => (&args[1..i], &args[i + 1..]),
+                None => (&args[1..1], &args[1..]),
+            };
+            let cpu = match opts {
+                [flag, model] if flag == "--cpu" => model.as_str(),
+                [] => "max",
+                _ => "",
+            };
+            if cpu.is_empty() || rest.is_empty() {
+                Err(Error(USAGE.into()))
+            } else {
+                vm_command(cpu, rest)
+            }
+        }
         _ => Err(Error(USAGE.into())),
     };
     match result {
