@@ -14,7 +14,7 @@ use accel_api::{
 };
 use accel_conformance::{
     asm::{self, Size},
-    guest::{TestGuest, MMIO_BASE},
+    guest::{TestGuest, EXCEPTION_MMIO, MMIO_BASE},
 };
 use accel_host::loader;
 use clap::Parser;
@@ -189,6 +189,12 @@ fn bench(cli: &Cli) -> accel_api::Result<()> {
     row(
         "MMIO exit round trip (run to the next exit)",
         &measure(v, n, |v| match v.run()? {
+            VcpuExit::MmioWrite(a) if a.addr == EXCEPTION_MMIO => {
+                Err(accel_api::AccelError::bad_state(format!(
+                    "the guest took an exception (ESR_EL1 {:#x}) instead of looping on its MMIO write",
+                    a.value()
+                )))
+            }
             VcpuExit::MmioWrite(_) | VcpuExit::Interrupted => Ok(()),
             other => Err(accel_api::AccelError::bad_state(format!("unexpected exit {other:?}"))),
         })?,
@@ -199,6 +205,12 @@ fn bench(cli: &Cli) -> accel_api::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A guest that stops making exits must not hang the caller.
+    std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_secs(300));
+        eprintln!("accel-bench: error: no result after 300 s; giving up");
+        std::process::exit(3);
+    });
     match bench(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -7,16 +7,20 @@
 //! A job line is `NAME<TAB>PROGRAM<TAB>ARG...`; a line `env<TAB>KEY=VALUE` sets an environment
 //! variable for the jobs after it. For each job the console shows
 //! `@@accel job-begin NAME`, the job's output, and `@@accel job-end NAME status=N` (N is the
-//! exit code, or 128 + the signal number). The run ends with `@@accel all-done`.
+//! exit code, or 128 + the signal number; 124 for a job killed after ten minutes). The run ends
+//! with `@@accel all-done`.
 
 use std::{
     ffi::CString,
     io::Write,
     os::unix::process::ExitStatusExt,
     process::{Command, Stdio},
+    time::{Duration, Instant},
 };
 
 const JOBS: &str = "/etc/accel/jobs";
+/// How long one job may run before it is killed and reported with status 124.
+const JOB_TIMEOUT: Duration = Duration::from_secs(600);
 
 fn mount(source: &str, target: &str, fstype: &str) {
     let _ = std::fs::create_dir_all(target);
@@ -46,15 +50,36 @@ fn run_job(line: &str, env: &mut Vec<(String, String)>) {
     let args: Vec<&str> = fields.collect();
     println!("@@accel job-begin {name}");
     let _ = std::io::stdout().flush();
-    let status = Command::new(program)
+    let child = Command::new(program)
         .args(&args)
         .env("PATH", "/bin")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("RUST_BACKTRACE", "1")
         .stdin(Stdio::null())
-        .status();
-    let code = match status {
-        Ok(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
+        .spawn();
+    let code = match child {
+        Ok(mut child) => {
+            let deadline = Instant::now() + JOB_TIMEOUT;
+            loop {
+                match child.try_wait() {
+                    Ok(Some(s)) => break s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
+                    Ok(None) if Instant::now() >= deadline => {
+                        println!(
+                            "@@accel warning: {name} did not finish within {} s; killing it",
+                            JOB_TIMEOUT.as_secs()
+                        );
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break 124;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                    Err(e) => {
+                        println!("@@accel warning: waiting for {program}: {e}");
+                        break 125;
+                    }
+                }
+            }
+        }
         Err(e) => {
             println!("@@accel warning: starting {program}: {e}");
             127
