@@ -19,9 +19,10 @@ use abi_stable::{
 
 use crate::{
     config::{MemoryRegion, ProbeInfo, VcpuConfig, VmConfig},
+    debug::{DebugEvent, Watchpoint},
     error::AccelError,
     events::{MpState, VcpuEvents},
-    exit::VcpuExit,
+    exit::{DebugExit, VcpuExit},
     irq::{GicConfig, IrqLine},
     logging::LogSink,
     regs::{CoreRegs, FpRegs, PutLevel, SyncCounters},
@@ -94,6 +95,9 @@ pub trait VmOps: Send + Sync {
         datamatch: ROption<u64>,
     ) -> RResult<(), AccelError>;
 
+    /// The VM's guest-debug pool, when the backend supports guest debug.
+    fn debug(&self) -> ROption<DebugBox>;
+
     /// Creates and initialises a vCPU.
     #[sabi(last_prefix_field)]
     fn create_vcpu(&self, config: &VcpuConfig) -> RResult<VcpuBox, AccelError>;
@@ -159,6 +163,56 @@ pub trait VcpuOps: Send {
     #[sabi(last_prefix_field)]
     fn run(&mut self) -> RResult<VcpuExit, AccelError>;
 }
+
+/// The guest-debug pool of a VM, shared by its vCPUs: changes reach every vCPU (those created
+/// later too) before it next enters the guest.
+#[sabi_trait]
+pub trait DebugOps: Send + Sync {
+    /// How many hardware breakpoints and watchpoints the pool can hold.
+    fn capacity(&self) -> DebugCapacity;
+
+    /// Adds a hardware breakpoint at a (word-aligned) virtual address.
+    fn insert_hw_breakpoint(&self, addr: u64) -> RResult<(), AccelError>;
+
+    /// Removes a hardware breakpoint.
+    fn remove_hw_breakpoint(&self, addr: u64) -> RResult<(), AccelError>;
+
+    /// Adds a watchpoint; an inexact range is refused.
+    fn insert_watchpoint(&self, watch: &Watchpoint) -> RResult<(), AccelError>;
+
+    /// Removes a watchpoint.
+    fn remove_watchpoint(&self, watch: &Watchpoint) -> RResult<(), AccelError>;
+
+    /// Plants `BRK #0` at virtual address `va`, whose instruction is at guest physical `pa`
+    /// (saving the instruction; later inserts at the same address count uses).
+    fn insert_sw_breakpoint(&self, va: u64, pa: u64) -> RResult<(), AccelError>;
+
+    /// Drops a use of the software breakpoint at `va`, restoring the instruction on the last.
+    fn remove_sw_breakpoint(&self, va: u64) -> RResult<(), AccelError>;
+
+    /// Turns single-step of vCPU `index` on or off.
+    fn set_single_step(&self, index: u32, on: bool) -> RResult<(), AccelError>;
+
+    /// Removes everything, restoring every software breakpoint's instruction.
+    fn remove_all(&self) -> RResult<(), AccelError>;
+
+    /// Matches a debug exit of vCPU `index` against the pool.
+    #[sabi(last_prefix_field)]
+    fn classify(&self, index: u32, exit: &DebugExit) -> DebugEvent;
+}
+
+/// How many hardware debug registers a pool can use.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DebugCapacity {
+    /// Hardware breakpoints.
+    pub breakpoints: u32,
+    /// Hardware watchpoints.
+    pub watchpoints: u32,
+}
+
+/// A debug pool as it crosses the boundary.
+pub type DebugBox = DebugOps_TO<'static, RBox<()>>;
 
 /// Kicks a vCPU out of `run` from another thread.
 #[sabi_trait]

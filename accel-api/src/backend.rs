@@ -5,7 +5,10 @@
 //! [`crate::export_plugin!`]. No panic unwinds across the boundary: each call runs under
 //! `catch_unwind`, and a caught panic comes back as an [`ErrorKind::PANIC`] error.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::{
+    panic::{catch_unwind, AssertUnwindSafe},
+    sync::Arc,
+};
 
 use abi_stable::{
     sabi_trait::TD_Opaque,
@@ -14,13 +17,14 @@ use abi_stable::{
 
 use crate::{
     abi::{
-        AccelBox, AccelOps, AccelOps_TO, KickOps, KickOps_TO, KickerBox, VcpuBox, VcpuOps, VcpuOps_TO, VmBox,
-        VmOps, VmOps_TO,
+        AccelBox, AccelOps, AccelOps_TO, DebugBox, DebugCapacity, DebugOps, DebugOps_TO, KickOps, KickOps_TO,
+        KickerBox, VcpuBox, VcpuOps, VcpuOps_TO, VmBox, VmOps, VmOps_TO,
     },
     config::{MemoryRegion, ProbeInfo, VcpuConfig, VmConfig},
+    debug::{DebugEvent, Watchpoint},
     error::{AccelError, ErrorKind, Result},
     events::{MpState, VcpuEvents},
-    exit::VcpuExit,
+    exit::{DebugExit, VcpuExit},
     irq::{GicConfig, IrqLine},
     regs::{CoreRegs, FpRegs, PutLevel, SyncCounters},
     sve::SveRegs,
@@ -74,8 +78,62 @@ pub trait BackendVm: Send + Sync + 'static {
     /// See [`crate::abi::VmOps::unregister_ioeventfd`].
     fn unregister_ioeventfd(&self, fd: i32, addr: u64, len: u32, datamatch: Option<u64>) -> Result<()>;
 
+    /// The VM's guest-debug pool, if the backend supports guest debug.
+    fn debug(&self) -> Option<Arc<dyn BackendDebug>>;
+
     /// Creates and initialises a vCPU.
     fn create_vcpu(&self, config: &VcpuConfig) -> Result<Self::Vcpu>;
+}
+
+/// A backend's guest-debug pool. See [`crate::abi::DebugOps`] for the meaning of each call.
+#[allow(missing_docs)]
+pub trait BackendDebug: Send + Sync + 'static {
+    fn capacity(&self) -> DebugCapacity;
+    fn insert_hw_breakpoint(&self, addr: u64) -> Result<()>;
+    fn remove_hw_breakpoint(&self, addr: u64) -> Result<()>;
+    fn insert_watchpoint(&self, watch: &Watchpoint) -> Result<()>;
+    fn remove_watchpoint(&self, watch: &Watchpoint) -> Result<()>;
+    fn insert_sw_breakpoint(&self, va: u64, pa: u64) -> Result<()>;
+    fn remove_sw_breakpoint(&self, va: u64) -> Result<()>;
+    fn set_single_step(&self, index: u32, on: bool) -> Result<()>;
+    fn remove_all(&self) -> Result<()>;
+    fn classify(&self, index: u32, exit: &DebugExit) -> DebugEvent;
+}
+
+/// A debug pool behind the ABI, with every call guarded.
+struct GuardedDebug(Arc<dyn BackendDebug>);
+
+impl DebugOps for GuardedDebug {
+    fn capacity(&self) -> DebugCapacity {
+        catch_unwind(AssertUnwindSafe(|| self.0.capacity())).unwrap_or_default()
+    }
+    fn insert_hw_breakpoint(&self, addr: u64) -> RResult<(), AccelError> {
+        guard("insert_hw_breakpoint", || self.0.insert_hw_breakpoint(addr))
+    }
+    fn remove_hw_breakpoint(&self, addr: u64) -> RResult<(), AccelError> {
+        guard("remove_hw_breakpoint", || self.0.remove_hw_breakpoint(addr))
+    }
+    fn insert_watchpoint(&self, watch: &Watchpoint) -> RResult<(), AccelError> {
+        guard("insert_watchpoint", || self.0.insert_watchpoint(watch))
+    }
+    fn remove_watchpoint(&self, watch: &Watchpoint) -> RResult<(), AccelError> {
+        guard("remove_watchpoint", || self.0.remove_watchpoint(watch))
+    }
+    fn insert_sw_breakpoint(&self, va: u64, pa: u64) -> RResult<(), AccelError> {
+        guard("insert_sw_breakpoint", || self.0.insert_sw_breakpoint(va, pa))
+    }
+    fn remove_sw_breakpoint(&self, va: u64) -> RResult<(), AccelError> {
+        guard("remove_sw_breakpoint", || self.0.remove_sw_breakpoint(va))
+    }
+    fn set_single_step(&self, index: u32, on: bool) -> RResult<(), AccelError> {
+        guard("set_single_step", || self.0.set_single_step(index, on))
+    }
+    fn remove_all(&self) -> RResult<(), AccelError> {
+        guard("remove_all", || self.0.remove_all())
+    }
+    fn classify(&self, index: u32, exit: &DebugExit) -> DebugEvent {
+        catch_unwind(AssertUnwindSafe(|| self.0.classify(index, exit))).unwrap_or(DebugEvent::Guest)
+    }
 }
 
 /// Kicks a vCPU out of `run`; see [`crate::abi::KickOps`].
@@ -212,6 +270,14 @@ impl<V: BackendVm> VmOps for Guarded<V> {
         datamatch: ROption<u64>,
     ) -> RResult<(), AccelError> {
         guard("unregister_ioeventfd", || self.0.unregister_ioeventfd(fd, addr, len, datamatch.into()))
+    }
+
+    fn debug(&self) -> ROption<DebugBox> {
+        catch_unwind(AssertUnwindSafe(|| self.0.debug()))
+            .ok()
+            .flatten()
+            .map(|d| DebugOps_TO::from_value(GuardedDebug(d), TD_Opaque))
+            .into()
     }
 
     fn create_vcpu(&self, config: &VcpuConfig) -> RResult<VcpuBox, AccelError> {
@@ -389,6 +455,9 @@ impl BackendVm for NoBackend {
         match *self {}
     }
     fn unregister_ioeventfd(&self, _: i32, _: u64, _: u32, _: Option<u64>) -> Result<()> {
+        match *self {}
+    }
+    fn debug(&self) -> Option<Arc<dyn BackendDebug>> {
         match *self {}
     }
     fn create_vcpu(&self, _: &VcpuConfig) -> Result<NoBackend> {

@@ -3,11 +3,13 @@
 use abi_stable::std_types::RVec;
 
 use crate::{
-    abi::{AccelBox, KickerBox, VcpuBox, VmBox},
+    abi::{AccelBox, DebugBox, DebugCapacity, KickerBox, VcpuBox, VmBox},
     config::{MemoryRegion, ProbeInfo, VcpuConfig, VmConfig},
+    debug::{DebugEvent, Watchpoint},
     error::Result,
     error::{AccelError, ErrorKind},
     events::{MpState, VcpuEvents},
+    exit::DebugExit,
     exit::VcpuExit,
     irq::{GicConfig, IrqLine},
     regs::{CoreRegs, FpRegs, PutLevel, SyncCounters},
@@ -96,6 +98,11 @@ impl Vm {
     /// Undoes [`Vm::register_ioeventfd`].
     pub fn unregister_ioeventfd(&self, fd: i32, addr: u64, len: u32, datamatch: Option<u64>) -> Result<()> {
         self.inner.unregister_ioeventfd(fd, addr, len, datamatch.into()).into_result()
+    }
+
+    /// The VM's guest-debug pool, if the backend supports guest debug.
+    pub fn debug(&self) -> Option<Debug> {
+        self.inner.debug().into_option().map(|inner| Debug { inner })
     }
 
     /// Creates and initialises a vCPU.
@@ -218,5 +225,62 @@ impl Kicker {
     /// Makes the vCPU's current or next `run` return `VcpuExit::Interrupted`.
     pub fn kick(&self) {
         self.inner.kick();
+    }
+}
+
+/// A VM's guest-debug pool: breakpoints, watchpoints and single-step for all its vCPUs.
+pub struct Debug {
+    inner: DebugBox,
+}
+
+impl Debug {
+    /// How many hardware breakpoints and watchpoints the pool can hold.
+    pub fn capacity(&self) -> DebugCapacity {
+        self.inner.capacity()
+    }
+
+    /// Adds a hardware breakpoint.
+    pub fn insert_hw_breakpoint(&self, addr: u64) -> Result<()> {
+        self.inner.insert_hw_breakpoint(addr).into_result()
+    }
+
+    /// Removes a hardware breakpoint.
+    pub fn remove_hw_breakpoint(&self, addr: u64) -> Result<()> {
+        self.inner.remove_hw_breakpoint(addr).into_result()
+    }
+
+    /// Adds a watchpoint.
+    pub fn insert_watchpoint(&self, watch: &Watchpoint) -> Result<()> {
+        self.inner.insert_watchpoint(watch).into_result()
+    }
+
+    /// Removes a watchpoint.
+    pub fn remove_watchpoint(&self, watch: &Watchpoint) -> Result<()> {
+        self.inner.remove_watchpoint(watch).into_result()
+    }
+
+    /// Plants a software breakpoint at virtual address `va` (guest physical `pa`).
+    pub fn insert_sw_breakpoint(&self, va: u64, pa: u64) -> Result<()> {
+        self.inner.insert_sw_breakpoint(va, pa).into_result()
+    }
+
+    /// Drops a use of the software breakpoint at `va`.
+    pub fn remove_sw_breakpoint(&self, va: u64) -> Result<()> {
+        self.inner.remove_sw_breakpoint(va).into_result()
+    }
+
+    /// Turns single-step of vCPU `index` on or off.
+    pub fn set_single_step(&self, index: u32, on: bool) -> Result<()> {
+        self.inner.set_single_step(index, on).into_result()
+    }
+
+    /// Removes everything.
+    pub fn remove_all(&self) -> Result<()> {
+        self.inner.remove_all().into_result()
+    }
+
+    /// Matches a debug exit of vCPU `index` against the pool.
+    pub fn classify(&self, index: u32, exit: &DebugExit) -> DebugEvent {
+        self.inner.classify(index, exit)
     }
 }

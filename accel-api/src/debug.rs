@@ -59,7 +59,9 @@ pub const fn breakpoint_control() -> u64 {
 /// DBGBVR<n>_EL1 for a breakpoint at `addr`, which must be word-aligned.
 pub fn breakpoint_value(addr: u64) -> Result<u64> {
     if addr & 3 != 0 {
-        return Err(AccelError::invalid(format!("a breakpoint address must be 4-byte aligned; {addr:#x} is not")));
+        return Err(AccelError::invalid(format!(
+            "a breakpoint address must be 4-byte aligned; {addr:#x} is not"
+        )));
     }
     Ok(sign_extend_va(addr))
 }
@@ -261,7 +263,9 @@ impl DebugPool {
     /// `current`. Returns true when the caller must write [`BRK_INSN`] at `pa` (the first use).
     pub fn insert_sw_breakpoint(&mut self, va: u64, pa: u64, current: u32) -> Result<bool> {
         if va & 3 != 0 {
-            return Err(AccelError::invalid(format!("a breakpoint address must be 4-byte aligned; {va:#x} is not")));
+            return Err(AccelError::invalid(format!(
+                "a breakpoint address must be 4-byte aligned; {va:#x} is not"
+            )));
         }
         if let Some(bp) = self.sw.get_mut(&va) {
             bp.uses += 1;
@@ -281,10 +285,9 @@ impl DebugPool {
     /// Returns the instruction to write back at the returned physical address when it was the
     /// last use. Refuses (and keeps the breakpoint) if memory no longer holds the BRK.
     pub fn remove_sw_breakpoint(&mut self, va: u64, current: u32) -> Result<Option<(u64, u32)>> {
-        let bp = *self
-            .sw
-            .get(&va)
-            .ok_or_else(|| AccelError::new(ErrorKind::NOT_FOUND, format!("no software breakpoint at {va:#x}")))?;
+        let bp = *self.sw.get(&va).ok_or_else(|| {
+            AccelError::new(ErrorKind::NOT_FOUND, format!("no software breakpoint at {va:#x}"))
+        })?;
         if bp.uses > 1 {
             if let Some(b) = self.sw.get_mut(&va) {
                 b.uses -= 1;
@@ -370,9 +373,15 @@ impl DebugPool {
             ec::BREAKPOINT_LOWER | ec::BREAKPOINT_CURRENT if self.breakpoints.contains(&pc) => {
                 DebugEvent::HwBreakpoint { addr: pc }
             }
-            ec::SOFTWARE_STEP_LOWER | ec::SOFTWARE_STEP_CURRENT if self.stepping.contains(&index) => DebugEvent::Step,
+            ec::SOFTWARE_STEP_LOWER | ec::SOFTWARE_STEP_CURRENT if self.stepping.contains(&index) => {
+                DebugEvent::Step
+            }
             ec::WATCHPOINT_LOWER | ec::WATCHPOINT_CURRENT => {
-                match self.watchpoints.iter().find(|w| w.covers(far) || (far & !7..(far & !7) + 8).contains(&w.addr)) {
+                match self
+                    .watchpoints
+                    .iter()
+                    .find(|w| w.covers(far) || (far & !7..(far & !7) + 8).contains(&w.addr))
+                {
                     Some(w) => DebugEvent::Watchpoint { watch: *w, accessed: far },
                     None => DebugEvent::Guest,
                 }
@@ -393,6 +402,26 @@ pub fn guest_syndrome(esr: u64, pstate: u64) -> u64 {
         other => other,
     };
     (esr & !(0x3f << 26)) | u64::from(ec) << 26
+}
+
+/// Delivers a debug exception the host does not own (the guest's own BRK, or a debug event the
+/// host did not set up) to the guest at EL1: ESR_EL1 with the class for the EL it came from,
+/// FAR_EL1 for a watchpoint, ELR_EL1 = the PC of the exit, and the PC at the guest's vector.
+pub fn deliver_to_guest(vcpu: &mut crate::client::Vcpu, exit: &crate::DebugExit) -> Result<()> {
+    use crate::exception::{enter_el1, esr_ec, Exception, ExceptionType};
+    let mut core = vcpu.get_core()?;
+    let vbar = vcpu.get_reg(crate::sysreg::VBAR_EL1)?;
+    let esr = guest_syndrome(exit.esr, core.pstate);
+    let is_watchpoint = matches!(esr_ec(esr), ec::WATCHPOINT_LOWER | ec::WATCHPOINT_CURRENT);
+    let exception = Exception {
+        kind: ExceptionType::Synchronous,
+        esr,
+        far: is_watchpoint.then_some(exit.far),
+        return_address: exit.pc,
+    };
+    let sys = enter_el1(&mut core, vbar, &exception);
+    vcpu.put_core(&core, crate::PutLevel::Runtime)?;
+    vcpu.put_regs(&sys, crate::PutLevel::Runtime)
 }
 
 #[cfg(test)]
@@ -471,13 +500,22 @@ mod tests {
         pool.insert_sw_breakpoint(0x4000_2000, 0x4000_2000, 0).unwrap();
         pool.set_single_step(1, true);
         let esr = |ec: u64| ec << 26 | 1 << 25;
-        assert_eq!(pool.classify(0, esr(0x30), 0, 0x4000_1000), DebugEvent::HwBreakpoint { addr: 0x4000_1000 });
+        assert_eq!(
+            pool.classify(0, esr(0x30), 0, 0x4000_1000),
+            DebugEvent::HwBreakpoint { addr: 0x4000_1000 }
+        );
         assert_eq!(pool.classify(0, esr(0x30), 0, 0x4000_1004), DebugEvent::Guest);
         assert_eq!(pool.classify(1, esr(0x32), 0, 0), DebugEvent::Step);
         assert_eq!(pool.classify(0, esr(0x32), 0, 0), DebugEvent::Guest, "vCPU 0 is not stepping");
-        assert!(matches!(pool.classify(0, esr(0x34), 0x4001_0002, 0), DebugEvent::Watchpoint { accessed: 0x4001_0002, .. }));
+        assert!(matches!(
+            pool.classify(0, esr(0x34), 0x4001_0002, 0),
+            DebugEvent::Watchpoint { accessed: 0x4001_0002, .. }
+        ));
         assert_eq!(pool.classify(0, esr(0x34), 0x4002_0000, 0), DebugEvent::Guest);
-        assert_eq!(pool.classify(0, esr(0x3c), 0, 0x4000_2000), DebugEvent::SwBreakpoint { addr: 0x4000_2000 });
+        assert_eq!(
+            pool.classify(0, esr(0x3c), 0, 0x4000_2000),
+            DebugEvent::SwBreakpoint { addr: 0x4000_2000 }
+        );
         assert_eq!(pool.classify(0, esr(0x3c) | 7, 0, 0x4000_3000), DebugEvent::Guest, "the guest's own BRK");
         assert_eq!(pool.remove_all(), vec![(0x4000_2000, 0)]);
         assert_eq!(pool.counts(), (0, 0, 0));

@@ -62,6 +62,9 @@ pub struct DebugExit {
     pub esr: u64,
     /// FAR_ELx; meaningful for watchpoints only.
     pub far: u64,
+    /// The PC at the exit: the instruction that hit a breakpoint or watchpoint or is the BRK, or
+    /// the next instruction after a step.
+    pub pc: u64,
 }
 
 /// Why `run` returned.

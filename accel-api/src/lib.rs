@@ -12,6 +12,7 @@ pub mod abi;
 pub mod backend;
 pub mod client;
 pub mod config;
+pub mod debug;
 pub mod error;
 pub mod events;
 pub mod exception;

@@ -1,5 +1,6 @@
 //! KVM arm64 through `kvm-ioctls`: opening `/dev/kvm`, probing, and creating VMs.
 
+mod debug;
 mod gic;
 mod kick;
 mod probe;

@@ -28,6 +28,7 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd, VmFd};
 
 use super::{
+    debug::KvmDebug,
     gic::Gic,
     ioctl_error,
     kick::{self, KickShared},
@@ -79,6 +80,9 @@ pub struct KvmVcpu {
     index: u32,
     /// The VM's GIC, which must be ready before the first run.
     gic: Arc<Gic>,
+    /// The VM's debug pool, and the pool generation last applied with KVM_SET_GUEST_DEBUG.
+    debug: Option<Arc<KvmDebug>>,
+    debug_applied: Option<u64>,
     /// The PMU waits for the GIC: it is initialised before the first run.
     pmu_init_pending: bool,
     kick: Arc<KickShared>,
@@ -105,6 +109,7 @@ impl KvmVcpu {
         init: &kvm_vcpu_init,
         caps: &Capabilities,
         gic: Arc<Gic>,
+        debug: Option<Arc<KvmDebug>>,
     ) -> Result<Self> {
         let index = config.index;
         let mut fd = vm
@@ -162,6 +167,8 @@ impl KvmVcpu {
             fd,
             index,
             gic,
+            debug,
+            debug_applied: None,
             pmu_init_pending,
             kick,
             sve_vq,
@@ -561,6 +568,14 @@ impl BackendVcpu for KvmVcpu {
             pmu_attr(&self.fd, self.index, KVM_ARM_VCPU_PMU_V3_INIT, 0, "KVM_ARM_VCPU_PMU_V3_INIT")?;
             self.pmu_init_pending = false;
         }
+        if let Some(debug) = &self.debug {
+            if let Some(setup) = debug.setup_if_changed(self.index, &mut self.debug_applied)? {
+                if let Err(e) = self.fd.set_guest_debug(&setup) {
+                    self.debug_applied = None;
+                    return Err(ioctl_error(format!("KVM_SET_GUEST_DEBUG of vCPU {}", self.index), e));
+                }
+            }
+        }
         loop {
             if self.kick.requested.swap(false, Ordering::SeqCst) {
                 self.fd.set_kvm_immediate_exit(0);
@@ -597,10 +612,11 @@ impl BackendVcpu for KvmVcpu {
                     VcpuExit::MmioWrite(mmio(addr, data))
                 }
                 KvmExit::SystemEvent(kind, data) => system_event(kind, data),
-                KvmExit::Debug(debug) => VcpuExit::Debug(DebugExit {
-                    esr: u64::from(debug.hsr) | (u64::from(debug.hsr_high) << 32),
-                    far: debug.far,
-                }),
+                KvmExit::Debug(debug) => {
+                    let (esr, far) = (u64::from(debug.hsr) | (u64::from(debug.hsr_high) << 32), debug.far);
+                    let pc = self.get_u64(core_reg_id(CoreReg::Pc), || "PC".into())?;
+                    VcpuExit::Debug(DebugExit { esr, far, pc })
+                }
                 KvmExit::FailEntry(reason, cpu) => VcpuExit::FailEntry { reason, cpu },
                 KvmExit::Intr => VcpuExit::Interrupted,
                 KvmExit::InternalError => {

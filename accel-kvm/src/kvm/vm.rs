@@ -8,8 +8,11 @@ use std::{
 };
 
 use accel_api::{
-    backend::BackendVm, memory::MemoryMap, AccelError, Capabilities, ErrorKind, GicConfig, IrqLine,
-    MemoryRegion, Result, VcpuConfig, VcpuFeatures, VmConfig,
+    abi::DebugCapacity,
+    backend::{BackendDebug, BackendVm},
+    memory::MemoryMap,
+    AccelError, Capabilities, ErrorKind, GicConfig, IrqLine, MemoryRegion, Result, VcpuConfig, VcpuFeatures,
+    VmConfig,
 };
 use kvm_bindings::{
     kvm_enable_cap, kvm_userspace_memory_region, kvm_vcpu_init, KVM_ARM_IRQ_TYPE_PPI, KVM_ARM_IRQ_TYPE_SPI,
@@ -18,7 +21,7 @@ use kvm_bindings::{
 use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{gic::Gic, ioctl_error, vcpu::KvmVcpu};
+use super::{debug::KvmDebug, gic::Gic, ioctl_error, vcpu::KvmVcpu};
 
 /// What an eventfd was registered for, to find it again on unregister.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -33,7 +36,8 @@ pub struct KvmVm {
     caps: Capabilities,
     max_slots: u32,
     page_size: u64,
-    memory: Mutex<MemoryMap>,
+    memory: Arc<Mutex<MemoryMap>>,
+    debug: Option<Arc<KvmDebug>>,
     dirty_logged: Mutex<HashSet<u32>>,
     eventfds: Mutex<HashMap<EventKey, EventFd>>,
     gic: Arc<Gic>,
@@ -90,12 +94,18 @@ impl KvmVm {
         }
         let mut target = kvm_vcpu_init::default();
         fd.get_preferred_target(&mut target).map_err(|e| ioctl_error("KVM_ARM_PREFERRED_TARGET", e))?;
+        let memory = Arc::new(Mutex::new(MemoryMap::new()));
         Ok(Self {
             fd,
             caps,
             max_slots: u32::try_from(kvm.get_nr_memslots()).unwrap_or(u32::MAX),
             page_size: page_size(),
-            memory: Mutex::new(MemoryMap::new()),
+            memory: Arc::clone(&memory),
+            debug: caps.guest_debug.then(|| {
+                let capacity =
+                    DebugCapacity { breakpoints: caps.hw_breakpoints, watchpoints: caps.hw_watchpoints };
+                Arc::new(KvmDebug::new(capacity, memory))
+            }),
             dirty_logged: Mutex::new(HashSet::new()),
             eventfds: Mutex::new(HashMap::new()),
             gic: Arc::new(Gic::default()),
@@ -287,6 +297,10 @@ impl BackendVm for KvmVm {
         self.ioevent(&efd, addr, len, datamatch, false)
     }
 
+    fn debug(&self) -> Option<Arc<dyn BackendDebug>> {
+        self.debug.clone().map(|d| d as Arc<dyn BackendDebug>)
+    }
+
     fn create_vcpu(&self, config: &VcpuConfig) -> Result<KvmVcpu> {
         let missing = config.features.difference(self.caps.vcpu_features);
         if !missing.is_empty() {
@@ -322,6 +336,6 @@ impl BackendVm for KvmVm {
                 init.features[(bit / 32) as usize] |= 1 << (bit % 32);
             }
         }
-        KvmVcpu::new(&self.fd, config, &init, &self.caps, Arc::clone(&self.gic))
+        KvmVcpu::new(&self.fd, config, &init, &self.caps, Arc::clone(&self.gic), self.debug.clone())
     }
 }

@@ -1,5 +1,6 @@
 //! The conformance cases, by area.
 
+mod debug;
 mod exceptions;
 mod lifecycle;
 mod loader;
@@ -27,6 +28,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(vm::cases());
     cases.extend(snapshot::cases());
     cases.extend(memory_errors::cases());
+    cases.extend(debug::cases());
     cases.extend(loader::cases());
     cases
 }
