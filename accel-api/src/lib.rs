@@ -21,6 +21,7 @@ pub mod idregs;
 pub mod irq;
 pub mod logging;
 pub mod memory;
+pub mod mmu;
 pub mod regs;
 pub mod snapshot;
 pub mod sve;

@@ -1,0 +1,184 @@
+//! Stage-1 address translation of the guest's EL1&0 regime, as a debugger needs it to read and
+//! write memory by virtual address: the VMSAv8-64 table walk (Arm ARM D8.2) for the 4K, 16K and
+//! 64K granules, with the TTBR0_EL1/TTBR1_EL1 split set by TCR_EL1.T0SZ/T1SZ, table, block and
+//! page descriptors. With SCTLR_EL1.M clear, addresses are physical.
+
+use crate::error::{AccelError, Result};
+
+/// The registers that control stage-1 translation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TranslationRegs {
+    /// SCTLR_EL1 (only M, bit 0, is used).
+    pub sctlr: u64,
+    /// TCR_EL1.
+    pub tcr: u64,
+    /// TTBR0_EL1.
+    pub ttbr0: u64,
+    /// TTBR1_EL1.
+    pub ttbr1: u64,
+}
+
+fn fault(va: u64, why: impl std::fmt::Display) -> AccelError {
+    AccelError::invalid(format!("virtual address {va:#x} does not translate: {why}"))
+}
+
+/// Bits [hi:lo] of `v` in place (the others cleared).
+fn bits(v: u64, hi: u32, lo: u32) -> u64 {
+    (v >> lo & ((1u64 << (hi - lo + 1)) - 1)) << lo
+}
+
+/// Translates `va` to a guest physical address, reading descriptors with `read_phys`.
+pub fn translate(
+    va: u64,
+    regs: &TranslationRegs,
+    mut read_phys: impl FnMut(u64) -> Result<u64>,
+) -> Result<u64> {
+    if regs.sctlr & 1 == 0 {
+        return Ok(va);
+    }
+    let tcr = regs.tcr;
+    let upper = va >> 63 == 1;
+    let (tsz, disabled, granule, ttbr) = if upper {
+        let granule = match (tcr >> 30) & 3 {
+            0b01 => 14,
+            0b11 => 16,
+            _ => 12,
+        };
+        ((tcr >> 16) & 0x3f, tcr >> 23 & 1 == 1, granule, regs.ttbr1)
+    } else {
+        let granule = match (tcr >> 14) & 3 {
+            0b01 => 16,
+            0b10 => 14,
+            _ => 12,
+        };
+        (tcr & 0x3f, tcr >> 7 & 1 == 1, granule, regs.ttbr0)
+    };
+    if disabled {
+        return Err(fault(va, format!("walks through TTBR{} are disabled (TCR_EL1.EPD)", u8::from(upper))));
+    }
+    let input_bits = 64 - tsz as u32;
+    if !(16..=52).contains(&input_bits) {
+        return Err(fault(va, format!("TCR_EL1 gives an unsupported input size of {input_bits} bits")));
+    }
+    // The address must lie in the region: top bits all zero (TTBR0) or all one (TTBR1).
+    let top = va >> input_bits;
+    let expected = if upper { (1u64 << (64 - input_bits)) - 1 } else { 0 };
+    if top != expected {
+        return Err(fault(va, format!("outside both translation regions ({input_bits}-bit input size)")));
+    }
+    let stride = granule - 3;
+    let levels = (input_bits - granule).div_ceil(stride);
+    let mut level = 4 - levels;
+    // TTBRn_EL1.BADDR (bit 0 is CnP).
+    let mut table = bits(ttbr, 47, 1);
+    loop {
+        let shift = granule + stride * (3 - level);
+        let index_bits = if level == 4 - levels { input_bits - shift } else { stride };
+        let index = (va >> shift) & ((1u64 << index_bits) - 1);
+        let desc_addr = table + 8 * index;
+        let desc = read_phys(desc_addr)?;
+        if desc & 1 == 0 {
+            return Err(fault(va, format!("invalid descriptor {desc:#x} at level {level} ({desc_addr:#x})")));
+        }
+        let is_table = desc & 2 == 2;
+        if level == 3 {
+            if !is_table {
+                return Err(fault(va, format!("reserved level-3 descriptor {desc:#x}")));
+            }
+            return Ok(bits(desc, 47, granule) | (va & ((1u64 << granule) - 1)));
+        }
+        if !is_table {
+            // A block: level 1 or 2 for 4K, level 2 for 16K and 64K.
+            if level == 0 || (granule != 12 && level == 1) {
+                return Err(fault(va, format!("block descriptor {desc:#x} not allowed at level {level}")));
+            }
+            return Ok(bits(desc, 47, shift) | (va & ((1u64 << shift) - 1)));
+        }
+        table = bits(desc, 47, granule);
+        level += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    struct Mem(HashMap<u64, u64>);
+
+    impl Mem {
+        fn read(&self, pa: u64) -> Result<u64> {
+            Ok(*self.0.get(&pa).unwrap_or(&0))
+        }
+    }
+
+    // TCR_EL1 with T0SZ = T1SZ = 16 (48-bit regions) and the given granules.
+    fn tcr(tg0: u64, tg1: u64) -> u64 {
+        16 | tg0 << 14 | 16 << 16 | tg1 << 30
+    }
+
+    #[test]
+    fn mmu_off_is_identity() {
+        let regs = TranslationRegs::default();
+        assert_eq!(translate(0x1234, &regs, |_| panic!("no walk")), Ok(0x1234));
+    }
+
+    #[test]
+    fn four_k_pages_and_blocks() {
+        // L0 at 0x1000, L1 at 0x2000, L2 at 0x3000, L3 at 0x4000.
+        let va = 0x0000_0080_4020_1123u64; // L0 1, L1 1, L2 1, L3 1
+        let mut m = HashMap::new();
+        m.insert(0x1000 + 8, 0x2000 | 3);
+        m.insert(0x2000 + 8, 0x3000 | 3);
+        m.insert(0x3000 + 8, 0x4000 | 3);
+        m.insert(0x4000 + 8, 0x8765_4000 | 3);
+        // A 2 MiB block at L2 index 2.
+        m.insert(0x3000 + 16, 0x4000_0000 | 1);
+        let mem = Mem(m);
+        let regs = TranslationRegs { sctlr: 1, tcr: tcr(0b00, 0b10), ttbr0: 0x1000, ttbr1: 0 };
+        assert_eq!(translate(va, &regs, |pa| mem.read(pa)), Ok(0x8765_4123));
+        let block_va = 0x0000_0080_4040_5678;
+        assert_eq!(translate(block_va, &regs, |pa| mem.read(pa)), Ok(0x4000_5678 | (block_va & 0x1f_ffff)));
+        let e = translate(0x0000_0080_4060_0000, &regs, |pa| mem.read(pa)).unwrap_err();
+        assert!(e.message.contains("invalid descriptor"), "{e}");
+        let e = translate(0x0001_0000_0000_0000, &regs, |pa| mem.read(pa)).unwrap_err();
+        assert!(e.message.contains("outside both translation regions"), "{e}");
+    }
+
+    #[test]
+    fn sixty_four_k_granule_via_ttbr1() {
+        // 64K granule, 48-bit: three levels (L1..L3), 13-bit index (L1 6 bits).
+        let va = 0xffff_0000_0001_2345u64;
+        let l1 = 0x10_0000u64;
+        let l2 = 0x20_0000u64;
+        let l3 = 0x30_0000u64;
+        let i1 = (va >> 42) & 0x3f;
+        let i2 = (va >> 29) & 0x1fff;
+        let i3 = (va >> 16) & 0x1fff;
+        let mut m = HashMap::new();
+        m.insert(l1 + 8 * i1, l2 | 3);
+        m.insert(l2 + 8 * i2, l3 | 3);
+        m.insert(l3 + 8 * i3, 0x5555_0000 | 3);
+        let mem = Mem(m);
+        let regs = TranslationRegs { sctlr: 1, tcr: tcr(0b00, 0b11), ttbr0: 0, ttbr1: l1 };
+        assert_eq!(translate(va, &regs, |pa| mem.read(pa)), Ok(0x5555_2345));
+    }
+
+    #[test]
+    fn sixteen_k_granule() {
+        // 16K granule, 48-bit: four levels; L0 has 1 index bit.
+        let va = 0x0000_0000_0400_4321u64;
+        let (l0, l1, l2, l3) = (0x10_0000u64, 0x11_0000u64, 0x12_0000u64, 0x13_0000u64);
+        let mut m = HashMap::new();
+        m.insert(l0 + 8 * ((va >> 47) & 1), l1 | 3);
+        m.insert(l1 + 8 * ((va >> 36) & 0x7ff), l2 | 3);
+        m.insert(l2 + 8 * ((va >> 25) & 0x7ff), l3 | 3);
+        m.insert(l3 + 8 * ((va >> 14) & 0x7ff), 0x7777_c000 | 3);
+        let mem = Mem(m);
+        let regs = TranslationRegs { sctlr: 1, tcr: tcr(0b10, 0b10), ttbr0: l0, ttbr1: 0 };
+        assert_eq!(translate(va, &regs, |pa| mem.read(pa)), Ok(0x7777_c000 | (va & 0x3fff)));
+        let disabled = TranslationRegs { tcr: regs.tcr | 1 << 7, ..regs };
+        assert!(translate(va, &disabled, |pa| mem.read(pa)).unwrap_err().message.contains("disabled"));
+    }
+}
