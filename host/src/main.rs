@@ -40,6 +40,12 @@ enum Command {
         /// RAM size, e.g. 128M or 1G.
         #[arg(long, default_value = "128M", value_parser = parse_size)]
         mem: u64,
+        /// Serve the gdb remote protocol: HOST:PORT to listen on, or a character device path.
+        #[arg(long, value_name = "ADDR")]
+        gdb: Option<String>,
+        /// With --gdb: start with every vCPU stopped until gdb continues them.
+        #[arg(long, requires = "gdb")]
+        gdb_wait: bool,
         /// The guest image.
         image: PathBuf,
     },
@@ -177,11 +183,17 @@ fn probe(accel: &str, json: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn run(accel: &str, cpus: u32, mem: u64, image: &PathBuf) -> Result<i32, String> {
+fn run(
+    accel: &str,
+    cpus: u32,
+    mem: u64,
+    gdb: Option<vmm::GdbConfig>,
+    image: &PathBuf,
+) -> Result<i32, String> {
     let (_, plugin) = loader::resolve(accel).map_err(|e| e.to_string())?;
     let bytes = std::fs::read(image).map_err(|e| format!("{}: {e}", image.display()))?;
     let accelerator = plugin.open().map_err(|e| e.to_string())?;
-    let config = vmm::MachineConfig { cpus, mem_size: mem };
+    let config = vmm::MachineConfig { cpus, mem_size: mem, gdb };
     let outcome =
         vmm::run(&accelerator, &config, &bytes, Box::new(std::io::stdout())).map_err(|e| e.to_string())?;
     match &outcome {
@@ -204,7 +216,13 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::List => list().map(|()| 0),
         Command::Probe { accel, json } => probe(accel, *json).map(|()| 0),
-        Command::Run { accel, cpus, mem, image } => run(accel, *cpus, *mem, image),
+        Command::Run { accel, cpus, mem, image, gdb, gdb_wait } => {
+            let gdb = gdb.clone().map(|address| vmm::GdbConfig {
+                options: accel_host::gdb::GdbOptions { address },
+                wait: *gdb_wait,
+            });
+            run(accel, *cpus, *mem, gdb, image)
+        }
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

@@ -36,12 +36,23 @@ pub const MIN_RAM: u64 = 1 << 20;
 pub const PSTATE_EL1H_DAIF: u64 = 0x3c5;
 
 /// How to build the machine.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct MachineConfig {
     /// Number of vCPUs; vCPU 0 starts at the image's entry, the others wait for PSCI CPU_ON.
     pub cpus: u32,
     /// RAM size in bytes.
     pub mem_size: u64,
+    /// Serve gdb, if set.
+    pub gdb: Option<GdbConfig>,
+}
+
+/// How to serve gdb.
+#[derive(Debug, Clone)]
+pub struct GdbConfig {
+    /// Where.
+    pub options: crate::gdb::GdbOptions,
+    /// Start with every vCPU stopped, waiting for gdb.
+    pub wait: bool,
 }
 
 /// How a guest run ended.
@@ -69,7 +80,7 @@ impl Outcome {
 }
 
 /// The MMIO devices of the machine.
-struct Bus {
+pub struct Bus {
     uart: Mutex<Pl011<Box<dyn Write + Send>>>,
     warned: Mutex<HashSet<u64>>,
 }
@@ -107,72 +118,131 @@ impl Bus {
     }
 }
 
-fn vcpu_loop(vcpu: &mut Vcpu, bus: &Bus, ram: &GuestRam) -> Result<Outcome> {
+/// What one guest entry came to.
+pub enum Step {
+    /// Handled (MMIO, a resumable event): run again.
+    Continue,
+    /// The guest ended the machine.
+    Ended(Outcome),
+    /// `run` was interrupted (a kick or a signal).
+    Interrupted,
+    /// A debug exception reached the monitor.
+    Debug(accel_api::DebugExit),
+}
+
+/// Runs the guest once and handles the exit: MMIO on the bus, system events, and a hardware
+/// memory error signalled while the vCPU ran.
+pub fn step(vcpu: &mut Vcpu, bus: &Bus, ram: &GuestRam) -> Result<Step> {
     let index = vcpu.index();
-    loop {
-        if let Some(error) = memory_error::take_pending() {
-            match (error.kind, ram.host_to_guest(error.host_addr)) {
-                (memory_error::MemoryErrorKind::ActionRequired, Some(gpa)) => {
-                    log::warn!(
-                        "vCPU {index}: hardware memory error at guest address {gpa:#x}; injecting an abort"
-                    );
-                    memory_error::inject_sea(vcpu)?;
-                }
-                (memory_error::MemoryErrorKind::ActionOptional, Some(gpa)) => {
-                    log::warn!("vCPU {index}: guest page at {gpa:#x} reported bad (action optional)");
-                }
-                (_, None) => {
-                    return Err(AccelError::new(
-                        ErrorKind::GUEST,
-                        format!(
-                            "hardware memory error at host address {:#x}, outside guest RAM",
-                            error.host_addr
-                        ),
-                    ))
-                }
+    if let Some(error) = memory_error::take_pending() {
+        match (error.kind, ram.host_to_guest(error.host_addr)) {
+            (memory_error::MemoryErrorKind::ActionRequired, Some(gpa)) => {
+                log::warn!(
+                    "vCPU {index}: hardware memory error at guest address {gpa:#x}; injecting an abort"
+                );
+                memory_error::inject_sea(vcpu)?;
             }
-        }
-        match vcpu.run()? {
-            VcpuExit::MmioWrite(access) => bus.write(access.addr, access.value()),
-            VcpuExit::MmioRead(access) => vcpu.set_mmio_read_data(bus.read(access.addr))?,
-            VcpuExit::SystemEvent { kind, .. } => match kind {
-                SystemEventKind::SHUTDOWN => return Ok(Outcome::PowerOff),
-                SystemEventKind::RESET => {
-                    log::info!("vCPU {index}: the guest requested a reset; the machine stops");
-                    return Ok(Outcome::Reset);
-                }
-                SystemEventKind::CRASH => return Ok(Outcome::Crash),
-                SystemEventKind::SUSPEND | SystemEventKind::WAKEUP => {
-                    log::info!("vCPU {index}: system {} event; resuming", kind.name());
-                }
-                other => return Ok(Outcome::Fault(format!("vCPU {index}: unknown system event {}", other.0))),
-            },
-            VcpuExit::Interrupted => {}
-            VcpuExit::Debug(d) => {
-                return Ok(Outcome::Fault(format!(
-                    "vCPU {index}: debug exception (ESR {:#x}) with no debugger attached",
-                    d.esr
-                )))
+            (memory_error::MemoryErrorKind::ActionOptional, Some(gpa)) => {
+                log::warn!("vCPU {index}: guest page at {gpa:#x} reported bad (action optional)");
             }
-            VcpuExit::InternalError { suberror, data } => {
-                return Ok(Outcome::Fault(format!(
-                    "vCPU {index}: internal error {suberror} (data {:x?})",
-                    data.as_slice()
-                )))
-            }
-            VcpuExit::FailEntry { reason, cpu } => {
-                return Ok(Outcome::Fault(format!("vCPU {index}: entry failed on CPU {cpu}, reason {reason:#x}")))
-            }
-            VcpuExit::ArmNisv { esr_iss, fault_ipa } => {
-                return Ok(Outcome::Fault(format!(
-                    "vCPU {index}: data abort at IPA {fault_ipa:#x} with no instruction syndrome (ISS {esr_iss:#x})"
-                )))
-            }
-            VcpuExit::Unknown { reason } => {
-                return Ok(Outcome::Fault(format!("vCPU {index}: unknown exit reason {reason}")))
+            (_, None) => {
+                return Err(AccelError::new(
+                    ErrorKind::GUEST,
+                    format!(
+                        "hardware memory error at host address {:#x}, outside guest RAM",
+                        error.host_addr
+                    ),
+                ))
             }
         }
     }
+    let fault = |why: String| Ok(Step::Ended(Outcome::Fault(format!("vCPU {index}: {why}"))));
+    match vcpu.run()? {
+        VcpuExit::MmioWrite(access) => bus.write(access.addr, access.value()),
+        VcpuExit::MmioRead(access) => vcpu.set_mmio_read_data(bus.read(access.addr))?,
+        VcpuExit::SystemEvent { kind, .. } => match kind {
+            SystemEventKind::SHUTDOWN => return Ok(Step::Ended(Outcome::PowerOff)),
+            SystemEventKind::RESET => {
+                log::info!("vCPU {index}: the guest requested a reset; the machine stops");
+                return Ok(Step::Ended(Outcome::Reset));
+            }
+            SystemEventKind::CRASH => return Ok(Step::Ended(Outcome::Crash)),
+            SystemEventKind::SUSPEND | SystemEventKind::WAKEUP => {
+                log::info!("vCPU {index}: system {} event; resuming", kind.name());
+            }
+            other => return fault(format!("unknown system event {}", other.0)),
+        },
+        VcpuExit::Interrupted => return Ok(Step::Interrupted),
+        VcpuExit::Debug(d) => return Ok(Step::Debug(d)),
+        VcpuExit::InternalError { suberror, data } => {
+            return fault(format!("internal error {suberror} (data {:x?})", data.as_slice()))
+        }
+        VcpuExit::FailEntry { reason, cpu } => {
+            return fault(format!("entry failed on CPU {cpu}, reason {reason:#x}"))
+        }
+        VcpuExit::ArmNisv { esr_iss, fault_ipa } => {
+            return fault(format!(
+                "data abort at IPA {fault_ipa:#x} with no instruction syndrome (ISS {esr_iss:#x})"
+            ))
+        }
+        VcpuExit::Unknown { reason } => return fault(format!("unknown exit reason {reason}")),
+    }
+    Ok(Step::Continue)
+}
+
+fn vcpu_loop(vcpu: &mut Vcpu, bus: &Bus, ram: &GuestRam) -> Result<Outcome> {
+    loop {
+        match step(vcpu, bus, ram)? {
+            Step::Continue | Step::Interrupted => {}
+            Step::Ended(outcome) => return Ok(outcome),
+            Step::Debug(d) => {
+                return Ok(Outcome::Fault(format!(
+                    "vCPU {}: debug exception (ESR {:#x}) with no debugger attached",
+                    vcpu.index(),
+                    d.esr
+                )))
+            }
+        }
+    }
+}
+
+/// Runs the vCPUs under gdb's control: each on its own thread, driven by the session.
+fn run_with_gdb(
+    gdb: &GdbConfig,
+    vm: &accel_api::client::Vm,
+    vcpus: Vec<Vcpu>,
+    bus: &Arc<Bus>,
+    ram: &Arc<GuestRam>,
+) -> Result<Outcome> {
+    use crate::gdb::session::{vcpu_thread, Command, VcpuHandle};
+    let debug =
+        vm.debug().ok_or_else(|| AccelError::unsupported("this backend does not support guest debug"))?;
+    let (events_tx, events) = mpsc::channel();
+    let mut handles = Vec::new();
+    for (i, vcpu) in vcpus.into_iter().enumerate() {
+        let (commands_tx, commands) = mpsc::channel();
+        let features =
+            if i == 0 { VcpuFeatures::PSCI_0_2 } else { VcpuFeatures::PSCI_0_2 | VcpuFeatures::POWER_OFF };
+        handles.push(VcpuHandle { commands: commands_tx, kicker: vcpu.kicker(), features });
+        let (bus, ram, events_tx) = (Arc::clone(bus), Arc::clone(ram), events_tx.clone());
+        let debug =
+            vm.debug().ok_or_else(|| AccelError::unsupported("this backend does not support guest debug"))?;
+        std::thread::Builder::new()
+            .name(format!("vcpu{i}"))
+            .spawn(move || {
+                memory_error::install();
+                vcpu_thread(vcpu, commands, events_tx, debug, |v| step(v, &bus, &ram));
+            })
+            .map_err(|e| {
+                AccelError::new(ErrorKind::NO_RESOURCE, format!("spawning the thread of vCPU {i}: {e}"))
+            })?;
+    }
+    if !gdb.wait {
+        for h in &handles {
+            let _ = h.commands.send(Command::Resume);
+        }
+    }
+    crate::gdb::serve(&gdb.options, handles, debug, Arc::clone(ram), events_tx, events, !gdb.wait)
 }
 
 /// Builds a machine on `accel`, loads `image`, runs it, and returns when the guest powers off,
@@ -218,6 +288,13 @@ pub fn run(
     boot.put_core(&regs, PutLevel::Reset)?;
 
     let bus = Arc::new(Bus { uart: Mutex::new(Pl011::new(console)), warned: Mutex::new(HashSet::new()) });
+    if let Some(gdb) = &config.gdb {
+        let outcome = run_with_gdb(gdb, &vm, vcpus, &bus, &ram);
+        if let Ok(mut uart) = bus.uart.lock() {
+            let _ = uart.output().flush();
+        }
+        return outcome;
+    }
     let (tx, rx) = mpsc::channel();
     for mut vcpu in vcpus {
         let (bus, tx, ram) = (Arc::clone(&bus), tx.clone(), Arc::clone(&ram));

@@ -1,0 +1,770 @@
+//! The gdb session: the connection, the vCPU threads' protocol, and the `gdbstub` target.
+
+use std::{
+    collections::HashMap,
+    io::{Read, Write},
+    net::TcpListener,
+    sync::{mpsc, Arc},
+};
+
+use accel_api::{
+    client::{Debug, Kicker, Vcpu},
+    debug::{deliver_to_guest, DebugEvent, WatchKind as AccelWatchKind, Watchpoint},
+    mmu::{translate, TranslationRegs},
+    sysreg::{self, RegId},
+    AccelError, DebugExit, ErrorKind, PutLevel, RegClass, RegValue, Result, VcpuFeatures,
+};
+use gdbstub::{
+    common::{Signal, Tid},
+    conn::Connection,
+    stub::{state_machine::GdbStubStateMachine, DisconnectReason, GdbStub, MultiThreadStopReason},
+    target::{
+        ext::{
+            base::{
+                multithread::{
+                    MultiThreadBase, MultiThreadResume, MultiThreadResumeOps, MultiThreadSingleStep,
+                    MultiThreadSingleStepOps,
+                },
+                single_register_access::{SingleRegisterAccess, SingleRegisterAccessOps},
+                BaseOps,
+            },
+            breakpoints::{
+                Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps,
+                SwBreakpoint, SwBreakpointOps, WatchKind,
+            },
+            target_description_xml_override::{
+                TargetDescriptionXmlOverride, TargetDescriptionXmlOverrideOps,
+            },
+        },
+        Target, TargetError, TargetResult,
+    },
+};
+
+use super::arch::{target_xml, AccelAArch64, GdbRegId, GdbRegs, SveView};
+use crate::vmm::{ram::GuestRam, Outcome, Step};
+
+/// How to serve gdb.
+#[derive(Clone, Debug)]
+pub struct GdbOptions {
+    /// `HOST:PORT` to listen on, or the path of a character device to talk over.
+    pub address: String,
+}
+
+/// A command for a vCPU thread.
+pub enum Command {
+    /// Run until the next stop, stepping one instruction if `step`.
+    Resume,
+    /// Run a closure on the vCPU (only while stopped).
+    Exec(Box<dyn FnOnce(&mut Vcpu) + Send>),
+}
+
+/// Why a vCPU stopped.
+#[derive(Debug)]
+pub enum Stop {
+    /// A debug exit the host owns.
+    Debug(DebugExit, DebugEvent),
+    /// Kicked (an interrupt request, or another vCPU stopped first).
+    Kicked,
+    /// The guest ended the machine.
+    Exited(Outcome),
+    /// Running failed.
+    Failed(AccelError),
+}
+
+/// What the session waits for.
+pub enum Event {
+    /// A byte from gdb.
+    Byte(u8),
+    /// The connection closed.
+    Closed,
+    /// vCPU `index` stopped.
+    Vcpu(u32, Stop),
+}
+
+/// The session's handle on one vCPU thread.
+pub struct VcpuHandle {
+    /// Commands to the thread.
+    pub commands: mpsc::Sender<Command>,
+    /// Kicks the vCPU out of `run`.
+    pub kicker: Kicker,
+    /// The features it was created with.
+    pub features: VcpuFeatures,
+}
+
+/// Runs one vCPU under the debugger's control: waits for commands, and on `Resume` runs (with
+/// `step_exit` handling MMIO and system events) until a stop the host owns, delivering the
+/// guest's own debug exceptions to it on the way.
+pub fn vcpu_thread(
+    mut vcpu: Vcpu,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    debug: Debug,
+    mut step_exit: impl FnMut(&mut Vcpu) -> Result<Step>,
+) {
+    let index = vcpu.index();
+    for command in commands {
+        match command {
+            Command::Exec(f) => f(&mut vcpu),
+            Command::Resume => {
+                let stop = loop {
+                    match step_exit(&mut vcpu) {
+                        Ok(Step::Continue) => {}
+                        Ok(Step::Ended(outcome)) => break Stop::Exited(outcome),
+                        Ok(Step::Interrupted) => break Stop::Kicked,
+                        Ok(Step::Debug(exit)) => match debug.classify(index, &exit) {
+                            DebugEvent::Guest => {
+                                if let Err(e) = deliver_to_guest(&mut vcpu, &exit) {
+                                    break Stop::Failed(e);
+                                }
+                            }
+                            event => break Stop::Debug(exit, event),
+                        },
+                        Err(e) => break Stop::Failed(e),
+                    }
+                };
+                if events.send(Event::Vcpu(index, stop)).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Writes to gdb through any byte sink.
+struct Conn<W: Write>(W);
+
+impl<W: Write> Connection for Conn<W> {
+    type Error = std::io::Error;
+
+    fn write(&mut self, byte: u8) -> std::io::Result<()> {
+        self.0.write_all(&[byte])
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+fn accel_err(e: impl std::fmt::Display) -> AccelError {
+    AccelError::new(ErrorKind::IO, e.to_string())
+}
+
+/// Opens the gdb connection: returns a writer and starts a reader thread feeding `events`.
+fn connect(options: &GdbOptions, events: mpsc::Sender<Event>) -> Result<Box<dyn Write + Send>> {
+    let (reader, writer): (Box<dyn Read + Send>, Box<dyn Write + Send>) = if options.address.contains('/') {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&options.address)
+            .map_err(|e| accel_err(format!("opening {}: {e}", options.address)))?;
+        let reader = file.try_clone().map_err(accel_err)?;
+        log::info!("gdb: talking over {}", options.address);
+        (Box::new(reader), Box::new(file))
+    } else {
+        let listener = TcpListener::bind(&options.address)
+            .map_err(|e| accel_err(format!("listening on {}: {e}", options.address)))?;
+        eprintln!("accel-host: waiting for gdb on {}", options.address);
+        let (stream, peer) = listener.accept().map_err(accel_err)?;
+        log::info!("gdb: connection from {peer}");
+        let _ = stream.set_nodelay(true);
+        (Box::new(stream.try_clone().map_err(accel_err)?), Box::new(stream))
+    };
+    std::thread::Builder::new()
+        .name("gdb-reader".into())
+        .spawn(move || {
+            let mut reader = reader;
+            let mut buf = [0u8; 4096];
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) | Err(_) => {
+                        let _ = events.send(Event::Closed);
+                        return;
+                    }
+                    Ok(n) => {
+                        for b in &buf[..n] {
+                            if events.send(Event::Byte(*b)).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        })
+        .map_err(accel_err)?;
+    Ok(writer)
+}
+
+/// Resume actions of one round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    Continue,
+    Step,
+}
+
+/// The machine as gdb sees it.
+struct Machine {
+    vcpus: Vec<VcpuHandle>,
+    debug: Debug,
+    ram: Arc<GuestRam>,
+    actions: HashMap<u32, Action>,
+    running: Vec<bool>,
+    translation: HashMap<u32, TranslationRegs>,
+    xml: Option<String>,
+}
+
+fn tid_index(tid: Tid) -> u32 {
+    tid.get() as u32 - 1
+}
+
+fn index_tid(index: u32) -> Tid {
+    Tid::new(index as usize + 1).unwrap_or(Tid::MIN)
+}
+
+impl Machine {
+    /// Runs `f` on vCPU `index`'s thread and waits for the result.
+    fn exec<T: Send + 'static>(
+        &self,
+        index: u32,
+        f: impl FnOnce(&mut Vcpu) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let handle = self
+            .vcpus
+            .get(index as usize)
+            .ok_or_else(|| AccelError::new(ErrorKind::NOT_FOUND, format!("no vCPU {index}")))?;
+        let (tx, rx) = mpsc::channel();
+        handle
+            .commands
+            .send(Command::Exec(Box::new(move |v| {
+                let _ = tx.send(f(v));
+            })))
+            .map_err(|_| AccelError::bad_state(format!("vCPU {index}'s thread is gone")))?;
+        rx.recv().map_err(|_| AccelError::bad_state(format!("vCPU {index} did not answer")))?
+    }
+
+    fn translation(&mut self, index: u32) -> Result<TranslationRegs> {
+        if let Some(t) = self.translation.get(&index) {
+            return Ok(*t);
+        }
+        let sys = self.exec(index, |v| v.get_regs(RegClass::SYS))?;
+        let find = |id: RegId| sys.iter().find(|r| r.id == id).map_or(0, |r| r.value);
+        let t = TranslationRegs {
+            sctlr: find(sysreg::SCTLR_EL1),
+            tcr: find(sysreg::TCR_EL1),
+            ttbr0: find(sysreg::TTBR0_EL1),
+            ttbr1: find(sysreg::TTBR1_EL1),
+        };
+        self.translation.insert(index, t);
+        Ok(t)
+    }
+
+    fn physical(&mut self, index: u32, va: u64) -> Result<u64> {
+        let regs = self.translation(index)?;
+        let ram = Arc::clone(&self.ram);
+        translate(va, &regs, |pa| {
+            let mut b = [0u8; 8];
+            ram.read(pa, &mut b)?;
+            Ok(u64::from_le_bytes(b))
+        })
+    }
+
+    /// Reads or writes guest memory at a virtual address, page by page.
+    fn access(
+        &mut self,
+        index: u32,
+        va: u64,
+        len: usize,
+        mut each: impl FnMut(&GuestRam, u64, usize, usize) -> Result<()>,
+    ) -> Result<()> {
+        let mut done = 0usize;
+        while done < len {
+            let at = va.wrapping_add(done as u64);
+            let in_page = (0x1000 - (at & 0xfff)) as usize;
+            let n = in_page.min(len - done);
+            let pa = self.physical(index, at)?;
+            each(&self.ram, pa, done, n)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Sends `Resume` to every vCPU per this round's actions.
+    fn resume_all(&mut self) -> Result<()> {
+        self.translation.clear();
+        for (i, handle) in self.vcpus.iter().enumerate() {
+            let index = i as u32;
+            let action = self.actions.get(&index).copied().unwrap_or(Action::Continue);
+            self.debug.set_single_step(index, action == Action::Step)?;
+            handle
+                .commands
+                .send(Command::Resume)
+                .map_err(|_| AccelError::bad_state(format!("vCPU {index}'s thread is gone")))?;
+            self.running[i] = true;
+        }
+        Ok(())
+    }
+
+    /// Stops every vCPU still running and waits until they have, keeping later events queued
+    /// only if they are real stops (the first real stop wins).
+    fn stop_others(
+        &mut self,
+        events: &mpsc::Receiver<Event>,
+        pending_bytes: &mut std::collections::VecDeque<u8>,
+    ) {
+        for (i, h) in self.vcpus.iter().enumerate() {
+            if self.running[i] {
+                h.kicker.kick();
+            }
+        }
+        while self.running.iter().any(|r| *r) {
+            match events.recv() {
+                Ok(Event::Vcpu(i, _)) => self.running[i as usize] = false,
+                Ok(Event::Byte(b)) => pending_bytes.push_back(b),
+                Ok(Event::Closed) | Err(_) => break,
+            }
+        }
+    }
+
+    fn stop_reason(&mut self, index: u32, stop: Stop) -> Result<MultiThreadStopReason<u64>> {
+        let tid = index_tid(index);
+        Ok(match stop {
+            Stop::Debug(_, DebugEvent::Step) => MultiThreadStopReason::DoneStep,
+            Stop::Debug(_, DebugEvent::HwBreakpoint { .. }) => MultiThreadStopReason::HwBreak(tid),
+            Stop::Debug(_, DebugEvent::SwBreakpoint { .. }) => MultiThreadStopReason::SwBreak(tid),
+            Stop::Debug(_, DebugEvent::Watchpoint { watch, accessed }) => MultiThreadStopReason::Watch {
+                tid,
+                kind: match watch.kind {
+                    AccelWatchKind::READ => WatchKind::Read,
+                    AccelWatchKind::WRITE => WatchKind::Write,
+                    _ => WatchKind::ReadWrite,
+                },
+                addr: accessed,
+            },
+            Stop::Debug(_, DebugEvent::Guest) | Stop::Kicked => {
+                MultiThreadStopReason::SignalWithThread { tid, signal: Signal::SIGINT }
+            }
+            Stop::Exited(outcome) => MultiThreadStopReason::Exited(outcome.exit_code() as u8),
+            Stop::Failed(e) => return Err(e),
+        })
+    }
+}
+
+impl Target for Machine {
+    type Arch = AccelAArch64;
+    type Error = AccelError;
+
+    fn base_ops(&mut self) -> BaseOps<'_, AccelAArch64, AccelError> {
+        BaseOps::MultiThread(self)
+    }
+
+    fn support_breakpoints(&mut self) -> Option<BreakpointsOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_target_description_xml_override(
+        &mut self,
+    ) -> Option<TargetDescriptionXmlOverrideOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn guard_rail_implicit_sw_breakpoints(&self) -> bool {
+        true
+    }
+}
+
+fn nonfatal(e: AccelError) -> TargetError<AccelError> {
+    log::warn!("gdb: {e}");
+    TargetError::NonFatal
+}
+
+impl MultiThreadBase for Machine {
+    fn read_registers(&mut self, regs: &mut GdbRegs, tid: Tid) -> TargetResult<(), Self> {
+        let index = tid_index(tid);
+        let sve = self.vcpus.get(index as usize).is_some_and(|h| h.features.contains(VcpuFeatures::SVE));
+        *regs = self
+            .exec(index, move |v| {
+                let core = v.get_core()?;
+                let fp = v.get_fp()?;
+                let mut r = GdbRegs {
+                    x: core.x,
+                    sp: if core.pstate & 1 == 1 { core.sp_el1 } else { core.sp_el0 },
+                    pc: core.pc,
+                    cpsr: core.pstate as u32,
+                    v: fp.v,
+                    fpsr: fp.fpsr,
+                    fpcr: fp.fpcr,
+                    sve: None,
+                };
+                if sve {
+                    let s = v.get_sve()?;
+                    r.sve = Some(SveView { vq: s.vq, z: s.z.to_vec(), p: s.p.to_vec(), ffr: s.ffr.to_vec() });
+                }
+                Ok(r)
+            })
+            .map_err(nonfatal)?;
+        Ok(())
+    }
+
+    fn write_registers(&mut self, regs: &GdbRegs, tid: Tid) -> TargetResult<(), Self> {
+        let regs = regs.clone();
+        self.exec(tid_index(tid), move |v| {
+            let mut core = v.get_core()?;
+            core.x = regs.x;
+            if core.pstate & 1 == 1 {
+                core.sp_el1 = regs.sp;
+            } else {
+                core.sp_el0 = regs.sp;
+            }
+            core.pc = regs.pc;
+            core.pstate = (core.pstate & !0xffff_ffff) | u64::from(regs.cpsr);
+            v.put_core(&core, PutLevel::Runtime)?;
+            match &regs.sve {
+                Some(s) => {
+                    let mut sve = v.get_sve()?;
+                    sve.z = s.z.clone().into();
+                    sve.p = s.p.clone().into();
+                    sve.ffr = s.ffr.clone().into();
+                    v.put_sve(&sve, PutLevel::Runtime)?;
+                    let mut fp = v.get_fp()?;
+                    fp.fpsr = regs.fpsr;
+                    fp.fpcr = regs.fpcr;
+                    v.put_fp(&fp, PutLevel::Runtime)
+                }
+                None => {
+                    let mut fp = v.get_fp()?;
+                    fp.v = regs.v;
+                    fp.fpsr = regs.fpsr;
+                    fp.fpcr = regs.fpcr;
+                    v.put_fp(&fp, PutLevel::Runtime)
+                }
+            }
+        })
+        .map_err(nonfatal)
+    }
+
+    fn support_single_register_access(&mut self) -> Option<SingleRegisterAccessOps<'_, Tid, Self>> {
+        Some(self)
+    }
+
+    fn read_addrs(&mut self, start: u64, data: &mut [u8], tid: Tid) -> TargetResult<usize, Self> {
+        let len = data.len();
+        let result =
+            self.access(tid_index(tid), start, len, |ram, pa, off, n| ram.read(pa, &mut data[off..off + n]));
+        result.map(|()| len).map_err(nonfatal)
+    }
+
+    fn write_addrs(&mut self, start: u64, data: &[u8], tid: Tid) -> TargetResult<(), Self> {
+        let result = self
+            .access(tid_index(tid), start, data.len(), |ram, pa, off, n| ram.write(pa, &data[off..off + n]));
+        result.map_err(nonfatal)
+    }
+
+    fn list_active_threads(&mut self, thread_is_active: &mut dyn FnMut(Tid)) -> Result<()> {
+        for i in 0..self.vcpus.len() {
+            thread_is_active(index_tid(i as u32));
+        }
+        Ok(())
+    }
+
+    fn support_resume(&mut self) -> Option<MultiThreadResumeOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SingleRegisterAccess<Tid> for Machine {
+    fn read_register(&mut self, tid: Tid, reg: GdbRegId, buf: &mut [u8]) -> TargetResult<usize, Self> {
+        let mut regs = GdbRegs::default();
+        match reg {
+            GdbRegId::Sys(encoding) => {
+                let id = RegId::from_encoding(encoding);
+                let value = self.exec(tid_index(tid), move |v| v.get_reg(id)).map_err(nonfatal)?;
+                let bytes = value.to_le_bytes();
+                let n = buf.len().min(8);
+                buf[..n].copy_from_slice(&bytes[..n]);
+                Ok(n)
+            }
+            other => {
+                self.read_registers(&mut regs, tid)?;
+                let mut all = Vec::new();
+                gdbstub::arch::Registers::gdb_serialize(&regs, |b| all.push(b.unwrap_or(0)));
+                let (offset, size) = reg_span(&regs, other).ok_or(TargetError::NonFatal)?;
+                let n = size.min(buf.len());
+                buf[..n].copy_from_slice(&all[offset..offset + n]);
+                Ok(n)
+            }
+        }
+    }
+
+    fn write_register(&mut self, tid: Tid, reg: GdbRegId, val: &[u8]) -> TargetResult<(), Self> {
+        match reg {
+            GdbRegId::Sys(encoding) => {
+                let id = RegId::from_encoding(encoding);
+                let mut b = [0u8; 8];
+                let n = val.len().min(8);
+                b[..n].copy_from_slice(&val[..n]);
+                let value = u64::from_le_bytes(b);
+                self.exec(tid_index(tid), move |v| {
+                    v.get_regs(id.class())?;
+                    v.put_regs(&[RegValue { id, value }], PutLevel::Runtime)
+                })
+                .map_err(nonfatal)
+            }
+            other => {
+                let mut regs = GdbRegs::default();
+                self.read_registers(&mut regs, tid)?;
+                let mut all = Vec::new();
+                gdbstub::arch::Registers::gdb_serialize(&regs, |b| all.push(b.unwrap_or(0)));
+                let (offset, size) = reg_span(&regs, other).ok_or(TargetError::NonFatal)?;
+                if val.len() != size {
+                    return Err(TargetError::NonFatal);
+                }
+                all[offset..offset + size].copy_from_slice(val);
+                gdbstub::arch::Registers::gdb_deserialize(&mut regs, &all)
+                    .map_err(|()| TargetError::NonFatal)?;
+                self.write_registers(&regs, tid)
+            }
+        }
+    }
+}
+
+/// Where register `reg` sits in the `g` packet of `regs`, and its size.
+fn reg_span(regs: &GdbRegs, reg: GdbRegId) -> Option<(usize, usize)> {
+    let (zl, pl) = regs.sve.as_ref().map_or((16, 0), |s| (s.vq as usize * 16, s.vq as usize * 2));
+    let vec_base = 31 * 8 + 8 + 8 + 4;
+    let after_vec = vec_base + 32 * zl;
+    Some(match reg {
+        GdbRegId::X(n) => (8 * n as usize, 8),
+        GdbRegId::Sp => (31 * 8, 8),
+        GdbRegId::Pc => (32 * 8, 8),
+        GdbRegId::Cpsr => (33 * 8, 4),
+        GdbRegId::Vector(n) => (vec_base + n as usize * zl, zl),
+        GdbRegId::Fpsr => (after_vec, 4),
+        GdbRegId::Fpcr => (after_vec + 4, 4),
+        GdbRegId::Pred(n) if pl > 0 => (after_vec + 8 + n as usize * pl, pl),
+        GdbRegId::Ffr if pl > 0 => (after_vec + 8 + 16 * pl, pl),
+        GdbRegId::Vg if pl > 0 => (after_vec + 8 + 17 * pl, 8),
+        _ => return None,
+    })
+}
+
+impl MultiThreadResume for Machine {
+    fn resume(&mut self) -> Result<()> {
+        self.resume_all()
+    }
+
+    fn clear_resume_actions(&mut self) -> Result<()> {
+        self.actions.clear();
+        Ok(())
+    }
+
+    fn set_resume_action_continue(&mut self, tid: Tid, _signal: Option<Signal>) -> Result<()> {
+        self.actions.insert(tid_index(tid), Action::Continue);
+        Ok(())
+    }
+
+    fn support_single_step(&mut self) -> Option<MultiThreadSingleStepOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl MultiThreadSingleStep for Machine {
+    fn set_resume_action_step(&mut self, tid: Tid, _signal: Option<Signal>) -> Result<()> {
+        self.actions.insert(tid_index(tid), Action::Step);
+        Ok(())
+    }
+}
+
+impl Breakpoints for Machine {
+    fn support_sw_breakpoint(&mut self) -> Option<SwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_hw_breakpoint(&mut self) -> Option<HwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_hw_watchpoint(&mut self) -> Option<HwWatchpointOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+fn done(result: Result<()>) -> TargetResult<bool, Machine> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind == ErrorKind::NO_RESOURCE || e.kind == ErrorKind::INVALID_ARGUMENT => {
+            log::warn!("gdb: {e}");
+            Ok(false)
+        }
+        Err(e) => Err(nonfatal(e)),
+    }
+}
+
+impl SwBreakpoint for Machine {
+    fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        let pa = self.physical(0, addr).map_err(nonfatal)?;
+        done(self.debug.insert_sw_breakpoint(addr, pa))
+    }
+
+    fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        done(self.debug.remove_sw_breakpoint(addr))
+    }
+}
+
+impl HwBreakpoint for Machine {
+    fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        done(self.debug.insert_hw_breakpoint(addr))
+    }
+
+    fn remove_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        done(self.debug.remove_hw_breakpoint(addr))
+    }
+}
+
+fn watch(addr: u64, len: u64, kind: WatchKind) -> Watchpoint {
+    let kind = match kind {
+        WatchKind::Read => AccelWatchKind::READ,
+        WatchKind::Write => AccelWatchKind::WRITE,
+        WatchKind::ReadWrite => AccelWatchKind::ACCESS,
+    };
+    Watchpoint { addr, len, kind }
+}
+
+impl HwWatchpoint for Machine {
+    fn add_hw_watchpoint(&mut self, addr: u64, len: u64, kind: WatchKind) -> TargetResult<bool, Self> {
+        done(self.debug.insert_watchpoint(&watch(addr, len, kind)))
+    }
+
+    fn remove_hw_watchpoint(&mut self, addr: u64, len: u64, kind: WatchKind) -> TargetResult<bool, Self> {
+        done(self.debug.remove_watchpoint(&watch(addr, len, kind)))
+    }
+}
+
+impl TargetDescriptionXmlOverride for Machine {
+    fn target_description_xml(
+        &self,
+        annex: &[u8],
+        offset: u64,
+        length: usize,
+        buf: &mut [u8],
+    ) -> TargetResult<usize, Self> {
+        if annex != b"target.xml" {
+            return Err(TargetError::NonFatal);
+        }
+        let xml = self.xml.as_deref().unwrap_or("").as_bytes();
+        let start = (offset as usize).min(xml.len());
+        let n = length.min(buf.len()).min(xml.len() - start);
+        buf[..n].copy_from_slice(&xml[start..start + n]);
+        Ok(n)
+    }
+}
+
+/// Serves gdb over `options` for the vCPUs behind `vcpus`, whose threads report on `events`.
+/// Returns when the guest ends or gdb kills it; after a detach the guest runs on without the
+/// debugger until it ends.
+pub fn serve(
+    options: &GdbOptions,
+    vcpus: Vec<VcpuHandle>,
+    debug: Debug,
+    ram: Arc<GuestRam>,
+    events_tx: mpsc::Sender<Event>,
+    events: mpsc::Receiver<Event>,
+    started: bool,
+) -> Result<Outcome> {
+    let writer = connect(options, events_tx)?;
+    let running = vec![started; vcpus.len()];
+    let mut machine = Machine {
+        vcpus,
+        debug,
+        ram,
+        actions: HashMap::new(),
+        running,
+        translation: HashMap::new(),
+        xml: None,
+    };
+    let sve_vq = if machine.vcpus.first().is_some_and(|h| h.features.contains(VcpuFeatures::SVE)) {
+        Some(machine.exec(0, |v| v.get_sve().map(|s| s.vq))?)
+    } else {
+        None
+    };
+    let sysregs = machine.exec(0, |v| v.get_regs(RegClass::SYS))?;
+    machine.xml = Some(target_xml(sve_vq, &sysregs));
+
+    let mut pending: std::collections::VecDeque<u8> = std::collections::VecDeque::new();
+    // gdb finds the machine stopped.
+    machine.stop_others(&events, &mut pending);
+    let stub = GdbStub::new(Conn(writer));
+    let mut gdb = stub.run_state_machine(&mut machine).map_err(|e| accel_err(format!("gdb: {e}")))?;
+    let gdb_err = |e: gdbstub::stub::GdbStubError<AccelError, std::io::Error>| accel_err(format!("gdb: {e}"));
+    loop {
+        gdb = match gdb {
+            GdbStubStateMachine::Idle(g) => {
+                let byte = match pending.pop_front() {
+                    Some(b) => b,
+                    None => match events.recv() {
+                        Ok(Event::Byte(b)) => b,
+                        Ok(Event::Closed) | Err(_) => return detach(&mut machine, &events),
+                        Ok(Event::Vcpu(i, stop)) => {
+                            log::warn!("gdb: vCPU {i} reported {stop:?} while stopped");
+                            gdb = GdbStubStateMachine::Idle(g);
+                            continue;
+                        }
+                    },
+                };
+                g.incoming_data(&mut machine, byte).map_err(gdb_err)?
+            }
+            GdbStubStateMachine::Running(g) => match events.recv() {
+                Ok(Event::Byte(b)) => g.incoming_data(&mut machine, b).map_err(gdb_err)?,
+                Ok(Event::Closed) | Err(_) => return detach(&mut machine, &events),
+                Ok(Event::Vcpu(i, stop)) => {
+                    machine.running[i as usize] = false;
+                    let exited = matches!(stop, Stop::Exited(_));
+                    let outcome = if let Stop::Exited(o) = &stop { Some(o.clone()) } else { None };
+                    machine.stop_others(&events, &mut pending);
+                    let reason = machine.stop_reason(i, stop)?;
+                    let next = g.report_stop(&mut machine, reason).map_err(gdb_err)?;
+                    if exited {
+                        return Ok(outcome.unwrap_or(Outcome::PowerOff));
+                    }
+                    next
+                }
+            },
+            GdbStubStateMachine::CtrlCInterrupt(g) => {
+                machine.stop_others(&events, &mut pending);
+                let reason =
+                    MultiThreadStopReason::SignalWithThread { tid: index_tid(0), signal: Signal::SIGINT };
+                g.interrupt_handled(&mut machine, Some(reason)).map_err(gdb_err)?
+            }
+            GdbStubStateMachine::Disconnected(g) => match g.get_reason() {
+                DisconnectReason::Kill => {
+                    log::info!("gdb killed the guest");
+                    return Ok(Outcome::Fault("killed by the debugger".into()));
+                }
+                _ => return detach(&mut machine, &events),
+            },
+        };
+    }
+}
+
+/// Removes every breakpoint and lets the guest run on until it ends.
+fn detach(machine: &mut Machine, events: &mpsc::Receiver<Event>) -> Result<Outcome> {
+    log::info!("gdb detached; the guest runs on");
+    machine.debug.remove_all()?;
+    machine.actions.clear();
+    if !machine.running.iter().any(|r| *r) {
+        machine.resume_all()?;
+    }
+    loop {
+        match events.recv() {
+            Ok(Event::Vcpu(_, Stop::Exited(outcome))) => return Ok(outcome),
+            Ok(Event::Vcpu(_, Stop::Failed(e))) => return Err(e),
+            Ok(Event::Vcpu(i, _)) => {
+                let _ = machine.vcpus[i as usize].commands.send(Command::Resume);
+            }
+            Ok(_) => {}
+            Err(_) => return Err(AccelError::bad_state("every vCPU thread ended")),
+        }
+    }
+}
