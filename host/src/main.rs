@@ -199,7 +199,9 @@ fn run(
     match &outcome {
         vmm::Outcome::Fault(why) => eprintln!("accel-host: guest fault: {why}"),
         vmm::Outcome::Crash => eprintln!("accel-host: the guest reported a crash"),
-        vmm::Outcome::PowerOff | vmm::Outcome::Reset => log::info!("guest stopped: {outcome:?}"),
+        vmm::Outcome::PowerOff | vmm::Outcome::Reset | vmm::Outcome::Killed => {
+            log::info!("guest stopped: {outcome:?}")
+        }
     }
     Ok(outcome.exit_code())
 }

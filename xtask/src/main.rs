@@ -348,10 +348,11 @@ fn test(cpus: &[String]) -> Result<bool> {
     )?;
     for cpu in cpus {
         println!("xtask: booting the nested arm64 VM (-cpu {cpu})");
-        let run = vm::boot(&kernel, &initrd, cpu, VM_TIMEOUT, &|line| println!("  vm[{cpu}]| {line}"))?;
+        let run = vm::boot(&kernel, &initrd, cpu, VM_TIMEOUT, &[], &|line| println!("  vm[{cpu}]| {line}"))?;
         println!("xtask: [{cpu}] VM finished in {:.1} s", run.elapsed.as_secs_f64());
         check_vm(&mut tally, cpu, &run);
     }
+    gdb_end_to_end(&mut tally, &kernel)?;
     println!("xtask: total time {:.1} s", start.elapsed().as_secs_f64());
     if !tally.failures.is_empty() {
         println!("xtask: failures:");
@@ -361,6 +362,191 @@ fn test(cpus: &[String]) -> Result<bool> {
     }
     println!("{} passed, {} failed", tally.passed, tally.failed);
     Ok(tally.failed == 0 && tally.failures.is_empty())
+}
+
+/// The gdb session of the end-to-end test, against the debuggee guest. `PORT` is replaced.
+const GDB_SCRIPT: &str = r#"set pagination off
+set confirm off
+set language c
+set remotetimeout 60
+target remote 127.0.0.1:PORT
+hbreak hw_target
+break loop_body
+hbreak straight
+continue
+continue
+continue
+delete 2
+continue
+continue
+printf "STEP %lx\n", $pc
+stepi
+printf "STEP %lx\n", $pc
+stepi
+printf "STEP %lx\n", $pc
+stepi
+printf "STEP %lx\n", $pc
+stepi
+printf "STEP %lx\n", $pc
+delete
+watch *(unsigned long *)&WATCHED
+continue
+delete
+break report
+continue
+info registers
+p $v0
+p $x0 = 42
+delete
+echo READY-FOR-CTRL-C\n
+continue
+printf "STOPPED %lx\n", $pc
+info symbol $pc
+kill
+"#;
+
+/// Real gdb against accel-host in the nested VM, over a virtio-serial port that QEMU serves on
+/// a local TCP port.
+fn gdb_end_to_end(tally: &mut Tally, kernel: &Path) -> Result<()> {
+    let debuggee = root().join("target/guests").join(GUEST_TARGET).join("release/debuggee");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| Error(format!("finding a free port: {e}")))?;
+    let work = vm::work_dir(&root());
+    let script = work.join("gdb-e2e.gdb");
+    std::fs::write(&script, GDB_SCRIPT.replace("PORT", &port.to_string()))
+        .map_err(|e| Error(format!("writing {}: {e}", script.display())))?;
+    let initrd = work.join("gdb-initrd.cpio");
+    let jobs = [job(
+        "gdb-e2e",
+        &[
+            "/bin/accel-host",
+            "run",
+            "--accel",
+            "kvm",
+            "--gdb",
+            "/dev/vport0p1",
+            "--gdb-wait",
+            "/guests/debuggee.elf",
+        ],
+    )];
+    let mut files = vm_files()?;
+    files.push(VmFile::from_host("/guests/debuggee.elf", &debuggee, 0o644)?);
+    vm::initramfs_with_timeout(
+        &initrd,
+        &cross_out("accel-vm-init"),
+        files,
+        &[("ACCEL_PLUGIN_PATH", "/lib/accel")],
+        240,
+        &jobs,
+    )?;
+    println!("xtask: real gdb against accel-host in the nested VM (-cpu max)");
+    let gdb_out: std::sync::Mutex<Option<std::thread::JoinHandle<String>>> = std::sync::Mutex::new(None);
+    let run = vm::boot(kernel, &initrd, "max", VM_TIMEOUT, &vm::gdb_channel(port), &|line| {
+        println!("  vm[gdb]| {line}");
+        if line.contains("gdb stub ready on /dev/vport0p1") {
+            let (script, debuggee) = (script.clone(), debuggee.clone());
+            if let Ok(mut slot) = gdb_out.lock() {
+                if slot.is_none() {
+                    *slot = Some(std::thread::spawn(move || run_gdb(&script, &debuggee)));
+                }
+            }
+        }
+    })?;
+    let out = gdb_out.lock().ok().and_then(|mut s| s.take()).and_then(|h| h.join().ok()).unwrap_or_default();
+    for line in out.lines() {
+        println!("  gdb| {line}");
+    }
+    let job = run.job("gdb-e2e").cloned().unwrap_or_default();
+    let tag = |what: &str| format!("[gdb] {what}");
+    let has = |s: &str| out.contains(s);
+    tally.check(
+        &tag("break in a loop hits three times"),
+        out.matches("Breakpoint 2, ").count() == 3 && has("loop_body"),
+        || "three 'Breakpoint 2, ... loop_body' stops expected".into(),
+    );
+    tally.check(&tag("hbreak on a function stops there"), has("Breakpoint 1, debuggee::hw_target"), || {
+        "no hardware breakpoint stop in hw_target".into()
+    });
+    let steps: Vec<u64> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("STEP "))
+        .filter_map(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .collect();
+    tally.check(
+        &tag("stepi x4 walks the PC by 4"),
+        steps.len() == 5 && steps.windows(2).all(|w| w[1] == w[0] + 4),
+        || format!("PC sequence {steps:x?}"),
+    );
+    tally.check(
+        &tag("watch shows the old and new value"),
+        has("Old value = 0") && has("New value = 7"),
+        || "no 'Old value = 0' / 'New value = 7'".into(),
+    );
+    tally.check(&tag("info registers and p $v0"), has("x30 ") && has("cpsr") && has("{d = {f = "), || {
+        "registers not shown".into()
+    });
+    tally.check(
+        &tag("p $x0 = 42 reaches the guest, which reports it"),
+        has("= 42") && job.output.iter().any(|l| l.contains("report x0=42")),
+        || format!("guest output {:?}", job.output),
+    );
+    tally.check(
+        &tag("Ctrl-C interrupts the spinning guest"),
+        has("SIGINT") && out.lines().any(|l| l.starts_with("STOPPED ")),
+        || "no SIGINT stop".into(),
+    );
+    tally.check(&tag("kill ends accel-host cleanly"), job.status == Some(0), || {
+        format!("accel-host exited with {:?}", job.status)
+    });
+    Ok(())
+}
+
+/// Runs gdb-multiarch in batch mode with `script` on `elf`, for at most 200 s. When the script
+/// prints `READY-FOR-CTRL-C` and continues the guest, gdb gets a SIGINT three seconds later, as
+/// from a Ctrl-C at its terminal.
+fn run_gdb(script: &Path, elf: &Path) -> String {
+    use std::io::{BufRead, BufReader};
+    let child = Command::new("timeout")
+        .args(["200", "gdb-multiarch", "-nx", "-batch", "-x"])
+        .arg(script)
+        .arg(elf)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return format!("could not run gdb-multiarch: {e}"),
+    };
+    let stderr = child.stderr.take().map(|mut e| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut e, &mut s);
+            s
+        })
+    });
+    let mut out = String::new();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines().map_while(std::result::Result::ok) {
+            if line.contains("READY-FOR-CTRL-C") {
+                let pid = child.id();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_secs(3));
+                    // `timeout` forwards the signal to gdb.
+                    let _ = Command::new("kill").args(["-INT", &pid.to_string()]).status();
+                });
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    let _ = child.wait();
+    if let Some(err) = stderr.and_then(|h| h.join().ok()) {
+        out.push_str(&err);
+    }
+    out
 }
 
 fn native_kvm_usable(host: &Path, plugin: &Path) -> bool {
@@ -416,7 +602,7 @@ fn run(image: Option<PathBuf>) -> Result<i32> {
         &jobs,
     )?;
     println!("xtask: booting the nested arm64 VM; guest console follows");
-    let result = vm::boot(&kernel, &initrd, "max", VM_TIMEOUT, &|line| {
+    let result = vm::boot(&kernel, &initrd, "max", VM_TIMEOUT, &[], &|line| {
         if !line.starts_with("@@accel") {
             println!("{line}");
         }
@@ -438,6 +624,7 @@ fn cross_build_guest() -> Result<()> {
 }
 
 const USAGE: &str = "usage: cargo xtask test [--cpu MODEL]...\n       cargo xtask run [IMAGE]\n       \
+                     cargo xtask gdb-e2e   (only the real-gdb end-to-end test)\n       \
                      cargo xtask vm [--cpu MODEL] -- PROGRAM [ARG]...   (programs in the VM: /bin/accel-host, \
                      /bin/accel-conformance, /bin/accel-bench; plugins in /lib/accel)";
 
@@ -458,7 +645,7 @@ fn vm_command(cpu: &str, argv: &[String]) -> Result<i32> {
         &[("ACCEL_PLUGIN_PATH", "/lib/accel")],
         &[job("command", &argv)],
     )?;
-    let result = vm::boot(&kernel, &initrd, cpu, VM_TIMEOUT, &|line| {
+    let result = vm::boot(&kernel, &initrd, cpu, VM_TIMEOUT, &[], &|line| {
         if !line.starts_with("@@accel") {
             println!("{line}");
         }
@@ -495,6 +682,16 @@ fn main() -> ExitCode {
             }
         }
         Some("run") if args.len() <= 2 => run(args.get(1).map(PathBuf::from)),
+        Some("gdb-e2e") => (|| {
+            provision::host_tools()?;
+            provision::rust_targets()?;
+            cross_build()?;
+            let kernel = provision::kernel()?;
+            let mut tally = Tally::default();
+            gdb_end_to_end(&mut tally, &kernel)?;
+            println!("{} passed, {} failed", tally.passed, tally.failed);
+            Ok(if tally.failed == 0 { 0 } else { 1 })
+        })(),
         Some("vm") => {
             let (opts, rest) = match args.iter().position(|a| a == "--") {
                 Some(i) => (&args[1..i], &args[i + 1..]),

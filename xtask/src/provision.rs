@@ -10,7 +10,8 @@ use std::{
 use crate::{cmd, Error, Result};
 
 /// Debian packages the nested VM needs on the build host.
-pub const APT_PACKAGES: &[&str] = &["qemu-system-arm", "gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross"];
+pub const APT_PACKAGES: &[&str] =
+    &["qemu-system-arm", "gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross", "gdb-multiarch"];
 /// Rust targets: plugins and tools for the VM, the bare-metal demo guest, and macOS on Apple
 /// silicon for checking the HVF backend.
 pub const RUST_TARGETS: &[&str] =
@@ -35,13 +36,16 @@ fn is_root() -> bool {
 
 /// Makes sure the host tools are there, installing them when possible.
 pub fn host_tools() -> Result<()> {
-    let missing: Vec<&str> =
-        [("qemu-system-aarch64", "qemu-system-arm"), ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu")]
-            .iter()
-            .filter(|(program, _)| !have(program))
-            .map(|(_, package)| *package)
-            .chain((!Path::new(CROSS_LIB).join("libc.so.6").exists()).then_some("libc6-dev-arm64-cross"))
-            .collect();
+    let missing: Vec<&str> = [
+        ("qemu-system-aarch64", "qemu-system-arm"),
+        ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
+        ("gdb-multiarch", "gdb-multiarch"),
+    ]
+    .iter()
+    .filter(|(program, _)| !have(program))
+    .map(|(_, package)| *package)
+    .chain((!Path::new(CROSS_LIB).join("libc.so.6").exists()).then_some("libc6-dev-arm64-cross"))
+    .collect();
     if !missing.is_empty() {
         let install = format!("apt-get install -y --no-install-recommends {}", APT_PACKAGES.join(" "));
         if is_root() && have("apt-get") {

@@ -86,6 +86,20 @@ fn runtime_files() -> Result<Vec<VmFile>> {
     Ok(files)
 }
 
+/// As [`initramfs`], with each job limited to `timeout_secs`.
+pub fn initramfs_with_timeout(
+    out: &Path,
+    init: &Path,
+    files: Vec<VmFile>,
+    env: &[(&str, &str)],
+    timeout_secs: u64,
+    jobs: &[Job],
+) -> Result<()> {
+    let mut limited = vec![Job { name: "timeout".into(), argv: vec![timeout_secs.to_string()] }];
+    limited.extend(jobs.iter().map(|j| Job { name: j.name.clone(), argv: j.argv.clone() }));
+    initramfs(out, init, files, env, &limited)
+}
+
 /// Writes an initramfs with `init` as `/init`, the glibc runtime, `files`, and the job list.
 pub fn initramfs(
     out: &Path,
@@ -138,7 +152,7 @@ pub fn initramfs(
 
 /// The QEMU command line for a CPU model. `max` gets the cheap pointer-authentication algorithm,
 /// which makes emulation about three times faster.
-fn qemu_command(kernel: &Path, initrd: &Path, cpu: &str) -> Command {
+fn qemu_command(kernel: &Path, initrd: &Path, cpu: &str, extra: &[String]) -> Command {
     let cpu_arg = if cpu == "max" { "max,pauth-impdef=on".to_string() } else { cpu.to_string() };
     let mut c = Command::new("qemu-system-aarch64");
     c.args(["-M", "virt,virtualization=on,gic-version=3", "-cpu", &cpu_arg])
@@ -149,8 +163,23 @@ fn qemu_command(kernel: &Path, initrd: &Path, cpu: &str) -> Command {
         .arg(kernel)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyAMA0 rdinit=/init panic=-1 quiet"]);
+        .args(["-append", "console=ttyAMA0 rdinit=/init panic=-1 quiet"])
+        .args(extra);
     c
+}
+
+/// QEMU arguments for a virtio-serial port named `gdb` (the VM's `/dev/vport0p1`) that QEMU
+/// serves as a TCP server on 127.0.0.1:`port`.
+pub fn gdb_channel(port: u16) -> Vec<String> {
+    [
+        "-device".to_string(),
+        "virtio-serial-pci".to_string(),
+        "-chardev".to_string(),
+        format!("socket,id=gdb0,host=127.0.0.1,port={port},server=on,wait=off"),
+        "-device".to_string(),
+        "virtserialport,chardev=gdb0,name=gdb".to_string(),
+    ]
+    .to_vec()
 }
 
 /// Boots the VM and collects the job results, echoing console lines through `echo`. QEMU is
@@ -160,10 +189,11 @@ pub fn boot(
     initrd: &Path,
     cpu: &str,
     timeout: Duration,
+    extra: &[String],
     echo: &dyn Fn(&str),
 ) -> Result<VmRun> {
     let start = Instant::now();
-    let mut child = qemu_command(kernel, initrd, cpu)
+    let mut child = qemu_command(kernel, initrd, cpu, extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

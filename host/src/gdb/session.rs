@@ -22,8 +22,8 @@ use gdbstub::{
         ext::{
             base::{
                 multithread::{
-                    MultiThreadBase, MultiThreadResume, MultiThreadResumeOps, MultiThreadSingleStep,
-                    MultiThreadSingleStepOps,
+                    MultiThreadBase, MultiThreadResume, MultiThreadResumeOps, MultiThreadSchedulerLocking,
+                    MultiThreadSchedulerLockingOps, MultiThreadSingleStep, MultiThreadSingleStepOps,
                 },
                 single_register_access::{SingleRegisterAccess, SingleRegisterAccessOps},
                 BaseOps,
@@ -155,19 +155,20 @@ fn accel_err(e: impl std::fmt::Display) -> AccelError {
 
 /// Opens the gdb connection: returns a writer and starts a reader thread feeding `events`.
 fn connect(options: &GdbOptions, events: mpsc::Sender<Event>) -> Result<Box<dyn Write + Send>> {
-    let (reader, writer): (Box<dyn Read + Send>, Box<dyn Write + Send>) = if options.address.contains('/') {
+    let is_device = options.address.contains('/');
+    let (reader, writer): (Box<dyn Read + Send>, Box<dyn Write + Send>) = if is_device {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(&options.address)
             .map_err(|e| accel_err(format!("opening {}: {e}", options.address)))?;
         let reader = file.try_clone().map_err(accel_err)?;
-        log::info!("gdb: talking over {}", options.address);
+        eprintln!("accel-host: gdb stub ready on {}", options.address);
         (Box::new(reader), Box::new(file))
     } else {
         let listener = TcpListener::bind(&options.address)
             .map_err(|e| accel_err(format!("listening on {}: {e}", options.address)))?;
-        eprintln!("accel-host: waiting for gdb on {}", options.address);
+        eprintln!("accel-host: gdb stub ready on {}", options.address);
         let (stream, peer) = listener.accept().map_err(accel_err)?;
         log::info!("gdb: connection from {peer}");
         let _ = stream.set_nodelay(true);
@@ -180,6 +181,9 @@ fn connect(options: &GdbOptions, events: mpsc::Sender<Event>) -> Result<Box<dyn 
             let mut buf = [0u8; 4096];
             loop {
                 match reader.read(&mut buf) {
+                    // A character device (a virtio-serial port) reads as end-of-file while nobody
+                    // is connected at the other end: wait for gdb rather than hang up.
+                    Ok(0) if is_device => std::thread::sleep(std::time::Duration::from_millis(20)),
                     Ok(0) | Err(_) => {
                         let _ = events.send(Event::Closed);
                         return;
@@ -211,6 +215,7 @@ struct Machine {
     debug: Debug,
     ram: Arc<GuestRam>,
     actions: HashMap<u32, Action>,
+    scheduler_locked: bool,
     running: Vec<bool>,
     translation: HashMap<u32, TranslationRegs>,
     xml: Option<String>,
@@ -296,7 +301,12 @@ impl Machine {
         self.translation.clear();
         for (i, handle) in self.vcpus.iter().enumerate() {
             let index = i as u32;
-            let action = self.actions.get(&index).copied().unwrap_or(Action::Continue);
+            // With scheduler locking, threads without an action of their own stay stopped.
+            let action = match self.actions.get(&index) {
+                Some(a) => *a,
+                None if self.scheduler_locked => continue,
+                None => Action::Continue,
+            };
             self.debug.set_single_step(index, action == Action::Step)?;
             handle
                 .commands
@@ -557,6 +567,7 @@ impl MultiThreadResume for Machine {
 
     fn clear_resume_actions(&mut self) -> Result<()> {
         self.actions.clear();
+        self.scheduler_locked = false;
         Ok(())
     }
 
@@ -567,6 +578,17 @@ impl MultiThreadResume for Machine {
 
     fn support_single_step(&mut self) -> Option<MultiThreadSingleStepOps<'_, Self>> {
         Some(self)
+    }
+
+    fn support_scheduler_locking(&mut self) -> Option<MultiThreadSchedulerLockingOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl MultiThreadSchedulerLocking for Machine {
+    fn set_resume_action_scheduler_lock(&mut self) -> Result<()> {
+        self.scheduler_locked = true;
+        Ok(())
     }
 }
 
@@ -680,6 +702,7 @@ pub fn serve(
         debug,
         ram,
         actions: HashMap::new(),
+        scheduler_locked: false,
         running,
         translation: HashMap::new(),
         xml: None,
@@ -740,7 +763,7 @@ pub fn serve(
             GdbStubStateMachine::Disconnected(g) => match g.get_reason() {
                 DisconnectReason::Kill => {
                     log::info!("gdb killed the guest");
-                    return Ok(Outcome::Fault("killed by the debugger".into()));
+                    return Ok(Outcome::Killed);
                 }
                 _ => return detach(&mut machine, &events),
             },

@@ -66,13 +66,15 @@ pub enum Outcome {
     Crash,
     /// The guest did something the machine cannot continue from.
     Fault(String),
+    /// The debugger ended the run (gdb's `kill`).
+    Killed,
 }
 
 impl Outcome {
     /// The host's exit code for this outcome: 0 off or reset, 2 fault, 3 crash.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Outcome::PowerOff | Outcome::Reset => 0,
+            Outcome::PowerOff | Outcome::Reset | Outcome::Killed => 0,
             Outcome::Fault(_) => 2,
             Outcome::Crash => 3,
         }

@@ -19,8 +19,9 @@ use std::{
 };
 
 const JOBS: &str = "/etc/accel/jobs";
-/// How long one job may run before it is killed and reported with status 124.
-const JOB_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long one job may run before it is killed and reported with status 124 (a `timeout<TAB>N`
+/// line changes it for the jobs after it).
+static TIMEOUT_SECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(600);
 
 fn mount(source: &str, target: &str, fstype: &str) {
     let _ = std::fs::create_dir_all(target);
@@ -36,6 +37,12 @@ fn mount(source: &str, target: &str, fstype: &str) {
 }
 
 fn run_job(line: &str, env: &mut Vec<(String, String)>) {
+    if let Some(seconds) = line.strip_prefix("timeout\t") {
+        if let Ok(s) = seconds.trim().parse() {
+            TIMEOUT_SECS.store(s, std::sync::atomic::Ordering::Relaxed);
+        }
+        return;
+    }
     if let Some(assignment) = line.strip_prefix("env\t") {
         if let Some((k, v)) = assignment.split_once('=') {
             env.push((k.to_string(), v.to_string()));
@@ -59,14 +66,15 @@ fn run_job(line: &str, env: &mut Vec<(String, String)>) {
         .spawn();
     let code = match child {
         Ok(mut child) => {
-            let deadline = Instant::now() + JOB_TIMEOUT;
+            let limit = Duration::from_secs(TIMEOUT_SECS.load(std::sync::atomic::Ordering::Relaxed));
+            let deadline = Instant::now() + limit;
             loop {
                 match child.try_wait() {
                     Ok(Some(s)) => break s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
                     Ok(None) if Instant::now() >= deadline => {
                         println!(
                             "@@accel warning: {name} did not finish within {} s; killing it",
-                            JOB_TIMEOUT.as_secs()
+                            limit.as_secs()
                         );
                         let _ = child.kill();
                         let _ = child.wait();
