@@ -40,6 +40,10 @@ enum Command {
         /// RAM size, e.g. 128M or 1G.
         #[arg(long, default_value = "128M", value_parser = parse_size)]
         mem: u64,
+        /// Extra vCPU features, comma-separated: sve, pmu-v3, el1-32bit, ptrauth-address,
+        /// ptrauth-generic.
+        #[arg(long, value_delimiter = ',', value_parser = parse_feature)]
+        features: Vec<VcpuFeatures>,
         /// Serve the gdb remote protocol: HOST:PORT to listen on, or a character device path.
         #[arg(long, value_name = "ADDR")]
         gdb: Option<String>,
@@ -183,17 +187,22 @@ fn probe(accel: &str, json: bool) -> Result<(), String> {
     Ok(())
 }
 
+fn parse_feature(name: &str) -> Result<VcpuFeatures, String> {
+    VcpuFeatures::from_name(name).ok_or_else(|| format!("unknown vCPU feature '{name}'"))
+}
+
 fn run(
     accel: &str,
     cpus: u32,
     mem: u64,
+    features: VcpuFeatures,
     gdb: Option<vmm::GdbConfig>,
     image: &PathBuf,
 ) -> Result<i32, String> {
     let (_, plugin) = loader::resolve(accel).map_err(|e| e.to_string())?;
     let bytes = std::fs::read(image).map_err(|e| format!("{}: {e}", image.display()))?;
     let accelerator = plugin.open().map_err(|e| e.to_string())?;
-    let config = vmm::MachineConfig { cpus, mem_size: mem, gdb };
+    let config = vmm::MachineConfig { cpus, mem_size: mem, features, gdb };
     let outcome =
         vmm::run(&accelerator, &config, &bytes, Box::new(std::io::stdout())).map_err(|e| e.to_string())?;
     match &outcome {
@@ -218,12 +227,13 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::List => list().map(|()| 0),
         Command::Probe { accel, json } => probe(accel, *json).map(|()| 0),
-        Command::Run { accel, cpus, mem, image, gdb, gdb_wait } => {
+        Command::Run { accel, cpus, mem, image, gdb, gdb_wait, features } => {
             let gdb = gdb.clone().map(|address| vmm::GdbConfig {
                 options: accel_host::gdb::GdbOptions { address },
                 wait: *gdb_wait,
             });
-            run(accel, *cpus, *mem, gdb, image)
+            let features = features.iter().fold(VcpuFeatures::NONE, |a, f| a | *f);
+            run(accel, *cpus, *mem, features, gdb, image)
         }
     };
     match result {

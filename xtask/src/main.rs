@@ -392,6 +392,13 @@ delete
 watch *(unsigned long *)&WATCHED
 continue
 delete
+rwatch *(unsigned long *)&WATCHED
+continue
+delete
+awatch *(unsigned long *)&WATCHED
+continue
+delete
+p $vg
 break report
 continue
 info registers
@@ -425,6 +432,8 @@ fn gdb_end_to_end(tally: &mut Tally, kernel: &Path) -> Result<()> {
             "run",
             "--accel",
             "kvm",
+            "--features",
+            "sve",
             "--gdb",
             "/dev/vport0p1",
             "--gdb-wait",
@@ -446,6 +455,13 @@ fn gdb_end_to_end(tally: &mut Tally, kernel: &Path) -> Result<()> {
     let run = vm::boot(kernel, &initrd, "max", VM_TIMEOUT, &vm::gdb_channel(port), &|line| {
         println!("  vm[gdb]| {line}");
         if line.contains("gdb stub ready on /dev/vport0p1") {
+            // A client that sends malformed packets and hangs up must not hurt the stub.
+            if let Ok(mut junk) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                use std::io::Write;
+                let _ = junk.write_all(b"$garbage#zz$qNonsense#00+-$m0,#1f");
+                let _ = junk.shutdown(std::net::Shutdown::Both);
+                std::thread::sleep(Duration::from_millis(500));
+            }
             let (script, debuggee) = (script.clone(), debuggee.clone());
             if let Ok(mut slot) = gdb_out.lock() {
                 if slot.is_none() {
@@ -484,6 +500,17 @@ fn gdb_end_to_end(tally: &mut Tally, kernel: &Path) -> Result<()> {
         has("Old value = 0") && has("New value = 7"),
         || "no 'Old value = 0' / 'New value = 7'".into(),
     );
+    tally.check(
+        &tag("rwatch stops on the load, awatch on the next store"),
+        has("Hardware read watchpoint")
+            && has("Value = 7")
+            && has("Hardware access (read/write) watchpoint")
+            && has("New value = 9"),
+        || "no read or access watchpoint stop".into(),
+    );
+    tally.check(&tag("SVE registers: VG is the vector length in doublewords"), has("= 32\n"), || {
+        "p $vg did not print 32".into()
+    });
     tally.check(&tag("info registers and p $v0"), has("x30 ") && has("cpsr") && has("{d = {f = "), || {
         "registers not shown".into()
     });

@@ -130,22 +130,33 @@ pub fn vcpu_thread(
     }
 }
 
-/// Writes to gdb through any byte sink.
-struct Conn<W: Write>(W);
+/// Writes to gdb through the session's shared byte sink (shared so that the protocol can be
+/// restarted on the same connection).
+struct Conn(Arc<std::sync::Mutex<Box<dyn Write + Send>>>);
 
-impl<W: Write> Connection for Conn<W> {
+impl Conn {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Box<dyn Write + Send>) -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
+        let mut w = self.0.lock().map_err(|_| std::io::Error::other("the gdb writer lock is poisoned"))?;
+        f(&mut w)
+    }
+}
+
+impl Connection for Conn {
     type Error = std::io::Error;
 
     fn write(&mut self, byte: u8) -> std::io::Result<()> {
-        self.0.write_all(&[byte])
+        self.with(|w| w.write_all(&[byte]))
     }
 
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.0.write_all(buf)
+        self.with(|w| w.write_all(buf))
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
+        self.with(|w| w.flush())
     }
 }
 
@@ -718,9 +729,51 @@ pub fn serve(
     let mut pending: std::collections::VecDeque<u8> = std::collections::VecDeque::new();
     // gdb finds the machine stopped.
     machine.stop_others(&events, &mut pending);
-    let stub = GdbStub::new(Conn(writer));
-    let mut gdb = stub.run_state_machine(&mut machine).map_err(|e| accel_err(format!("gdb: {e}")))?;
-    let gdb_err = |e: gdbstub::stub::GdbStubError<AccelError, std::io::Error>| accel_err(format!("gdb: {e}"));
+    // Room for a whole `G` packet at the largest SVE vector length.
+    let mut packet_buffer = vec![0u8; 0x10000];
+    let writer = Arc::new(std::sync::Mutex::new(writer));
+    loop {
+        match run_protocol(&mut machine, &writer, &mut packet_buffer, &events, &mut pending) {
+            Ok(Flow::Ended(outcome)) => return Ok(outcome),
+            Ok(Flow::Detached) => return detach(&mut machine, &events),
+            Err(e) if e.is_connection_error() => {
+                log::warn!("gdb: the connection failed ({e}); detaching");
+                return detach(&mut machine, &events);
+            }
+            Err(e) if e.is_target_error() => return Err(accel_err(format!("gdb: {e}"))),
+            Err(e) => {
+                // Malformed input must not end the session: stop the machine and start the
+                // protocol afresh; gdb resends what it did not get an answer to.
+                log::warn!("gdb: bad input from the client ({e}); restarting the protocol");
+                machine.stop_others(&events, &mut pending);
+            }
+        }
+    }
+}
+
+/// How a protocol run ended.
+enum Flow {
+    /// The guest ended, or gdb killed it.
+    Ended(Outcome),
+    /// gdb went away or detached.
+    Detached,
+}
+
+type StubError = gdbstub::stub::GdbStubError<AccelError, std::io::Error>;
+
+/// Runs the gdb protocol over `writer` and the bytes from `events` until it ends or fails.
+fn run_protocol(
+    machine: &mut Machine,
+    writer: &Arc<std::sync::Mutex<Box<dyn Write + Send>>>,
+    packet_buffer: &mut [u8],
+    events: &mpsc::Receiver<Event>,
+    pending: &mut std::collections::VecDeque<u8>,
+) -> std::result::Result<Flow, StubError> {
+    let stub = match GdbStub::builder(Conn(Arc::clone(writer))).with_packet_buffer(packet_buffer).build() {
+        Ok(stub) => stub,
+        Err(e) => return Ok(Flow::Ended(Outcome::Fault(format!("setting up the gdb stub: {e}")))),
+    };
+    let mut gdb = stub.run_state_machine(machine)?;
     loop {
         gdb = match gdb {
             GdbStubStateMachine::Idle(g) => {
@@ -728,7 +781,7 @@ pub fn serve(
                     Some(b) => b,
                     None => match events.recv() {
                         Ok(Event::Byte(b)) => b,
-                        Ok(Event::Closed) | Err(_) => return detach(&mut machine, &events),
+                        Ok(Event::Closed) | Err(_) => return Ok(Flow::Detached),
                         Ok(Event::Vcpu(i, stop)) => {
                             log::warn!("gdb: vCPU {i} reported {stop:?} while stopped");
                             gdb = GdbStubStateMachine::Idle(g);
@@ -736,36 +789,41 @@ pub fn serve(
                         }
                     },
                 };
-                g.incoming_data(&mut machine, byte).map_err(gdb_err)?
+                g.incoming_data(machine, byte)?
             }
             GdbStubStateMachine::Running(g) => match events.recv() {
-                Ok(Event::Byte(b)) => g.incoming_data(&mut machine, b).map_err(gdb_err)?,
-                Ok(Event::Closed) | Err(_) => return detach(&mut machine, &events),
+                Ok(Event::Byte(b)) => g.incoming_data(machine, b)?,
+                Ok(Event::Closed) | Err(_) => return Ok(Flow::Detached),
                 Ok(Event::Vcpu(i, stop)) => {
                     machine.running[i as usize] = false;
-                    let exited = matches!(stop, Stop::Exited(_));
                     let outcome = if let Stop::Exited(o) = &stop { Some(o.clone()) } else { None };
-                    machine.stop_others(&events, &mut pending);
-                    let reason = machine.stop_reason(i, stop)?;
-                    let next = g.report_stop(&mut machine, reason).map_err(gdb_err)?;
-                    if exited {
-                        return Ok(outcome.unwrap_or(Outcome::PowerOff));
+                    machine.stop_others(events, pending);
+                    let reason = match machine.stop_reason(i, stop) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            log::error!("gdb: vCPU {i} failed: {e}");
+                            return Ok(Flow::Ended(Outcome::Fault(e.to_string())));
+                        }
+                    };
+                    let next = g.report_stop(machine, reason)?;
+                    if let Some(outcome) = outcome {
+                        return Ok(Flow::Ended(outcome));
                     }
                     next
                 }
             },
             GdbStubStateMachine::CtrlCInterrupt(g) => {
-                machine.stop_others(&events, &mut pending);
+                machine.stop_others(events, pending);
                 let reason =
                     MultiThreadStopReason::SignalWithThread { tid: index_tid(0), signal: Signal::SIGINT };
-                g.interrupt_handled(&mut machine, Some(reason)).map_err(gdb_err)?
+                g.interrupt_handled(machine, Some(reason))?
             }
             GdbStubStateMachine::Disconnected(g) => match g.get_reason() {
                 DisconnectReason::Kill => {
                     log::info!("gdb killed the guest");
-                    return Ok(Outcome::Killed);
+                    return Ok(Flow::Ended(Outcome::Killed));
                 }
-                _ => return detach(&mut machine, &events),
+                _ => return Ok(Flow::Detached),
             },
         };
     }

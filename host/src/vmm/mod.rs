@@ -42,6 +42,8 @@ pub struct MachineConfig {
     pub cpus: u32,
     /// RAM size in bytes.
     pub mem_size: u64,
+    /// vCPU features beyond PSCI 0.2 (SVE, PMUv3, pointer authentication...).
+    pub features: VcpuFeatures,
     /// Serve gdb, if set.
     pub gdb: Option<GdbConfig>,
 }
@@ -208,8 +210,19 @@ fn vcpu_loop(vcpu: &mut Vcpu, bus: &Bus, ram: &GuestRam) -> Result<Outcome> {
     }
 }
 
+/// vCPU `index`'s features: PSCI 0.2, the machine's extra features, and power-off for all but
+/// the boot vCPU.
+fn vcpu_features(config: &MachineConfig, index: u32) -> VcpuFeatures {
+    let mut features = VcpuFeatures::PSCI_0_2 | config.features;
+    if index > 0 {
+        features |= VcpuFeatures::POWER_OFF;
+    }
+    features
+}
+
 /// Runs the vCPUs under gdb's control: each on its own thread, driven by the session.
 fn run_with_gdb(
+    config: &MachineConfig,
     gdb: &GdbConfig,
     vm: &accel_api::client::Vm,
     vcpus: Vec<Vcpu>,
@@ -223,8 +236,7 @@ fn run_with_gdb(
     let mut handles = Vec::new();
     for (i, vcpu) in vcpus.into_iter().enumerate() {
         let (commands_tx, commands) = mpsc::channel();
-        let features =
-            if i == 0 { VcpuFeatures::PSCI_0_2 } else { VcpuFeatures::PSCI_0_2 | VcpuFeatures::POWER_OFF };
+        let features = vcpu_features(config, i as u32);
         handles.push(VcpuHandle { commands: commands_tx, kicker: vcpu.kicker(), features });
         let (bus, ram, events_tx) = (Arc::clone(bus), Arc::clone(ram), events_tx.clone());
         let debug =
@@ -277,11 +289,7 @@ pub fn run(
 
     let mut vcpus = Vec::new();
     for index in 0..config.cpus {
-        let mut features = VcpuFeatures::PSCI_0_2;
-        if index > 0 {
-            features |= VcpuFeatures::POWER_OFF;
-        }
-        vcpus.push(vm.create_vcpu(&VcpuConfig::new(index, features))?);
+        vcpus.push(vm.create_vcpu(&VcpuConfig::new(index, vcpu_features(config, index)))?);
     }
     let boot = &mut vcpus[0];
     let mut regs = boot.get_core()?;
@@ -291,7 +299,7 @@ pub fn run(
 
     let bus = Arc::new(Bus { uart: Mutex::new(Pl011::new(console)), warned: Mutex::new(HashSet::new()) });
     if let Some(gdb) = &config.gdb {
-        let outcome = run_with_gdb(gdb, &vm, vcpus, &bus, &ram);
+        let outcome = run_with_gdb(config, gdb, &vm, vcpus, &bus, &ram);
         if let Ok(mut uart) = bus.uart.lock() {
             let _ = uart.output().flush();
         }

@@ -12,7 +12,7 @@ use core::arch::global_asm;
 use core::hint::black_box;
 use core::ptr::{addr_of, addr_of_mut};
 
-/// Watched by gdb: written once, from 0 to 7.
+/// Watched by gdb: written with 7, read, then written with 9.
 #[no_mangle]
 pub static mut WATCHED: u64 = 0;
 
@@ -68,8 +68,13 @@ pub extern "C" fn main() -> ! {
     hw_target(acc);
     // SAFETY: `straight` only executes NOPs and returns.
     unsafe { straight() };
-    // SAFETY: single-threaded guest; the volatile store is what gdb watches.
-    unsafe { addr_of_mut!(WATCHED).write_volatile(7) };
+    // SAFETY: single-threaded guest; gdb watches these accesses: a store of 7, a load, a store
+    // of 9.
+    unsafe {
+        addr_of_mut!(WATCHED).write_volatile(7);
+        black_box(addr_of!(WATCHED).read_volatile());
+        addr_of_mut!(WATCHED).write_volatile(9);
+    }
     report(black_box(1));
     rt::puts("debuggee: spinning\n");
     loop {
