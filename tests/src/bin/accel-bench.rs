@@ -186,6 +186,29 @@ fn bench(cli: &Cli) -> accel_api::Result<()> {
         })?,
         syscall,
     );
+    if let Some(debug) = g.vm.debug() {
+        let v = &mut g.vcpu;
+        debug.set_single_step(0, true)?;
+        let step = |v: &mut Vcpu| match v.run()? {
+            VcpuExit::Debug(_) | VcpuExit::Interrupted => Ok(()),
+            VcpuExit::MmioWrite(_) => Ok(()),
+            other => Err(accel_api::AccelError::bad_state(format!("unexpected exit {other:?}"))),
+        };
+        // The first step applies the debug set-up (KVM_SET_GUEST_DEBUG) once.
+        step(v)?;
+        row("single-step round trip (one stepi)", &measure(v, n, step)?, syscall);
+        row(
+            "stepi as gdb sees it (step, then core + fp)",
+            &measure(v, n, |v| {
+                step(v)?;
+                v.get_core()?;
+                v.get_fp().map(drop)
+            })?,
+            syscall,
+        );
+        debug.set_single_step(0, false)?;
+    }
+    let v = &mut g.vcpu;
     row(
         "MMIO exit round trip (run to the next exit)",
         &measure(v, n, |v| match v.run()? {
