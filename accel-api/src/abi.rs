@@ -30,10 +30,13 @@ use crate::{
     sysreg::{RegClass, RegValue},
 };
 
-/// The ABI version of this crate's interface, checked when a plugin loads.
+/// The ABI version of this crate's interface, checked when a plugin loads: a host accepts plugins
+/// of the same major version.
 ///
-/// While the major version is 0, a host accepts only plugins of the same minor version.
-pub const ABI_VERSION: &str = "0.1.0";
+/// 1.0 is frozen. The sabi traits and the root module keep their methods and fields; later
+/// versions extend them only through new trailing fields of prefix types and optional extension
+/// objects (as `VmOps::debug`), so that a plugin built against 1.0 keeps loading.
+pub const ABI_VERSION: &str = "1.0.0";
 
 /// An accelerator opened by a plugin: the factory of VMs.
 #[sabi_trait]
