@@ -370,6 +370,7 @@ set confirm off
 set language c
 set remotetimeout 60
 target remote 127.0.0.1:PORT
+info threads
 hbreak hw_target
 break loop_body
 hbreak straight
@@ -432,6 +433,8 @@ fn gdb_end_to_end(tally: &mut Tally, kernel: &Path) -> Result<()> {
             "run",
             "--accel",
             "kvm",
+            "--cpus",
+            "2",
             "--features",
             "sve",
             "--gdb",
@@ -482,6 +485,9 @@ fn gdb_end_to_end(tally: &mut Tally, kernel: &Path) -> Result<()> {
         out.matches("Breakpoint 2, ").count() == 3 && has("loop_body"),
         || "three 'Breakpoint 2, ... loop_body' stops expected".into(),
     );
+    tally.check(&tag("each vCPU is a gdb thread"), has("Thread 1 ") && has("Thread 2 "), || {
+        "info threads did not list two threads".into()
+    });
     tally.check(&tag("hbreak on a function stops there"), has("Breakpoint 1, debuggee::hw_target"), || {
         "no hardware breakpoint stop in hw_target".into()
     });
