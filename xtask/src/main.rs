@@ -485,7 +485,7 @@ fn gdb_end_to_end(tally: &mut Tally, kernel: &Path) -> Result<()> {
         out.matches("Breakpoint 2, ").count() == 3 && has("loop_body"),
         || "three 'Breakpoint 2, ... loop_body' stops expected".into(),
     );
-    tally.check(&tag("each vCPU is a gdb thread"), has("Thread 1 ") && has("Thread 2 "), || {
+    tally.check(&tag("each vCPU is a gdb thread"), has("Thread 1.1 ") && has("Thread 1.2 "), || {
         "info threads did not list two threads".into()
     });
     tally.check(&tag("hbreak on a function stops there"), has("Breakpoint 1, debuggee::hw_target"), || {
