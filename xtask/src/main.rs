@@ -66,14 +66,7 @@ fn cross_build() -> Result<()> {
         "-p",
         "accel-vm-init",
     ]))?;
-    let guests = root().join("target").join("guests");
-    cmd::run(
-        cargo()
-            .args(["build", "--release", "--target", GUEST_TARGET, "--manifest-path"])
-            .arg(root().join("tests/guests/demo/Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&guests),
-    )
+    cross_build_guest()
 }
 
 fn cross_out(name: &str) -> PathBuf {
@@ -617,33 +610,11 @@ fn run(image: Option<PathBuf>) -> Result<i32> {
         }
         println!("xtask: KVM is not usable natively here; using the nested VM");
     }
-    provision::host_tools()?;
-    provision::rust_targets()?;
-    cross_build()?;
-    let kernel = provision::kernel()?;
-    let work = vm::work_dir(&root());
-    std::fs::create_dir_all(&work).map_err(|e| Error(format!("creating {}: {e}", work.display())))?;
-    let initrd = work.join("run-initrd.cpio");
-    let mut files = vm_files()?;
-    files.push(VmFile::from_host("/guests/image", &image, 0o644)?);
-    let jobs = [job("run", &["/bin/accel-host", "run", "--accel", "kvm", "/guests/image"])];
-    vm::initramfs(
-        &initrd,
-        &cross_out("accel-vm-init"),
-        files,
-        &[("ACCEL_PLUGIN_PATH", "/lib/accel")],
-        &jobs,
-    )?;
-    println!("xtask: booting the nested arm64 VM; guest console follows");
-    let result = vm::boot(&kernel, &initrd, "max", VM_TIMEOUT, &[], &|line| {
-        if !line.starts_with("@@accel") {
-            println!("{line}");
-        }
-    })?;
-    match result.job("run").and_then(|j| j.status) {
-        Some(code) => Ok(code),
-        None => Err(Error("the VM ended before accel-host finished".into())),
-    }
+    run_in_vm(
+        "max",
+        &[("/guests/image", image.as_path())],
+        &["/bin/accel-host", "run", "--accel", "kvm", "/guests/image"],
+    )
 }
 
 fn cross_build_guest() -> Result<()> {
@@ -661,23 +632,28 @@ const USAGE: &str = "usage: cargo xtask test [--cpu MODEL]...\n       cargo xtas
                      cargo xtask vm [--cpu MODEL] -- PROGRAM [ARG]...   (programs in the VM: /bin/accel-host, \
                      /bin/accel-conformance, /bin/accel-bench; plugins in /lib/accel)";
 
-/// Boots the nested VM with the usual files and runs one command line in it.
-fn vm_command(cpu: &str, argv: &[String]) -> Result<i32> {
+/// Boots the nested VM (CPU model `cpu`) with the usual files and `extra` host files, runs one
+/// command line in it with the console on this terminal, and returns its exit status.
+fn run_in_vm(cpu: &str, extra: &[(&str, &Path)], argv: &[&str]) -> Result<i32> {
     provision::host_tools()?;
     provision::rust_targets()?;
     cross_build()?;
     let kernel = provision::kernel()?;
     let work = vm::work_dir(&root());
     std::fs::create_dir_all(&work).map_err(|e| Error(format!("creating {}: {e}", work.display())))?;
-    let initrd = work.join("vm-initrd.cpio");
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let initrd = work.join("command-initrd.cpio");
+    let mut files = vm_files()?;
+    for (path, host) in extra {
+        files.push(VmFile::from_host(path, host, 0o644)?);
+    }
     vm::initramfs(
         &initrd,
         &cross_out("accel-vm-init"),
-        vm_files()?,
+        files,
         &[("ACCEL_PLUGIN_PATH", "/lib/accel")],
-        &[job("command", &argv)],
+        &[job("command", argv)],
     )?;
+    println!("xtask: booting the nested arm64 VM (-cpu {cpu}); its console follows");
     let result = vm::boot(&kernel, &initrd, cpu, VM_TIMEOUT, &[], &|line| {
         if !line.starts_with("@@accel") {
             println!("{line}");
@@ -738,7 +714,8 @@ fn main() -> ExitCode {
             if cpu.is_empty() || rest.is_empty() {
                 Err(Error(USAGE.into()))
             } else {
-                vm_command(cpu, rest)
+                let argv: Vec<&str> = rest.iter().map(String::as_str).collect();
+                run_in_vm(cpu, &[], &argv)
             }
         }
         _ => Err(Error(USAGE.into())),
