@@ -46,6 +46,15 @@ macro_rules! ensure {
     };
 }
 
+/// Builds a case list from functions grouped by area: `cases![regs: a, b; timer: c]` names them
+/// `regs::a`, `regs::b` and `timer::c`, so a name cannot drift from its function.
+#[macro_export]
+macro_rules! cases {
+    ($($area:ident: $($f:ident),+);+ $(;)?) => {
+        vec![$($($crate::Case { name: concat!(stringify!($area), "::", stringify!($f)), run: $f }),+),+]
+    };
+}
+
 /// What a case gets to work with.
 pub struct Context {
     /// The plugin under test.

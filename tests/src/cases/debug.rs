@@ -16,22 +16,7 @@ use crate::{
 };
 
 pub fn cases() -> Vec<Case> {
-    vec![
-        Case { name: "debug::hw_breakpoint_stops_at_its_address", run: hw_breakpoint_stops_at_its_address },
-        Case {
-            name: "debug::every_hw_breakpoint_then_no_resource",
-            run: every_hw_breakpoint_then_no_resource,
-        },
-        Case { name: "debug::single_step_pc_sequence", run: single_step_pc_sequence },
-        Case { name: "debug::watchpoint_stops_before_the_store", run: watchpoint_stops_before_the_store },
-        Case { name: "debug::watchpoint_ranges_at_their_edges", run: watchpoint_ranges_at_their_edges },
-        Case { name: "debug::inexact_watchpoints_are_refused", run: inexact_watchpoints_are_refused },
-        Case { name: "debug::sw_breakpoint_in_a_loop", run: sw_breakpoint_in_a_loop },
-        Case { name: "debug::sw_breakpoint_restore_checks_memory", run: sw_breakpoint_restore_checks_memory },
-        Case { name: "debug::guest_brk_goes_to_the_guest", run: guest_brk_goes_to_the_guest },
-        Case { name: "debug::several_at_once", run: several_at_once },
-        Case { name: "debug::later_vcpus_get_the_pool", run: later_vcpus_get_the_pool },
-    ]
+    crate::cases![debug: hw_breakpoint_stops_at_its_address, every_hw_breakpoint_then_no_resource, single_step_pc_sequence, watchpoint_stops_before_the_store, watchpoint_ranges_at_their_edges, inexact_watchpoints_are_refused, sw_breakpoint_in_a_loop, sw_breakpoint_restore_checks_memory, guest_brk_goes_to_the_guest, several_at_once, later_vcpus_get_the_pool]
 }
 
 fn debug_of(g: &TestGuest) -> Result<Debug, Failure> {

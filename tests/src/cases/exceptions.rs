@@ -15,13 +15,7 @@ use crate::{
 };
 
 pub fn cases() -> Vec<Case> {
-    vec![
-        Case { name: "exceptions::host_entered_exception_from_el1", run: host_entered_exception_from_el1 },
-        Case { name: "exceptions::host_entered_exception_from_el0", run: host_entered_exception_from_el0 },
-        Case { name: "exceptions::serror_injection", run: serror_injection },
-        Case { name: "exceptions::external_data_abort_injection", run: external_data_abort_injection },
-        Case { name: "mp_state::states_round_trip", run: states_round_trip },
-    ]
+    crate::cases![exceptions: host_entered_exception_from_el1, host_entered_exception_from_el0, serror_injection, external_data_abort_injection; mp_state: states_round_trip]
 }
 
 /// A guest stopped at an MMIO write, ready for the host to deliver an exception.

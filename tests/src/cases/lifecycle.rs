@@ -6,13 +6,7 @@ use accel_host::vmm::ram::GuestRam;
 use crate::{ensure, guest::RAM_BASE, Case, CaseResult, Context, Failure};
 
 pub fn cases() -> Vec<Case> {
-    vec![
-        Case { name: "lifecycle::vms_and_vcpus", run: vms_and_vcpus },
-        Case { name: "lifecycle::every_probed_feature_inits", run: every_probed_feature_inits },
-        Case { name: "lifecycle::unsupported_vcpu_feature", run: unsupported_vcpu_feature },
-        Case { name: "lifecycle::memory_regions", run: memory_regions },
-        Case { name: "lifecycle::read_only_memory", run: read_only_memory },
-    ]
+    crate::cases![lifecycle: vms_and_vcpus, every_probed_feature_inits, unsupported_vcpu_feature, memory_regions, read_only_memory]
 }
 
 fn vms_and_vcpus(ctx: &Context) -> CaseResult {

@@ -12,13 +12,7 @@ pub const WRONG_ABI_FIXTURE: &str = "libaccel_fixture_wrong_abi.so";
 pub const WRONG_LAYOUT_FIXTURE: &str = "libaccel_fixture_wrong_layout.so";
 
 pub fn cases() -> Vec<Case> {
-    vec![
-        Case { name: "loader::missing_file", run: missing_file },
-        Case { name: "loader::not_a_plugin", run: not_a_plugin },
-        Case { name: "loader::wrong_abi_version", run: wrong_abi_version },
-        Case { name: "loader::wrong_layout", run: wrong_layout },
-        Case { name: "loader::loads_again_alongside_others", run: loads_again_alongside_others },
-    ]
+    crate::cases![loader: missing_file, not_a_plugin, wrong_abi_version, wrong_layout, loads_again_alongside_others]
 }
 
 fn expect_load_error(path: &std::path::Path, kind: ErrorKind, words: &str) -> CaseResult {

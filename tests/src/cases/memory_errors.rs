@@ -11,7 +11,7 @@ use crate::{
 };
 
 pub fn cases() -> Vec<Case> {
-    vec![Case { name: "memory_errors::poisoned_ram_becomes_an_sea", run: poisoned_ram_becomes_an_sea }]
+    crate::cases![memory_errors: poisoned_ram_becomes_an_sea]
 }
 
 fn poisoned_ram_becomes_an_sea(ctx: &Context) -> CaseResult {

@@ -5,10 +5,7 @@ use accel_api::{idregs::synthesize_dbgdidr, sysreg, VcpuConfig, VcpuFeatures, Vm
 use crate::{ensure, Case, CaseResult, Context, Failure};
 
 pub fn cases() -> Vec<Case> {
-    vec![
-        Case { name: "probe::available_with_capabilities", run: available_with_capabilities },
-        Case { name: "probe::id_registers_match_a_vcpu", run: id_registers_match_a_vcpu },
-    ]
+    crate::cases![probe: available_with_capabilities, id_registers_match_a_vcpu]
 }
 
 fn available_with_capabilities(ctx: &Context) -> CaseResult {

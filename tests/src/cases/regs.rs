@@ -7,12 +7,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use crate::{asm, ensure, guest::TestGuest, Case, CaseResult, Context, Failure};
 
 pub fn cases() -> Vec<Case> {
-    vec![
-        Case { name: "regs::core_round_trip_random", run: core_round_trip_random },
-        Case { name: "regs::fp_round_trip_random", run: fp_round_trip_random },
-        Case { name: "regs::host_edits_reach_the_vcpu", run: host_edits_reach_the_vcpu },
-        Case { name: "regs::refused_write_is_named", run: refused_write_is_named },
-    ]
+    crate::cases![regs: core_round_trip_random, fp_round_trip_random, host_edits_reach_the_vcpu, refused_write_is_named]
 }
 
 /// PSTATE values every AArch64 vCPU accepts: random NZCV and DAIF, mode EL0t, EL1t or EL1h.

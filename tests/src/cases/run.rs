@@ -11,17 +11,7 @@ use crate::{
 };
 
 pub fn cases() -> Vec<Case> {
-    vec![
-        Case { name: "run::guest_computes_known_values", run: guest_computes_known_values },
-        Case { name: "run::mmio_writes_of_every_size", run: mmio_writes_of_every_size },
-        Case { name: "run::mmio_read_resumes_with_host_value", run: mmio_read_resumes_with_host_value },
-        Case { name: "run::mmio_read_data_without_a_read", run: mmio_read_data_without_a_read },
-        Case { name: "run::mmio_abort_without_syndrome", run: mmio_abort_without_syndrome },
-        Case { name: "run::guest_exception_reaches_its_vectors", run: guest_exception_reaches_its_vectors },
-        Case { name: "run::pc_after_mmio_exit", run: pc_after_mmio_exit },
-        Case { name: "run::psci_system_off", run: psci_system_off },
-        Case { name: "run::psci_system_reset", run: psci_system_reset },
-    ]
+    crate::cases![run: guest_computes_known_values, mmio_writes_of_every_size, mmio_read_resumes_with_host_value, mmio_read_data_without_a_read, mmio_abort_without_syndrome, guest_exception_reaches_its_vectors, pc_after_mmio_exit, psci_system_off, psci_system_reset]
 }
 
 fn guest_computes_known_values(ctx: &Context) -> CaseResult {

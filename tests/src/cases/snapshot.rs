@@ -18,10 +18,7 @@ use crate::{
 };
 
 pub fn cases() -> Vec<Case> {
-    vec![
-        Case { name: "snapshot::round_trip_into_a_fresh_vm", run: round_trip_into_a_fresh_vm },
-        Case { name: "snapshot::damaged_files_are_refused", run: damaged_files_are_refused },
-    ]
+    crate::cases![snapshot: round_trip_into_a_fresh_vm, damaged_files_are_refused]
 }
 
 /// A guest stopped at its first MMIO write, with random state, and the features it has.

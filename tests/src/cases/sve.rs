@@ -16,12 +16,7 @@ use crate::{
 };
 
 pub fn cases() -> Vec<Case> {
-    vec![
-        Case { name: "sve::offer_matches_the_id_registers", run: offer_matches_the_id_registers },
-        Case { name: "sve::round_trip_random_at_max_length", run: round_trip_random_at_max_length },
-        Case { name: "sve::vector_length_choice", run: vector_length_choice },
-        Case { name: "sve::guest_sees_host_z_registers", run: guest_sees_host_z_registers },
-    ]
+    crate::cases![sve: offer_matches_the_id_registers, round_trip_random_at_max_length, vector_length_choice, guest_sees_host_z_registers]
 }
 
 fn sve_config(max_vq: u32) -> VcpuConfig {

@@ -18,17 +18,7 @@ use crate::{
 };
 
 pub fn cases() -> Vec<Case> {
-    vec![
-        Case { name: "sysregs::every_class_is_listed", run: every_class_is_listed },
-        Case { name: "sysregs::host_writes_reach_the_guest", run: host_writes_reach_the_guest },
-        Case { name: "sysregs::put_writes_only_what_changed", run: put_writes_only_what_changed },
-        Case { name: "sysregs::refused_id_register_write_is_named", run: refused_id_register_write_is_named },
-        Case { name: "sysregs::unknown_register_is_not_found", run: unknown_register_is_not_found },
-        Case {
-            name: "timer::counter_is_written_only_at_full_level",
-            run: counter_is_written_only_at_full_level,
-        },
-    ]
+    crate::cases![sysregs: every_class_is_listed, host_writes_reach_the_guest, put_writes_only_what_changed, refused_id_register_write_is_named, unknown_register_is_not_found; timer: counter_is_written_only_at_full_level]
 }
 
 fn guest(ctx: &Context, code: &[u32]) -> Result<TestGuest, Failure> {

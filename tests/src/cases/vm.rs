@@ -18,17 +18,7 @@ use crate::{
 };
 
 pub fn cases() -> Vec<Case> {
-    vec![
-        Case { name: "vm::spi_and_ppi_reach_the_guest", run: spi_and_ppi_reach_the_guest },
-        Case { name: "vm::ipa_size_selection", run: ipa_size_selection },
-        Case { name: "vm::timer_interrupt", run: timer_interrupt },
-        Case { name: "vm::irqfd_raises_an_spi", run: irqfd_raises_an_spi },
-        Case { name: "vm::ioeventfd_signals_without_an_exit", run: ioeventfd_signals_without_an_exit },
-        Case { name: "vm::dirty_pages_are_the_written_ones", run: dirty_pages_are_the_written_ones },
-        Case { name: "vm::kick_from_another_thread", run: kick_from_another_thread },
-        Case { name: "vm::two_vcpus_with_psci_cpu_on", run: two_vcpus_with_psci_cpu_on },
-        Case { name: "vm::psci_system_suspend", run: psci_system_suspend },
-    ]
+    crate::cases![vm: spi_and_ppi_reach_the_guest, ipa_size_selection, timer_interrupt, irqfd_raises_an_spi, ioeventfd_signals_without_an_exit, dirty_pages_are_the_written_ones, kick_from_another_thread, two_vcpus_with_psci_cpu_on, psci_system_suspend]
 }
 
 /// A guest that enables `intids`, says it is ready with a write to MMIO_BASE, runs `then`, and
