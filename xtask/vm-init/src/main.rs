@@ -129,6 +129,12 @@ fn main() {
     }
     println!("@@accel all-done");
     let _ = std::io::stdout().flush();
+    // The semihosting exit stops QEMU at once: let the console's UART drain first, or the last
+    // lines (the results) can be lost.
+    // SAFETY: tcdrain on the standard output descriptor has no memory-safety preconditions; it
+    // fails harmlessly if that is not a terminal.
+    unsafe { libc::tcdrain(libc::STDOUT_FILENO) };
+    std::thread::sleep(Duration::from_millis(200));
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };
     semihosting_exit(0);
