@@ -7,7 +7,10 @@
 //!   natively on an arm64 Linux host with usable KVM, otherwise inside the nested VM.
 
 mod cmd;
+mod gdb_e2e;
 mod provision;
+mod report;
+mod soak;
 mod vm;
 
 use std::{
@@ -16,6 +19,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use gdb_e2e::gdb_end_to_end;
+use report::{libtest_counts, summary_line, Tally};
 use vm::{Job, VmFile, VmRun};
 
 /// An xtask failure, printed as one message.
@@ -26,16 +31,16 @@ pub struct Error(pub String);
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 const CROSS_TARGET: &str = "aarch64-unknown-linux-gnu";
-const GUEST_TARGET: &str = "aarch64-unknown-none";
+pub(crate) const GUEST_TARGET: &str = "aarch64-unknown-none";
 /// The HVF backend's target: type-checked and linted here, never linked or run.
 const MAC_TARGET: &str = "aarch64-apple-darwin";
 /// The CPU models `cargo xtask test` boots by default: the newest (VHE, SVE, pointer auth) and a
 /// Cortex-A72 (nVHE, no SVE, no pointer auth).
 const DEFAULT_CPUS: &[&str] = &["max", "cortex-a72"];
-const VM_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+pub(crate) const VM_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 const DEMO_LINE: &str = "Hello from an accel guest";
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
@@ -49,7 +54,7 @@ fn cargo() -> Command {
 }
 
 /// Builds everything that runs inside the VM, and the demo guest.
-fn cross_build() -> Result<()> {
+pub(crate) fn cross_build() -> Result<()> {
     cmd::run(cargo().args(["build", "--release", "--target", CROSS_TARGET]).args([
         "-p",
         "accel-host",
@@ -69,7 +74,7 @@ fn cross_build() -> Result<()> {
     cross_build_guest()
 }
 
-fn cross_out(name: &str) -> PathBuf {
+pub(crate) fn cross_out(name: &str) -> PathBuf {
     root().join("target").join(CROSS_TARGET).join("release").join(name)
 }
 
@@ -78,7 +83,7 @@ fn demo_guest() -> PathBuf {
 }
 
 /// The files every VM gets: our aarch64 binaries, plugins, fixtures and the demo guest.
-fn vm_files() -> Result<Vec<VmFile>> {
+pub(crate) fn vm_files() -> Result<Vec<VmFile>> {
     let mut files = vec![
         VmFile::from_host("/bin/accel-host", &cross_out("accel-host"), 0o755)?,
         VmFile::from_host("/bin/accel-conformance", &cross_out("accel-conformance"), 0o755)?,
@@ -101,56 +106,8 @@ fn vm_files() -> Result<Vec<VmFile>> {
     Ok(files)
 }
 
-fn job(name: &str, argv: &[&str]) -> Job {
+pub(crate) fn job(name: &str, argv: &[&str]) -> Job {
     Job { name: name.into(), argv: argv.iter().map(|s| s.to_string()).collect() }
-}
-
-/// Tallies of a test run.
-#[derive(Default)]
-struct Tally {
-    passed: usize,
-    failed: usize,
-    failures: Vec<String>,
-}
-
-impl Tally {
-    fn check(&mut self, name: &str, ok: bool, why: impl FnOnce() -> String) {
-        if ok {
-            self.passed += 1;
-            println!("xtask: PASS {name}");
-        } else {
-            self.failed += 1;
-            let why = why();
-            println!("xtask: FAIL {name}: {why}");
-            self.failures.push(format!("{name}: {why}"));
-        }
-    }
-}
-
-/// Parses `N passed, N failed` (the conformance runner's summary).
-fn summary_line(lines: &[String]) -> Option<(usize, usize)> {
-    lines.iter().rev().find_map(|l| {
-        let (p, f) = l.trim().split_once(" passed, ")?;
-        Some((p.parse().ok()?, f.strip_suffix(" failed")?.parse().ok()?))
-    })
-}
-
-/// Sums libtest's `test result: ok. N passed; M failed; ...` lines.
-fn libtest_counts(lines: &[String]) -> (usize, usize) {
-    let mut total = (0, 0);
-    for line in lines.iter().filter_map(|l| l.strip_prefix("test result: ")) {
-        let number = |word: &str| -> usize {
-            line.split(';')
-                .find_map(|part| {
-                    part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(word)
-                })
-                .and_then(|n| n.trim().parse().ok())
-                .unwrap_or(0)
-        };
-        total.0 += number(" passed");
-        total.1 += number(" failed");
-    }
-    total
 }
 
 fn check_vm(tally: &mut Tally, cpu: &str, run: &VmRun) {
@@ -168,10 +125,8 @@ fn check_vm(tally: &mut Tally, cpu: &str, run: &VmRun) {
                 println!("xtask: [{cpu}] conformance on real KVM: {passed} passed, {failed} failed");
                 tally.passed += passed;
                 tally.failed += failed;
-                for line in job.output.iter().filter(|l| l.starts_with("FLAKY")) {
-                    println!("xtask: [{cpu}] intermittent: {line}");
-                }
-                for line in job.output.iter().filter(|l| l.starts_with("FAIL") || l.starts_with("NOT RUN")) {
+                let reported = ["FAIL", "AGAIN", "NOT RUN"];
+                for line in job.output.iter().filter(|l| reported.iter().any(|r| l.starts_with(r))) {
                     tally.failures.push(format!("[{cpu}] {line}"));
                 }
                 tally.check(
@@ -357,224 +312,6 @@ fn test(cpus: &[String]) -> Result<bool> {
     Ok(tally.failed == 0 && tally.failures.is_empty())
 }
 
-/// The gdb session of the end-to-end test, against the debuggee guest. `PORT` is replaced.
-const GDB_SCRIPT: &str = r#"set pagination off
-set confirm off
-set language c
-set remotetimeout 60
-target remote 127.0.0.1:PORT
-info threads
-hbreak hw_target
-break loop_body
-hbreak straight
-continue
-continue
-continue
-delete 2
-continue
-continue
-printf "STEP %lx\n", $pc
-stepi
-printf "STEP %lx\n", $pc
-stepi
-printf "STEP %lx\n", $pc
-stepi
-printf "STEP %lx\n", $pc
-stepi
-printf "STEP %lx\n", $pc
-delete
-watch *(unsigned long *)&WATCHED
-continue
-delete
-rwatch *(unsigned long *)&WATCHED
-continue
-delete
-awatch *(unsigned long *)&WATCHED
-continue
-delete
-p $vg
-break report
-continue
-info registers
-p $v0
-p $x0 = 42
-delete
-echo READY-FOR-CTRL-C\n
-continue
-printf "STOPPED %lx\n", $pc
-info symbol $pc
-kill
-"#;
-
-/// Real gdb against accel-host in the nested VM, over a virtio-serial port that QEMU serves on
-/// a local TCP port.
-fn gdb_end_to_end(tally: &mut Tally, kernel: &Path) -> Result<()> {
-    let debuggee = root().join("target/guests").join(GUEST_TARGET).join("release/debuggee");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| Error(format!("finding a free port: {e}")))?;
-    let work = vm::work_dir(&root());
-    let script = work.join("gdb-e2e.gdb");
-    std::fs::write(&script, GDB_SCRIPT.replace("PORT", &port.to_string()))
-        .map_err(|e| Error(format!("writing {}: {e}", script.display())))?;
-    let initrd = work.join("gdb-initrd.cpio");
-    let jobs = [job(
-        "gdb-e2e",
-        &[
-            "/bin/accel-host",
-            "run",
-            "--accel",
-            "kvm",
-            "--cpus",
-            "2",
-            "--features",
-            "sve",
-            "--gdb",
-            "/dev/vport0p1",
-            "--gdb-wait",
-            "/guests/debuggee.elf",
-        ],
-    )];
-    let mut files = vm_files()?;
-    files.push(VmFile::from_host("/guests/debuggee.elf", &debuggee, 0o644)?);
-    vm::initramfs_with_timeout(
-        &initrd,
-        &cross_out("accel-vm-init"),
-        files,
-        &[("ACCEL_PLUGIN_PATH", "/lib/accel")],
-        240,
-        &jobs,
-    )?;
-    println!("xtask: real gdb against accel-host in the nested VM (-cpu max)");
-    let gdb_out: std::sync::Mutex<Option<std::thread::JoinHandle<String>>> = std::sync::Mutex::new(None);
-    let run = vm::boot(kernel, &initrd, "max", VM_TIMEOUT, &vm::gdb_channel(port), &|line| {
-        println!("  vm[gdb]| {line}");
-        if line.contains("gdb stub ready on /dev/vport0p1") {
-            // A client that sends malformed packets and hangs up must not hurt the stub.
-            if let Ok(mut junk) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-                use std::io::Write;
-                let _ = junk.write_all(b"$garbage#zz$qNonsense#00+-$m0,#1f");
-                let _ = junk.shutdown(std::net::Shutdown::Both);
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            let (script, debuggee) = (script.clone(), debuggee.clone());
-            if let Ok(mut slot) = gdb_out.lock() {
-                if slot.is_none() {
-                    *slot = Some(std::thread::spawn(move || run_gdb(&script, &debuggee)));
-                }
-            }
-        }
-    })?;
-    let out = gdb_out.lock().ok().and_then(|mut s| s.take()).and_then(|h| h.join().ok()).unwrap_or_default();
-    for line in out.lines() {
-        println!("  gdb| {line}");
-    }
-    let job = run.job("gdb-e2e").cloned().unwrap_or_default();
-    let tag = |what: &str| format!("[gdb] {what}");
-    let has = |s: &str| out.contains(s);
-    tally.check(
-        &tag("break in a loop hits three times"),
-        out.matches("Breakpoint 2, ").count() == 3 && has("loop_body"),
-        || "three 'Breakpoint 2, ... loop_body' stops expected".into(),
-    );
-    tally.check(&tag("each vCPU is a gdb thread"), has("Thread 1.1 ") && has("Thread 1.2 "), || {
-        "info threads did not list two threads".into()
-    });
-    tally.check(&tag("hbreak on a function stops there"), has("Breakpoint 1, debuggee::hw_target"), || {
-        "no hardware breakpoint stop in hw_target".into()
-    });
-    let steps: Vec<u64> = out
-        .lines()
-        .filter_map(|l| l.strip_prefix("STEP "))
-        .filter_map(|h| u64::from_str_radix(h.trim(), 16).ok())
-        .collect();
-    tally.check(
-        &tag("stepi x4 walks the PC by 4"),
-        steps.len() == 5 && steps.windows(2).all(|w| w[1] == w[0] + 4),
-        || format!("PC sequence {steps:x?}"),
-    );
-    tally.check(
-        &tag("watch shows the old and new value"),
-        has("Old value = 0") && has("New value = 7"),
-        || "no 'Old value = 0' / 'New value = 7'".into(),
-    );
-    tally.check(
-        &tag("rwatch stops on the load, awatch on the next store"),
-        has("Hardware read watchpoint")
-            && has("Value = 7")
-            && has("Hardware access (read/write) watchpoint")
-            && has("New value = 9"),
-        || "no read or access watchpoint stop".into(),
-    );
-    tally.check(&tag("SVE registers: VG is the vector length in doublewords"), has("= 32\n"), || {
-        "p $vg did not print 32".into()
-    });
-    tally.check(&tag("info registers and p $v0"), has("x30 ") && has("cpsr") && has("{d = {f = "), || {
-        "registers not shown".into()
-    });
-    tally.check(
-        &tag("p $x0 = 42 reaches the guest, which reports it"),
-        has("= 42") && job.output.iter().any(|l| l.contains("report x0=42")),
-        || format!("guest output {:?}", job.output),
-    );
-    tally.check(
-        &tag("Ctrl-C interrupts the spinning guest"),
-        has("SIGINT") && out.lines().any(|l| l.starts_with("STOPPED ")),
-        || "no SIGINT stop".into(),
-    );
-    tally.check(&tag("kill ends accel-host cleanly"), job.status == Some(0), || {
-        format!("accel-host exited with {:?}", job.status)
-    });
-    Ok(())
-}
-
-/// Runs gdb-multiarch in batch mode with `script` on `elf`, for at most 200 s. When the script
-/// prints `READY-FOR-CTRL-C` and continues the guest, gdb gets a SIGINT three seconds later, as
-/// from a Ctrl-C at its terminal.
-fn run_gdb(script: &Path, elf: &Path) -> String {
-    use std::io::{BufRead, BufReader};
-    let child = Command::new("timeout")
-        .args(["200", "gdb-multiarch", "-nx", "-batch", "-x"])
-        .arg(script)
-        .arg(elf)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => return format!("could not run gdb-multiarch: {e}"),
-    };
-    let stderr = child.stderr.take().map(|mut e| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = std::io::Read::read_to_string(&mut e, &mut s);
-            s
-        })
-    });
-    let mut out = String::new();
-    if let Some(stdout) = child.stdout.take() {
-        for line in BufReader::new(stdout).lines().map_while(std::result::Result::ok) {
-            if line.contains("READY-FOR-CTRL-C") {
-                let pid = child.id();
-                std::thread::spawn(move || {
-                    std::thread::sleep(Duration::from_secs(3));
-                    // `timeout` forwards the signal to gdb.
-                    let _ = Command::new("kill").args(["-INT", &pid.to_string()]).status();
-                });
-            }
-            out.push_str(&line);
-            out.push('\n');
-        }
-    }
-    let _ = child.wait();
-    if let Some(err) = stderr.and_then(|h| h.join().ok()) {
-        out.push_str(&err);
-    }
-    out
-}
-
 fn native_kvm_usable(host: &Path, plugin: &Path) -> bool {
     cfg!(all(target_os = "linux", target_arch = "aarch64"))
         && Command::new(host).args(["probe", "--accel"]).arg(plugin).output().is_ok_and(|o| {
@@ -627,11 +364,6 @@ fn cross_build_guest() -> Result<()> {
     )
 }
 
-const USAGE: &str = "usage: cargo xtask test [--cpu MODEL]...\n       cargo xtask run [IMAGE]\n       \
-                     cargo xtask gdb-e2e   (only the real-gdb end-to-end test)\n       \
-                     cargo xtask vm [--cpu MODEL] -- PROGRAM [ARG]...   (programs in the VM: /bin/accel-host, \
-                     /bin/accel-conformance, /bin/accel-bench; plugins in /lib/accel)";
-
 /// Boots the nested VM (CPU model `cpu`) with the usual files and `extra` host files, runs one
 /// command line in it with the console on this terminal, and returns its exit status.
 fn run_in_vm(cpu: &str, extra: &[(&str, &Path)], argv: &[&str]) -> Result<i32> {
@@ -665,33 +397,66 @@ fn run_in_vm(cpu: &str, extra: &[(&str, &Path)], argv: &[&str]) -> Result<i32> {
         .ok_or_else(|| Error("the VM ended before the command finished".into()))
 }
 
+#[derive(clap::Parser)]
+#[command(name = "cargo xtask", about = "Build, provision and test accel")]
+enum Cli {
+    /// Lints, unit tests, and the conformance suite and end-to-end checks on real KVM in the
+    /// nested VM, once per CPU model.
+    Test {
+        /// A QEMU CPU model to boot (repeatable); default: max and cortex-a72.
+        #[arg(long = "cpu", value_name = "MODEL")]
+        cpus: Vec<String>,
+    },
+    /// Runs an image (default: the demo guest) on the KVM backend, natively or in the nested VM.
+    Run {
+        /// An AArch64 ELF or raw image.
+        image: Option<PathBuf>,
+    },
+    /// Only the real-gdb end-to-end test.
+    GdbE2e,
+    /// The conformance suite many times in one VM boot per CPU model, failures counted per case.
+    Soak {
+        /// Rounds of the whole suite per CPU model.
+        #[arg(long, default_value_t = 100)]
+        rounds: u32,
+        /// A QEMU CPU model (repeatable); default: max and cortex-a72.
+        #[arg(long = "cpu", value_name = "MODEL")]
+        cpus: Vec<String>,
+    },
+    /// Runs one command in the nested VM (programs: /bin/accel-host, /bin/accel-conformance,
+    /// /bin/accel-bench; plugins in /lib/accel).
+    Vm {
+        /// The QEMU CPU model.
+        #[arg(long, default_value = "max")]
+        cpu: String,
+        /// The program and its arguments.
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
+}
+
+fn cpus_or_default(cpus: Vec<String>) -> Vec<String> {
+    if cpus.is_empty() {
+        DEFAULT_CPUS.iter().map(|s| s.to_string()).collect()
+    } else {
+        cpus
+    }
+}
+
+fn exit_code(ok: bool) -> i32 {
+    if ok {
+        0
+    } else {
+        1
+    }
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("test") => {
-            let mut cpus = Vec::new();
-            let mut rest = args[1..].iter();
-            let mut bad = None;
-            while let Some(a) = rest.next() {
-                match (a.as_str(), rest.clone().next()) {
-                    ("--cpu", Some(model)) => {
-                        cpus.push(model.clone());
-                        rest.next();
-                    }
-                    _ => bad = Some(a.clone()),
-                }
-            }
-            if let Some(bad) = bad {
-                Err(Error(format!("unknown argument '{bad}'\n{USAGE}")))
-            } else {
-                if cpus.is_empty() {
-                    cpus = DEFAULT_CPUS.iter().map(|s| s.to_string()).collect();
-                }
-                test(&cpus).map(|ok| if ok { 0 } else { 1 })
-            }
-        }
-        Some("run") if args.len() <= 2 => run(args.get(1).map(PathBuf::from)),
-        Some("gdb-e2e") => (|| {
+    let cli = <Cli as clap::Parser>::parse();
+    let result = match cli {
+        Cli::Test { cpus } => test(&cpus_or_default(cpus)).map(exit_code),
+        Cli::Run { image } => run(image),
+        Cli::GdbE2e => (|| {
             provision::host_tools()?;
             provision::rust_targets()?;
             cross_build()?;
@@ -699,26 +464,13 @@ fn main() -> ExitCode {
             let mut tally = Tally::default();
             gdb_end_to_end(&mut tally, &kernel)?;
             println!("{} passed, {} failed", tally.passed, tally.failed);
-            Ok(if tally.failed == 0 { 0 } else { 1 })
+            Ok(exit_code(tally.failed == 0))
         })(),
-        Some("vm") => {
-            let (opts, rest) = match args.iter().position(|a| a == "--") {
-                Some(i) => (&args[1..i], &args[i + 1..]),
-                None => (&args[1..1], &args[1..]),
-            };
-            let cpu = match opts {
-                [flag, model] if flag == "--cpu" => model.as_str(),
-                [] => "max",
-                _ => "",
-            };
-            if cpu.is_empty() || rest.is_empty() {
-                Err(Error(USAGE.into()))
-            } else {
-                let argv: Vec<&str> = rest.iter().map(String::as_str).collect();
-                run_in_vm(cpu, &[], &argv)
-            }
+        Cli::Soak { rounds, cpus } => soak::soak(&cpus_or_default(cpus), rounds).map(exit_code),
+        Cli::Vm { cpu, argv } => {
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            run_in_vm(&cpu, &[], &argv)
         }
-        _ => Err(Error(USAGE.into())),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
@@ -726,26 +478,5 @@ fn main() -> ExitCode {
             eprintln!("xtask: error: {message}");
             ExitCode::FAILURE
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_summaries() {
-        let lines: Vec<String> =
-            ["PASS x", "3 not run", "17 passed, 2 failed"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(summary_line(&lines), Some((17, 2)));
-        assert_eq!(summary_line(&["nothing".to_string()]), None);
-        let libtest: Vec<String> = [
-            "test result: ok. 12 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s",
-            "test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        assert_eq!(libtest_counts(&libtest), (15, 1));
     }
 }

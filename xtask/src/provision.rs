@@ -10,8 +10,17 @@ use std::{
 use crate::{cmd, Error, Result};
 
 /// Debian packages the nested VM needs on the build host.
-pub const APT_PACKAGES: &[&str] =
-    &["qemu-system-arm", "gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross", "gdb-multiarch"];
+pub const APT_PACKAGES: &[&str] = &[
+    "qemu-system-arm",
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
+    "gdb-multiarch",
+    "device-tree-compiler",
+];
+/// The oldest outer QEMU trusted to emulate the nested VM's host. QEMU 7.2's TCG sometimes runs
+/// a stale translation of a page the nested kernel has reused when the CPU has SVE (`-cpu max`),
+/// so a guest of the nested KVM executes the previous VM's code; 10.0 does not.
+pub const QEMU_MIN_MAJOR: u32 = 10;
 /// Rust targets: plugins and tools for the VM, the bare-metal demo guest, and macOS on Apple
 /// silicon for checking the HVF backend.
 pub const RUST_TARGETS: &[&str] =
@@ -40,6 +49,7 @@ pub fn host_tools() -> Result<()> {
         ("qemu-system-aarch64", "qemu-system-arm"),
         ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
         ("gdb-multiarch", "gdb-multiarch"),
+        ("dtc", "device-tree-compiler"),
     ]
     .iter()
     .filter(|(program, _)| !have(program))
@@ -61,6 +71,65 @@ pub fn host_tools() -> Result<()> {
             )));
         }
     }
+    outer_qemu()
+}
+
+/// The outer QEMU's version, as `(major, minor, micro)`.
+pub fn qemu_version() -> Result<(u32, u32, u32)> {
+    let text = cmd::output(Command::new("qemu-system-aarch64").arg("--version"))?;
+    parse_qemu_version(&text)
+        .ok_or_else(|| Error(format!("cannot read the version of qemu-system-aarch64 from {text:?}")))
+}
+
+fn parse_qemu_version(text: &str) -> Option<(u32, u32, u32)> {
+    let rest = text.lines().next()?.strip_prefix("QEMU emulator version ")?;
+    let number = rest.split(|c: char| !(c.is_ascii_digit() || c == '.')).next()?;
+    let mut parts = number.split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next().flatten().unwrap_or(0), parts.next().flatten().unwrap_or(0)))
+}
+
+fn debian_codename() -> Option<String> {
+    let text = std::fs::read_to_string("/etc/os-release").ok()?;
+    text.lines().find_map(|l| l.strip_prefix("VERSION_CODENAME=")).map(|c| c.trim_matches('"').to_string())
+}
+
+/// Makes sure the outer QEMU is one that emulates the nested host faithfully: on Debian bookworm
+/// as root, QEMU 10 comes from bookworm-backports; otherwise an older one is used with a warning.
+fn outer_qemu() -> Result<()> {
+    let (major, minor, micro) = qemu_version()?;
+    if major >= QEMU_MIN_MAJOR {
+        return Ok(());
+    }
+    let bookworm = debian_codename().as_deref() == Some("bookworm");
+    if bookworm && is_root() && have("apt-get") {
+        eprintln!("xtask: QEMU {major}.{minor}.{micro} is too old for the nested VM; installing QEMU 10 from bookworm-backports");
+        let list = "/etc/apt/sources.list.d/accel-bookworm-backports.sources";
+        if !Path::new(list).exists() {
+            std::fs::write(
+                list,
+                "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\n\
+                 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+            )
+            .map_err(|e| Error(format!("writing {list}: {e}")))?;
+        }
+        cmd::run(Command::new("apt-get").args(["update", "-qq"]))?;
+        cmd::run(Command::new("sh").args([
+            "-c",
+            "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+             -t bookworm-backports qemu-system-arm",
+        ]))?;
+        return Ok(());
+    }
+    let fix = if bookworm {
+        "add bookworm-backports to apt's sources and run `apt-get install -t bookworm-backports qemu-system-arm`"
+    } else {
+        "install qemu-system-arm 10 or later"
+    };
+    eprintln!(
+        "xtask: WARNING: the outer QEMU is {major}.{minor}.{micro}. QEMU 7.2 is known to run stale code in \
+         nested guests on -cpu max (a TCG bug), which makes cases fail at random; versions before \
+         {QEMU_MIN_MAJOR} are not verified. To fix: {fix}."
+    );
     Ok(())
 }
 
@@ -314,6 +383,17 @@ mod tests {
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].suites, vec!["bookworm", "bookworm-updates"]);
         assert!(s[0].is_debian());
+    }
+
+    #[test]
+    fn qemu_versions_parse() {
+        let v = "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)\nCopyright";
+        assert_eq!(parse_qemu_version(v), Some((10, 0, 2)));
+        assert_eq!(
+            parse_qemu_version("QEMU emulator version 7.2.15 (Debian 1:7.2+dfsg-7+deb12u18)"),
+            Some((7, 2, 15))
+        );
+        assert_eq!(parse_qemu_version("qemu 9"), None);
     }
 
     #[test]

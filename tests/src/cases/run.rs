@@ -11,7 +11,7 @@ use crate::{
 };
 
 pub fn cases() -> Vec<Case> {
-    crate::cases![run: guest_computes_known_values, mmio_writes_of_every_size, mmio_read_resumes_with_host_value, mmio_read_data_without_a_read, mmio_abort_without_syndrome, guest_exception_reaches_its_vectors, pc_after_mmio_exit, psci_system_off, psci_system_reset]
+    crate::cases![run: guest_computes_known_values, mmio_writes_of_every_size, mmio_read_resumes_with_host_value, mmio_read_data_without_a_read, mmio_abort_without_syndrome, guest_exception_reaches_its_vectors, pc_after_mmio_exit, fresh_code_in_reused_memory, psci_system_off, psci_system_reset]
 }
 
 fn guest_computes_known_values(ctx: &Context) -> CaseResult {
@@ -169,6 +169,53 @@ fn pc_after_mmio_exit(ctx: &Context) -> CaseResult {
     g.vcpu.put_core(&core, PutLevel::Runtime)?;
     let got = g.expect_mmio_write()?;
     ensure!(got == (MMIO_BASE + 8, 8, 0x77), "after moving the PC the guest wrote {got:x?}");
+    Ok(())
+}
+
+/// How often [`fresh_code_in_reused_memory`] repeats its pattern.
+const REUSE_ROUNDS: u32 = 40;
+
+/// New code in guest RAM runs, not what a previous VM left at the same address.
+///
+/// QEMU 7.2's TCG, emulating the host of a nested KVM on a CPU with SVE, sometimes ran a stale
+/// translation of a page the host kernel had freed and handed to the next VM: that VM executed
+/// the previous one's instruction although its RAM held new code. This repeats the pattern that
+/// exposed it: a VM leaves a load at the address where the next VM's PC is set by the host, after
+/// an MMIO exit. A guest that executes the stale load reads MMIO at address 0.
+fn fresh_code_in_reused_memory(ctx: &Context) -> CaseResult {
+    let accel = ctx.accelerator()?;
+    let mut fresh = asm::mov_imm64(9, MMIO_BASE);
+    fresh.extend([asm::str(Size::X, 9, 9, 0), asm::b(0)]);
+    let target = fresh.len();
+    fresh.extend([asm::movz(1, 0x77, 0), asm::str(Size::X, 1, 9, 8), asm::b(0)]);
+    let mut stale = vec![asm::NOP; target];
+    stale.extend([asm::ldr(Size::X, 1, 10, 0), asm::b(0)]);
+    for round in 0..REUSE_ROUNDS {
+        let mut old = TestGuest::new(&accel, &stale)?;
+        let mut regs = old.core()?;
+        regs.pc = CODE + 4 * target as u64;
+        regs.x[10] = MMIO_BASE;
+        old.vcpu.put_core(&regs, PutLevel::Runtime)?;
+        match old.run()? {
+            VcpuExit::MmioRead(a) if a.addr == MMIO_BASE => old.vcpu.set_mmio_read_data(0xdead)?,
+            other => return Err(Failure::Fail(format!("round {round}: the first VM's load gave {other:?}"))),
+        }
+        drop(old);
+        let mut new = TestGuest::new(&accel, &fresh)?;
+        new.expect_mmio_write()?;
+        let mut core = new.core()?;
+        core.pc = CODE + 4 * target as u64;
+        new.vcpu.put_core(&core, PutLevel::Runtime)?;
+        let got = new.run()?;
+        match &got {
+            VcpuExit::MmioWrite(a) if a.addr == MMIO_BASE + 8 && a.value() == 0x77 => {}
+            other => {
+                return Err(Failure::Fail(format!(
+                    "round {round}: the new VM ran something other than its own code: {other:?}"
+                )))
+            }
+        }
+    }
     Ok(())
 }
 

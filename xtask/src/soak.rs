@@ -1,0 +1,116 @@
+//! `cargo xtask soak`: the whole conformance suite, many rounds in one boot of the nested VM per
+//! CPU model, with the failures counted per case. An intermittent failure shows up here as a
+//! count over the rounds rather than as one unlucky run.
+
+use std::collections::BTreeMap;
+
+use crate::{cross_out, job, provision, root, vm, vm_files, Error, Result, VM_TIMEOUT};
+
+/// Failures per case over the rounds of one CPU model.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SoakReport {
+    /// Rounds that ran to their summary line.
+    pub rounds: u32,
+    /// Cases that failed, with how many rounds each failed in and the first reason.
+    pub failures: BTreeMap<String, (u32, String)>,
+}
+
+/// Reads the runner's output of a `--repeat` run: `round N` lines, `FAIL    case: why` lines and
+/// one `N passed, N failed` summary per round.
+pub fn parse(lines: &[String]) -> SoakReport {
+    let mut report = SoakReport::default();
+    for line in lines {
+        if let Some(rest) = line.strip_prefix("FAIL    ") {
+            let (case, why) = rest.split_once(": ").unwrap_or((rest, ""));
+            let entry = report.failures.entry(case.to_string()).or_insert((0, why.to_string()));
+            entry.0 += 1;
+        } else if line.ends_with(" failed") && line.contains(" passed, ") {
+            report.rounds += 1;
+        }
+    }
+    report
+}
+
+/// Runs `rounds` rounds of the suite on each CPU model; true when every round of every model ran
+/// and passed.
+pub fn soak(cpus: &[String], rounds: u32) -> Result<bool> {
+    provision::host_tools()?;
+    provision::rust_targets()?;
+    crate::cross_build()?;
+    let kernel = provision::kernel()?;
+    let work = vm::work_dir(&root());
+    std::fs::create_dir_all(&work).map_err(|e| Error(format!("creating {}: {e}", work.display())))?;
+    let initrd = work.join("soak-initrd.cpio");
+    let repeat = rounds.to_string();
+    // A round of the suite takes well under a minute in the VM; allow five.
+    let limit = u64::from(rounds) * 300;
+    vm::initramfs_with_timeout(
+        &initrd,
+        &cross_out("accel-vm-init"),
+        vm_files()?,
+        &[("ACCEL_PLUGIN_PATH", "/lib/accel")],
+        limit,
+        &[job(
+            "soak",
+            &[
+                "/bin/accel-conformance",
+                "--plugin",
+                "/lib/accel/libaccel_kvm.so",
+                "--fixtures",
+                "/lib/accel",
+                "--repeat",
+                &repeat,
+            ],
+        )],
+    )?;
+    let mut all_ok = true;
+    for cpu in cpus {
+        println!("xtask: soak, {rounds} rounds of the suite on -cpu {cpu}");
+        let timeout = VM_TIMEOUT.max(std::time::Duration::from_secs(limit + 300));
+        let run = vm::boot(&kernel, &initrd, cpu, timeout, &[], &|line| {
+            if line.starts_with("round ") || line.starts_with("FAIL") || line.starts_with("AGAIN") {
+                println!("  vm[{cpu}]| {line}");
+            }
+        })?;
+        let output = run.job("soak").map(|j| j.output.clone()).unwrap_or_default();
+        let report = parse(&output);
+        println!(
+            "xtask: [{cpu}] {} of {rounds} rounds ran in {:.0} s; {} case(s) failed",
+            report.rounds,
+            run.elapsed.as_secs_f64(),
+            report.failures.len()
+        );
+        for (case, (count, why)) in &report.failures {
+            println!("xtask: [{cpu}]   {case}: failed in {count} of {} rounds; first: {why}", report.rounds);
+        }
+        all_ok &= report.rounds == rounds && report.failures.is_empty();
+    }
+    Ok(all_ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_failures_per_case_over_rounds() {
+        let lines: Vec<String> = [
+            "round 1",
+            "PASS    a::b (3 ms)",
+            "FAIL    run::x: expected 1, got 2",
+            "AGAIN   run::x: passed when run again: an intermittent failure",
+            "1 passed, 1 failed",
+            "round 2",
+            "FAIL    run::x: expected 1, got 3",
+            "FAIL    vm::y: boom",
+            "0 passed, 2 failed",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let r = parse(&lines);
+        assert_eq!(r.rounds, 2);
+        assert_eq!(r.failures.get("run::x"), Some(&(2, "expected 1, got 2".to_string())));
+        assert_eq!(r.failures.get("vm::y"), Some(&(1, "boom".to_string())));
+    }
+}
