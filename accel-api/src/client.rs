@@ -1,16 +1,18 @@
-//! Host-side handles over the ABI objects, with `Result`-returning methods.
+//! Host-side handles over a plugin's objects: `Result`-returning methods in the plain Rust types,
+//! with the records converted, and optional extensions as `Option`s.
 
-use abi_stable::std_types::RVec;
+use abi_stable::std_types::{RNone, RSome, RVec};
 
 use crate::{
-    abi::{AccelBox, DebugBox, DebugCapacity, KickerBox, VcpuBox, VmBox},
+    abi::{
+        AccelBox, DebugBox, DirtyLogBox, EventFdBox, EventsBox, GicBox, GicConfigRecord, KickerBox,
+        MemoryRegionRecord, SveBox, VcpuBox, VcpuConfigRecord, VmBox, VmConfigRecord,
+    },
     config::{MemoryRegion, ProbeInfo, VcpuConfig, VmConfig},
-    debug::{DebugEvent, Watchpoint},
-    error::Result,
-    error::{AccelError, ErrorKind},
+    debug::{DebugCapacity, DebugEvent, Watchpoint},
+    error::{AccelError, ErrorKind, Result},
     events::{MpState, VcpuEvents},
-    exit::DebugExit,
-    exit::VcpuExit,
+    exit::{DebugExit, VcpuExit},
     irq::{GicConfig, IrqLine},
     regs::{CoreRegs, FpRegs, PutLevel, SyncCounters},
     sve::SveRegs,
@@ -30,12 +32,12 @@ impl Accelerator {
 
     /// Probes the host through the opened accelerator.
     pub fn probe(&self) -> ProbeInfo {
-        self.inner.probe()
+        ProbeInfo::from(&self.inner.probe())
     }
 
     /// Creates a VM.
     pub fn create_vm(&self, config: &VmConfig) -> Result<Vm> {
-        self.inner.create_vm(config).into_result().map(|inner| Vm { inner })
+        self.inner.create_vm(&VmConfigRecord::from(config)).into_result().map(|inner| Vm { inner })
     }
 }
 
@@ -52,7 +54,8 @@ impl Vm {
     /// until the region is removed or the VM is dropped. The guest can write to it at any time
     /// while a vCPU runs.
     pub unsafe fn add_memory(&self, region: &MemoryRegion) -> Result<u32> {
-        self.inner.add_memory(region).into_result()
+        // SAFETY: the caller upholds the same contract, which the ABI call passes on.
+        unsafe { self.inner.add_memory(&MemoryRegionRecord::from(region)) }.into_result()
     }
 
     /// Unmaps the region in `slot`.
@@ -60,32 +63,83 @@ impl Vm {
         self.inner.remove_memory(slot).into_result()
     }
 
-    /// Turns dirty-page logging of `slot` on or off.
-    pub fn set_dirty_log(&self, slot: u32, enabled: bool) -> Result<()> {
-        self.inner.set_dirty_log(slot, enabled).into_result()
+    /// Creates and initialises a vCPU.
+    pub fn create_vcpu(&self, config: &VcpuConfig) -> Result<Vcpu> {
+        self.inner.create_vcpu(&VcpuConfigRecord::from(config)).into_result().map(|inner| Vcpu { inner })
     }
 
-    /// The pages of `slot` written since the last call, as a bitmap; clears the log.
-    pub fn take_dirty_log(&self, slot: u32) -> Result<Vec<u64>> {
-        self.inner.take_dirty_log(slot).into_result().map(RVec::into_vec)
+    /// The in-kernel GICv3, if the backend has one.
+    pub fn gic(&self) -> Option<Gic> {
+        self.inner.gic().into_option().map(|inner| Gic { inner })
     }
 
-    /// Creates the in-kernel GICv3 (before the first vCPU).
-    pub fn create_gic(&self, config: &GicConfig) -> Result<()> {
-        self.inner.create_gic(config).into_result()
+    /// The in-kernel GICv3, or an `unsupported` error that says the backend has none.
+    pub fn require_gic(&self) -> Result<Gic> {
+        self.gic().ok_or_else(|| AccelError::unsupported("this backend has no in-kernel GICv3"))
+    }
+
+    /// The VM's guest-debug pool, if the backend supports guest debug.
+    pub fn debug(&self) -> Option<Debug> {
+        self.inner.debug().into_option().map(|inner| Debug { inner })
+    }
+
+    /// Dirty-page logging, if the backend supports it.
+    pub fn dirty_log(&self) -> Option<DirtyLog> {
+        self.inner.dirty_log().into_option().map(|inner| DirtyLog { inner })
+    }
+
+    /// irqfd and ioeventfd on Linux eventfds, if the backend offers them.
+    pub fn linux_eventfd(&self) -> Option<EventFds> {
+        self.inner.linux_eventfd().into_option().map(|inner| EventFds { inner })
+    }
+}
+
+/// A VM's in-kernel GICv3.
+pub struct Gic {
+    inner: GicBox,
+}
+
+impl Gic {
+    /// Creates the GIC (before the first vCPU).
+    pub fn create(&self, config: &GicConfig) -> Result<()> {
+        self.inner.create(&GicConfigRecord::from(config)).into_result()
     }
 
     /// Drives an interrupt line.
     pub fn set_irq(&self, line: IrqLine, level: bool) -> Result<()> {
         self.inner.set_irq(line, level).into_result()
     }
+}
 
+/// Dirty-page logging of a VM.
+pub struct DirtyLog {
+    inner: DirtyLogBox,
+}
+
+impl DirtyLog {
+    /// Turns logging of `slot` on or off.
+    pub fn set(&self, slot: u32, enabled: bool) -> Result<()> {
+        self.inner.set(slot, enabled).into_result()
+    }
+
+    /// The pages of `slot` written since the last call, as a bitmap; clears the log.
+    pub fn take(&self, slot: u32) -> Result<Vec<u64>> {
+        self.inner.take(slot).into_result().map(RVec::into_vec)
+    }
+}
+
+/// Linux eventfds wired to a VM.
+pub struct EventFds {
+    inner: EventFdBox,
+}
+
+impl EventFds {
     /// Raises SPI `spi` whenever the eventfd `fd` is written.
     pub fn register_irqfd(&self, fd: i32, spi: u32) -> Result<()> {
         self.inner.register_irqfd(fd, spi).into_result()
     }
 
-    /// Undoes [`Vm::register_irqfd`].
+    /// Undoes [`EventFds::register_irqfd`].
     pub fn unregister_irqfd(&self, fd: i32, spi: u32) -> Result<()> {
         self.inner.unregister_irqfd(fd, spi).into_result()
     }
@@ -95,19 +149,9 @@ impl Vm {
         self.inner.register_ioeventfd(fd, addr, len, datamatch.into()).into_result()
     }
 
-    /// Undoes [`Vm::register_ioeventfd`].
+    /// Undoes [`EventFds::register_ioeventfd`].
     pub fn unregister_ioeventfd(&self, fd: i32, addr: u64, len: u32, datamatch: Option<u64>) -> Result<()> {
         self.inner.unregister_ioeventfd(fd, addr, len, datamatch.into()).into_result()
-    }
-
-    /// The VM's guest-debug pool, if the backend supports guest debug.
-    pub fn debug(&self) -> Option<Debug> {
-        self.inner.debug().into_option().map(|inner| Debug { inner })
-    }
-
-    /// Creates and initialises a vCPU.
-    pub fn create_vcpu(&self, config: &VcpuConfig) -> Result<Vcpu> {
-        self.inner.create_vcpu(config).into_result().map(|inner| Vcpu { inner })
     }
 }
 
@@ -127,7 +171,7 @@ impl Vcpu {
         self.inner.get_core().into_result()
     }
 
-    /// Writes the core registers changed since the last get (all at [`PutLevel::Full`]).
+    /// Writes the core registers changed since the last get (all at [`PutLevel::FULL`]).
     pub fn put_core(&mut self, regs: &CoreRegs, level: PutLevel) -> Result<()> {
         self.inner.put_core(regs, level).into_result()
     }
@@ -137,19 +181,48 @@ impl Vcpu {
         self.inner.get_fp().into_result()
     }
 
-    /// Writes the FP/SIMD registers changed since the last get (all at [`PutLevel::Full`]).
+    /// Writes the FP/SIMD registers changed since the last get (all at [`PutLevel::FULL`]).
     pub fn put_fp(&mut self, regs: &FpRegs, level: PutLevel) -> Result<()> {
         self.inner.put_fp(regs, level).into_result()
     }
 
-    /// Reads the SVE registers (the vCPU must have SVE enabled).
-    pub fn get_sve(&mut self) -> Result<SveRegs> {
-        self.inner.get_sve().into_result()
+    /// The SVE registers, if SVE is enabled on this vCPU.
+    pub fn sve(&mut self) -> Option<Sve<'_>> {
+        match self.inner.sve() {
+            RSome(inner) => Some(Sve { inner }),
+            RNone => None,
+        }
     }
 
-    /// Writes the SVE registers changed since the last get (all at [`PutLevel::Full`]).
+    /// Reads the SVE registers; `unsupported` when the vCPU has no SVE.
+    pub fn get_sve(&mut self) -> Result<SveRegs> {
+        let index = self.index();
+        self.sve().ok_or_else(|| no_sve(index))?.get()
+    }
+
+    /// Writes the SVE registers changed since the last get; `unsupported` when the vCPU has no
+    /// SVE.
     pub fn put_sve(&mut self, regs: &SveRegs, level: PutLevel) -> Result<()> {
-        self.inner.put_sve(regs, level).into_result()
+        let index = self.index();
+        self.sve().ok_or_else(|| no_sve(index))?.put(regs, level)
+    }
+
+    /// Pending events, if the backend can inject them.
+    pub fn events(&mut self) -> Option<Events<'_>> {
+        match self.inner.events() {
+            RSome(inner) => Some(Events { inner }),
+            RNone => None,
+        }
+    }
+
+    /// Reads the pending events; `unsupported` when the backend has none.
+    pub fn get_events(&mut self) -> Result<VcpuEvents> {
+        self.events().ok_or_else(no_events)?.get()
+    }
+
+    /// Sets the pending events; `unsupported` when the backend cannot inject them.
+    pub fn put_events(&mut self, events: &VcpuEvents) -> Result<()> {
+        self.events().ok_or_else(no_events)?.put(events)
     }
 
     /// Reads every register of `class`.
@@ -172,16 +245,6 @@ impl Vcpu {
     /// Writes the registers that may be written at `level` and changed since the last get.
     pub fn put_regs(&mut self, values: &[RegValue], level: PutLevel) -> Result<()> {
         self.inner.put_regs(values.into(), level).into_result()
-    }
-
-    /// Reads the pending events.
-    pub fn get_events(&mut self) -> Result<VcpuEvents> {
-        self.inner.get_events().into_result()
-    }
-
-    /// Sets the pending events; a pending SError or external data abort is injected.
-    pub fn put_events(&mut self, events: &VcpuEvents) -> Result<()> {
-        self.inner.put_events(events).into_result()
     }
 
     /// Reads the multiprocessing state.
@@ -212,7 +275,49 @@ impl Vcpu {
 
     /// Runs the guest until the next exit.
     pub fn run(&mut self) -> Result<VcpuExit> {
-        self.inner.run().into_result()
+        self.inner.run().into_result().map(VcpuExit::from)
+    }
+}
+
+fn no_sve(index: u32) -> AccelError {
+    AccelError::unsupported(format!("vCPU {index} has no SVE (not enabled, or the backend lacks it)"))
+}
+
+fn no_events() -> AccelError {
+    AccelError::unsupported("this backend cannot read or inject vCPU events")
+}
+
+/// A vCPU's SVE registers, borrowed from the vCPU.
+pub struct Sve<'a> {
+    inner: SveBox<'a>,
+}
+
+impl Sve<'_> {
+    /// Reads the SVE registers at the vCPU's vector length.
+    pub fn get(&mut self) -> Result<SveRegs> {
+        self.inner.get().into_result()
+    }
+
+    /// Writes the SVE registers changed since the last get (all at [`PutLevel::FULL`]).
+    pub fn put(&mut self, regs: &SveRegs, level: PutLevel) -> Result<()> {
+        self.inner.put(regs, level).into_result()
+    }
+}
+
+/// A vCPU's pending events, borrowed from the vCPU.
+pub struct Events<'a> {
+    inner: EventsBox<'a>,
+}
+
+impl Events<'_> {
+    /// Reads the pending events.
+    pub fn get(&mut self) -> Result<VcpuEvents> {
+        self.inner.get().into_result()
+    }
+
+    /// Sets the pending events; a pending SError or external data abort is injected.
+    pub fn put(&mut self, events: &VcpuEvents) -> Result<()> {
+        self.inner.put(events).into_result()
     }
 }
 
@@ -281,6 +386,6 @@ impl Debug {
 
     /// Matches a debug exit of vCPU `index` against the pool.
     pub fn classify(&self, index: u32, exit: &DebugExit) -> DebugEvent {
-        self.inner.classify(index, exit)
+        self.inner.classify(index, exit).into()
     }
 }

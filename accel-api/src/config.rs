@@ -1,18 +1,18 @@
 //! What a caller asks of a backend (VM and vCPU configuration, memory regions) and what a probe
 //! tells about it.
 
-use abi_stable::{std_types::RString, StableAbi};
+use abi_stable::StableAbi;
 
 use crate::idregs::IdRegisters;
 
-/// A probe's answer: whether the backend can run here, and its headline capabilities.
-#[repr(C)]
-#[derive(StableAbi, Clone, Debug, PartialEq, Eq)]
+/// A probe's answer: whether the backend can run here, and its headline capabilities. It crosses
+/// the boundary as a [`ProbeRecord`](crate::abi::ProbeRecord).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeInfo {
     /// True when VMs can be created.
     pub available: bool,
     /// Why not, when `available` is false; otherwise a short description of the host.
-    pub reason: RString,
+    pub reason: String,
     /// The backend's headline capabilities. All zero when unavailable.
     pub caps: Capabilities,
     /// The host CPU's ID registers as guests see them by default. All zero when unavailable.
@@ -22,23 +22,23 @@ pub struct ProbeInfo {
 impl ProbeInfo {
     /// The answer of a backend that cannot run here, and why.
     pub fn unavailable(reason: impl Into<String>) -> Self {
-        Self {
-            available: false,
-            reason: RString::from(reason.into()),
-            caps: Default::default(),
-            id: Default::default(),
-        }
+        Self { available: false, reason: reason.into(), caps: Default::default(), id: Default::default() }
     }
 }
 
-/// The capabilities a backend reports on probe.
-#[repr(C)]
-#[derive(StableAbi, Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The capabilities a backend reports on probe: facts about what this host can do. Operations a
+/// backend may lack are not flags here but extensions that it offers or not (`Vm::debug`,
+/// `Vcpu::sve` …).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Capabilities {
     /// The largest number of vCPUs in one VM.
     pub max_vcpus: u32,
+    /// The most VMs one process can hold at once; 0 when there is no fixed limit.
+    pub max_vms: u32,
     /// The largest guest physical address size, in bits.
     pub ipa_bits: u32,
+    /// The granule of guest memory regions, in bytes.
+    pub page_size: u64,
     /// The number of hardware breakpoints usable for guest debug.
     pub hw_breakpoints: u32,
     /// The number of hardware watchpoints usable for guest debug.
@@ -47,20 +47,18 @@ pub struct Capabilities {
     pub vcpu_features: VcpuFeatures,
     /// The SVE vector lengths the backend offers: bit `vq - 1` for a length of `vq * 128` bits.
     pub sve_vqs: u32,
-    /// Guest debug (single-step, breakpoints) is supported.
-    pub guest_debug: bool,
     /// Read-only memory regions are supported.
     pub readonly_memory: bool,
     /// An injected SError can carry a syndrome (`VcpuEvents::serror_has_esr`).
     pub serror_esr: bool,
     /// External data aborts can be injected (`VcpuEvents::ext_dabt_pending`).
     pub ext_dabt: bool,
-    /// vCPU MP states can be read and set.
-    pub mp_state: bool,
     /// PSCI SYSTEM_SUSPEND reaches the monitor as a suspend event.
     pub system_suspend: bool,
     /// The VM-wide counter offset can be set.
     pub counter_offset: bool,
+    /// An in-kernel GICv3 can be created.
+    pub gic_v3: bool,
     /// The backend's own CPU target for vCPUs (KVM's preferred target; 0 where there is none).
     pub cpu_target: u32,
 }
@@ -155,16 +153,14 @@ impl std::fmt::Debug for VcpuFeatures {
 }
 
 /// How to create a VM.
-#[repr(C)]
-#[derive(StableAbi, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VmConfig {
     /// The guest physical address size in bits, or 0 for the backend's default.
     pub ipa_bits: u32,
 }
 
 /// How to create a vCPU.
-#[repr(C)]
-#[derive(StableAbi, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VcpuConfig {
     /// The vCPU's index in the VM, from 0.
     pub index: u32,
@@ -186,8 +182,7 @@ impl VcpuConfig {
 ///
 /// The host owns the memory. It must stay mapped, at `host_addr`, until the region is removed or
 /// the VM is dropped.
-#[repr(C)]
-#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryRegion {
     /// The guest physical address of the first byte.
     pub guest_addr: u64,

@@ -123,9 +123,19 @@ pub struct SwBreakpoint {
     pub uses: u32,
 }
 
-/// What a debug exit means, after matching against the pool.
-#[repr(C, u8)]
-#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
+/// How many hardware debug registers a pool can use.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DebugCapacity {
+    /// Hardware breakpoints.
+    pub breakpoints: u32,
+    /// Hardware watchpoints.
+    pub watchpoints: u32,
+}
+
+/// What a debug exit means, after matching against the pool. It crosses the boundary as a
+/// [`DebugEventRecord`](crate::abi::DebugEventRecord).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DebugEvent {
     /// A host hardware breakpoint at this address.
     HwBreakpoint {
@@ -149,6 +159,13 @@ pub enum DebugEvent {
     /// The exception is the guest's own (its BRK, or a debug event the host did not set up):
     /// deliver it to the guest.
     Guest,
+    /// An event kind this side of the boundary does not know (from a newer plugin).
+    Unknown {
+        /// The event kind's number.
+        kind: u32,
+        /// Its arguments, uninterpreted.
+        args: [u64; 4],
+    },
 }
 
 /// The debug registers and control flags for a vCPU.
@@ -404,13 +421,16 @@ pub fn guest_syndrome(esr: u64, pstate: u64) -> u64 {
     (esr & !(0x3f << 26)) | u64::from(ec) << 26
 }
 
-/// Delivers a debug exception the host does not own (the guest's own BRK, or a debug event the
-/// host did not set up) to the guest at EL1: ESR_EL1 with the class for the EL it came from,
-/// FAR_EL1 for a watchpoint, ELR_EL1 = the PC of the exit, and the PC at the guest's vector.
-pub fn deliver_to_guest(vcpu: &mut crate::client::Vcpu, exit: &crate::DebugExit) -> Result<()> {
+/// Enters the guest's EL1 vector for a debug exception the host does not own (the guest's own
+/// BRK, or a debug event the host did not set up), as the guest would have taken it: ESR_EL1 with
+/// the class for the EL it came from, FAR_EL1 for a watchpoint, ELR_EL1 = the PC of the exit, and
+/// the PC at the vector. Updates `core` and returns the system registers to write.
+pub fn guest_debug_entry(
+    core: &mut crate::CoreRegs,
+    vbar: u64,
+    exit: &crate::DebugExit,
+) -> Vec<crate::RegValue> {
     use crate::exception::{enter_el1, esr_ec, Exception, ExceptionType};
-    let mut core = vcpu.get_core()?;
-    let vbar = vcpu.get_reg(crate::sysreg::VBAR_EL1)?;
     let esr = guest_syndrome(exit.esr, core.pstate);
     let is_watchpoint = matches!(esr_ec(esr), ec::WATCHPOINT_LOWER | ec::WATCHPOINT_CURRENT);
     let exception = Exception {
@@ -419,9 +439,7 @@ pub fn deliver_to_guest(vcpu: &mut crate::client::Vcpu, exit: &crate::DebugExit)
         far: is_watchpoint.then_some(exit.far),
         return_address: exit.pc,
     };
-    let sys = enter_el1(&mut core, vbar, &exception);
-    vcpu.put_core(&core, crate::PutLevel::Runtime)?;
-    vcpu.put_regs(&sys, crate::PutLevel::Runtime)
+    enter_el1(core, vbar, &exception)
 }
 
 #[cfg(test)]

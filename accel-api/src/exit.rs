@@ -1,6 +1,6 @@
 //! Why `run` returned: the exits a vCPU reports to the monitor.
 
-use abi_stable::{std_types::RVec, StableAbi};
+use abi_stable::StableAbi;
 
 /// An MMIO access the backend could not complete itself.
 #[repr(C)]
@@ -68,8 +68,11 @@ pub struct DebugExit {
 }
 
 /// Why `run` returned.
-#[repr(C, u8)]
-#[derive(StableAbi, Clone, Debug, PartialEq, Eq)]
+///
+/// This is the Rust view on either side of the boundary; the exit crosses it as an
+/// [`ExitRecord`](crate::abi::ExitRecord), so an exit kind that a newer plugin reports and this
+/// side does not know arrives as [`VcpuExit::Unknown`] with its number.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VcpuExit {
     /// The guest read from an MMIO address. Supply the value with
     /// `set_mmio_read_data` before the next `run`.
@@ -81,7 +84,7 @@ pub enum VcpuExit {
         /// What happened.
         kind: SystemEventKind,
         /// Event-specific data (for example PSCI SYSTEM_RESET2's reset type).
-        data: RVec<u64>,
+        data: Vec<u64>,
     },
     /// A debug exception routed to the monitor.
     Debug(DebugExit),
@@ -90,7 +93,7 @@ pub enum VcpuExit {
         /// The backend's sub-error code.
         suberror: u32,
         /// Extra data.
-        data: RVec<u64>,
+        data: Vec<u64>,
     },
     /// The vCPU could not be entered.
     FailEntry {
@@ -108,9 +111,16 @@ pub enum VcpuExit {
     },
     /// `run` was interrupted by a signal or a kick before or while the guest ran.
     Interrupted,
-    /// An exit the backend does not know how to classify.
-    Unknown {
+    /// An exit the backend itself does not know how to classify.
+    BackendSpecific {
         /// The backend's own exit code.
         reason: u32,
+    },
+    /// An exit kind this side of the boundary does not know (from a newer plugin).
+    Unknown {
+        /// The exit kind's number.
+        kind: u32,
+        /// Its arguments, uninterpreted.
+        args: [u64; 6],
     },
 }

@@ -1,11 +1,12 @@
 //! The host CPU's ID registers as a backend reports them, with their fields decoded by the Arm
 //! ARM's names, and the AArch32 DBGDIDR synthesized from the AArch64 registers.
 
-use abi_stable::StableAbi;
+use crate::sysreg::{RegId, RegValue};
 
-/// The ID registers a probe reads (zero where the backend cannot read one).
-#[repr(C)]
-#[derive(StableAbi, Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The ID registers a probe reads (zero where the backend cannot read one). They cross the plugin
+/// boundary as a list of [`RegValue`]s by encoding ([`IdRegisters::to_values`]); DBGDIDR is
+/// synthesized on arrival.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IdRegisters {
     /// MIDR_EL1.
     pub midr: u64,
@@ -42,6 +43,97 @@ pub struct IdRegisters {
     pub mvfr: [u32; 3],
     /// DBGDIDR, synthesized (see [`synthesize_dbgdidr`]); 0 without AArch32 at EL1.
     pub dbgdidr: u32,
+}
+
+/// The AArch64 encodings (op0, op1, CRn, CRm, op2) of the 64-bit ID registers, in field order.
+const AA64_ENCODINGS: [(u8, u8, u8, u8, u8); 14] = [
+    (3, 0, 0, 0, 0), // MIDR_EL1
+    (3, 0, 0, 4, 0), // ID_AA64PFR0_EL1
+    (3, 0, 0, 4, 1), // ID_AA64PFR1_EL1
+    (3, 0, 0, 5, 0), // ID_AA64DFR0_EL1
+    (3, 0, 0, 5, 1), // ID_AA64DFR1_EL1
+    (3, 0, 0, 6, 0), // ID_AA64ISAR0_EL1
+    (3, 0, 0, 6, 1), // ID_AA64ISAR1_EL1
+    (3, 0, 0, 6, 2), // ID_AA64ISAR2_EL1
+    (3, 0, 0, 7, 0), // ID_AA64MMFR0_EL1
+    (3, 0, 0, 7, 1), // ID_AA64MMFR1_EL1
+    (3, 0, 0, 7, 2), // ID_AA64MMFR2_EL1
+    (3, 0, 0, 7, 3), // ID_AA64MMFR3_EL1
+    (3, 0, 0, 4, 4), // ID_AA64ZFR0_EL1
+    (3, 0, 0, 4, 5), // ID_AA64SMFR0_EL1
+];
+
+/// The AArch32 ID register `n` (0..16, in encoding order) as an AArch64 register: CRm 1 and 2.
+fn aarch32_id(n: usize) -> RegId {
+    RegId::sys(3, 0, 0, 1 + (n / 8) as u8, (n % 8) as u8)
+}
+
+/// MVFRn_EL1.
+fn mvfr_id(n: usize) -> RegId {
+    RegId::sys(3, 0, 0, 3, n as u8)
+}
+
+impl IdRegisters {
+    fn aa64_mut(&mut self) -> [&mut u64; 14] {
+        [
+            &mut self.midr,
+            &mut self.aa64pfr0,
+            &mut self.aa64pfr1,
+            &mut self.aa64dfr0,
+            &mut self.aa64dfr1,
+            &mut self.aa64isar0,
+            &mut self.aa64isar1,
+            &mut self.aa64isar2,
+            &mut self.aa64mmfr0,
+            &mut self.aa64mmfr1,
+            &mut self.aa64mmfr2,
+            &mut self.aa64mmfr3,
+            &mut self.aa64zfr0,
+            &mut self.aa64smfr0,
+        ]
+    }
+
+    /// Every register as a value by its AArch64 encoding (DBGDIDR, which has none, excepted).
+    pub fn to_values(&self) -> Vec<RegValue> {
+        let mut copy = *self;
+        let aa64 = copy.aa64_mut().map(|v| *v);
+        let mut out: Vec<RegValue> = AA64_ENCODINGS
+            .iter()
+            .zip(aa64)
+            .map(|(&(op0, op1, crn, crm, op2), value)| RegValue {
+                id: RegId::sys(op0, op1, crn, crm, op2),
+                value,
+            })
+            .collect();
+        out.extend(
+            self.aarch32
+                .iter()
+                .enumerate()
+                .map(|(n, v)| RegValue { id: aarch32_id(n), value: u64::from(*v) }),
+        );
+        out.extend(
+            self.mvfr.iter().enumerate().map(|(n, v)| RegValue { id: mvfr_id(n), value: u64::from(*v) }),
+        );
+        out
+    }
+
+    /// The registers from values by encoding; missing ones read as 0, unknown ones are ignored,
+    /// and DBGDIDR is synthesized.
+    pub fn from_values(values: &[RegValue]) -> Self {
+        let find = |id: RegId| values.iter().find(|v| v.id == id).map_or(0, |v| v.value);
+        let mut id = IdRegisters::default();
+        for (slot, &(op0, op1, crn, crm, op2)) in id.aa64_mut().into_iter().zip(AA64_ENCODINGS.iter()) {
+            *slot = find(RegId::sys(op0, op1, crn, crm, op2));
+        }
+        for (n, slot) in id.aarch32.iter_mut().enumerate() {
+            *slot = find(aarch32_id(n)) as u32;
+        }
+        for (n, slot) in id.mvfr.iter_mut().enumerate() {
+            *slot = find(mvfr_id(n)) as u32;
+        }
+        id.dbgdidr = synthesize_dbgdidr(id.aa64pfr0, id.aa64dfr0);
+        id
+    }
 }
 
 /// One ID register field: its register, Arm ARM name, lowest bit and width.
@@ -279,6 +371,26 @@ mod tests {
             assert!(u32::from(s.lsb) + u32::from(s.width) <= 64, "{}.{}", s.reg, s.name);
             assert!(IdRegisters::default().reg(s.reg).is_some(), "{} is not readable", s.reg);
         }
+    }
+
+    #[test]
+    fn values_by_encoding_round_trip() {
+        let mut id = IdRegisters {
+            midr: 0x410f_d083,
+            aa64pfr0: 0x1122,
+            aa64dfr0: 0x1030_5106,
+            aa64smfr0: 7,
+            ..Default::default()
+        };
+        id.aarch32[0] = 0x131;
+        id.aarch32[15] = 0x11;
+        id.mvfr[2] = 0x43;
+        id.dbgdidr = synthesize_dbgdidr(id.aa64pfr0, id.aa64dfr0);
+        let values = id.to_values();
+        assert_eq!(values.len(), 14 + 16 + 3);
+        assert!(values.contains(&RegValue { id: crate::sysreg::MIDR_EL1, value: 0x410f_d083 }));
+        assert!(values.contains(&RegValue { id: RegId::sys(3, 0, 0, 2, 7), value: 0x11 }), "ID_ISAR6_EL1");
+        assert_eq!(IdRegisters::from_values(&values), id);
     }
 
     #[test]

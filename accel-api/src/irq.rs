@@ -2,9 +2,9 @@
 
 use abi_stable::StableAbi;
 
-/// Where a GICv3 lives in the guest physical address space, and how many SPIs it has.
-#[repr(C)]
-#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
+/// Where a GICv3 lives in the guest physical address space, and how many SPIs it has. It crosses
+/// the boundary as a [`GicConfigRecord`](crate::abi::GicConfigRecord).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GicConfig {
     /// The distributor (GICD), 64 KiB.
     pub dist_base: u64,

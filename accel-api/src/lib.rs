@@ -3,6 +3,7 @@
 //!
 //! - Backends implement [`backend::Backend`] and friends and export them with [`export_plugin!`].
 //! - Hosts load plugins (see the `accel-host` crate) and drive them through [`client`].
+//! - [`abi`] states the compatibility contract between the two and how it is kept.
 //!
 //! This crate makes no OS calls and builds on every host.
 
@@ -17,6 +18,9 @@ pub mod error;
 pub mod events;
 pub mod exception;
 pub mod exit;
+mod export;
+#[doc(hidden)]
+pub mod glue;
 pub mod idregs;
 pub mod irq;
 pub mod logging;

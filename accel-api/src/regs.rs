@@ -217,13 +217,13 @@ impl RegisterFile for FpRegs {
 /// The registers a put at `level` has to write, given the values of the last get (`None` when
 /// there was none, or when a failed put left the vCPU's values unknown).
 ///
-/// A [`PutLevel::Full`] put, or one with nothing to compare against, writes the whole file; any
+/// A [`PutLevel::FULL`] put, or one with nothing to compare against, writes the whole file; any
 /// other writes only what the host changed, so values the host never touched are never written
 /// back.
 pub fn regs_to_put<F: RegisterFile>(level: PutLevel, last_get: Option<&F>, new: &F) -> Vec<F::Reg> {
-    match (level, last_get) {
-        (PutLevel::Full, _) | (_, None) => F::all_regs(),
-        (_, Some(last)) => new.changed(last),
+    match last_get {
+        Some(last) if level < PutLevel::FULL => new.changed(last),
+        _ => F::all_regs(),
     }
 }
 
@@ -246,15 +246,20 @@ pub struct SyncCounters {
 /// - `Runtime`: state that changes while the guest runs (registers a debugger edits).
 /// - `Reset`: also state that only changes on reset.
 /// - `Full`: everything, including the virtual counter; used on restore from a snapshot.
-#[repr(u8)]
-#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum PutLevel {
+///
+/// A number rather than an enum, so that the set can grow without breaking plugins; a level a
+/// backend does not know is treated as [`PutLevel::FULL`].
+#[repr(transparent)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PutLevel(pub u32);
+
+impl PutLevel {
     /// Registers that change while the guest runs.
-    Runtime = 1,
+    pub const RUNTIME: Self = Self(1);
     /// Also registers that change only on reset.
-    Reset = 2,
+    pub const RESET: Self = Self(2);
     /// Everything, including the virtual counter.
-    Full = 3,
+    pub const FULL: Self = Self(3);
 }
 
 #[cfg(test)]
@@ -305,12 +310,12 @@ mod tests {
         let last = CoreRegs::default();
         let mut new = last;
         new.x[1] = 5;
-        assert_eq!(regs_to_put(PutLevel::Runtime, Some(&last), &new), vec![CoreReg::X(1)]);
-        assert_eq!(regs_to_put(PutLevel::Reset, Some(&last), &last), vec![]);
-        assert_eq!(regs_to_put(PutLevel::Full, Some(&last), &last).len(), CoreReg::all().count());
-        assert_eq!(regs_to_put::<CoreRegs>(PutLevel::Runtime, None, &new).len(), CoreReg::all().count());
+        assert_eq!(regs_to_put(PutLevel::RUNTIME, Some(&last), &new), vec![CoreReg::X(1)]);
+        assert_eq!(regs_to_put(PutLevel::RESET, Some(&last), &last), vec![]);
+        assert_eq!(regs_to_put(PutLevel::FULL, Some(&last), &last).len(), CoreReg::all().count());
+        assert_eq!(regs_to_put::<CoreRegs>(PutLevel::RUNTIME, None, &new).len(), CoreReg::all().count());
         let fp = FpRegs::default();
-        assert_eq!(regs_to_put(PutLevel::Runtime, Some(&fp), &fp), vec![]);
+        assert_eq!(regs_to_put(PutLevel::RUNTIME, Some(&fp), &fp), vec![]);
     }
 
     #[test]

@@ -73,19 +73,19 @@ impl VcpuSnapshot {
     pub fn restore(&self, vm: &Vm) -> Result<Vcpu> {
         let config = VcpuConfig { index: self.index, features: self.features, sve_max_vq: self.sve_vq };
         let mut vcpu = vm.create_vcpu(&config)?;
-        vcpu.put_core(&self.core, PutLevel::Full)?;
+        vcpu.put_core(&self.core, PutLevel::FULL)?;
         match &self.sve {
             Some(sve) => {
-                vcpu.put_sve(sve, PutLevel::Full)?;
+                vcpu.put_sve(sve, PutLevel::FULL)?;
                 // FPSR and FPCR travel with the FP class; V registers are already in Z.
                 let mut fp = vcpu.get_fp()?;
                 fp.fpsr = self.fp.fpsr;
                 fp.fpcr = self.fp.fpcr;
-                vcpu.put_fp(&fp, PutLevel::Runtime)?;
+                vcpu.put_fp(&fp, PutLevel::RUNTIME)?;
             }
-            None => vcpu.put_fp(&self.fp, PutLevel::Full)?,
+            None => vcpu.put_fp(&self.fp, PutLevel::FULL)?,
         }
-        vcpu.put_regs(&self.regs, PutLevel::Full)?;
+        vcpu.put_regs(&self.regs, PutLevel::FULL)?;
         vcpu.put_events(&self.events)?;
         vcpu.set_mp_state(self.mp_state)?;
         Ok(vcpu)

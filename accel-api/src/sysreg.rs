@@ -119,12 +119,12 @@ impl RegId {
     }
 
     /// The lowest put level at which the register is written: the counters only at
-    /// [`PutLevel::Full`], since writing them moves the guest's time.
+    /// [`PutLevel::FULL`], since writing them moves the guest's time.
     pub fn put_level(self) -> PutLevel {
         if self == CNTVCT_EL0 || self == CNTPCT_EL0 {
-            PutLevel::Full
+            PutLevel::FULL
         } else {
-            PutLevel::Runtime
+            PutLevel::RUNTIME
         }
     }
 
@@ -348,7 +348,7 @@ pub const fn dbgwcr(n: u8) -> RegId {
 
 /// The values a put at `level` has to write: those of `new` whose register may be written at
 /// that level and that differ from the last get (`last_get`), or all of them at
-/// [`PutLevel::Full`]. A register with no value in the last get counts as changed.
+/// [`PutLevel::FULL`]. A register with no value in the last get counts as changed.
 pub fn values_to_put<'a>(
     level: PutLevel,
     last_get: impl Fn(RegId) -> Option<u64> + 'a,
@@ -357,7 +357,7 @@ pub fn values_to_put<'a>(
     new.iter()
         .copied()
         .filter(move |v| v.id.put_level() <= level)
-        .filter(move |v| level == PutLevel::Full || last_get(v.id) != Some(v.value))
+        .filter(move |v| level >= PutLevel::FULL || last_get(v.id) != Some(v.value))
 }
 
 #[cfg(test)]
@@ -402,13 +402,13 @@ mod tests {
             RegValue { id: TPIDR_EL1, value: 7 },
             RegValue { id: ESR_EL1, value: 1 },
         ];
-        let runtime: Vec<RegId> = values_to_put(PutLevel::Runtime, last, &new).map(|v| v.id).collect();
+        let runtime: Vec<RegId> = values_to_put(PutLevel::RUNTIME, last, &new).map(|v| v.id).collect();
         assert_eq!(
             runtime,
             vec![ESR_EL1],
             "the counter waits for a full put; unchanged TPIDR_EL1 is skipped"
         );
-        let full: Vec<RegId> = values_to_put(PutLevel::Full, last, &new).map(|v| v.id).collect();
+        let full: Vec<RegId> = values_to_put(PutLevel::FULL, last, &new).map(|v| v.id).collect();
         assert_eq!(full, vec![CNTVCT_EL0, TPIDR_EL1, ESR_EL1]);
     }
 }

@@ -4,8 +4,7 @@
 //! cannot run: on macOS/aarch64 because the backend is not implemented, elsewhere because
 //! Hypervisor.framework exists only there. It never pretends to create a VM.
 
-use accel_api::{backend::NoBackend, AccelError, ErrorKind, ProbeInfo, Result};
-
+/// Why this plugin cannot run here.
 fn reason() -> String {
     if cfg!(all(target_os = "macos", target_arch = "aarch64")) {
         "the HVF backend is not implemented in this version of accel".to_string()
@@ -18,29 +17,20 @@ fn reason() -> String {
     }
 }
 
-/// Reports the backend unavailable, with the reason.
-pub fn probe() -> ProbeInfo {
-    ProbeInfo::unavailable(reason())
-}
-
-/// Always fails, with the reason.
-pub fn open() -> Result<NoBackend> {
-    Err(AccelError::new(ErrorKind::UNAVAILABLE, reason()))
-}
-
 accel_api::export_plugin! {
     name: "hvf",
-    probe: probe,
-    open: open,
+    unavailable: reason,
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn reports_unavailable_with_a_reason() {
-        let info = super::probe();
+        let root = super::accel_plugin_root();
+        let info = accel_api::ProbeInfo::from(&(root.probe())());
         assert!(!info.available);
         assert!(info.reason.contains("HVF"), "{}", info.reason);
-        assert_eq!(super::open().err().map(|e| e.kind), Some(accel_api::ErrorKind::UNAVAILABLE));
+        let opened = (root.open())().into_result();
+        assert_eq!(opened.err().map(|e| e.kind), Some(accel_api::ErrorKind::UNAVAILABLE));
     }
 }

@@ -14,11 +14,15 @@ pub use kvm::{open, probe, KvmBackend, KvmVcpu, KvmVm};
 #[cfg(not(all(target_os = "linux", target_arch = "aarch64")))]
 mod unavailable;
 
-#[cfg(not(all(target_os = "linux", target_arch = "aarch64")))]
-pub use unavailable::{open, probe};
-
+#[cfg(all(target_os = "linux", target_arch = "aarch64"))]
 accel_api::export_plugin! {
     name: "kvm",
     probe: probe,
     open: open,
+}
+
+#[cfg(not(all(target_os = "linux", target_arch = "aarch64")))]
+accel_api::export_plugin! {
+    name: "kvm",
+    unavailable: unavailable::reason,
 }

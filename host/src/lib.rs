@@ -1,7 +1,9 @@
 //! The accel host: finds and loads backend plugins, and runs guests on them with a small VMM.
 
 pub mod gdb;
+pub mod isolate;
 pub mod loader;
+pub mod report;
 pub mod vmm;
 
 /// Parses a memory size such as `512M`, `1G`, `65536` or `64k` (binary units).

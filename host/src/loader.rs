@@ -1,14 +1,26 @@
 //! Finding and loading plugins: by explicit path, or by name in the plugin directories
 //! (`ACCEL_PLUGIN_PATH`, then the directory of the running executable).
 //!
-//! Each file is loaded with abi_stable's `lib_header_from_path` and `init_root_module`, which
-//! check the ABI version and the layout of the root module; several plugins load side by side in
-//! one process.
+//! Each file is loaded with abi_stable's `lib_header_from_path`. Its ABI version must have this
+//! host's major version; its root module's layout is then checked in the direction the versions
+//! call for (see [`accel_api::abi`]): a newer plugin may have more trailing methods and fields
+//! than this host knows, an older one fewer, and everything else must match. Several plugins load
+//! side by side in one process.
 
 use std::path::{Path, PathBuf};
 
-use abi_stable::library::{lib_header_from_path, LibraryError};
-use accel_api::{abi::PluginRef, client::Accelerator, logging, AccelError, ErrorKind, ProbeInfo, Result};
+use abi_stable::{
+    abi_stability::abi_checking::{check_layout_compatibility, AbiInstabilityErrors},
+    library::{lib_header_from_path, LibHeader, LibraryError},
+    sabi_types::VersionNumber,
+    type_layout::{TLFieldOrFunction, TypeLayout},
+    StableAbi,
+};
+use accel_api::{
+    abi::{PluginRef, ABI_VERSION},
+    client::Accelerator,
+    logging, AccelError, ErrorKind, ProbeInfo, Result,
+};
 
 /// The environment variable holding extra plugin directories, separated by `:`.
 pub const PLUGIN_PATH_ENV: &str = "ACCEL_PLUGIN_PATH";
@@ -20,9 +32,15 @@ pub const DEBUG_LAYOUT_ENV: &str = "ACCEL_DEBUG_LAYOUT";
 #[derive(Clone, Copy)]
 pub struct Plugin {
     root: PluginRef,
+    version: VersionNumber,
 }
 
 impl Plugin {
+    /// The accel ABI version the plugin was built for.
+    pub fn abi_version(&self) -> VersionNumber {
+        self.version
+    }
+
     /// The backend's name (`kvm`, `hvf`, …).
     pub fn name(&self) -> String {
         (self.root.name())().to_string()
@@ -30,7 +48,7 @@ impl Plugin {
 
     /// Whether the backend can run here, and why not.
     pub fn probe(&self) -> ProbeInfo {
-        (self.root.probe())()
+        ProbeInfo::from(&(self.root.probe())())
     }
 
     /// Opens the accelerator.
@@ -56,29 +74,75 @@ fn describe(path: &Path, e: LibraryError) -> AccelError {
         LibraryError::GetSymbolError { .. } => {
             load_error(path, "not an accel plugin: it exports no abi_stable root module")
         }
-        LibraryError::IncompatibleVersionNumber {
-            expected_version,
-            actual_version,
-            ..
-        } => load_error(
+        LibraryError::IncompatibleVersionNumber { expected_version, actual_version, .. } => load_error(
             path,
             format_args!(
-                "built for accel ABI {actual_version}, but this host needs ABI {expected_version}; rebuild the plugin against accel-api {}",
-                accel_api::abi::ABI_VERSION
-            ),
-        ),
-        LibraryError::AbiInstability(err) if std::env::var_os(DEBUG_LAYOUT_ENV).is_some() => {
-            load_error(path, format_args!("its root module's layout is incompatible with this host:\n{err}"))
-        }
-        LibraryError::AbiInstability(_) => load_error(
-            path,
-            format_args!(
-                "its root module's layout is incompatible with this host's accel-api {}; \
-                 set {DEBUG_LAYOUT_ENV}=1 for abi_stable's full comparison",
-                accel_api::abi::ABI_VERSION
+                "built for accel ABI {actual_version}, but this host needs ABI {}.x; rebuild the plugin \
+                 against accel-api {expected_version}",
+                expected_version.major
             ),
         ),
         other => load_error(path, first_line(&other.to_string())),
+    }
+}
+
+/// Where a layout check failed: the innermost type on the path to the difference, and the path.
+fn first_difference(errors: &AbiInstabilityErrors) -> String {
+    let Some(error) = errors.errors.iter().find(|e| !e.errs.is_empty()) else {
+        return "no detail".into();
+    };
+    let path: Vec<&str> = error
+        .stack_trace
+        .iter()
+        .map(|step| match &step.found {
+            TLFieldOrFunction::Field(f) => f.name(),
+            TLFieldOrFunction::Function(f) => f.name.as_str(),
+        })
+        .collect();
+    let ty = match error.stack_trace.last().map(|s| &s.expected) {
+        Some(TLFieldOrFunction::Field(f)) => f.layout().full_type().to_string(),
+        Some(TLFieldOrFunction::Function(f)) => format!("fn {}", f.name),
+        None => errors.interface.full_type().to_string(),
+    };
+    let what: Vec<String> = error.errs.iter().map(|e| format!("{e:?}")).collect();
+    let at = if path.is_empty() { String::new() } else { format!(" at {}", path.join(".")) };
+    format!("in `{ty}`{at}: {}", what.join("; "))
+}
+
+/// Checks the plugin's root module layout against this host's, in the direction the versions
+/// call for; the same version must match both ways.
+fn check_layout(path: &Path, header: &LibHeader, plugin_version: VersionNumber) -> Result<()> {
+    let host: &'static TypeLayout = <PluginRef as StableAbi>::LAYOUT;
+    let plugin = header.layout().ok_or_else(|| {
+        load_error(path, "it exports no layout of its root module, so it cannot be checked")
+    })?;
+    let host_version = VersionNumber::new(<PluginRef as abi_stable::library::RootModule>::VERSION_STRINGS)
+        .map_err(|e| AccelError::bad_state(format!("this host's ABI version does not parse: {e}")))?;
+    let (newer, older) =
+        (plugin_version.minor > host_version.minor, plugin_version.minor < host_version.minor);
+    let mut checks = Vec::new();
+    if !older {
+        // The plugin may have more trailing methods and fields than this host knows.
+        checks.push(check_layout_compatibility(host, plugin));
+    }
+    if !newer {
+        // The plugin may have fewer: those calls report `unsupported`.
+        checks.push(check_layout_compatibility(plugin, host));
+    }
+    match checks.into_iter().find_map(|c| c.err()) {
+        None => Ok(()),
+        Some(errors) if std::env::var_os(DEBUG_LAYOUT_ENV).is_some() => Err(load_error(
+            path,
+            format_args!("its root module's layout is incompatible with this host:\n{errors}"),
+        )),
+        Some(errors) => Err(load_error(
+            path,
+            format_args!(
+                "its root module's layout is incompatible with this host (plugin ABI {plugin_version}, host \
+                 accel-api {ABI_VERSION}): {}; set {DEBUG_LAYOUT_ENV}=1 for abi_stable's full comparison",
+                first_difference(&errors)
+            ),
+        )),
     }
 }
 
@@ -91,9 +155,27 @@ pub fn load(path: &Path) -> Result<Plugin> {
         ));
     }
     let header = lib_header_from_path(path).map_err(|e| describe(path, e))?;
-    let root = header.init_root_module::<PluginRef>().map_err(|e| describe(path, e))?;
+    let version = VersionNumber::new(header.version_strings())
+        .map_err(|e| load_error(path, format_args!("its ABI version does not parse: {e}")))?;
+    let expected = VersionNumber::new(<PluginRef as abi_stable::library::RootModule>::VERSION_STRINGS)
+        .map_err(|e| AccelError::bad_state(format!("this host's ABI version does not parse: {e}")))?;
+    if version.major != expected.major {
+        return Err(describe(
+            path,
+            LibraryError::IncompatibleVersionNumber {
+                library_name: "accel plugin",
+                expected_version: expected,
+                actual_version: version,
+            },
+        ));
+    }
+    check_layout(path, header, version)?;
+    // SAFETY: `check_layout` compared the plugin's root module layout with this host's: they are
+    // equal but for trailing prefix fields, which the prefix-type accessors check at each use.
+    let root = unsafe { header.init_root_module_with_unchecked_layout::<PluginRef>() }
+        .map_err(|e| describe(path, e))?;
     (root.set_logger())(logging::host_sink());
-    Ok(Plugin { root })
+    Ok(Plugin { root, version })
 }
 
 /// The plugin directories, in search order.
@@ -139,20 +221,24 @@ pub fn discover() -> Vec<PathBuf> {
     found
 }
 
-/// Resolves `--accel`: a path when it contains a path separator or ends with the shared-library
-/// suffix, otherwise a backend name looked up in the plugin directories.
-pub fn resolve(spec: &str) -> Result<(PathBuf, Plugin)> {
+/// Finds the plugin file `--accel` names: a path when it contains a path separator or ends with
+/// the shared-library suffix, otherwise a backend name looked up in the plugin directories. The
+/// file is not loaded.
+pub fn find(spec: &str) -> Result<PathBuf> {
     if spec.contains(std::path::MAIN_SEPARATOR) || spec.ends_with(std::env::consts::DLL_SUFFIX) {
         let path = PathBuf::from(spec);
-        return load(&path).map(|p| (path, p));
+        if !path.exists() {
+            return Err(AccelError::new(
+                ErrorKind::NOT_FOUND,
+                format!("{}: no such plugin file", path.display()),
+            ));
+        }
+        return Ok(path);
     }
     let file = plugin_file_name(spec);
     let dirs = plugin_dirs();
-    for dir in &dirs {
-        let path = dir.join(&file);
-        if path.is_file() {
-            return load(&path).map(|p| (path, p));
-        }
+    if let Some(path) = dirs.iter().map(|d| d.join(&file)).find(|p| p.is_file()) {
+        return Ok(path);
     }
     let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
     Err(AccelError::new(
@@ -162,4 +248,10 @@ pub fn resolve(spec: &str) -> Result<(PathBuf, Plugin)> {
             searched.join(", ")
         ),
     ))
+}
+
+/// Finds and loads the plugin `--accel` names (see [`find`]).
+pub fn resolve(spec: &str) -> Result<(PathBuf, Plugin)> {
+    let path = find(spec)?;
+    load(&path).map(|p| (path, p))
 }

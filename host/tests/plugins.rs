@@ -16,7 +16,16 @@ fn plugin_dir() -> PathBuf {
     static BUILD: Once = Once::new();
     BUILD.call_once(|| {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "accel-kvm", "-p", "accel-hvf"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "accel-kvm",
+                "-p",
+                "accel-hvf",
+                "-p",
+                "accel-fixture-wrong-layout",
+            ])
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .status()
             .expect("running cargo build for the plugins");
@@ -84,4 +93,16 @@ fn names_resolve_through_the_plugin_path() {
     assert_eq!(err.kind, accel_api::ErrorKind::NOT_FOUND);
     assert!(err.message.contains("libaccel_no-such-backend.so"), "{err}");
     assert!(loader::discover().contains(&path), "discover() misses {}", path.display());
+}
+
+#[test]
+fn a_foreign_layout_is_refused_in_one_line_naming_where() {
+    let dir = plugin_dir();
+    let path = dir.join(loader::plugin_file_name("fixture_wrong_layout"));
+    let err = loader::load(&path).err().expect("the fixture with a foreign root module is refused");
+    assert_eq!(err.kind, accel_api::ErrorKind::PLUGIN_LOAD);
+    let text = err.to_string();
+    assert!(text.contains("layout is incompatible"), "{text}");
+    assert!(text.contains("in `"), "the error names no type: {text}");
+    assert!(!text.contains('\n'), "{text:?}");
 }

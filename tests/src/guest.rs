@@ -148,7 +148,8 @@ impl TestGuest {
     ) -> Result<Self, Failure> {
         let vm = accel.create_vm(&VmConfig::default())?;
         if let Some(gic) = gic {
-            vm.create_gic(&gic)?;
+            let promised = accel.probe().caps.gic_v3;
+            crate::extension(vm.gic(), "in-kernel GICv3", promised)?.create(&gic)?;
         }
         let ram = GuestRam::new(RAM_BASE, RAM_SIZE)?;
         // SAFETY: the RAM lives in the returned TestGuest next to the vCPU, and fields drop in
@@ -163,7 +164,7 @@ impl TestGuest {
         let mut regs = vcpu.get_core()?;
         regs.pc = RAM_BASE;
         regs.pstate = PSTATE_EL1H_DAIF;
-        vcpu.put_core(&regs, PutLevel::Reset)?;
+        vcpu.put_core(&regs, PutLevel::RESET)?;
         Ok(Self { vm, ram, vcpu })
     }
 
@@ -214,5 +215,20 @@ impl TestGuest {
     /// The core registers.
     pub fn core(&mut self) -> Result<CoreRegs, Failure> {
         Ok(self.vcpu.get_core()?)
+    }
+
+    /// The VM's GIC (the guest was built with one).
+    pub fn gic(&self) -> Result<accel_api::client::Gic, Failure> {
+        crate::extension(self.vm.gic(), "in-kernel GICv3", true)
+    }
+
+    /// The VM's Linux eventfds, or NOT RUN where the backend has none.
+    pub fn eventfds(&self) -> Result<accel_api::client::EventFds, Failure> {
+        crate::extension(self.vm.linux_eventfd(), "Linux eventfds (irqfd, ioeventfd)", false)
+    }
+
+    /// The VM's dirty-page logging, or NOT RUN where the backend has none.
+    pub fn dirty_log(&self) -> Result<accel_api::client::DirtyLog, Failure> {
+        crate::extension(self.vm.dirty_log(), "dirty-page logging", false)
     }
 }

@@ -36,6 +36,16 @@ impl From<AccelError> for Failure {
 /// What a case returns.
 pub type CaseResult = Result<(), Failure>;
 
+/// An optional extension a case needs: the extension, or NOT RUN naming what the backend does
+/// not offer. When the probe promises it (`promised`), its absence fails the case instead.
+pub fn extension<T>(ext: Option<T>, what: &str, promised: bool) -> Result<T, Failure> {
+    match ext {
+        Some(ext) => Ok(ext),
+        None if promised => Err(Failure::Fail(format!("the probe reports {what}, but the VM offers none"))),
+        None => Err(Failure::NotRun(format!("the backend offers no {what}"))),
+    }
+}
+
 /// Fails the case with a formatted message unless the condition holds.
 #[macro_export]
 macro_rules! ensure {

@@ -9,9 +9,8 @@ use std::sync::{
 };
 
 use accel_api::{
-    abi::DebugCapacity,
     backend::BackendDebug,
-    debug::{DebugEvent, DebugPool, DebugSetup, Watchpoint, BRK_INSN},
+    debug::{DebugCapacity, DebugEvent, DebugPool, DebugSetup, Watchpoint, BRK_INSN},
     memory::MemoryMap,
     AccelError, DebugExit, ErrorKind, Result,
 };

@@ -1,21 +1,21 @@
 //! The in-kernel GICv3 (`KVM_DEV_TYPE_ARM_VGIC_V3`): creation, and the initialisation KVM
 //! allows only once every vCPU exists, done on demand before the first vCPU runs.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use accel_api::{AccelError, GicConfig, Result};
+use accel_api::{backend::BackendGic, AccelError, GicConfig, IrqLine, Result};
 use kvm_bindings::{
-    kvm_create_device, kvm_device_attr, kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3, KVM_DEV_ARM_VGIC_CTRL_INIT,
-    KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_VGIC_GRP_NR_IRQS,
-    KVM_VGIC_V3_ADDR_TYPE_DIST, KVM_VGIC_V3_ADDR_TYPE_REDIST,
+    kvm_create_device, kvm_device_attr, kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3, KVM_ARM_IRQ_TYPE_PPI,
+    KVM_ARM_IRQ_TYPE_SPI, KVM_DEV_ARM_VGIC_CTRL_INIT, KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_DEV_ARM_VGIC_GRP_CTRL,
+    KVM_DEV_ARM_VGIC_GRP_NR_IRQS, KVM_VGIC_V3_ADDR_TYPE_DIST, KVM_VGIC_V3_ADDR_TYPE_REDIST,
 };
 use kvm_ioctls::{DeviceFd, VmFd};
 
 use super::ioctl_error;
 
-/// The VM's GIC, if it has one.
-#[derive(Default)]
+/// The VM's GIC, once created.
 pub struct Gic {
+    vm: Arc<VmFd>,
     state: Mutex<Option<GicState>>,
 }
 
@@ -33,8 +33,14 @@ fn set_attr(device: &DeviceFd, group: u32, attr: u32, addr: u64, what: &str) -> 
 }
 
 impl Gic {
+    /// The GIC of `vm`, not created yet.
+    pub fn new(vm: Arc<VmFd>) -> Self {
+        Self { vm, state: Mutex::new(None) }
+    }
+
     /// Creates the GICv3 and places it.
-    pub fn create(&self, vm: &VmFd, config: &GicConfig) -> Result<()> {
+    fn create_device(&self, config: &GicConfig) -> Result<()> {
+        let vm = &self.vm;
         let mut state = self.state.lock().map_err(|_| AccelError::bad_state("the GIC lock is poisoned"))?;
         if state.is_some() {
             return Err(AccelError::bad_state("the VM already has a GIC"));
@@ -87,5 +93,32 @@ impl Gic {
             }
             _ => Ok(()),
         }
+    }
+}
+
+impl BackendGic for Gic {
+    fn create(&self, config: &GicConfig) -> Result<()> {
+        self.create_device(config)
+    }
+
+    fn set_irq(&self, line: IrqLine, level: bool) -> Result<()> {
+        let config =
+            self.config().ok_or_else(|| AccelError::bad_state("the VM has no GIC (create it first)"))?;
+        let irq = match line.kind {
+            IrqLine::SPI if line.number < config.spis => KVM_ARM_IRQ_TYPE_SPI << 24 | (line.number + 32),
+            IrqLine::PPI if (16..32).contains(&line.number) && line.vcpu < 256 => {
+                KVM_ARM_IRQ_TYPE_PPI << 24 | line.vcpu << 16 | line.number
+            }
+            _ => {
+                return Err(AccelError::invalid(format!(
+                    "no such interrupt line {line:?}: SPIs are 0..{}, PPIs INTID 16..=31",
+                    config.spis
+                )))
+            }
+        };
+        self.ensure_ready()?;
+        self.vm
+            .set_irq_line(irq, level)
+            .map_err(|e| ioctl_error(format!("KVM_IRQ_LINE of INTID {}", line.intid()), e))
     }
 }

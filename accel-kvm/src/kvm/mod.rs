@@ -1,9 +1,11 @@
 //! KVM arm64 through `kvm-ioctls`: opening `/dev/kvm`, probing, and creating VMs.
 
 mod debug;
+mod eventfd;
 mod gic;
 mod kick;
 mod probe;
+mod slots;
 mod vcpu;
 mod vm;
 
@@ -59,6 +61,6 @@ impl Backend for KvmBackend {
     }
 
     fn create_vm(&self, config: &VmConfig) -> Result<KvmVm> {
-        KvmVm::new(&self.kvm, self.probed.caps, config)
+        KvmVm::new(&self.kvm, self.probed.caps, self.probed.guest_debug, config)
     }
 }

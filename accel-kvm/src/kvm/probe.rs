@@ -15,7 +15,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd};
 
-use super::ioctl_error;
+use super::{ioctl_error, vm::page_size};
 use crate::reg_ids::{kvm_id_of, KVM_REG_ARM64_SVE_VLS};
 
 /// The KVM API version this backend speaks (`KVM_GET_API_VERSION`).
@@ -27,6 +27,8 @@ pub struct Probed {
     pub caps: Capabilities,
     /// The scratch vCPU's ID registers.
     pub id: IdRegisters,
+    /// KVM_SET_GUEST_DEBUG works (the VM then offers a debug pool).
+    pub guest_debug: bool,
 }
 
 impl Probed {
@@ -34,7 +36,7 @@ impl Probed {
     pub fn info(&self) -> ProbeInfo {
         ProbeInfo {
             available: true,
-            reason: format!("KVM API {KVM_API_VERSION} on /dev/kvm").into(),
+            reason: format!("KVM API {KVM_API_VERSION} on /dev/kvm"),
             caps: self.caps,
             id: self.id,
         }
@@ -139,7 +141,8 @@ fn has_raw(kvm: &Kvm, cap: u32) -> bool {
 }
 
 /// Capabilities the backend cannot work without.
-const REQUIRED: [(Cap, &str); 4] = [
+const REQUIRED: [(Cap, &str); 5] = [
+    (Cap::MpState, "KVM_CAP_MP_STATE"),
     (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
     (Cap::OneReg, "KVM_CAP_ONE_REG"),
     (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
@@ -192,14 +195,15 @@ fn probe_host() -> Result<Probed> {
         hw_watchpoints: u32::try_from(kvm.check_extension_int(Cap::DebugHwWps)).unwrap_or(0),
         vcpu_features: features,
         sve_vqs,
-        guest_debug: kvm.check_extension(Cap::SetGuestDebug),
         readonly_memory: kvm.check_extension(Cap::ReadonlyMem),
         serror_esr: has_raw(&kvm, KVM_CAP_ARM_INJECT_SERROR_ESR),
         ext_dabt: has_raw(&kvm, KVM_CAP_ARM_INJECT_EXT_DABT),
-        mp_state: kvm.check_extension(Cap::MpState),
         system_suspend: has_raw(&kvm, KVM_CAP_ARM_SYSTEM_SUSPEND),
         counter_offset: has_raw(&kvm, KVM_CAP_COUNTER_OFFSET),
         cpu_target: target,
+        max_vms: 0,
+        page_size: page_size(),
+        gic_v3: kvm.check_extension(Cap::Irqchip),
     };
-    Ok(Probed { caps, id })
+    Ok(Probed { caps, id, guest_debug: kvm.check_extension(Cap::SetGuestDebug) })
 }

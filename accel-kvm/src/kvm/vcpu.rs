@@ -13,7 +13,7 @@ use std::{
 };
 
 use accel_api::{
-    backend::{BackendVcpu, Kick},
+    backend::{BackendEvents, BackendSve, BackendVcpu, Kick},
     regs_to_put,
     sve::{vector_lengths_bits, SveReg, SveRegs, SVE_VQ_MAX},
     sysreg::values_to_put,
@@ -322,7 +322,7 @@ fn sve_slice(reg: SveReg, slice: u8) -> (u64, usize) {
 }
 
 fn system_event(kind: u32, data: &[u64]) -> VcpuExit {
-    VcpuExit::SystemEvent { kind: SystemEventKind(kind), data: data.to_vec().into() }
+    VcpuExit::SystemEvent { kind: SystemEventKind(kind), data: data.to_vec() }
 }
 
 impl BackendVcpu for KvmVcpu {
@@ -401,47 +401,6 @@ impl BackendVcpu for KvmVcpu {
         Ok(())
     }
 
-    fn get_sve(&mut self) -> Result<SveRegs> {
-        self.complete_pending()?;
-        let vq = self.sve_enabled()?;
-        let mut regs = SveRegs::zeroed(vq);
-        for reg in SveReg::all() {
-            let mut buf = vec![0u8; regs.reg(reg).len()];
-            self.read_sve(reg, &mut buf)?;
-            regs.reg_mut(reg).copy_from_slice(&buf);
-        }
-        self.last_sve = Some(regs.clone());
-        Ok(regs)
-    }
-
-    fn put_sve(&mut self, regs: &SveRegs, level: PutLevel) -> Result<()> {
-        self.complete_pending()?;
-        let vq = self.sve_enabled()?;
-        if !regs.is_well_formed() || regs.vq != vq {
-            return Err(AccelError::invalid(format!(
-                "SVE registers for a {}-bit vector length do not fit vCPU {}, whose vector length is {} bits",
-                regs.vq * 128,
-                self.index,
-                vq * 128
-            )));
-        }
-        let plan: Vec<SveReg> = match (level, &self.last_sve) {
-            (PutLevel::Full, _) | (_, None) => SveReg::all().collect(),
-            (_, Some(last)) => regs.changed_since(last).collect(),
-        };
-        if !plan.is_empty() {
-            self.last_fp = None;
-        }
-        for reg in plan {
-            if let Err(e) = self.write_sve(reg, regs.reg(reg)) {
-                self.last_sve = None;
-                return Err(e);
-            }
-        }
-        self.last_sve = Some(regs.clone());
-        Ok(())
-    }
-
     fn get_regs(&mut self, class: RegClass) -> Result<Vec<RegValue>> {
         self.complete_pending()?;
         let mut values = Vec::new();
@@ -467,48 +426,6 @@ impl BackendVcpu for KvmVcpu {
             self.last_listed.insert(v.id, v.value);
         }
         Ok(())
-    }
-
-    fn get_events(&mut self) -> Result<VcpuEvents> {
-        self.complete_pending()?;
-        let e = self
-            .fd
-            .get_vcpu_events()
-            .map_err(|e| ioctl_error(format!("KVM_GET_VCPU_EVENTS of vCPU {}", self.index), e))?;
-        Ok(VcpuEvents {
-            serror_pending: e.exception.serror_pending != 0,
-            serror_has_esr: e.exception.serror_has_esr != 0,
-            serror_esr: e.exception.serror_esr,
-            ext_dabt_pending: e.exception.ext_dabt_pending != 0,
-        })
-    }
-
-    fn put_events(&mut self, events: &VcpuEvents) -> Result<()> {
-        self.complete_pending()?;
-        if events.serror_has_esr && !self.caps.serror_esr {
-            return Err(AccelError::unsupported(
-                "injecting an SError with a syndrome needs KVM_CAP_ARM_INJECT_SERROR_ESR, which this host lacks",
-            ));
-        }
-        if events.ext_dabt_pending && !self.caps.ext_dabt {
-            return Err(AccelError::unsupported(
-                "injecting an external data abort needs KVM_CAP_ARM_INJECT_EXT_DABT, which this host lacks",
-            ));
-        }
-        if events.serror_esr & !0x1ff_ffff != 0 {
-            return Err(AccelError::invalid(format!(
-                "SError syndrome {:#x} does not fit ESR_EL1.ISS (bits [24:0])",
-                events.serror_esr
-            )));
-        }
-        let mut e = kvm_vcpu_events::default();
-        e.exception.serror_pending = u8::from(events.serror_pending);
-        e.exception.serror_has_esr = u8::from(events.serror_has_esr);
-        e.exception.serror_esr = events.serror_esr;
-        e.exception.ext_dabt_pending = u8::from(events.ext_dabt_pending);
-        self.fd
-            .set_vcpu_events(&e)
-            .map_err(|e| ioctl_error(format!("KVM_SET_VCPU_EVENTS of vCPU {}", self.index), e))
     }
 
     fn get_mp_state(&mut self) -> Result<MpState> {
@@ -553,6 +470,18 @@ impl BackendVcpu for KvmVcpu {
         let len = (len as usize).min(mmio.data.len());
         mmio.data[..len].copy_from_slice(&data[..len]);
         Ok(())
+    }
+
+    fn support_sve(&mut self) -> Option<&mut dyn BackendSve> {
+        if self.sve_vq.is_some() {
+            Some(self)
+        } else {
+            None
+        }
+    }
+
+    fn support_events(&mut self) -> Option<&mut dyn BackendEvents> {
+        Some(self)
     }
 
     fn run(&mut self) -> Result<VcpuExit> {
@@ -625,10 +554,7 @@ impl BackendVcpu for KvmVcpu {
                     // active member of the exit union.
                     let internal = unsafe { run.__bindgen_anon_1.internal };
                     let n = (internal.ndata as usize).min(internal.data.len());
-                    VcpuExit::InternalError {
-                        suberror: internal.suberror,
-                        data: internal.data[..n].to_vec().into(),
-                    }
+                    VcpuExit::InternalError { suberror: internal.suberror, data: internal.data[..n].to_vec() }
                 }
                 KvmExit::Unsupported(KVM_EXIT_ARM_NISV) => {
                     let run = self.fd.get_kvm_run();
@@ -637,15 +563,102 @@ impl BackendVcpu for KvmVcpu {
                     let nisv = unsafe { run.__bindgen_anon_1.arm_nisv };
                     VcpuExit::ArmNisv { esr_iss: nisv.esr_iss, fault_ipa: nisv.fault_ipa }
                 }
-                KvmExit::Unsupported(reason) => VcpuExit::Unknown { reason },
+                KvmExit::Unsupported(reason) => VcpuExit::BackendSpecific { reason },
                 other => {
                     let described = format!("{other:?}");
                     let reason = self.fd.get_kvm_run().exit_reason;
                     log::warn!("vCPU {}: unexpected KVM exit {described}", self.index);
-                    VcpuExit::Unknown { reason }
+                    VcpuExit::BackendSpecific { reason }
                 }
             };
             return Ok(exit);
         }
+    }
+}
+
+impl BackendSve for KvmVcpu {
+    fn get_sve(&mut self) -> Result<SveRegs> {
+        self.complete_pending()?;
+        let vq = self.sve_enabled()?;
+        let mut regs = SveRegs::zeroed(vq);
+        for reg in SveReg::all() {
+            let mut buf = vec![0u8; regs.reg(reg).len()];
+            self.read_sve(reg, &mut buf)?;
+            regs.reg_mut(reg).copy_from_slice(&buf);
+        }
+        self.last_sve = Some(regs.clone());
+        Ok(regs)
+    }
+
+    fn put_sve(&mut self, regs: &SveRegs, level: PutLevel) -> Result<()> {
+        self.complete_pending()?;
+        let vq = self.sve_enabled()?;
+        if !regs.is_well_formed() || regs.vq != vq {
+            return Err(AccelError::invalid(format!(
+                "SVE registers for a {}-bit vector length do not fit vCPU {}, whose vector length is {} bits",
+                regs.vq * 128,
+                self.index,
+                vq * 128
+            )));
+        }
+        let plan: Vec<SveReg> = match &self.last_sve {
+            Some(last) if level < PutLevel::FULL => regs.changed_since(last).collect(),
+            _ => SveReg::all().collect(),
+        };
+        if !plan.is_empty() {
+            self.last_fp = None;
+        }
+        for reg in plan {
+            if let Err(e) = self.write_sve(reg, regs.reg(reg)) {
+                self.last_sve = None;
+                return Err(e);
+            }
+        }
+        self.last_sve = Some(regs.clone());
+        Ok(())
+    }
+}
+
+impl BackendEvents for KvmVcpu {
+    fn get_events(&mut self) -> Result<VcpuEvents> {
+        self.complete_pending()?;
+        let e = self
+            .fd
+            .get_vcpu_events()
+            .map_err(|e| ioctl_error(format!("KVM_GET_VCPU_EVENTS of vCPU {}", self.index), e))?;
+        Ok(VcpuEvents {
+            serror_pending: e.exception.serror_pending != 0,
+            serror_has_esr: e.exception.serror_has_esr != 0,
+            serror_esr: e.exception.serror_esr,
+            ext_dabt_pending: e.exception.ext_dabt_pending != 0,
+        })
+    }
+
+    fn put_events(&mut self, events: &VcpuEvents) -> Result<()> {
+        self.complete_pending()?;
+        if events.serror_has_esr && !self.caps.serror_esr {
+            return Err(AccelError::unsupported(
+                "injecting an SError with a syndrome needs KVM_CAP_ARM_INJECT_SERROR_ESR, which this host lacks",
+            ));
+        }
+        if events.ext_dabt_pending && !self.caps.ext_dabt {
+            return Err(AccelError::unsupported(
+                "injecting an external data abort needs KVM_CAP_ARM_INJECT_EXT_DABT, which this host lacks",
+            ));
+        }
+        if events.serror_esr & !0x1ff_ffff != 0 {
+            return Err(AccelError::invalid(format!(
+                "SError syndrome {:#x} does not fit ESR_EL1.ISS (bits [24:0])",
+                events.serror_esr
+            )));
+        }
+        let mut e = kvm_vcpu_events::default();
+        e.exception.serror_pending = u8::from(events.serror_pending);
+        e.exception.serror_has_esr = u8::from(events.serror_has_esr);
+        e.exception.serror_esr = events.serror_esr;
+        e.exception.ext_dabt_pending = u8::from(events.ext_dabt_pending);
+        self.fd
+            .set_vcpu_events(&e)
+            .map_err(|e| ioctl_error(format!("KVM_SET_VCPU_EVENTS of vCPU {}", self.index), e))
     }
 }

@@ -6,6 +6,57 @@
 //! access runs on the owning thread. The first vCPU to stop makes the stub kick the others.
 
 pub mod arch;
-pub mod session;
+mod connection;
+mod session;
+mod target;
+mod vcpu_thread;
 
-pub use session::{serve, GdbOptions};
+use std::sync::{mpsc, Arc};
+
+use accel_api::{AccelError, ErrorKind, Result};
+
+use crate::vmm::{machine::vcpu_features, memory_error, step, Machine, Outcome};
+use vcpu_thread::{vcpu_thread, Command, VcpuHandle};
+
+/// How to serve gdb.
+#[derive(Clone, Debug)]
+pub struct GdbOptions {
+    /// `HOST:PORT` to listen on, or the path of a character device to talk over.
+    pub address: String,
+    /// Start with every vCPU stopped, waiting for gdb.
+    pub wait: bool,
+}
+
+/// Runs `machine` under gdb's control: each vCPU on its own thread, driven by the session.
+/// Returns when the guest ends or gdb kills it.
+pub fn serve(machine: Machine, options: &GdbOptions) -> Result<Outcome> {
+    let Machine { vm, ram, bus, vcpus, config } = machine;
+    let no_debug = || AccelError::unsupported("this backend does not support guest debug");
+    let debug = vm.debug().ok_or_else(no_debug)?;
+    let (events_tx, events) = mpsc::channel();
+    let mut handles = Vec::new();
+    for (i, vcpu) in vcpus.into_iter().enumerate() {
+        let (commands_tx, commands) = mpsc::channel();
+        let features = vcpu_features(&config, i as u32);
+        handles.push(VcpuHandle { commands: commands_tx, kicker: vcpu.kicker(), features });
+        let (bus, ram, events_tx) = (Arc::clone(&bus), Arc::clone(&ram), events_tx.clone());
+        let debug = vm.debug().ok_or_else(no_debug)?;
+        std::thread::Builder::new()
+            .name(format!("vcpu{i}"))
+            .spawn(move || {
+                memory_error::install();
+                vcpu_thread(vcpu, commands, events_tx, debug, |v| step(v, &bus, &ram));
+            })
+            .map_err(|e| {
+                AccelError::new(ErrorKind::NO_RESOURCE, format!("spawning the thread of vCPU {i}: {e}"))
+            })?;
+    }
+    if !options.wait {
+        for h in &handles {
+            let _ = h.commands.send(Command::Resume);
+        }
+    }
+    let outcome = session::serve_session(options, handles, debug, Arc::clone(&ram), events_tx, events);
+    bus.flush_console();
+    outcome
+}

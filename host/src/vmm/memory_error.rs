@@ -99,8 +99,8 @@ pub fn inject_sea(vcpu: &mut Vcpu) -> Result<()> {
         return_address: core.pc,
     };
     let sys = enter_el1(&mut core, vbar, &exception);
-    vcpu.put_core(&core, PutLevel::Runtime)?;
-    vcpu.put_regs(&sys, PutLevel::Runtime)
+    vcpu.put_core(&core, PutLevel::RUNTIME)?;
+    vcpu.put_regs(&sys, PutLevel::RUNTIME)
 }
 
 #[cfg(test)]

@@ -168,8 +168,8 @@ fn bench(cli: &Cli) -> accel_api::Result<()> {
         }
         v.put_regs(&sys, level)
     };
-    row("full put (full level)", &measure(v, n, |v| put_all(v, PutLevel::Full))?, syscall);
-    row("put, nothing changed (runtime level)", &measure(v, n, |v| put_all(v, PutLevel::Runtime))?, syscall);
+    row("full put (full level)", &measure(v, n, |v| put_all(v, PutLevel::FULL))?, syscall);
+    row("put, nothing changed (runtime level)", &measure(v, n, |v| put_all(v, PutLevel::RUNTIME))?, syscall);
     let mut flip = false;
     row(
         "put after changing X0 (runtime level)",
@@ -177,12 +177,12 @@ fn bench(cli: &Cli) -> accel_api::Result<()> {
             let mut c = core;
             flip = !flip;
             c.x[0] ^= u64::from(flip);
-            v.put_core(&c, PutLevel::Runtime)?;
+            v.put_core(&c, PutLevel::RUNTIME)?;
             match &sve_regs {
-                Some(s) => v.put_sve(s, PutLevel::Runtime)?,
-                None => v.put_fp(&fp, PutLevel::Runtime)?,
+                Some(s) => v.put_sve(s, PutLevel::RUNTIME)?,
+                None => v.put_fp(&fp, PutLevel::RUNTIME)?,
             }
-            v.put_regs(&sys, PutLevel::Runtime)
+            v.put_regs(&sys, PutLevel::RUNTIME)
         })?,
         syscall,
     );

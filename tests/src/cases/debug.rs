@@ -4,7 +4,7 @@
 
 use accel_api::{
     client::{Debug, Vcpu},
-    debug::{deliver_to_guest, DebugEvent, WatchKind, Watchpoint},
+    debug::{DebugEvent, WatchKind, Watchpoint},
     DebugExit, ErrorKind, VcpuConfig, VcpuExit, VcpuFeatures,
 };
 
@@ -20,8 +20,7 @@ pub fn cases() -> Vec<Case> {
 }
 
 fn debug_of(g: &TestGuest) -> Result<Debug, Failure> {
-    g.vm.debug()
-        .ok_or_else(|| Failure::Fail("the backend offers no guest debug, which the probe reported".into()))
+    crate::extension(g.vm.debug(), "guest debug", false)
 }
 
 /// Runs until a debug exit (or fails the case with what came instead).
@@ -36,11 +35,7 @@ fn run_to_debug(vcpu: &mut Vcpu) -> Result<DebugExit, Failure> {
 }
 
 fn guest_with_debug(ctx: &Context, code: &[u32]) -> Result<(TestGuest, Debug), Failure> {
-    let accel = ctx.accelerator()?;
-    if !accel.probe().caps.guest_debug {
-        return Err(Failure::Fail("the backend does not report guest debug".into()));
-    }
-    let g = TestGuest::new(&accel, code)?;
+    let g = TestGuest::new(&ctx.accelerator()?, code)?;
     let d = debug_of(&g)?;
     Ok((g, d))
 }
@@ -327,7 +322,7 @@ fn guest_brk_goes_to_the_guest(ctx: &Context) -> CaseResult {
         "the guest's BRK #5 classified as {:?}",
         d.classify(0, &exit)
     );
-    deliver_to_guest(&mut g.vcpu, &exit)?;
+    accel_host::vmm::guest_debug::deliver_to_guest(&mut g.vcpu, &exit)?;
     let taken = g.expect_exception()?;
     ensure!(
         taken.esr == 0xf200_0005,
@@ -381,7 +376,7 @@ fn later_vcpus_get_the_pool(ctx: &Context) -> CaseResult {
     let mut core = late.get_core()?;
     core.pc = CODE;
     core.pstate = accel_host::vmm::PSTATE_EL1H_DAIF;
-    late.put_core(&core, accel_api::PutLevel::Reset)?;
+    late.put_core(&core, accel_api::PutLevel::RESET)?;
     let exit = run_to_debug(&mut late)?;
     ensure!(exit.pc == CODE + 8, "the later vCPU stopped at {:#x}", exit.pc);
     ensure!(

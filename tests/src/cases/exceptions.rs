@@ -44,8 +44,8 @@ fn deliver(g: &mut TestGuest, pstate: Option<u64>, want_offset: u64) -> CaseResu
         return_address: core.pc,
     };
     let sys = enter_el1(&mut core, vbar, &exception);
-    g.vcpu.put_core(&core, PutLevel::Runtime)?;
-    g.vcpu.put_regs(&sys, PutLevel::Runtime)?;
+    g.vcpu.put_core(&core, PutLevel::RUNTIME)?;
+    g.vcpu.put_regs(&sys, PutLevel::RUNTIME)?;
     let taken = g.expect_exception()?;
     ensure!(taken.esr == exception.esr, "ESR_EL1 {:#x}, the host entered {:#x}", taken.esr, exception.esr);
     ensure!(taken.far == 0xfeed_f00d_0000, "FAR_EL1 {:#x}", taken.far);

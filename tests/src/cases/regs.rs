@@ -58,7 +58,7 @@ fn core_round_trip_random(ctx: &Context) -> CaseResult {
     let (seed, mut rng) = seeded();
     for round in 0..4 {
         let want = random_core(&mut rng);
-        g.vcpu.put_core(&want, PutLevel::Full)?;
+        g.vcpu.put_core(&want, PutLevel::FULL)?;
         let got = g.vcpu.get_core()?;
         let first_difference = got.changed_since(&want).next();
         if let Some(reg) = first_difference {
@@ -78,7 +78,7 @@ fn fp_round_trip_random(ctx: &Context) -> CaseResult {
     let (seed, mut rng) = seeded();
     for round in 0..4 {
         let want = random_fp(&mut rng);
-        g.vcpu.put_fp(&want, PutLevel::Full)?;
+        g.vcpu.put_fp(&want, PutLevel::FULL)?;
         let got = g.vcpu.get_fp()?;
         let first_difference = got.changed_since(&want).next();
         if let Some(reg) = first_difference {
@@ -101,11 +101,11 @@ fn host_edits_reach_the_vcpu(ctx: &Context) -> CaseResult {
     edited.x[5] = rng.random();
     edited.elr_el1 = rng.random();
     edited.spsr[0] = rng.random();
-    g.vcpu.put_core(&edited, PutLevel::Runtime)?;
+    g.vcpu.put_core(&edited, PutLevel::RUNTIME)?;
     let mut fp_edited = fp_before;
     fp_edited.set_v_u128(7, rng.random());
     fp_edited.fpcr = rng.random::<u32>() & 0x07c0_0000;
-    g.vcpu.put_fp(&fp_edited, PutLevel::Runtime)?;
+    g.vcpu.put_fp(&fp_edited, PutLevel::RUNTIME)?;
 
     let after = g.vcpu.get_core()?;
     let fp_after = g.vcpu.get_fp()?;
@@ -116,7 +116,7 @@ fn host_edits_reach_the_vcpu(ctx: &Context) -> CaseResult {
     ensure!(fp_after == fp_edited, "seed {seed:#x}: FP registers after a runtime put differ");
 
     // A put with nothing changed succeeds and changes nothing.
-    g.vcpu.put_core(&after, PutLevel::Runtime)?;
+    g.vcpu.put_core(&after, PutLevel::RUNTIME)?;
     ensure!(g.vcpu.get_core()? == edited, "an unchanged put altered the registers");
     Ok(())
 }
@@ -127,7 +127,7 @@ fn refused_write_is_named(ctx: &Context) -> CaseResult {
     let good = regs;
     // M[4:0] = 0b11111 is AArch32 System mode: not valid for an AArch64 EL1 vCPU.
     regs.pstate = 0x1f;
-    let err = match g.vcpu.put_core(&regs, PutLevel::Runtime) {
+    let err = match g.vcpu.put_core(&regs, PutLevel::RUNTIME) {
         Ok(()) => {
             return Err(Failure::Fail("PSTATE with an AArch32 mode was accepted by an AArch64 vCPU".into()))
         }
@@ -140,6 +140,6 @@ fn refused_write_is_named(ctx: &Context) -> CaseResult {
     );
     // The vCPU keeps its state, and the next put still works.
     ensure!(g.vcpu.get_core()?.pstate == good.pstate, "the refused PSTATE changed the vCPU");
-    g.vcpu.put_core(&good, PutLevel::Runtime)?;
+    g.vcpu.put_core(&good, PutLevel::RUNTIME)?;
     Ok(())
 }

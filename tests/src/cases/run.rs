@@ -166,7 +166,7 @@ fn pc_after_mmio_exit(ctx: &Context) -> CaseResult {
         store_at + 4
     );
     core.pc = CODE + 4 * other;
-    g.vcpu.put_core(&core, PutLevel::Runtime)?;
+    g.vcpu.put_core(&core, PutLevel::RUNTIME)?;
     let got = g.expect_mmio_write()?;
     ensure!(got == (MMIO_BASE + 8, 8, 0x77), "after moving the PC the guest wrote {got:x?}");
     Ok(())
@@ -195,7 +195,7 @@ fn fresh_code_in_reused_memory(ctx: &Context) -> CaseResult {
         let mut regs = old.core()?;
         regs.pc = CODE + 4 * target as u64;
         regs.x[10] = MMIO_BASE;
-        old.vcpu.put_core(&regs, PutLevel::Runtime)?;
+        old.vcpu.put_core(&regs, PutLevel::RUNTIME)?;
         match old.run()? {
             VcpuExit::MmioRead(a) if a.addr == MMIO_BASE => old.vcpu.set_mmio_read_data(0xdead)?,
             other => return Err(Failure::Fail(format!("round {round}: the first VM's load gave {other:?}"))),
@@ -205,7 +205,7 @@ fn fresh_code_in_reused_memory(ctx: &Context) -> CaseResult {
         new.expect_mmio_write()?;
         let mut core = new.core()?;
         core.pc = CODE + 4 * target as u64;
-        new.vcpu.put_core(&core, PutLevel::Runtime)?;
+        new.vcpu.put_core(&core, PutLevel::RUNTIME)?;
         let got = new.run()?;
         match &got {
             VcpuExit::MmioWrite(a) if a.addr == MMIO_BASE + 8 && a.value() == 0x77 => {}

@@ -39,23 +39,23 @@ fn prepared(ctx: &Context) -> Result<(TestGuest, VcpuFeatures), Failure> {
         *x = rng.random();
     }
     core.sp_el0 = rng.random();
-    g.vcpu.put_core(&core, PutLevel::Runtime)?;
+    g.vcpu.put_core(&core, PutLevel::RUNTIME)?;
     if features.contains(VcpuFeatures::SVE) {
         let mut sve = g.vcpu.get_sve()?;
         rng.fill(&mut sve.z[..]);
         rng.fill(&mut sve.p[..]);
-        g.vcpu.put_sve(&sve, PutLevel::Runtime)?;
+        g.vcpu.put_sve(&sve, PutLevel::RUNTIME)?;
     } else {
         let mut fp = g.vcpu.get_fp()?;
         for v in &mut fp.v {
             rng.fill(&mut v[..]);
         }
-        g.vcpu.put_fp(&fp, PutLevel::Runtime)?;
+        g.vcpu.put_fp(&fp, PutLevel::RUNTIME)?;
     }
     g.vcpu.get_regs(RegClass::SYS)?;
     let sys =
         [RegValue { id: TPIDR_EL1, value: rng.random() }, RegValue { id: TPIDR_EL0, value: rng.random() }];
-    g.vcpu.put_regs(&sys, PutLevel::Runtime)?;
+    g.vcpu.put_regs(&sys, PutLevel::RUNTIME)?;
     Ok((g, features))
 }
 

@@ -87,7 +87,7 @@ fn round_trip_random_at_max_length(ctx: &Context) -> CaseResult {
     );
     for round in 0..2 {
         let want = random_sve(vq);
-        g.vcpu.put_sve(&want, PutLevel::Full)?;
+        g.vcpu.put_sve(&want, PutLevel::FULL)?;
         let got = g.vcpu.get_sve()?;
         if let Some(reg) = got.changed_since(&want).next() {
             return Err(Failure::Fail(format!("round {round}: {} differs after a round trip", reg.name())));
@@ -104,7 +104,7 @@ fn round_trip_random_at_max_length(ctx: &Context) -> CaseResult {
     // An edit through the FP class zeroes the rest of the Z register, as an AdvSIMD write does.
     let mut fp = g.vcpu.get_fp()?;
     fp.set_v_u128(5, 0x1234_5678_9abc_def0_0fed_cba9_8765_4321);
-    g.vcpu.put_fp(&fp, PutLevel::Runtime)?;
+    g.vcpu.put_fp(&fp, PutLevel::RUNTIME)?;
     let z5 = g.vcpu.get_sve()?.reg(SveReg::Z(5)).to_vec();
     ensure!(z5[..16] == fp.v[5] && z5[16..].iter().all(|b| *b == 0), "Z5 after writing V5: {z5:x?}");
     Ok(())
@@ -124,7 +124,7 @@ fn vector_length_choice(ctx: &Context) -> CaseResult {
         "a 2176-bit vector length: expected an unsupported error naming it, got {err:?}"
     );
     // A put of registers at another vector length is refused.
-    let err = vcpu.put_sve(&SveRegs::zeroed(vq + 1), PutLevel::Full).err();
+    let err = vcpu.put_sve(&SveRegs::zeroed(vq + 1), PutLevel::FULL).err();
     ensure!(
         err.as_ref().is_some_and(|e| e.kind == ErrorKind::INVALID_ARGUMENT),
         "SVE registers of the wrong length: expected invalid argument, got {err:?}"
@@ -143,11 +143,11 @@ fn guest_sees_host_z_registers(ctx: &Context) -> CaseResult {
     code.extend([asm::str_z(0, 9), asm::ldr_z(1, 10), asm::str(Size::X, 0, 11, 0), asm::b(0)]);
     let mut g = TestGuest::with_vcpu(&ctx.accelerator()?, &code, &sve_config(0))?;
     g.vcpu.get_regs(ZCR_EL1.class())?;
-    g.vcpu.put_regs(&[RegValue { id: ZCR_EL1, value: u64::from(vq - 1) }], PutLevel::Runtime)?;
+    g.vcpu.put_regs(&[RegValue { id: ZCR_EL1, value: u64::from(vq - 1) }], PutLevel::RUNTIME)?;
     let mut regs = g.vcpu.get_sve()?;
     let z0: Vec<u8> = (0..regs.z_len()).map(|i| (i * 7 + 3) as u8).collect();
     regs.reg_mut(SveReg::Z(0)).copy_from_slice(&z0);
-    g.vcpu.put_sve(&regs, PutLevel::Runtime)?;
+    g.vcpu.put_sve(&regs, PutLevel::RUNTIME)?;
     let z1: Vec<u8> = (0..regs.z_len()).map(|i| (255 - i) as u8).collect();
     g.ram.write(DATA + 0x1000, &z1)?;
     g.expect_mmio_write()?;

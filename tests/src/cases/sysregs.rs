@@ -75,7 +75,7 @@ fn host_writes_reach_the_guest(ctx: &Context) -> CaseResult {
     let mut g = guest(ctx, &code)?;
     let values: Vec<RegValue> = writes.iter().map(|&(id, value)| RegValue { id, value }).collect();
     g.vcpu.get_regs(RegClass::SYS)?;
-    g.vcpu.put_regs(&values, PutLevel::Runtime)?;
+    g.vcpu.put_regs(&values, PutLevel::RUNTIME)?;
     for (i, (id, want)) in writes.iter().enumerate() {
         let (addr, _, got) = g.expect_mmio_write()?;
         ensure!(addr == MMIO_BASE + 8 * i as u64, "write {i} went to {addr:#x}");
@@ -88,7 +88,7 @@ fn put_writes_only_what_changed(ctx: &Context) -> CaseResult {
     let mut g = guest(ctx, &[asm::b(0)])?;
     let mut sys = g.vcpu.get_regs(RegClass::SYS)?;
     let before = g.vcpu.counters();
-    g.vcpu.put_regs(&sys, PutLevel::Runtime)?;
+    g.vcpu.put_regs(&sys, PutLevel::RUNTIME)?;
     let unchanged = g.vcpu.counters().reg_writes - before.reg_writes;
     ensure!(unchanged == 0, "putting back {} unchanged registers made {unchanged} writes", sys.len());
 
@@ -97,13 +97,13 @@ fn put_writes_only_what_changed(ctx: &Context) -> CaseResult {
     tpidr.value ^= 0x5a5a;
     let want = tpidr.value;
     let before = g.vcpu.counters();
-    g.vcpu.put_regs(&sys, PutLevel::Runtime)?;
+    g.vcpu.put_regs(&sys, PutLevel::RUNTIME)?;
     let one = g.vcpu.counters().reg_writes - before.reg_writes;
     ensure!(one == 1, "one edited register among {} took {one} writes", sys.len());
     ensure!(g.vcpu.get_reg(TPIDR_EL1)? == want, "the edit did not reach the vCPU");
 
     let before = g.vcpu.counters();
-    g.vcpu.put_regs(&sys, PutLevel::Full)?;
+    g.vcpu.put_regs(&sys, PutLevel::FULL)?;
     let full = g.vcpu.counters().reg_writes - before.reg_writes;
     ensure!(full == sys.len() as u64, "a full put of {} registers made {full} writes", sys.len());
     Ok(())
@@ -114,7 +114,7 @@ fn refused_id_register_write_is_named(ctx: &Context) -> CaseResult {
     let original = g.vcpu.get_reg(ID_AA64ISAR0_EL1)?;
     // Every field at 0xF claims features no CPU has; KVM accepts ID register values only up to
     // what the host supports.
-    let err = match g.vcpu.put_regs(&[RegValue { id: ID_AA64ISAR0_EL1, value: u64::MAX }], PutLevel::Runtime)
+    let err = match g.vcpu.put_regs(&[RegValue { id: ID_AA64ISAR0_EL1, value: u64::MAX }], PutLevel::RUNTIME)
     {
         Ok(()) => return Err(Failure::Fail("an all-ones ID_AA64ISAR0_EL1 was accepted".into())),
         Err(e) => e,
@@ -133,7 +133,7 @@ fn unknown_register_is_not_found(ctx: &Context) -> CaseResult {
     let mut g = guest(ctx, &[asm::b(0)])?;
     // An IMPLEMENTATION DEFINED encoding no hypervisor exposes.
     let bogus = RegId::sys(3, 7, 15, 15, 7);
-    let err = g.vcpu.put_regs(&[RegValue { id: bogus, value: 1 }], PutLevel::Runtime).err();
+    let err = g.vcpu.put_regs(&[RegValue { id: bogus, value: 1 }], PutLevel::RUNTIME).err();
     ensure!(
         err.as_ref().is_some_and(|e| e.kind == ErrorKind::NOT_FOUND && e.message.contains("S3_7_C15_C15_7")),
         "expected a not-found error naming S3_7_C15_C15_7, got {err:?}"
@@ -148,14 +148,14 @@ fn counter_is_written_only_at_full_level(ctx: &Context) -> CaseResult {
     let now = g.vcpu.get_reg(CNTVCT_EL0)?;
     let target = now.wrapping_add(1 << 50);
     let edit = [RegValue { id: CNTVCT_EL0, value: target }];
-    g.vcpu.put_regs(&edit, PutLevel::Runtime)?;
-    g.vcpu.put_regs(&edit, PutLevel::Reset)?;
+    g.vcpu.put_regs(&edit, PutLevel::RUNTIME)?;
+    g.vcpu.put_regs(&edit, PutLevel::RESET)?;
     let after_runtime = g.vcpu.get_reg(CNTVCT_EL0)?;
     ensure!(
         after_runtime.wrapping_sub(now) < 1 << 40,
         "runtime and reset puts moved the counter from {now:#x} to {after_runtime:#x}"
     );
-    g.vcpu.put_regs(&edit, PutLevel::Full)?;
+    g.vcpu.put_regs(&edit, PutLevel::FULL)?;
     let after_full = g.vcpu.get_reg(CNTVCT_EL0)?;
     ensure!(
         after_full.wrapping_sub(target) < 1 << 40,

@@ -46,18 +46,18 @@ fn expect_irq(g: &mut TestGuest, intid: u32) -> CaseResult {
 
 fn spi_and_ppi_reach_the_guest(ctx: &Context) -> CaseResult {
     let (mut g, wait) = waiting_guest(ctx, &[37, 20], &[])?;
-    g.vm.set_irq(IrqLine::spi(5), true)?;
+    g.gic()?.set_irq(IrqLine::spi(5), true)?;
     expect_irq(&mut g, 37)?;
-    g.vm.set_irq(IrqLine::spi(5), false)?;
+    g.gic()?.set_irq(IrqLine::spi(5), false)?;
     // The guest spins after reporting; let it wait again from the start of its wait loop.
     let mut core = g.core()?;
     core.pc = wait;
     core.pstate &= !(1 << 7); // PSTATE.I clear: IRQs unmasked again
-    g.vcpu.put_core(&core, accel_api::PutLevel::Runtime)?;
-    g.vm.set_irq(IrqLine::ppi(0, 20), true)?;
+    g.vcpu.put_core(&core, accel_api::PutLevel::RUNTIME)?;
+    g.gic()?.set_irq(IrqLine::ppi(0, 20), true)?;
     expect_irq(&mut g, 20)?;
-    g.vm.set_irq(IrqLine::ppi(0, 20), false)?;
-    let err = g.vm.set_irq(IrqLine::spi(64), true).err();
+    g.gic()?.set_irq(IrqLine::ppi(0, 20), false)?;
+    let err = g.gic()?.set_irq(IrqLine::spi(64), true).err();
     ensure!(err.is_some_and(|e| e.kind == ErrorKind::INVALID_ARGUMENT), "SPI 64 of 64 was accepted");
     Ok(())
 }
@@ -96,13 +96,13 @@ fn timer_interrupt(ctx: &Context) -> CaseResult {
 fn irqfd_raises_an_spi(ctx: &Context) -> CaseResult {
     let (mut g, _) = waiting_guest(ctx, &[38], &[])?;
     let efd = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Failure::NotRun(format!("eventfd: {e}")))?;
-    g.vm.register_irqfd(efd.as_raw_fd(), 6)?;
-    let again = g.vm.register_irqfd(efd.as_raw_fd(), 6).err();
+    g.eventfds()?.register_irqfd(efd.as_raw_fd(), 6)?;
+    let again = g.eventfds()?.register_irqfd(efd.as_raw_fd(), 6).err();
     ensure!(again.is_some(), "registering the same irqfd twice was accepted");
     efd.write(1).map_err(|e| Failure::Fail(format!("writing the eventfd: {e}")))?;
     expect_irq(&mut g, 38)?;
-    g.vm.unregister_irqfd(efd.as_raw_fd(), 6)?;
-    let err = g.vm.unregister_irqfd(efd.as_raw_fd(), 6).err();
+    g.eventfds()?.unregister_irqfd(efd.as_raw_fd(), 6)?;
+    let err = g.eventfds()?.unregister_irqfd(efd.as_raw_fd(), 6).err();
     ensure!(
         err.is_some_and(|e| e.kind == ErrorKind::NOT_FOUND),
         "unregistering twice did not fail as not found"
@@ -130,9 +130,9 @@ fn ioeventfd_signals_without_an_exit(ctx: &Context) -> CaseResult {
         (Ok(a), Ok(b)) => (a, b),
         _ => return Err(Failure::NotRun("eventfd creation failed".into())),
     };
-    g.vm.register_ioeventfd(e_any.as_raw_fd(), any, 0, None)?;
-    g.vm.register_ioeventfd(e_match.as_raw_fd(), matched, 4, Some(0x1234))?;
-    let err = g.vm.register_ioeventfd(e_any.as_raw_fd(), any + 8, 3, Some(1)).err();
+    g.eventfds()?.register_ioeventfd(e_any.as_raw_fd(), any, 0, None)?;
+    g.eventfds()?.register_ioeventfd(e_match.as_raw_fd(), matched, 4, Some(0x1234))?;
+    let err = g.eventfds()?.register_ioeventfd(e_any.as_raw_fd(), any + 8, 3, Some(1)).err();
     ensure!(err.is_some_and(|e| e.kind == ErrorKind::INVALID_ARGUMENT), "a 3-byte ioeventfd was accepted");
     let first = g.expect_mmio_write()?;
     ensure!(
@@ -143,8 +143,8 @@ fn ioeventfd_signals_without_an_exit(ctx: &Context) -> CaseResult {
     ensure!(second.0 == MMIO_BASE, "second exit {second:x?}: expected the done write");
     ensure!(e_any.read().ok() == Some(1), "the any-size ioeventfd was not signalled once");
     ensure!(e_match.read().ok() == Some(1), "the datamatch ioeventfd was not signalled once");
-    g.vm.unregister_ioeventfd(e_any.as_raw_fd(), any, 0, None)?;
-    g.vm.unregister_ioeventfd(e_match.as_raw_fd(), matched, 4, Some(0x1234))?;
+    g.eventfds()?.unregister_ioeventfd(e_any.as_raw_fd(), any, 0, None)?;
+    g.eventfds()?.unregister_ioeventfd(e_match.as_raw_fd(), matched, 4, Some(0x1234))?;
     Ok(())
 }
 
@@ -167,17 +167,17 @@ fn dirty_pages_are_the_written_ones(ctx: &Context) -> CaseResult {
     let data = GuestRam::new(DATA_BASE, PAGES * page)?;
     // SAFETY: `data` outlives the guest's last run in this case.
     let slot = unsafe { data.map_into(&g.vm) }?;
-    let err = g.vm.take_dirty_log(slot).err();
+    let err = g.dirty_log()?.take(slot).err();
     ensure!(err.is_some_and(|e| e.kind == ErrorKind::BAD_STATE), "a dirty log was given with logging off");
-    g.vm.set_dirty_log(slot, true)?;
-    let clean = g.vm.take_dirty_log(slot)?;
+    g.dirty_log()?.set(slot, true)?;
+    let clean = g.dirty_log()?.take(slot)?;
     ensure!(clean.iter().all(|w| *w == 0), "pages dirty before the guest ran: {clean:x?}");
     g.expect_mmio_write()?;
-    let log = g.vm.take_dirty_log(slot)?;
+    let log = g.dirty_log()?.take(slot)?;
     let dirty: Vec<u64> =
         (0..PAGES).filter(|p| log.get((p / 64) as usize).is_some_and(|w| w >> (p % 64) & 1 == 1)).collect();
     ensure!(dirty == written, "dirty pages {dirty:?}, the guest wrote {written:?}");
-    let again = g.vm.take_dirty_log(slot)?;
+    let again = g.dirty_log()?.take(slot)?;
     ensure!(again.iter().all(|w| *w == 0), "the log was not cleared: {again:x?}");
     drop(g);
     drop(data);

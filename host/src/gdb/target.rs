@@ -1,0 +1,543 @@
+//! The machine as gdb sees it: the `gdbstub` target over the vCPU threads, the debug pool and
+//! guest RAM, with memory read and written by virtual address through the guest's stage-1 tables.
+
+use std::{
+    collections::HashMap,
+    sync::{mpsc, Arc},
+};
+
+use accel_api::{
+    client::{Debug, Vcpu},
+    debug::{DebugEvent, WatchKind as AccelWatchKind, Watchpoint},
+    mmu::{translate, TranslationRegs},
+    sysreg::{self, RegId},
+    AccelError, ErrorKind, PutLevel, RegClass, RegValue, Result, VcpuFeatures,
+};
+use gdbstub::{
+    common::{Signal, Tid},
+    stub::MultiThreadStopReason,
+    target::{
+        ext::{
+            base::{
+                multithread::{
+                    MultiThreadBase, MultiThreadResume, MultiThreadResumeOps, MultiThreadSchedulerLocking,
+                    MultiThreadSchedulerLockingOps, MultiThreadSingleStep, MultiThreadSingleStepOps,
+                },
+                single_register_access::{SingleRegisterAccess, SingleRegisterAccessOps},
+                BaseOps,
+            },
+            breakpoints::{
+                Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps,
+                SwBreakpoint, SwBreakpointOps, WatchKind,
+            },
+            target_description_xml_override::{
+                TargetDescriptionXmlOverride, TargetDescriptionXmlOverrideOps,
+            },
+        },
+        Target, TargetError, TargetResult,
+    },
+};
+
+use super::{
+    arch::{AccelAArch64, GdbRegId, GdbRegs, SveView},
+    vcpu_thread::{Command, Event, Stop, VcpuHandle},
+};
+use crate::vmm::ram::GuestRam;
+
+/// Resume actions of one round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Action {
+    Continue,
+    Step,
+}
+
+/// The machine as gdb sees it.
+pub struct GdbTarget {
+    pub(super) vcpus: Vec<VcpuHandle>,
+    pub(super) debug: Debug,
+    ram: Arc<GuestRam>,
+    pub(super) actions: HashMap<u32, Action>,
+    scheduler_locked: bool,
+    pub(super) running: Vec<bool>,
+    translation: HashMap<u32, TranslationRegs>,
+    pub(super) xml: Option<String>,
+}
+
+/// The vCPU index of a gdb thread id (thread ids count from 1).
+pub fn tid_index(tid: Tid) -> u32 {
+    tid.get() as u32 - 1
+}
+
+/// The gdb thread id of vCPU `index`.
+pub fn index_tid(index: u32) -> Tid {
+    Tid::new(index as usize + 1).unwrap_or(Tid::MIN)
+}
+
+impl GdbTarget {
+    /// The target over the vCPU threads behind `vcpus`, all running if `running`.
+    pub fn new(vcpus: Vec<VcpuHandle>, debug: Debug, ram: Arc<GuestRam>, running: bool) -> Self {
+        let running = vec![running; vcpus.len()];
+        Self {
+            vcpus,
+            debug,
+            ram,
+            actions: HashMap::new(),
+            scheduler_locked: false,
+            running,
+            translation: HashMap::new(),
+            xml: None,
+        }
+    }
+
+    /// Runs `f` on vCPU `index`'s thread and waits for the result.
+    pub(super) fn exec<T: Send + 'static>(
+        &self,
+        index: u32,
+        f: impl FnOnce(&mut Vcpu) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let handle = self
+            .vcpus
+            .get(index as usize)
+            .ok_or_else(|| AccelError::new(ErrorKind::NOT_FOUND, format!("no vCPU {index}")))?;
+        let (tx, rx) = mpsc::channel();
+        handle
+            .commands
+            .send(Command::Exec(Box::new(move |v| {
+                let _ = tx.send(f(v));
+            })))
+            .map_err(|_| AccelError::bad_state(format!("vCPU {index}'s thread is gone")))?;
+        rx.recv().map_err(|_| AccelError::bad_state(format!("vCPU {index} did not answer")))?
+    }
+
+    fn translation(&mut self, index: u32) -> Result<TranslationRegs> {
+        if let Some(t) = self.translation.get(&index) {
+            return Ok(*t);
+        }
+        let sys = self.exec(index, |v| v.get_regs(RegClass::SYS))?;
+        let find = |id: RegId| sys.iter().find(|r| r.id == id).map_or(0, |r| r.value);
+        let t = TranslationRegs {
+            sctlr: find(sysreg::SCTLR_EL1),
+            tcr: find(sysreg::TCR_EL1),
+            ttbr0: find(sysreg::TTBR0_EL1),
+            ttbr1: find(sysreg::TTBR1_EL1),
+        };
+        self.translation.insert(index, t);
+        Ok(t)
+    }
+
+    fn physical(&mut self, index: u32, va: u64) -> Result<u64> {
+        let regs = self.translation(index)?;
+        let ram = Arc::clone(&self.ram);
+        translate(va, &regs, |pa| {
+            let mut b = [0u8; 8];
+            ram.read(pa, &mut b)?;
+            Ok(u64::from_le_bytes(b))
+        })
+    }
+
+    /// Reads or writes guest memory at a virtual address, page by page.
+    fn access(
+        &mut self,
+        index: u32,
+        va: u64,
+        len: usize,
+        mut each: impl FnMut(&GuestRam, u64, usize, usize) -> Result<()>,
+    ) -> Result<()> {
+        let mut done = 0usize;
+        while done < len {
+            let at = va.wrapping_add(done as u64);
+            let in_page = (0x1000 - (at & 0xfff)) as usize;
+            let n = in_page.min(len - done);
+            let pa = self.physical(index, at)?;
+            each(&self.ram, pa, done, n)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Sends `Resume` to every vCPU per this round's actions.
+    pub(super) fn resume_all(&mut self) -> Result<()> {
+        self.translation.clear();
+        for (i, handle) in self.vcpus.iter().enumerate() {
+            let index = i as u32;
+            // With scheduler locking, threads without an action of their own stay stopped.
+            let action = match self.actions.get(&index) {
+                Some(a) => *a,
+                None if self.scheduler_locked => continue,
+                None => Action::Continue,
+            };
+            self.debug.set_single_step(index, action == Action::Step)?;
+            handle
+                .commands
+                .send(Command::Resume)
+                .map_err(|_| AccelError::bad_state(format!("vCPU {index}'s thread is gone")))?;
+            self.running[i] = true;
+        }
+        Ok(())
+    }
+
+    /// Stops every vCPU still running and waits until they have, keeping later events queued
+    /// only if they are real stops (the first real stop wins).
+    pub(super) fn stop_others(
+        &mut self,
+        events: &mpsc::Receiver<Event>,
+        pending_bytes: &mut std::collections::VecDeque<u8>,
+    ) {
+        for (i, h) in self.vcpus.iter().enumerate() {
+            if self.running[i] {
+                h.kicker.kick();
+            }
+        }
+        while self.running.iter().any(|r| *r) {
+            match events.recv() {
+                Ok(Event::Vcpu(i, _)) => self.running[i as usize] = false,
+                Ok(Event::Byte(b)) => pending_bytes.push_back(b),
+                Ok(Event::Closed) | Err(_) => break,
+            }
+        }
+    }
+
+    pub(super) fn stop_reason(&mut self, index: u32, stop: Stop) -> Result<MultiThreadStopReason<u64>> {
+        let tid = index_tid(index);
+        Ok(match stop {
+            Stop::Debug(DebugEvent::Step) => MultiThreadStopReason::DoneStep,
+            Stop::Debug(DebugEvent::HwBreakpoint { .. }) => MultiThreadStopReason::HwBreak(tid),
+            Stop::Debug(DebugEvent::SwBreakpoint { .. }) => MultiThreadStopReason::SwBreak(tid),
+            Stop::Debug(DebugEvent::Watchpoint { watch, accessed }) => MultiThreadStopReason::Watch {
+                tid,
+                kind: match watch.kind {
+                    AccelWatchKind::READ => WatchKind::Read,
+                    AccelWatchKind::WRITE => WatchKind::Write,
+                    _ => WatchKind::ReadWrite,
+                },
+                addr: accessed,
+            },
+            Stop::Debug(DebugEvent::Guest | DebugEvent::Unknown { .. }) | Stop::Kicked => {
+                MultiThreadStopReason::SignalWithThread { tid, signal: Signal::SIGINT }
+            }
+            Stop::Exited(outcome) => MultiThreadStopReason::Exited(outcome.exit_code() as u8),
+            Stop::Failed(e) => return Err(e),
+        })
+    }
+}
+
+impl Target for GdbTarget {
+    type Arch = AccelAArch64;
+    type Error = AccelError;
+
+    fn base_ops(&mut self) -> BaseOps<'_, AccelAArch64, AccelError> {
+        BaseOps::MultiThread(self)
+    }
+
+    fn support_breakpoints(&mut self) -> Option<BreakpointsOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_target_description_xml_override(
+        &mut self,
+    ) -> Option<TargetDescriptionXmlOverrideOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn guard_rail_implicit_sw_breakpoints(&self) -> bool {
+        true
+    }
+}
+
+fn nonfatal(e: AccelError) -> TargetError<AccelError> {
+    log::warn!("gdb: {e}");
+    TargetError::NonFatal
+}
+
+impl MultiThreadBase for GdbTarget {
+    fn read_registers(&mut self, regs: &mut GdbRegs, tid: Tid) -> TargetResult<(), Self> {
+        let index = tid_index(tid);
+        let sve = self.vcpus.get(index as usize).is_some_and(|h| h.features.contains(VcpuFeatures::SVE));
+        *regs = self
+            .exec(index, move |v| {
+                let core = v.get_core()?;
+                let fp = v.get_fp()?;
+                let mut r = GdbRegs {
+                    x: core.x,
+                    sp: if core.pstate & 1 == 1 { core.sp_el1 } else { core.sp_el0 },
+                    pc: core.pc,
+                    cpsr: core.pstate as u32,
+                    v: fp.v,
+                    fpsr: fp.fpsr,
+                    fpcr: fp.fpcr,
+                    sve: None,
+                };
+                if sve {
+                    let s = v.get_sve()?;
+                    r.sve = Some(SveView { vq: s.vq, z: s.z.to_vec(), p: s.p.to_vec(), ffr: s.ffr.to_vec() });
+                }
+                Ok(r)
+            })
+            .map_err(nonfatal)?;
+        Ok(())
+    }
+
+    fn write_registers(&mut self, regs: &GdbRegs, tid: Tid) -> TargetResult<(), Self> {
+        let regs = regs.clone();
+        self.exec(tid_index(tid), move |v| {
+            let mut core = v.get_core()?;
+            core.x = regs.x;
+            if core.pstate & 1 == 1 {
+                core.sp_el1 = regs.sp;
+            } else {
+                core.sp_el0 = regs.sp;
+            }
+            core.pc = regs.pc;
+            core.pstate = (core.pstate & !0xffff_ffff) | u64::from(regs.cpsr);
+            v.put_core(&core, PutLevel::RUNTIME)?;
+            match &regs.sve {
+                Some(s) => {
+                    let mut sve = v.get_sve()?;
+                    sve.z = s.z.clone().into();
+                    sve.p = s.p.clone().into();
+                    sve.ffr = s.ffr.clone().into();
+                    v.put_sve(&sve, PutLevel::RUNTIME)?;
+                    let mut fp = v.get_fp()?;
+                    fp.fpsr = regs.fpsr;
+                    fp.fpcr = regs.fpcr;
+                    v.put_fp(&fp, PutLevel::RUNTIME)
+                }
+                None => {
+                    let mut fp = v.get_fp()?;
+                    fp.v = regs.v;
+                    fp.fpsr = regs.fpsr;
+                    fp.fpcr = regs.fpcr;
+                    v.put_fp(&fp, PutLevel::RUNTIME)
+                }
+            }
+        })
+        .map_err(nonfatal)
+    }
+
+    fn support_single_register_access(&mut self) -> Option<SingleRegisterAccessOps<'_, Tid, Self>> {
+        Some(self)
+    }
+
+    fn read_addrs(&mut self, start: u64, data: &mut [u8], tid: Tid) -> TargetResult<usize, Self> {
+        let len = data.len();
+        let result =
+            self.access(tid_index(tid), start, len, |ram, pa, off, n| ram.read(pa, &mut data[off..off + n]));
+        result.map(|()| len).map_err(nonfatal)
+    }
+
+    fn write_addrs(&mut self, start: u64, data: &[u8], tid: Tid) -> TargetResult<(), Self> {
+        let result = self
+            .access(tid_index(tid), start, data.len(), |ram, pa, off, n| ram.write(pa, &data[off..off + n]));
+        result.map_err(nonfatal)
+    }
+
+    fn list_active_threads(&mut self, thread_is_active: &mut dyn FnMut(Tid)) -> Result<()> {
+        for i in 0..self.vcpus.len() {
+            thread_is_active(index_tid(i as u32));
+        }
+        Ok(())
+    }
+
+    fn support_resume(&mut self) -> Option<MultiThreadResumeOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SingleRegisterAccess<Tid> for GdbTarget {
+    fn read_register(&mut self, tid: Tid, reg: GdbRegId, buf: &mut [u8]) -> TargetResult<usize, Self> {
+        let mut regs = GdbRegs::default();
+        match reg {
+            GdbRegId::Sys(encoding) => {
+                let id = RegId::from_encoding(encoding);
+                let value = self.exec(tid_index(tid), move |v| v.get_reg(id)).map_err(nonfatal)?;
+                let bytes = value.to_le_bytes();
+                let n = buf.len().min(8);
+                buf[..n].copy_from_slice(&bytes[..n]);
+                Ok(n)
+            }
+            other => {
+                self.read_registers(&mut regs, tid)?;
+                let mut all = Vec::new();
+                gdbstub::arch::Registers::gdb_serialize(&regs, |b| all.push(b.unwrap_or(0)));
+                let (offset, size) = reg_span(&regs, other).ok_or(TargetError::NonFatal)?;
+                let n = size.min(buf.len());
+                buf[..n].copy_from_slice(&all[offset..offset + n]);
+                Ok(n)
+            }
+        }
+    }
+
+    fn write_register(&mut self, tid: Tid, reg: GdbRegId, val: &[u8]) -> TargetResult<(), Self> {
+        match reg {
+            GdbRegId::Sys(encoding) => {
+                let id = RegId::from_encoding(encoding);
+                let mut b = [0u8; 8];
+                let n = val.len().min(8);
+                b[..n].copy_from_slice(&val[..n]);
+                let value = u64::from_le_bytes(b);
+                self.exec(tid_index(tid), move |v| {
+                    v.get_regs(id.class())?;
+                    v.put_regs(&[RegValue { id, value }], PutLevel::RUNTIME)
+                })
+                .map_err(nonfatal)
+            }
+            other => {
+                let mut regs = GdbRegs::default();
+                self.read_registers(&mut regs, tid)?;
+                let mut all = Vec::new();
+                gdbstub::arch::Registers::gdb_serialize(&regs, |b| all.push(b.unwrap_or(0)));
+                let (offset, size) = reg_span(&regs, other).ok_or(TargetError::NonFatal)?;
+                if val.len() != size {
+                    return Err(TargetError::NonFatal);
+                }
+                all[offset..offset + size].copy_from_slice(val);
+                gdbstub::arch::Registers::gdb_deserialize(&mut regs, &all)
+                    .map_err(|()| TargetError::NonFatal)?;
+                self.write_registers(&regs, tid)
+            }
+        }
+    }
+}
+
+/// Where register `reg` sits in the `g` packet of `regs`, and its size.
+fn reg_span(regs: &GdbRegs, reg: GdbRegId) -> Option<(usize, usize)> {
+    let (zl, pl) = regs.sve.as_ref().map_or((16, 0), |s| (s.vq as usize * 16, s.vq as usize * 2));
+    let vec_base = 31 * 8 + 8 + 8 + 4;
+    let after_vec = vec_base + 32 * zl;
+    Some(match reg {
+        GdbRegId::X(n) => (8 * n as usize, 8),
+        GdbRegId::Sp => (31 * 8, 8),
+        GdbRegId::Pc => (32 * 8, 8),
+        GdbRegId::Cpsr => (33 * 8, 4),
+        GdbRegId::Vector(n) => (vec_base + n as usize * zl, zl),
+        GdbRegId::Fpsr => (after_vec, 4),
+        GdbRegId::Fpcr => (after_vec + 4, 4),
+        GdbRegId::Pred(n) if pl > 0 => (after_vec + 8 + n as usize * pl, pl),
+        GdbRegId::Ffr if pl > 0 => (after_vec + 8 + 16 * pl, pl),
+        GdbRegId::Vg if pl > 0 => (after_vec + 8 + 17 * pl, 8),
+        _ => return None,
+    })
+}
+
+impl MultiThreadResume for GdbTarget {
+    fn resume(&mut self) -> Result<()> {
+        self.resume_all()
+    }
+
+    fn clear_resume_actions(&mut self) -> Result<()> {
+        self.actions.clear();
+        self.scheduler_locked = false;
+        Ok(())
+    }
+
+    fn set_resume_action_continue(&mut self, tid: Tid, _signal: Option<Signal>) -> Result<()> {
+        self.actions.insert(tid_index(tid), Action::Continue);
+        Ok(())
+    }
+
+    fn support_single_step(&mut self) -> Option<MultiThreadSingleStepOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_scheduler_locking(&mut self) -> Option<MultiThreadSchedulerLockingOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl MultiThreadSchedulerLocking for GdbTarget {
+    fn set_resume_action_scheduler_lock(&mut self) -> Result<()> {
+        self.scheduler_locked = true;
+        Ok(())
+    }
+}
+
+impl MultiThreadSingleStep for GdbTarget {
+    fn set_resume_action_step(&mut self, tid: Tid, _signal: Option<Signal>) -> Result<()> {
+        self.actions.insert(tid_index(tid), Action::Step);
+        Ok(())
+    }
+}
+
+impl Breakpoints for GdbTarget {
+    fn support_sw_breakpoint(&mut self) -> Option<SwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_hw_breakpoint(&mut self) -> Option<HwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_hw_watchpoint(&mut self) -> Option<HwWatchpointOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+fn done(result: Result<()>) -> TargetResult<bool, GdbTarget> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind == ErrorKind::NO_RESOURCE || e.kind == ErrorKind::INVALID_ARGUMENT => {
+            log::warn!("gdb: {e}");
+            Ok(false)
+        }
+        Err(e) => Err(nonfatal(e)),
+    }
+}
+
+impl SwBreakpoint for GdbTarget {
+    fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        let pa = self.physical(0, addr).map_err(nonfatal)?;
+        done(self.debug.insert_sw_breakpoint(addr, pa))
+    }
+
+    fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        done(self.debug.remove_sw_breakpoint(addr))
+    }
+}
+
+impl HwBreakpoint for GdbTarget {
+    fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        done(self.debug.insert_hw_breakpoint(addr))
+    }
+
+    fn remove_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        done(self.debug.remove_hw_breakpoint(addr))
+    }
+}
+
+fn watch(addr: u64, len: u64, kind: WatchKind) -> Watchpoint {
+    let kind = match kind {
+        WatchKind::Read => AccelWatchKind::READ,
+        WatchKind::Write => AccelWatchKind::WRITE,
+        WatchKind::ReadWrite => AccelWatchKind::ACCESS,
+    };
+    Watchpoint { addr, len, kind }
+}
+
+impl HwWatchpoint for GdbTarget {
+    fn add_hw_watchpoint(&mut self, addr: u64, len: u64, kind: WatchKind) -> TargetResult<bool, Self> {
+        done(self.debug.insert_watchpoint(&watch(addr, len, kind)))
+    }
+
+    fn remove_hw_watchpoint(&mut self, addr: u64, len: u64, kind: WatchKind) -> TargetResult<bool, Self> {
+        done(self.debug.remove_watchpoint(&watch(addr, len, kind)))
+    }
+}
+
+impl TargetDescriptionXmlOverride for GdbTarget {
+    fn target_description_xml(
+        &self,
+        annex: &[u8],
+        offset: u64,
+        length: usize,
+        buf: &mut [u8],
+    ) -> TargetResult<usize, Self> {
+        if annex != b"target.xml" {
+            return Err(TargetError::NonFatal);
+        }
+        let xml = self.xml.as_deref().unwrap_or("").as_bytes();
+        let start = (offset as usize).min(xml.len());
+        let n = length.min(buf.len()).min(xml.len() - start);
+        buf[..n].copy_from_slice(&xml[start..start + n]);
+        Ok(n)
+    }
+}
