@@ -213,7 +213,10 @@ pub fn discover() -> Vec<PathBuf> {
             .collect();
         files.sort();
         for file in files {
-            if !found.contains(&file) {
+            let same = |f: &PathBuf| {
+                f == &file || std::fs::canonicalize(f).ok() == std::fs::canonicalize(&file).ok()
+            };
+            if !found.iter().any(same) {
                 found.push(file);
             }
         }

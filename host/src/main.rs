@@ -98,10 +98,15 @@ fn list() -> Result<i32, String> {
     for path in files {
         let shown = path.to_string_lossy();
         let child = isolate::run_child(&["list-one", &shown])?;
-        eprint!("{}", child.stderr);
         match isolate::crash_reason(&path, child.status) {
-            Some(reason) => emit(&format!("{:<8} {:<12} {reason}", "?", "crashed")),
-            None => emit(child.stdout.trim_end()),
+            Some(reason) => {
+                log::debug!("{}: what the crashed child printed:\n{}", path.display(), child.stderr);
+                emit(&format!("{:<8} {:<12} {reason}", "?", "crashed"))
+            }
+            None => {
+                eprint!("{}", child.stderr);
+                emit(child.stdout.trim_end())
+            }
         }
     }
     Ok(0)
@@ -116,10 +121,11 @@ fn probe(accel: &str, json: bool) -> Result<i32, String> {
         args.push("--json");
     }
     let child = isolate::run_child(&args)?;
-    eprint!("{}", child.stderr);
     if let Some(reason) = isolate::crash_reason(&path, child.status) {
+        log::debug!("{}: what the crashed child printed:\n{}", path.display(), child.stderr);
         return Err(reason);
     }
+    eprint!("{}", child.stderr);
     if !child.stdout.is_empty() {
         emit(child.stdout.trim_end());
     }

@@ -106,3 +106,35 @@ fn a_foreign_layout_is_refused_in_one_line_naming_where() {
     assert!(text.contains("in `"), "the error names no type: {text}");
     assert!(!text.contains('\n'), "{text:?}");
 }
+
+#[test]
+fn list_and_probe_survive_plugins_that_abort_or_crash() {
+    let dir = plugin_dir();
+    let out = Command::new(env!("CARGO_BIN_EXE_accel-host"))
+        .arg("list")
+        .env(loader::PLUGIN_PATH_ENV, &dir)
+        .output()
+        .expect("running accel-host list");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "list failed: {stdout}");
+    let line = |name: &str| stdout.lines().find(|l| l.contains(name)).map(str::to_string);
+    let aborted = line("libaccel_fixture_panicking.so").expect("the aborting plugin is listed");
+    assert!(aborted.contains("crashed") && aborted.contains("SIGABRT"), "{aborted}");
+    let crashed = line("libaccel_fixture_segfaulting.so").expect("the crashing plugin is listed");
+    assert!(crashed.contains("crashed") && crashed.contains("SIGSEGV"), "{crashed}");
+    assert!(
+        line("libaccel_hvf.so").is_some_and(|l| l.starts_with("hvf")),
+        "the others are still listed: {stdout}"
+    );
+    assert!(line("libaccel_kvm.so").is_some_and(|l| l.starts_with("kvm")), "{stdout}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_accel-host"))
+        .args(["probe", "--accel"])
+        .arg(dir.join(loader::plugin_file_name("fixture_segfaulting")))
+        .output()
+        .expect("running accel-host probe");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("accel-host: error:") && stderr.contains("SIGSEGV"), "{stderr}");
+}

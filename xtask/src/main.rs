@@ -7,6 +7,7 @@
 //!   natively on an arm64 Linux host with usable KVM, otherwise inside the nested VM.
 
 mod cmd;
+mod compat;
 mod gdb_e2e;
 mod provision;
 mod report;
@@ -30,7 +31,7 @@ pub struct Error(pub String);
 /// The result type of xtask steps.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-const CROSS_TARGET: &str = "aarch64-unknown-linux-gnu";
+pub(crate) const CROSS_TARGET: &str = "aarch64-unknown-linux-gnu";
 pub(crate) const GUEST_TARGET: &str = "aarch64-unknown-none";
 /// The HVF backend's target: type-checked and linted here, never linked or run.
 const MAC_TARGET: &str = "aarch64-apple-darwin";
@@ -38,7 +39,7 @@ const MAC_TARGET: &str = "aarch64-apple-darwin";
 /// Cortex-A72 (nVHE, no SVE, no pointer auth).
 const DEFAULT_CPUS: &[&str] = &["max", "cortex-a72"];
 pub(crate) const VM_TIMEOUT: Duration = Duration::from_secs(20 * 60);
-const DEMO_LINE: &str = "Hello from an accel guest";
+pub(crate) const DEMO_LINE: &str = "Hello from an accel guest";
 
 pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -47,7 +48,7 @@ pub(crate) fn root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     c.current_dir(root());
     c
@@ -68,6 +69,10 @@ pub(crate) fn cross_build() -> Result<()> {
         "accel-fixture-wrong-abi",
         "-p",
         "accel-fixture-wrong-layout",
+        "-p",
+        "accel-fixture-panicking",
+        "-p",
+        "accel-fixture-segfaulting",
         "-p",
         "accel-vm-init",
     ]))?;
@@ -100,6 +105,8 @@ pub(crate) fn vm_files() -> Result<Vec<VmFile>> {
         "libaccel_hvf.so",
         "libaccel_fixture_wrong_abi.so",
         "libaccel_fixture_wrong_layout.so",
+        "libaccel_fixture_panicking.so",
+        "libaccel_fixture_segfaulting.so",
     ] {
         files.push(VmFile::from_host(&format!("/lib/accel/{lib}"), &cross_out(lib), 0o755)?);
     }
@@ -189,6 +196,13 @@ fn check_vm(tally: &mut Tally, cpu: &str, run: &VmRun) {
             && out.iter().any(|l| l.starts_with("hvf") && l.contains("unavailable")),
         || format!("status {status:?}, output {out:?}"),
     );
+    tally.check(
+        &tag("accel-host list names a plugin that aborts and one that crashes, and goes on"),
+        status == Some(0)
+            && out.iter().any(|l| l.contains("libaccel_fixture_panicking.so") && l.contains("SIGABRT"))
+            && out.iter().any(|l| l.contains("libaccel_fixture_segfaulting.so") && l.contains("SIGSEGV")),
+        || format!("status {status:?}, output {out:?}"),
+    );
     let (status, out) = output_of("host-demo").unwrap_or_default();
     tally.check(
         &tag("accel-host run prints the demo guest's line and exits 0"),
@@ -264,11 +278,12 @@ fn test(cpus: &[String]) -> Result<bool> {
 
     println!("xtask: cross build for {CROSS_TARGET} and the demo guest");
     cross_build()?;
+    compat::build(&compat::OLDEST)?;
     let kernel = provision::kernel()?;
     let work = vm::work_dir(&root());
     std::fs::create_dir_all(&work).map_err(|e| Error(format!("creating {}: {e}", work.display())))?;
     let initrd = work.join("test-initrd.cpio");
-    let jobs = [
+    let mut jobs = vec![
         job(
             "conformance",
             &["/bin/accel-conformance", "--plugin", "/lib/accel/libaccel_kvm.so", "--fixtures", "/lib/accel"],
@@ -287,10 +302,13 @@ fn test(cpus: &[String]) -> Result<bool> {
             &["/bin/accel-host", "run", "--accel", "/lib/accel/not-a-plugin.so", "/guests/demo.elf"],
         ),
     ];
+    jobs.extend(compat::jobs(&compat::OLDEST));
+    let mut files = vm_files()?;
+    files.extend(compat::vm_files(&compat::OLDEST)?);
     vm::initramfs(
         &initrd,
         &cross_out("accel-vm-init"),
-        vm_files()?,
+        files,
         &[("ACCEL_PLUGIN_PATH", "/lib/accel")],
         &jobs,
     )?;
@@ -299,6 +317,7 @@ fn test(cpus: &[String]) -> Result<bool> {
         let run = vm::boot(&kernel, &initrd, cpu, VM_TIMEOUT, &[], &|line| println!("  vm[{cpu}]| {line}"))?;
         println!("xtask: [{cpu}] VM finished in {:.1} s", run.elapsed.as_secs_f64());
         check_vm(&mut tally, cpu, &run);
+        compat::check(&mut tally, cpu, &run, &compat::OLDEST);
     }
     gdb_end_to_end(&mut tally, &kernel)?;
     println!("xtask: total time {:.1} s", start.elapsed().as_secs_f64());
