@@ -2,8 +2,8 @@
 //! watchpoints up to the probed capacity, software breakpoints with their saved instructions and
 //! use counts, per-vCPU single-step), and the matching of debug exits against the pool.
 //!
-//! Encodings follow the Arm ARM (D2.8 breakpoints, D2.9 watchpoints; DBGBCR<n>_EL1,
-//! DBGBVR<n>_EL1, DBGWCR<n>_EL1, DBGWVR<n>_EL1), as QEMU's `kvm64.c` programs them: breakpoints
+//! Encodings follow the Arm ARM (D2.8 breakpoints, D2.9 watchpoints; `DBGBCR<n>_EL1`,
+//! `DBGBVR<n>_EL1`, `DBGWCR<n>_EL1`, `DBGWVR<n>_EL1`), as QEMU's `kvm64.c` programs them: breakpoints
 //! unlinked with PMC = 0b11 and BAS = 0b1111, watchpoints with PAC = 0b11 and LSC by kind.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -50,13 +50,13 @@ pub fn sign_extend_va(addr: u64) -> u64 {
     (((addr << 11) as i64) >> 11) as u64
 }
 
-/// DBGBCR<n>_EL1 for an unlinked address breakpoint matching at EL0 and EL1: E = 1, PMC = 0b11,
+/// `DBGBCR<n>_EL1` for an unlinked address breakpoint matching at EL0 and EL1: E = 1, PMC = 0b11,
 /// BAS = 0b1111.
 pub const fn breakpoint_control() -> u64 {
     1 | (0b11 << 1) | (0b1111 << 5)
 }
 
-/// DBGBVR<n>_EL1 for a breakpoint at `addr`, which must be word-aligned.
+/// `DBGBVR<n>_EL1` for a breakpoint at `addr`, which must be word-aligned.
 pub fn breakpoint_value(addr: u64) -> Result<u64> {
     if addr & 3 != 0 {
         return Err(AccelError::invalid(format!(
@@ -66,7 +66,7 @@ pub fn breakpoint_value(addr: u64) -> Result<u64> {
     Ok(sign_extend_va(addr))
 }
 
-/// DBGWCR<n>_EL1 and DBGWVR<n>_EL1 for a watchpoint of `len` bytes at `addr`.
+/// `DBGWCR<n>_EL1` and `DBGWVR<n>_EL1` for a watchpoint of `len` bytes at `addr`.
 ///
 /// - Up to 8 bytes inside one doubleword: BAS selects the bytes (MASK = 0).
 /// - A power-of-two range of 16 bytes to 2 GiB whose base is aligned to its size: MASK gives the
@@ -177,13 +177,13 @@ pub struct DebugSetup {
     pub hardware: bool,
     /// Single-step this vCPU.
     pub single_step: bool,
-    /// DBGBCR<n>_EL1.
+    /// `DBGBCR<n>_EL1`.
     pub bcr: [u64; MAX_DEBUG_REGS],
-    /// DBGBVR<n>_EL1.
+    /// `DBGBVR<n>_EL1`.
     pub bvr: [u64; MAX_DEBUG_REGS],
-    /// DBGWCR<n>_EL1.
+    /// `DBGWCR<n>_EL1`.
     pub wcr: [u64; MAX_DEBUG_REGS],
-    /// DBGWVR<n>_EL1.
+    /// `DBGWVR<n>_EL1`.
     pub wvr: [u64; MAX_DEBUG_REGS],
 }
 

@@ -13,7 +13,7 @@ pub struct VcpuEvents {
     pub serror_pending: bool,
     /// `serror_esr` gives the syndrome (needs the backend's SError-ESR capability).
     pub serror_has_esr: bool,
-    /// The ISS of ESR_EL1 for the SError (bits [24:0]).
+    /// The ISS of ESR_EL1 for the SError (bits `[24:0]`).
     pub serror_esr: u64,
     /// Inject a synchronous external data abort (put only; reads as false).
     pub ext_dabt_pending: bool,

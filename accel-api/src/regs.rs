@@ -23,7 +23,7 @@ pub struct CoreRegs {
     pub sp_el1: u64,
     /// The program counter.
     pub pc: u64,
-    /// PSTATE as an SPSR-formatted value (NZCV, DAIF, M[4:0], …).
+    /// PSTATE as an SPSR-formatted value (NZCV, DAIF, M`[4:0]`, …).
     pub pstate: u64,
     /// ELR_EL1.
     pub elr_el1: u64,
@@ -115,7 +115,7 @@ impl CoreRegs {
 /// The FP/SIMD register file: V0–V31, FPSR and FPCR.
 ///
 /// Each V register is held as its 16 bytes in architectural little-endian order (byte 0 is bits
-/// [7:0]) on every host.
+/// `[7:0]`) on every host.
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FpRegs {

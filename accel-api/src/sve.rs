@@ -1,5 +1,5 @@
 //! The SVE register file in the shared model: Z0–Z31, P0–P15 and FFR at the vCPU's vector
-//! length, in architectural little-endian byte order on every host (byte 0 of Zn is bits [7:0]).
+//! length, in architectural little-endian byte order on every host (byte 0 of Zn is bits `[7:0]`).
 
 use abi_stable::{std_types::RVec, StableAbi};
 

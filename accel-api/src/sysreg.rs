@@ -326,22 +326,22 @@ pub const FW_PSCI_VERSION: RegId = RegId::firmware(0x14_0000);
 pub const TIMER_REGS: [RegId; 6] =
     [CNTV_CTL_EL0, CNTV_CVAL_EL0, CNTVCT_EL0, CNTP_CTL_EL0, CNTP_CVAL_EL0, CNTPCT_EL0];
 
-/// DBGBVR<n>_EL1.
+/// `DBGBVR<n>_EL1`.
 pub const fn dbgbvr(n: u8) -> RegId {
     RegId::sys(2, 0, 0, n & 15, 4)
 }
 
-/// DBGBCR<n>_EL1.
+/// `DBGBCR<n>_EL1`.
 pub const fn dbgbcr(n: u8) -> RegId {
     RegId::sys(2, 0, 0, n & 15, 5)
 }
 
-/// DBGWVR<n>_EL1.
+/// `DBGWVR<n>_EL1`.
 pub const fn dbgwvr(n: u8) -> RegId {
     RegId::sys(2, 0, 0, n & 15, 6)
 }
 
-/// DBGWCR<n>_EL1.
+/// `DBGWCR<n>_EL1`.
 pub const fn dbgwcr(n: u8) -> RegId {
     RegId::sys(2, 0, 0, n & 15, 7)
 }

@@ -146,7 +146,7 @@ pub const ICC_IGRPEN1_EL1: RegId = RegId::sys(3, 0, 12, 12, 7);
 /// CNTV_TVAL_EL0.
 pub const CNTV_TVAL_EL0: RegId = RegId::sys(3, 3, 14, 3, 0);
 
-/// `MRS Xt, <sysreg>`: the register's packed encoding sits in bits [20:5].
+/// `MRS Xt, <sysreg>`: the register's packed encoding sits in bits `[20:5]`.
 pub fn mrs(t: Reg, reg: RegId) -> u32 {
     0xd520_0000 | u32::from(reg.encoding().unwrap_or(0)) << 5 | rd(t)
 }

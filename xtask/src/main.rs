@@ -256,6 +256,26 @@ fn lint(tally: &mut Tally) {
         let ok = cmd::run(cargo().args(&args)).is_ok();
         tally.check(name, ok, || "see the output above".into());
     }
+    let docs = cmd::run(
+        cargo().args(["doc", "--workspace", "--no-deps", "--quiet"]).env("RUSTDOCFLAGS", "-D warnings"),
+    );
+    tally.check("cargo doc without warnings", docs.is_ok(), || "see the output above".into());
+    // A plugin built with panic = "abort" would take the host down on its first panic:
+    // export_plugin! must refuse to build one.
+    let refused = cargo()
+        .args(["check", "--quiet", "-p", "accel-hvf", "--target-dir"])
+        .arg(root().join("target/panic-abort"))
+        .env("CARGO_PROFILE_DEV_PANIC", "abort")
+        .output();
+    let (failed, message) = match &refused {
+        Ok(out) => (!out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned()),
+        Err(e) => (false, e.to_string()),
+    };
+    tally.check(
+        "export_plugin! refuses to build a plugin with panic = \"abort\"",
+        failed && message.contains("must be built with panic = \"unwind\""),
+        || format!("the build did not fail with the refusal: {message}"),
+    );
 }
 
 fn test(cpus: &[String]) -> Result<bool> {

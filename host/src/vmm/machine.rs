@@ -1,5 +1,5 @@
 //! The machine: guest RAM with the image loaded, the bus, and vCPUs ready at the entry point,
-//! built on any backend. A plain run loop ([`super::run`]) or the gdb server drives it.
+//! built on any backend. A plain run loop ([`super::run::run`]) or the gdb server drives it.
 
 use std::{io::Write, sync::Arc};
 
