@@ -59,6 +59,8 @@ pub struct Capabilities {
     pub counter_offset: bool,
     /// An in-kernel GICv3 can be created.
     pub gic_v3: bool,
+    /// The in-kernel GICv3 can have an ITS (ABI 2.1).
+    pub gic_its: bool,
     /// The backend's own CPU target for vCPUs (KVM's preferred target; 0 where there is none).
     pub cpu_target: u32,
 }

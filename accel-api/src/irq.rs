@@ -12,12 +12,19 @@ pub struct GicConfig {
     pub redist_base: u64,
     /// The number of shared peripheral interrupts (INTIDs 32 ..), a multiple of 32.
     pub spis: u32,
+    /// The Interrupt Translation Service (GITS), 128 KiB, if the GIC has one (ABI 2.1).
+    pub its_base: Option<u64>,
 }
 
 impl GicConfig {
     /// QEMU `virt`'s layout: GICD at 0x0800_0000 and GICR at 0x080a_0000, with `spis` SPIs.
     pub fn virt(spis: u32) -> Self {
-        Self { dist_base: 0x0800_0000, redist_base: 0x080a_0000, spis }
+        Self { dist_base: 0x0800_0000, redist_base: 0x080a_0000, spis, its_base: None }
+    }
+
+    /// QEMU `virt`'s layout with its ITS at 0x0808_0000.
+    pub fn virt_with_its(spis: u32) -> Self {
+        Self { its_base: Some(0x0808_0000), ..Self::virt(spis) }
     }
 }
 

@@ -55,6 +55,7 @@ pub fn probe_json(plugin: &Plugin, path: &Path, info: &ProbeInfo) -> serde_json:
             "system_suspend": c.system_suspend,
             "counter_offset": c.counter_offset,
             "gic_v3": c.gic_v3,
+            "gic_its": c.gic_its,
             "cpu_target": c.cpu_target,
         },
         "id_registers": {
@@ -106,6 +107,7 @@ pub fn probe_table(plugin: &Plugin, path: &Path, info: &ProbeInfo) -> String {
         out.push(format!("SVE lengths      {} bits", bits.join(", ")));
     }
     out.push(format!("in-kernel GICv3  {}", yes(c.gic_v3)));
+    out.push(format!("GICv3 ITS        {}", yes(c.gic_its)));
     out.push(format!("HW breakpoints   {}", c.hw_breakpoints));
     out.push(format!("HW watchpoints   {}", c.hw_watchpoints));
     out.push(format!("SError ESR       {}", yes(c.serror_esr)));

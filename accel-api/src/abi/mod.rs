@@ -66,7 +66,10 @@ use crate::{error::AccelError, logging::LogSink};
 
 /// The ABI version of this crate's interface, checked when a plugin loads: a host accepts plugins
 /// of the same major version, older and newer (see the module documentation).
-pub const ABI_VERSION: &str = "2.0.0";
+///
+/// - 2.0: the first release of the growable interface.
+/// - 2.1: the GIC's ITS (a GIC option, and a probe fact).
+pub const ABI_VERSION: &str = "2.1.0";
 
 /// The root module every plugin exports.
 #[repr(C)]

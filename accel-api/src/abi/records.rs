@@ -84,6 +84,8 @@ pub mod fact {
     pub const PAGE_SIZE: u32 = 14;
     /// An in-kernel GICv3 can be created.
     pub const GIC_V3: u32 = 15;
+    /// The in-kernel GICv3 can have an ITS (ABI 2.1).
+    pub const GIC_ITS: u32 = 16;
 }
 
 /// A probe's answer as it crosses the boundary.
@@ -119,6 +121,7 @@ impl From<&ProbeInfo> for ProbeRecord {
             (fact::MAX_VMS, u64::from(c.max_vms)),
             (fact::PAGE_SIZE, c.page_size),
             (fact::GIC_V3, u64::from(c.gic_v3)),
+            (fact::GIC_ITS, u64::from(c.gic_its)),
         ];
         Self {
             available: info.available,
@@ -149,6 +152,7 @@ impl From<&ProbeRecord> for ProbeInfo {
             max_vms: small(fact::MAX_VMS),
             page_size: get(fact::PAGE_SIZE),
             gic_v3: get(fact::GIC_V3) != 0,
+            gic_its: get(fact::GIC_ITS) != 0,
         };
         ProbeInfo {
             available: r.available,
@@ -272,17 +276,36 @@ pub struct GicConfigRecord {
     pub options: RVec<ConfigOption>,
 }
 
+/// The options of a GIC configuration.
+pub mod gic_option {
+    /// The base of the Interrupt Translation Service (ABI 2.1).
+    pub const ITS_BASE: u32 = 1;
+}
+
 impl From<&GicConfig> for GicConfigRecord {
     fn from(c: &GicConfig) -> Self {
-        Self { dist_base: c.dist_base, redist_base: c.redist_base, spis: c.spis, options: RVec::new() }
+        let its = c.its_base.map(|base| ConfigOption { id: gic_option::ITS_BASE, value: base });
+        Self {
+            dist_base: c.dist_base,
+            redist_base: c.redist_base,
+            spis: c.spis,
+            options: its.into_iter().collect(),
+        }
     }
 }
 
 impl GicConfigRecord {
     /// The configuration, or `unsupported` for an option this side does not know.
     pub fn to_config(&self) -> Result<GicConfig> {
-        refuse_options("GIC", &self.options)?;
-        Ok(GicConfig { dist_base: self.dist_base, redist_base: self.redist_base, spis: self.spis })
+        let (its, unknown): (Vec<ConfigOption>, Vec<ConfigOption>) =
+            self.options.iter().partition(|o| o.id == gic_option::ITS_BASE);
+        refuse_options("GIC", &unknown.into())?;
+        Ok(GicConfig {
+            dist_base: self.dist_base,
+            redist_base: self.redist_base,
+            spis: self.spis,
+            its_base: its.last().map(|o| o.value),
+        })
     }
 }
 
@@ -497,6 +520,18 @@ mod tests {
         // A fact an older plugin does not report reads as 0.
         record.facts.retain(|f| f.id != fact::PAGE_SIZE);
         assert_eq!(ProbeInfo::from(&record).caps.page_size, 0);
+    }
+
+    #[test]
+    fn a_gic_with_its_round_trips_and_is_an_option_older_plugins_refuse() {
+        let gic = GicConfig::virt_with_its(64);
+        let record = GicConfigRecord::from(&gic);
+        assert_eq!(
+            record.options.as_slice(),
+            &[ConfigOption { id: gic_option::ITS_BASE, value: 0x0808_0000 }]
+        );
+        assert_eq!(record.to_config(), Ok(gic));
+        assert!(GicConfigRecord::from(&GicConfig::virt(32)).options.is_empty(), "no ITS, no option");
     }
 
     #[test]

@@ -1,13 +1,16 @@
-//! The in-kernel GICv3 (`KVM_DEV_TYPE_ARM_VGIC_V3`): creation, and the initialisation KVM
-//! allows only once every vCPU exists, done on demand before the first vCPU runs.
+//! The in-kernel GICv3 (`KVM_DEV_TYPE_ARM_VGIC_V3`) and its ITS (`KVM_DEV_TYPE_ARM_VGIC_ITS`):
+//! creation, and the initialisation KVM allows only once every vCPU exists, done on demand before
+//! the first vCPU runs.
 
 use std::sync::{Arc, Mutex};
 
 use accel_api::{backend::BackendGic, AccelError, GicConfig, IrqLine, Result};
 use kvm_bindings::{
-    kvm_create_device, kvm_device_attr, kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3, KVM_ARM_IRQ_TYPE_PPI,
-    KVM_ARM_IRQ_TYPE_SPI, KVM_DEV_ARM_VGIC_CTRL_INIT, KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_DEV_ARM_VGIC_GRP_CTRL,
-    KVM_DEV_ARM_VGIC_GRP_NR_IRQS, KVM_VGIC_V3_ADDR_TYPE_DIST, KVM_VGIC_V3_ADDR_TYPE_REDIST,
+    kvm_create_device, kvm_device_attr, kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_ITS,
+    kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3, KVM_ARM_IRQ_TYPE_PPI, KVM_ARM_IRQ_TYPE_SPI,
+    KVM_DEV_ARM_VGIC_CTRL_INIT, KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_DEV_ARM_VGIC_GRP_CTRL,
+    KVM_DEV_ARM_VGIC_GRP_NR_IRQS, KVM_VGIC_ITS_ADDR_TYPE, KVM_VGIC_V3_ADDR_TYPE_DIST,
+    KVM_VGIC_V3_ADDR_TYPE_REDIST,
 };
 use kvm_ioctls::{DeviceFd, VmFd};
 
@@ -16,26 +19,46 @@ use super::ioctl_error;
 /// The VM's GIC, once created.
 pub struct Gic {
     vm: Arc<VmFd>,
+    its_supported: bool,
     state: Mutex<Option<GicState>>,
 }
 
 struct GicState {
     device: DeviceFd,
+    /// The ITS (`KVM_DEV_TYPE_ARM_VGIC_ITS`), kept open for the VM's life.
+    _its: Option<DeviceFd>,
     config: GicConfig,
     initialized: bool,
 }
 
 fn set_attr(device: &DeviceFd, group: u32, attr: u32, addr: u64, what: &str) -> Result<()> {
     let attr = kvm_device_attr { group, attr: u64::from(attr), addr, flags: 0 };
-    device
-        .set_device_attr(&attr)
-        .map_err(|e| ioctl_error(format!("KVM_SET_DEVICE_ATTR({what}) of the GICv3"), e))
+    device.set_device_attr(&attr).map_err(|e| ioctl_error(format!("KVM_SET_DEVICE_ATTR({what})"), e))
+}
+
+/// Creates the ITS at `base` and initialises it (`KVM_DEV_ARM_VGIC_CTRL_INIT`), as soon as the
+/// GICv3 exists: it needs its base address and nothing else.
+fn create_its(vm: &VmFd, base: u64) -> Result<DeviceFd> {
+    if base % 0x1_0000 != 0 {
+        return Err(AccelError::invalid(format!("the ITS base {base:#x} is not 64 KiB aligned")));
+    }
+    let mut create = kvm_create_device { type_: kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_ITS, fd: 0, flags: 0 };
+    let its = vm.create_device(&mut create).map_err(|e| ioctl_error("KVM_CREATE_DEVICE(ARM_VGIC_ITS)", e))?;
+    set_attr(
+        &its,
+        KVM_DEV_ARM_VGIC_GRP_ADDR,
+        KVM_VGIC_ITS_ADDR_TYPE,
+        &base as *const u64 as u64,
+        "ITS base",
+    )?;
+    set_attr(&its, KVM_DEV_ARM_VGIC_GRP_CTRL, KVM_DEV_ARM_VGIC_CTRL_INIT, 0, "ITS CTRL_INIT")?;
+    Ok(its)
 }
 
 impl Gic {
-    /// The GIC of `vm`, not created yet.
-    pub fn new(vm: Arc<VmFd>) -> Self {
-        Self { vm, state: Mutex::new(None) }
+    /// The GIC of `vm`, not created yet; `its_supported` when the kernel can add an ITS.
+    pub fn new(vm: Arc<VmFd>, its_supported: bool) -> Self {
+        Self { vm, its_supported, state: Mutex::new(None) }
     }
 
     /// Creates the GICv3 and places it.
@@ -50,6 +73,9 @@ impl Gic {
                 "{} SPIs: a GICv3 takes a multiple of 32, at most 988",
                 config.spis
             )));
+        }
+        if config.its_base.is_some() && !self.its_supported {
+            return Err(AccelError::unsupported("this kernel's KVM cannot create a GICv3 ITS"));
         }
         let mut create =
             kvm_create_device { type_: kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3, fd: 0, flags: 0 };
@@ -73,7 +99,8 @@ impl Gic {
             "redistributor base",
         )?;
         set_attr(&device, KVM_DEV_ARM_VGIC_GRP_NR_IRQS, 0, &irqs as *const u32 as u64, "number of IRQs")?;
-        *state = Some(GicState { device, config: *config, initialized: false });
+        let its = config.its_base.map(|base| create_its(vm, base)).transpose()?;
+        *state = Some(GicState { device, _its: its, config: *config, initialized: false });
         Ok(())
     }
 

@@ -10,8 +10,9 @@ use accel_api::{
     AccelError, Capabilities, ErrorKind, IdRegisters, ProbeInfo, Result, VcpuFeatures,
 };
 use kvm_bindings::{
-    kvm_vcpu_init, KVM_ARM_VCPU_SVE, KVM_CAP_ARM_INJECT_EXT_DABT, KVM_CAP_ARM_INJECT_SERROR_ESR,
-    KVM_CAP_ARM_SYSTEM_SUSPEND, KVM_CAP_COUNTER_OFFSET,
+    kvm_create_device, kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_ITS, kvm_vcpu_init, KVM_ARM_VCPU_SVE,
+    KVM_CAP_ARM_INJECT_EXT_DABT, KVM_CAP_ARM_INJECT_SERROR_ESR, KVM_CAP_ARM_SYSTEM_SUSPEND,
+    KVM_CAP_COUNTER_OFFSET, KVM_CREATE_DEVICE_TEST,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd};
 
@@ -136,6 +137,19 @@ fn sve_vector_lengths(kvm: &Kvm) -> Result<u32> {
     Ok((word0 & ((1 << SVE_VQ_MAX) - 1)) as u32)
 }
 
+/// Whether this kernel can create an ITS (`KVM_CREATE_DEVICE` with `KVM_CREATE_DEVICE_TEST`).
+fn can_create_its(kvm: &Kvm) -> bool {
+    let Ok(vm) = kvm.create_vm() else {
+        return false;
+    };
+    let mut test = kvm_create_device {
+        type_: kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_ITS,
+        fd: 0,
+        flags: KVM_CREATE_DEVICE_TEST,
+    };
+    vm.create_device(&mut test).is_ok()
+}
+
 fn has_raw(kvm: &Kvm, cap: u32) -> bool {
     kvm.check_extension_raw(cap.into()) > 0
 }
@@ -204,6 +218,7 @@ fn probe_host() -> Result<Probed> {
         max_vms: 0,
         page_size: page_size(),
         gic_v3: kvm.check_extension(Cap::Irqchip),
+        gic_its: can_create_its(&kvm),
     };
     Ok(Probed { caps, id, guest_debug: kvm.check_extension(Cap::SetGuestDebug) })
 }

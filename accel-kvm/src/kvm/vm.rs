@@ -61,7 +61,7 @@ impl KvmVm {
         let fd = Arc::new(fd);
         let max_slots = u32::try_from(kvm.get_nr_memslots()).unwrap_or(u32::MAX);
         let slots = Arc::new(Slots::new(Arc::clone(&fd), max_slots, page_size(), caps.readonly_memory));
-        let gic = Arc::new(Gic::new(Arc::clone(&fd)));
+        let gic = Arc::new(Gic::new(Arc::clone(&fd), caps.gic_its));
         Ok(Self {
             debug: guest_debug.then(|| {
                 let capacity =

@@ -5,7 +5,8 @@
 use std::{os::fd::AsRawFd, sync::mpsc, thread, time::Duration};
 
 use accel_api::{
-    sysreg::MPIDR_EL1, ErrorKind, IrqLine, SystemEventKind, VcpuConfig, VcpuExit, VcpuFeatures, VmConfig,
+    sysreg::MPIDR_EL1, ErrorKind, GicConfig, IrqLine, SystemEventKind, VcpuConfig, VcpuExit, VcpuFeatures,
+    VmConfig,
 };
 use accel_host::vmm::ram::GuestRam;
 use vmm_sys_util::eventfd::EventFd;
@@ -18,7 +19,7 @@ use crate::{
 };
 
 pub fn cases() -> Vec<Case> {
-    crate::cases![vm: spi_and_ppi_reach_the_guest, ipa_size_selection, timer_interrupt, irqfd_raises_an_spi, ioeventfd_signals_without_an_exit, dirty_pages_are_the_written_ones, kick_from_another_thread, two_vcpus_with_psci_cpu_on, psci_system_suspend]
+    crate::cases![vm: spi_and_ppi_reach_the_guest, gic_its, ipa_size_selection, timer_interrupt, irqfd_raises_an_spi, ioeventfd_signals_without_an_exit, dirty_pages_are_the_written_ones, kick_from_another_thread, two_vcpus_with_psci_cpu_on, psci_system_suspend]
 }
 
 /// A guest that enables `intids`, says it is ready with a write to MMIO_BASE, runs `then`, and
@@ -59,6 +60,47 @@ fn spi_and_ppi_reach_the_guest(ctx: &Context) -> CaseResult {
     g.gic()?.set_irq(IrqLine::ppi(0, 20), false)?;
     let err = g.gic()?.set_irq(IrqLine::spi(64), true).err();
     ensure!(err.is_some_and(|e| e.kind == ErrorKind::INVALID_ARGUMENT), "SPI 64 of 64 was accepted");
+    Ok(())
+}
+
+/// The GIC's ITS (ABI 2.1): a plugin of an older ABI refuses the option by name and keeps the
+/// VM usable; a newer one creates the ITS when its probe offers it, and the guest reads its
+/// registers (GITS_TYPER.Physical is 1, GITS_IIDR names an implementer) without an exit.
+fn gic_its(ctx: &Context) -> CaseResult {
+    let accel = ctx.accelerator()?;
+    let caps = accel.probe().caps;
+    let vm = accel.create_vm(&VmConfig::default())?;
+    let gic = crate::extension(vm.gic(), "in-kernel GICv3", caps.gic_v3)?;
+    let with_its = GicConfig::virt_with_its(64);
+    let its_base = with_its.its_base.unwrap_or_default();
+    if ctx.plugin.abi_version().minor < 1 || !caps.gic_its {
+        let err = gic.create(&with_its).err();
+        ensure!(
+            err.as_ref().is_some_and(|e| e.kind == ErrorKind::UNSUPPORTED),
+            "a GIC with an ITS on a plugin without one (ABI {}, probe says {}): expected unsupported, got {err:?}",
+            ctx.plugin.abi_version(),
+            caps.gic_its
+        );
+        gic.create(&GicConfig::virt(64))?;
+        vm.create_vcpu(&VcpuConfig::new(0, VcpuFeatures::PSCI_0_2))?;
+        return Ok(());
+    }
+    drop((gic, vm));
+    let mut code = asm::mov_imm64(10, its_base);
+    code.extend(asm::mov_imm64(9, MMIO_BASE));
+    code.extend([
+        asm::ldr(Size::W, 1, 10, 0x4), // GITS_IIDR
+        asm::ldr(Size::X, 2, 10, 0x8), // GITS_TYPER
+        asm::str(Size::X, 1, 9, 0),
+        asm::str(Size::X, 2, 9, 8),
+        asm::b(0),
+    ]);
+    let mut g = TestGuest::build(&accel, &code, &VcpuConfig::new(0, VcpuFeatures::PSCI_0_2), Some(with_its))?;
+    let (at, _, iidr) = g.expect_mmio_write()?;
+    ensure!(at == MMIO_BASE, "the guest's first exit was at {at:#x}, not its report: an ITS read exited");
+    ensure!(iidr & 0xfff != 0, "GITS_IIDR {iidr:#x} names no implementer");
+    let (_, _, typer) = g.expect_mmio_write()?;
+    ensure!(typer & 1 == 1, "GITS_TYPER {typer:#x}: Physical LPIs not supported");
     Ok(())
 }
 
