@@ -8,6 +8,7 @@
 //! | `0x0900_0000 .. +0x1000` | PL011 UART |
 //! | `0x4000_0000 .. +mem` | RAM; images load here |
 
+pub mod boot;
 pub mod fdt;
 pub mod image;
 pub mod layout;
