@@ -9,6 +9,7 @@
 //! | `0x4000_0000 .. +mem` | RAM; images load here |
 
 pub mod boot;
+pub mod console;
 pub mod fdt;
 pub mod image;
 pub mod layout;
