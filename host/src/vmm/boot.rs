@@ -14,11 +14,13 @@
 //! # Linux layout
 //! With RAM at `base` (2 MiB aligned):
 //!
-//! | what | where |
-//! | --- | --- |
-//! | kernel | `base + text_offset`, `max(image_size, file size)` bytes (flags bit 3 clear asks for the base of RAM, and this satisfies both settings) |
-//! | initrd | the next 64 KiB boundary after the kernel (64 KiB: the largest arm64 page size, so the kernel frees whole pages of it) |
-//! | device tree | the next 2 MiB boundary after the kernel or initrd, in a 2 MiB block of its own |
+//! - kernel: at `base + text_offset`, taking `max(image_size, file size)` bytes. Flags bit 3
+//!   clear asks for a base as low in RAM as possible, bit 3 set accepts any: the base of RAM
+//!   serves both.
+//! - initrd: from the next 64 KiB boundary after the kernel (the largest arm64 page size, so the
+//!   kernel frees whole pages of it).
+//! - device tree: from the next 2 MiB boundary after the kernel or initrd, in a 2 MiB block of
+//!   its own.
 //!
 //! The device tree's block satisfies every rule the boot document has had: 8-byte aligned, at
 //! most 2 MiB (`MAX_FDT_SIZE`), never sharing a 2 MiB region with memory the kernel maps
@@ -74,16 +76,25 @@ pub enum BootError {
     )]
     EfiZboot,
     /// No arm64 magic.
-    #[error("the kernel is not an arm64 Linux Image: no \"ARM\\x64\" magic at offset {MAGIC_OFFSET:#x} (found {found:#010x})")]
+    #[error(
+        "the kernel is not an arm64 Linux Image: no \"ARM\\x64\" magic at offset {MAGIC_OFFSET:#x} \
+         (found {found:#010x})"
+    )]
     BadMagic {
         /// The little-endian word found there.
         found: u32,
     },
     /// `image_size` 0: a kernel older than Linux 3.17, whose memory footprint is unknown.
-    #[error("the arm64 Image header's image_size is 0 (a kernel older than Linux 3.17): its size in memory is unknown")]
+    #[error(
+        "the arm64 Image header's image_size is 0 (a kernel older than Linux 3.17): its size in memory \
+         is unknown"
+    )]
     NoImageSize,
     /// The kernel does not fit in RAM.
-    #[error("the kernel needs {size:#x} bytes at {load:#x} (text_offset {text_offset:#x}), but RAM ends at {ram_end:#x}")]
+    #[error(
+        "the kernel needs {size:#x} bytes at {load:#x} (text_offset {text_offset:#x}), but RAM ends at \
+         {ram_end:#x}"
+    )]
     KernelTooLarge {
         /// Where it would load.
         load: u64,
@@ -98,7 +109,10 @@ pub enum BootError {
     #[error("the initrd is empty")]
     EmptyInitrd,
     /// The initrd does not fit after the kernel.
-    #[error("the initrd ({size} bytes) does not fit in RAM after the kernel: it would take {start:#x}..{end:#x}, and RAM ends at {ram_end:#x}")]
+    #[error(
+        "the initrd ({size} bytes) does not fit in RAM after the kernel: it would take \
+         {start:#x}..{end:#x}, and RAM ends at {ram_end:#x}"
+    )]
     InitrdTooLarge {
         /// Its size.
         size: u64,
@@ -110,7 +124,10 @@ pub enum BootError {
         ram_end: u64,
     },
     /// Kernel and initrd span more than the window the boot document allows.
-    #[error("the kernel at {kernel:#x} and the initrd ending at {end:#x} do not fit in one 1 GiB-aligned 32 GiB window")]
+    #[error(
+        "the kernel at {kernel:#x} and the initrd ending at {end:#x} do not fit in one 1 GiB-aligned \
+         32 GiB window"
+    )]
     InitrdWindow {
         /// The kernel's load address.
         kernel: u64,
@@ -118,7 +135,10 @@ pub enum BootError {
         end: u64,
     },
     /// No room for the device tree's block after the kernel and initrd.
-    #[error("no room for the device tree: its 2 MiB block at {start:#x} after the kernel and initrd ends past the end of RAM at {ram_end:#x}")]
+    #[error(
+        "no room for the device tree: its 2 MiB block at {start:#x} after the kernel and initrd ends \
+         past the end of RAM at {ram_end:#x}"
+    )]
     NoRoomForDtb {
         /// Where the block would start.
         start: u64,
@@ -126,7 +146,10 @@ pub enum BootError {
         ram_end: u64,
     },
     /// No room for a bare-metal image's device tree outside the image.
-    #[error("no room for the {len}-byte device tree in RAM {ram_start:#x}..{ram_end:#x} that does not overlap the image at {image_start:#x}..{image_end:#x}")]
+    #[error(
+        "no room for the {len}-byte device tree in RAM {ram_start:#x}..{ram_end:#x} that does not \
+         overlap the image at {image_start:#x}..{image_end:#x}"
+    )]
     DtbOverlap {
         /// The device tree's size.
         len: u64,
@@ -146,7 +169,11 @@ pub enum BootError {
         len: usize,
     },
     /// A command line the kernel would cut short.
-    #[error("the kernel command line is {len} bytes; arm64 Linux takes at most {} (COMMAND_LINE_SIZE {COMMAND_LINE_SIZE} with the NUL)", COMMAND_LINE_SIZE - 1)]
+    #[error(
+        "the kernel command line is {len} bytes; arm64 Linux takes at most {} (COMMAND_LINE_SIZE \
+         {COMMAND_LINE_SIZE} with the NUL)",
+        COMMAND_LINE_SIZE - 1
+    )]
     CmdlineTooLong {
         /// Its length in bytes.
         len: usize,
@@ -521,7 +548,8 @@ mod tests {
         assert_eq!(check_cmdline(""), Ok(()));
         assert_eq!(
             check_cmdline(&"x".repeat(2048)).expect_err("too long").to_string(),
-            "the kernel command line is 2048 bytes; arm64 Linux takes at most 2047 (COMMAND_LINE_SIZE 2048 with the NUL)"
+            "the kernel command line is 2048 bytes; arm64 Linux takes at most 2047 (COMMAND_LINE_SIZE \
+             2048 with the NUL)"
         );
         assert_eq!(check_cmdline("a\0b"), Err(BootError::CmdlineNul(1)));
     }

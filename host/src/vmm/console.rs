@@ -56,7 +56,9 @@ impl Escape {
         match self.0 {
             None => "the console has no escape key\n".into(),
             Some(_) => format!(
-                "{self} h    print this help\n{self} x    quit accel-host\n{self} {self}   send {self} to the guest\n"
+                "{self} h    print this help\n\
+                 {self} x    quit accel-host\n\
+                 {self} {self}   send {self} to the guest\n"
             ),
         }
     }

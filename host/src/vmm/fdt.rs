@@ -555,7 +555,11 @@ mod tests {
         let err = |desc: MachineDescription| build(&desc).expect_err("should fail");
         assert_eq!(err(description(0)), FdtError::NoVcpus);
         let too_many = err(description(u64::from(layout::MAX_VCPUS) + 1));
-        assert_eq!(too_many.to_string(), "124 vCPUs need 0xf80000 bytes of GICv3 redistributors at 0x80a0000, but the window ends at 0x9000000: at most 123 vCPUs");
+        assert_eq!(
+            too_many.to_string(),
+            "124 vCPUs need 0xf80000 bytes of GICv3 redistributors at 0x80a0000, but the window ends at \
+             0x9000000: at most 123 vCPUs"
+        );
 
         let mut twins = description(2);
         twins.mpidrs[1] = twins.mpidrs[0] | (1 << 30);
