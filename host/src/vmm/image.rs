@@ -1,5 +1,7 @@
 //! Loading a guest image into RAM: an AArch64 ELF executable by its program headers, or a raw
-//! binary at the start of RAM.
+//! binary at the start of RAM; and reading image files no larger than RAM.
+
+use std::{fs::File, io::Read, path::Path};
 
 use accel_api::{AccelError, ErrorKind, Result};
 use goblin::elf::{header::EM_AARCH64, program_header::PT_LOAD, Elf};
@@ -39,6 +41,52 @@ pub fn load(ram: &GuestRam, bytes: &[u8]) -> Result<LoadedImage> {
     }
 }
 
+/// Reads the file at `path` (a kernel, an initrd, an image: `what` names it in errors), refusing
+/// one larger than `limit` bytes, the size of guest RAM, without reading more than one byte past
+/// the limit: a character device such as `/dev/zero` never ends, and a regular file is refused
+/// from its size before any of it is read.
+pub fn read_capped(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
+    let shown = path.display();
+    let io_error = |e: std::io::Error| {
+        let error = AccelError::new(ErrorKind::IO, format!("{what} {shown}: {e}"));
+        match e.raw_os_error() {
+            Some(errno) => AccelError { errno, ..error },
+            None => error,
+        }
+    };
+    let too_large =
+        |size: String| image_error(format!("{what} {shown} is {size} than the {limit} bytes of guest RAM"));
+    let file = File::open(path).map_err(io_error)?;
+    let size = file.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+    if let Some(size) = size.filter(|size| *size > limit) {
+        return Err(too_large(format!("{size} bytes, more")));
+    }
+    let mut bytes = Vec::with_capacity(size.and_then(|s| usize::try_from(s).ok()).unwrap_or(0));
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(io_error)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large("larger".into()));
+    }
+    Ok(bytes)
+}
+
+/// Zeroes `len` bytes of guest RAM at `addr` in place, a chunk at a time: a segment's bss can be
+/// as large as RAM, and the host must not allocate a buffer of that size. Chunks that already
+/// read as zero are left alone, so the untouched pages of fresh RAM stay uncommitted.
+fn zero(ram: &GuestRam, addr: u64, len: u64) -> Result<()> {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    let mut chunk = vec![0u8; ZEROS.len()];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(ZEROS.len() as u64) as usize;
+        ram.read(addr + done, &mut chunk[..n])?;
+        if chunk[..n].iter().any(|b| *b != 0) {
+            ram.write(addr + done, &ZEROS[..n])?;
+        }
+        done += n as u64;
+    }
+    Ok(())
+}
+
 fn load_elf(ram: &GuestRam, bytes: &[u8]) -> Result<LoadedImage> {
     let elf = Elf::parse(bytes).map_err(|e| image_error(format!("malformed ELF image: {e}")))?;
     if elf.header.e_machine != EM_AARCH64 || !elf.is_64 || !elf.little_endian {
@@ -60,9 +108,7 @@ fn load_elf(ram: &GuestRam, bytes: &[u8]) -> Result<LoadedImage> {
             .and_then(|(off, len)| bytes.get(off..off.checked_add(len)?))
             .ok_or_else(|| image_error(format!("ELF segment at {addr:#x} points outside the file")))?;
         ram.write(addr, file_range)?;
-        let zeros =
-            vec![0u8; usize::try_from(memsz - filesz).map_err(|_| image_error("ELF segment too large"))?];
-        ram.write(addr + filesz, &zeros)?;
+        zero(ram, addr + filesz, memsz - filesz)?;
         extent = (extent.0.min(addr), extent.1.max(addr + memsz));
     }
     if extent.1 == 0 {
@@ -130,6 +176,61 @@ mod tests {
         ram.read(BASE + 0x2000, &mut bss).unwrap();
         assert_eq!(bss[0], 9);
         assert!(bss[1..].iter().all(|b| *b == 0), "bss not zeroed: {bss:?}");
+    }
+
+    /// The resident set of this process in bytes.
+    #[cfg(target_os = "linux")]
+    fn resident_bytes() -> u64 {
+        let statm = std::fs::read_to_string("/proc/self/statm").expect("reading /proc/self/statm");
+        let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).expect("statm");
+        pages * 4096
+    }
+
+    #[test]
+    fn a_bss_as_large_as_ram_is_zeroed_in_place() {
+        // 1 GiB of RAM and a segment whose bss fills all of it: the loader must neither allocate
+        // a buffer of that size nor write (and so commit) pages that are zero already.
+        let ram = GuestRam::new(BASE, 1 << 30).expect("allocating test RAM");
+        ram.write(BASE + (1 << 29), &[0xff; 8]).unwrap();
+        #[cfg(target_os = "linux")]
+        let before = resident_bytes();
+        let image = elf(EM_AARCH64, BASE, &[(BASE, &[1, 2, 3, 4], 1 << 30)]);
+        let loaded = load(&ram, &image).expect("loading");
+        #[cfg(target_os = "linux")]
+        {
+            let grown = resident_bytes().saturating_sub(before);
+            assert!(grown < 256 << 20, "loading committed {grown} bytes");
+        }
+        assert_eq!(loaded.extent, (BASE, BASE + (1 << 30)));
+        let mut dirty = [0xaau8; 8];
+        ram.read(BASE + (1 << 29), &mut dirty).unwrap();
+        assert_eq!(dirty, [0; 8], "a dirty bss chunk is zeroed");
+        let huge = elf(EM_AARCH64, BASE, &[(BASE, &[1, 2, 3, 4], u64::MAX - BASE)]);
+        let message = load(&ram, &huge).expect_err("a bss beyond RAM").message.to_string();
+        assert!(message.contains("does not fit in guest RAM"), "{message}");
+    }
+
+    #[test]
+    fn image_files_are_read_up_to_the_size_of_ram() {
+        let dir = std::env::temp_dir().join(format!("accel-image-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("image.bin");
+        std::fs::write(&file, [7u8; 4096]).unwrap();
+        assert_eq!(read_capped(&file, 4096, "image").expect("reading"), vec![7u8; 4096]);
+        let message = read_capped(&file, 4095, "kernel").expect_err("too large").message.to_string();
+        assert_eq!(
+            message,
+            format!("kernel {} is 4096 bytes, more than the 4095 bytes of guest RAM", file.display())
+        );
+        let missing = read_capped(&dir.join("missing"), 1, "initrd").expect_err("missing");
+        assert_eq!(missing.kind, ErrorKind::IO);
+        assert!(missing.message.starts_with("initrd "), "{}", missing.message);
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        // A device that never ends is read to one byte past the limit, then refused.
+        let zero = Path::new("/dev/zero");
+        let message = read_capped(zero, 1 << 20, "image").expect_err("endless").message.to_string();
+        assert_eq!(message, "image /dev/zero is larger than the 1048576 bytes of guest RAM");
     }
 
     #[test]

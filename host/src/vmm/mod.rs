@@ -8,10 +8,14 @@
 //! | `0x0900_0000 .. +0x1000` | PL011 UART |
 //! | `0x4000_0000 .. +mem` | RAM; images load here |
 
+pub mod boot;
 pub mod bus;
+pub mod console;
 pub mod exits;
+pub mod fdt;
 pub mod guest_debug;
 pub mod image;
+pub mod layout;
 pub mod machine;
 pub mod memory_error;
 pub mod pl011;
