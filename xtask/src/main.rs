@@ -8,6 +8,7 @@
 
 mod cmd;
 mod gdb_e2e;
+mod initramfs;
 mod provision;
 mod report;
 mod soak;
