@@ -7,11 +7,15 @@
 //!   natively on an arm64 Linux host with usable KVM, otherwise inside the nested VM.
 
 mod cmd;
+mod debian;
+mod fetch_debian;
 mod gdb_e2e;
 mod initramfs;
+mod kernel;
 mod provision;
 mod report;
 mod soak;
+mod system_map;
 mod vm;
 
 use std::{
@@ -434,6 +438,9 @@ enum Cli {
         #[arg(last = true, required = true)]
         argv: Vec<String>,
     },
+    /// Fetches the Debian arm64 kernels (6.12 and 6.1, with their System.map) and prints their
+    /// paths and sizes.
+    FetchDebian,
 }
 
 fn cpus_or_default(cpus: Vec<String>) -> Vec<String> {
@@ -472,6 +479,7 @@ fn main() -> ExitCode {
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
             run_in_vm(&cpu, &[], &argv)
         }
+        Cli::FetchDebian => fetch_debian::fetch_debian().map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
