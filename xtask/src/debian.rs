@@ -5,8 +5,8 @@
 //! Cache layout, under [`cache_dir`]:
 //! - `apt/`: the private apt root (`etc/apt.conf`, `etc/sources.list`, `state/lists/`);
 //! - `debian/<name>_<version>_<arch>/`: one package, named as its `.deb` file is (`:` in the
-//!   version written `%3a`), holding `control` (the package's control fields) and `root/` (the
-//!   files asked for);
+//!   version written `%3a`), holding `control` (the package's control fields) and `root/` (its
+//!   files: all of them, or only the members asked for);
 //! - `debian/by-name/<name>`: the directory a requested name resolved to last time.
 
 use std::{
@@ -27,6 +27,8 @@ static LISTS_UPDATED: AtomicBool = AtomicBool::new(false);
 /// What to unpack from a package.
 #[derive(Clone, Copy)]
 pub enum Extract {
+    /// Every file (`dpkg-deb -x`).
+    All,
     /// Only the first member matching each of these `tar` wildcards (such as `./boot/vmlinuz-*`);
     /// reading stops once all are found, which spares decompressing the rest of a large package.
     /// A package is always unpacked the same way by xtask, so the cache does not record which.
@@ -289,6 +291,7 @@ fn write(path: &Path, data: &[u8]) -> Result<()> {
 /// Unpacks `deb` into `dest` as `extract` says.
 fn unpack(deb: &Path, dest: &Path, extract: Extract) -> Result<()> {
     match extract {
+        Extract::All => cmd::run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(dest)),
         Extract::Members(patterns) => {
             let mut dpkg = Command::new("dpkg-deb")
                 .arg("--fsys-tarfile")
@@ -390,6 +393,12 @@ fn install(deb: &Path, control: &Control, base: &Path, extract: Extract) -> Resu
         });
     let _ = std::fs::remove_dir_all(&tmp);
     result
+}
+
+/// The candidates of these packages, all files unpacked, in the same order.
+pub fn fetch(names: &[&str]) -> Result<Vec<Package>> {
+    let wanted: Vec<(String, Option<String>)> = names.iter().map(|n| (n.to_string(), None)).collect();
+    fetch_wanted(&wanted, Extract::All)
 }
 
 /// One exact version of a package, unpacked as `extract` says.

@@ -1,13 +1,16 @@
 //! `cargo xtask fetch-debian`: fetches every Debian arm64 piece the tests use (both kernels with
-//! their System.map), and prints where everything is, how large, and how long each step took.
+//! their System.map, busybox), writes the Linux guest's initramfs images, and prints where
+//! everything is, how large, and how long each step took.
 
 use std::{path::Path, time::Instant};
 
 use crate::{
     debian::human,
     kernel::{self, KernelVersion},
+    linux_guest::{self, CheckInit, GuestEnd},
+    root,
     system_map::SystemMap,
-    Result,
+    vm, Error, Result,
 };
 
 /// Kernel symbols whose addresses are printed, as a check that the System.map is real.
@@ -23,6 +26,7 @@ fn took(start: Instant) -> String {
 
 /// Fetches everything and reports it.
 pub fn fetch_debian() -> Result<()> {
+    let mut shell_kernel = None;
     for version in KernelVersion::ALL {
         let start = Instant::now();
         let k = kernel::kernel(version)?;
@@ -46,6 +50,45 @@ pub fn fetch_debian() -> Result<()> {
             map.len(),
             addresses.join(", "),
             took(start)
+        );
+        shell_kernel.get_or_insert(k.image);
+    }
+
+    let start = Instant::now();
+    let busybox = linux_guest::busybox()?;
+    println!("busybox: {} ({}) [{}]", busybox.display(), size_of(&busybox), took(start));
+    let work = vm::work_dir(&root());
+    std::fs::create_dir_all(&work).map_err(|e| Error(format!("creating {}: {e}", work.display())))?;
+    let images = [
+        ("linux-shell.cpio", linux_guest::shell_init()),
+        (
+            "linux-check-poweroff.cpio",
+            linux_guest::check_init(&CheckInit {
+                delay_secs: 2,
+                read_timeout_secs: 120,
+                end: GuestEnd::PowerOff,
+            }),
+        ),
+        (
+            "linux-check-reboot.cpio",
+            linux_guest::check_init(&CheckInit {
+                delay_secs: 2,
+                read_timeout_secs: 120,
+                end: GuestEnd::Reboot,
+            }),
+        ),
+    ];
+    for (name, init) in &images {
+        let out = work.join(name);
+        let size = linux_guest::initramfs(&out, &busybox, init, Vec::new())?;
+        println!("  initramfs: {} ({})", out.display(), human(size));
+    }
+    if let Some(image) = shell_kernel {
+        println!(
+            "  try the shell: qemu-system-aarch64 -M virt -cpu max,pauth-impdef=on -smp 2 -m 512 -nographic -nic none \
+             -kernel {} -initrd {} -append 'console=ttyAMA0 rdinit=/init quiet'",
+            image.display(),
+            work.join(images[0].0).display()
         );
     }
     Ok(())

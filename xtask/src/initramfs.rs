@@ -11,12 +11,14 @@ use cpio::newc::{trailer, Builder};
 
 use crate::{vm::VmFile, Error, Result};
 
-/// The file-type bits of a directory and a regular file in a cpio mode.
+/// The file-type bits of a directory, a regular file and a symbolic link in a cpio mode.
 const S_IFDIR: u32 = 0o040000;
 const S_IFREG: u32 = 0o100000;
+const S_IFLNK: u32 = 0o120000;
 
 enum Node {
     File { data: Vec<u8>, perm: u32 },
+    Symlink(String),
 }
 
 /// An initramfs being assembled in memory.
@@ -56,6 +58,7 @@ impl Initramfs {
             (None, _) => {}
             (Some(Node::File { data: a, perm: pa }), Node::File { data: b, perm: pb })
                 if a == b && pa == pb => {}
+            (Some(Node::Symlink(a)), Node::Symlink(b)) if a == b => {}
             (Some(_), _) => return Err(Error(format!("two different files for {path} in the initramfs"))),
         }
         self.nodes.insert(path.to_string(), node);
@@ -73,6 +76,11 @@ impl Initramfs {
         files.into_iter().try_for_each(|f| self.add(f))
     }
 
+    /// Adds a symbolic link at `path` pointing to `target`.
+    pub fn symlink(&mut self, path: &str, target: &str) -> Result<()> {
+        self.add_node(path, Node::Symlink(target.to_string()))
+    }
+
     /// The archive's bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         if let Some(path) = self.nodes.keys().find(|p| self.dirs.contains(*p)) {
@@ -84,6 +92,7 @@ impl Initramfs {
         let entries = self.dirs.iter().map(|d| (d.as_str(), S_IFDIR | 0o755, &[][..])).chain(
             self.nodes.iter().map(|(path, node)| match node {
                 Node::File { data, perm } => (path.as_str(), S_IFREG | perm, &data[..]),
+                Node::Symlink(target) => (path.as_str(), S_IFLNK | 0o777, target.as_bytes()),
             }),
         );
         for (ino, (path, mode, data)) in entries.enumerate() {
@@ -134,13 +143,15 @@ mod tests {
     }
 
     #[test]
-    fn parents_come_first() {
+    fn parents_come_first_and_links_hold_their_target() {
         let mut image = Initramfs::with_dirs(&["/proc", "/usr/bin"]);
         image.add(VmFile { path: "/bin/busybox".into(), data: b"elf".to_vec(), perm: 0o755 }).expect("add");
+        image.symlink("/bin/sh", "busybox").expect("symlink");
         let list = entries(&image.to_bytes().expect("archive"));
         let names: Vec<&str> = list.iter().map(|(n, _, _)| n.as_str()).collect();
-        assert_eq!(names, ["bin", "proc", "usr", "usr/bin", "bin/busybox"]);
-        assert_eq!(list[4], ("bin/busybox".to_string(), S_IFREG | 0o755, b"elf".to_vec()));
+        assert_eq!(names, ["bin", "proc", "usr", "usr/bin", "bin/busybox", "bin/sh"]);
+        assert_eq!(list[4].1, S_IFREG | 0o755);
+        assert_eq!(list[5], ("bin/sh".to_string(), S_IFLNK | 0o777, b"busybox".to_vec()));
     }
 
     #[test]

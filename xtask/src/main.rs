@@ -12,6 +12,7 @@ mod fetch_debian;
 mod gdb_e2e;
 mod initramfs;
 mod kernel;
+mod linux_guest;
 mod provision;
 mod report;
 mod soak;
@@ -438,8 +439,8 @@ enum Cli {
         #[arg(last = true, required = true)]
         argv: Vec<String>,
     },
-    /// Fetches the Debian arm64 kernels (6.12 and 6.1, with their System.map) and prints their
-    /// paths and sizes.
+    /// Fetches the Debian arm64 pieces (the 6.12 and 6.1 kernels with their System.map,
+    /// busybox), writes the Linux guest's initramfs images, and prints their paths and sizes.
     FetchDebian,
 }
 
