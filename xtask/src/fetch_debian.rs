@@ -1,11 +1,12 @@
 //! `cargo xtask fetch-debian`: fetches every Debian arm64 piece the tests use (both kernels with
-//! their System.map, busybox), writes the Linux guest's initramfs images, and prints where
-//! everything is, how large, and how long each step took.
+//! their System.map, busybox, QEMU with its libraries), writes the Linux guest's initramfs
+//! images, and prints where everything is, how large, and how long each step took.
 
 use std::{path::Path, time::Instant};
 
 use crate::{
     debian::human,
+    guest_qemu::{self, QEMU_ARGS},
     kernel::{self, KernelVersion},
     linux_guest::{self, CheckInit, GuestEnd},
     root,
@@ -91,5 +92,20 @@ pub fn fetch_debian() -> Result<()> {
             work.join(images[0].0).display()
         );
     }
+
+    let start = Instant::now();
+    let qemu = guest_qemu::guest_qemu()?;
+    println!(
+        "QEMU for the nested VM: {} files, {} in all, from {} packages [{}]",
+        qemu.files.len(),
+        human(qemu.size()),
+        qemu.packages.len(),
+        took(start)
+    );
+    for file in &qemu.files {
+        println!("  {} ({})", file.path, human(file.data.len() as u64));
+    }
+    println!("  packages: {}", qemu.packages.join(", "));
+    println!("  run it in the VM as: {} {}", guest_qemu::QEMU_PATH, QEMU_ARGS.join(" "));
     Ok(())
 }

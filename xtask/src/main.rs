@@ -10,11 +10,13 @@ mod cmd;
 mod debian;
 mod fetch_debian;
 mod gdb_e2e;
+mod guest_qemu;
 mod initramfs;
 mod kernel;
 mod linux_guest;
 mod provision;
 mod report;
+mod shlibs;
 mod soak;
 mod system_map;
 mod vm;
@@ -440,7 +442,8 @@ enum Cli {
         argv: Vec<String>,
     },
     /// Fetches the Debian arm64 pieces (the 6.12 and 6.1 kernels with their System.map,
-    /// busybox), writes the Linux guest's initramfs images, and prints their paths and sizes.
+    /// busybox, QEMU and its libraries), writes the Linux guest's initramfs images, and prints
+    /// their paths and sizes.
     FetchDebian,
 }
 
