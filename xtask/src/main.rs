@@ -8,10 +8,18 @@
 
 mod cmd;
 mod compat;
+mod debian;
+mod fetch_debian;
 mod gdb_e2e;
+mod guest_qemu;
+mod initramfs;
+mod kernel;
+mod linux_guest;
 mod provision;
 mod report;
+mod shlibs;
 mod soak;
+mod system_map;
 mod vm;
 
 use std::{
@@ -472,6 +480,10 @@ enum Cli {
         #[arg(last = true, required = true)]
         argv: Vec<String>,
     },
+    /// Fetches the Debian arm64 pieces (the 6.12 and 6.1 kernels with their System.map,
+    /// busybox, QEMU and its libraries), writes the Linux guest's initramfs images, and prints
+    /// their paths and sizes.
+    FetchDebian,
 }
 
 fn cpus_or_default(cpus: Vec<String>) -> Vec<String> {
@@ -510,6 +522,7 @@ fn main() -> ExitCode {
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
             run_in_vm(&cpu, &[], &argv)
         }
+        Cli::FetchDebian => fetch_debian::fetch_debian().map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

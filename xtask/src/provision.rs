@@ -29,8 +29,6 @@ pub const RUST_TARGETS: &[&str] =
 pub const RUST_COMPONENTS: &[&str] = &["clippy", "rustfmt"];
 /// Where the cross glibc lives.
 pub const CROSS_LIB: &str = "/usr/aarch64-linux-gnu/lib";
-/// Kernel metapackages to try, newest first.
-const KERNEL_METAPACKAGES: &[&str] = &["linux-image-6.12-arm64", "linux-image-arm64"];
 
 fn have(program: &str) -> bool {
     Command::new("sh")
@@ -250,7 +248,7 @@ pub fn parse_one_line(text: &str) -> Vec<AptSource> {
 }
 
 /// The Debian sources configured on this host.
-fn system_debian_sources() -> Vec<AptSource> {
+pub(crate) fn system_debian_sources() -> Vec<AptSource> {
     let mut sources = Vec::new();
     if let Ok(text) = std::fs::read_to_string("/etc/apt/sources.list") {
         sources.extend(parse_one_line(&text));
@@ -272,101 +270,10 @@ fn system_debian_sources() -> Vec<AptSource> {
     sources.into_iter().filter(AptSource::is_debian).collect()
 }
 
-/// The arm64 kernel image: `ACCEL_KERNEL` if set, else the cached Debian kernel, fetched on first
-/// use through a private apt root (the system's apt setup is not touched).
+/// The arm64 kernel image of the default series: `ACCEL_KERNEL` if set, else the cached Debian
+/// kernel, fetched on first use through a private apt root (see [`crate::kernel`]).
 pub fn kernel() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("ACCEL_KERNEL") {
-        let path = PathBuf::from(path);
-        return if path.is_file() {
-            Ok(path)
-        } else {
-            Err(Error(format!("ACCEL_KERNEL={} is not a file", path.display())))
-        };
-    }
-    let dir = cache_dir().join("kernel");
-    let image = dir.join("vmlinuz");
-    if image.is_file() {
-        return Ok(image);
-    }
-    std::fs::create_dir_all(&dir).map_err(|e| Error(format!("creating {}: {e}", dir.display())))?;
-    let apt = cache_dir().join("apt");
-    let sources = system_debian_sources();
-    if sources.is_empty() {
-        return Err(Error(
-            "no Debian apt source is configured on this host, so the arm64 kernel cannot be fetched; \
-             set ACCEL_KERNEL to an arm64 Linux Image with KVM built in"
-                .into(),
-        ));
-    }
-    for sub in ["state/lists/partial", "cache/archives/partial", "etc/sources.list.d", "etc/preferences.d"] {
-        std::fs::create_dir_all(apt.join(sub)).map_err(|e| Error(format!("creating the apt root: {e}")))?;
-    }
-    let list: String = sources
-        .iter()
-        .flat_map(|s| {
-            let key = s.signed_by.as_ref().map(|k| format!(" signed-by={k}")).unwrap_or_default();
-            let components = s.components.join(" ");
-            s.suites
-                .iter()
-                .map(move |suite| format!("deb [arch=arm64{key}] {} {suite} {components}\n", s.uri))
-        })
-        .collect();
-    write(&apt.join("etc/sources.list"), list.as_bytes())?;
-    write(&apt.join("state/status"), b"")?;
-    let conf = format!(
-        "Dir::State \"{0}/state\";\nDir::State::status \"{0}/state/status\";\nDir::Cache \"{0}/cache\";\n\
-         Dir::Etc::sourcelist \"{0}/etc/sources.list\";\nDir::Etc::sourceparts \"{0}/etc/sources.list.d\";\n\
-         Dir::Etc::preferencesparts \"{0}/etc/preferences.d\";\nAPT::Architecture \"arm64\";\n\
-         APT::Architectures {{ \"arm64\"; }};\nAPT::Sandbox::User \"root\";\n",
-        apt.display()
-    );
-    let conf_path = apt.join("etc/apt.conf");
-    write(&conf_path, conf.as_bytes())?;
-    let apt_cmd = |program: &str| {
-        let mut c = Command::new(program);
-        c.env("APT_CONFIG", &conf_path);
-        c
-    };
-    eprintln!("xtask: fetching the arm64 Debian kernel (once; cached in {})", dir.display());
-    cmd::run(apt_cmd("apt-get").args(["update", "-qq"]))?;
-    let package = KERNEL_METAPACKAGES
-        .iter()
-        .find_map(|meta| {
-            let deps = cmd::output(apt_cmd("apt-cache").args(["depends", meta])).ok()?;
-            deps.lines()
-                .filter_map(|l| l.trim().strip_prefix("Depends: "))
-                .map(str::trim)
-                .find(|d| d.starts_with("linux-image-") && !d.contains('<'))
-                .map(String::from)
-        })
-        .ok_or_else(|| {
-            Error(format!("none of {} resolves to a kernel package", KERNEL_METAPACKAGES.join(", ")))
-        })?;
-    let download = dir.join("download");
-    std::fs::create_dir_all(&download).map_err(|e| Error(format!("creating {}: {e}", download.display())))?;
-    cmd::run(apt_cmd("apt-get").current_dir(&download).args(["download", "-qq", &package]))?;
-    let deb = std::fs::read_dir(&download)
-        .map_err(|e| Error(e.to_string()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .ok_or_else(|| Error(format!("apt-get download {package} produced no .deb")))?;
-    cmd::run(Command::new("sh").current_dir(&download).args([
-        "-c",
-        &format!("dpkg-deb --fsys-tarfile '{}' | tar -x --wildcards './boot/vmlinuz-*'", deb.display()),
-    ]))?;
-    let vmlinuz = std::fs::read_dir(download.join("boot"))
-        .map_err(|e| Error(e.to_string()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .next()
-        .ok_or_else(|| Error(format!("{} holds no /boot/vmlinuz", deb.display())))?;
-    std::fs::rename(&vmlinuz, &image).map_err(|e| Error(format!("moving the kernel into the cache: {e}")))?;
-    std::fs::write(dir.join("package"), package.as_bytes()).map_err(|e| Error(e.to_string()))?;
-    let _ = std::fs::remove_dir_all(&download);
-    Ok(image)
-}
-
-fn write(path: &Path, data: &[u8]) -> Result<()> {
-    std::fs::write(path, data).map_err(|e| Error(format!("writing {}: {e}", path.display())))
+    crate::kernel::kernel(crate::kernel::KernelVersion::default()).map(|k| k.image)
 }
 
 #[cfg(test)]

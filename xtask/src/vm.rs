@@ -2,21 +2,14 @@
 //! guest kernel offers `/dev/kvm`, and the job results read back from the serial console.
 
 use std::{
-    collections::BTreeSet,
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
-use cpio::newc::{trailer, Builder};
-
-use crate::{provision::CROSS_LIB, Error, Result};
-
-/// The file-type bits of a directory and of a regular file in a cpio mode.
-const S_IFDIR: u32 = 0o040000;
-const S_IFREG: u32 = 0o100000;
+use crate::{initramfs::Initramfs, provision::CROSS_LIB, Error, Result};
 
 /// A file to put into the initramfs.
 pub struct VmFile {
@@ -117,37 +110,9 @@ pub fn initramfs(
     }
     all.push(VmFile { path: "/etc/accel/jobs".into(), data: list.into_bytes(), perm: 0o644 });
 
-    let mut dirs = BTreeSet::new();
-    for d in ["/dev", "/proc", "/sys", "/tmp", "/bin"] {
-        dirs.insert(d.to_string());
-    }
-    for f in &all {
-        let mut p = Path::new(&f.path).parent();
-        while let Some(dir) = p.filter(|d| d != &Path::new("/")) {
-            dirs.insert(dir.to_string_lossy().into_owned());
-            p = dir.parent();
-        }
-    }
-    let io = |e: std::io::Error| Error(format!("writing {}: {e}", out.display()));
-    let mut archive = Vec::new();
-    let entries = dirs
-        .iter()
-        .map(|d| (d.as_str(), S_IFDIR | 0o755, &[][..]))
-        .chain(all.iter().map(|f| (f.path.as_str(), S_IFREG | f.perm, &f.data[..])));
-    // BTreeSet order puts every parent directory before its children.
-    for (ino, (path, mode, data)) in entries.enumerate() {
-        let nlink = if mode & S_IFDIR != 0 { 2 } else { 1 };
-        let size = u32::try_from(data.len()).map_err(|_| Error(format!("{path} is too large for cpio")))?;
-        let mut writer = Builder::new(path.trim_start_matches('/'))
-            .ino(ino as u32 + 1)
-            .mode(mode)
-            .nlink(nlink)
-            .write(&mut archive, size);
-        writer.write_all(data).map_err(io)?;
-        writer.finish().map_err(io)?;
-    }
-    trailer(&mut archive).map_err(io)?;
-    std::fs::write(out, archive).map_err(io)
+    let mut image = Initramfs::with_dirs(&["/dev", "/proc", "/sys", "/tmp", "/bin"]);
+    image.add_all(all)?;
+    image.write(out).map(drop)
 }
 
 /// The QEMU command line for a CPU model. `max` gets the cheap pointer-authentication algorithm,
