@@ -137,7 +137,11 @@ fn sve_vector_lengths(kvm: &Kvm) -> Result<u32> {
     Ok((word0 & ((1 << SVE_VQ_MAX) - 1)) as u32)
 }
 
-/// Whether this kernel can create an ITS (`KVM_CREATE_DEVICE` with `KVM_CREATE_DEVICE_TEST`).
+vmm_sys_util::ioctl_iowr_nr!(KVM_CREATE_DEVICE, kvm_bindings::KVMIO, 0xe0, kvm_create_device);
+
+/// Whether this kernel can create an ITS: `KVM_CREATE_DEVICE` with `KVM_CREATE_DEVICE_TEST`,
+/// which creates nothing. It is made by hand: kvm-ioctls' `create_device` wraps the `fd` field
+/// into a `DeviceFd` even for a test, and dropping that closes descriptor 0, this process's stdin.
 fn can_create_its(kvm: &Kvm) -> bool {
     let Ok(vm) = kvm.create_vm() else {
         return false;
@@ -147,7 +151,9 @@ fn can_create_its(kvm: &Kvm) -> bool {
         fd: 0,
         flags: KVM_CREATE_DEVICE_TEST,
     };
-    vm.create_device(&mut test).is_ok()
+    // SAFETY: KVM_CREATE_DEVICE on a VM descriptor with a valid `kvm_create_device`, which the
+    // kernel only reads (and with the test flag does not fill in); no descriptor is created.
+    unsafe { vmm_sys_util::ioctl::ioctl_with_mut_ref(&vm, KVM_CREATE_DEVICE(), &mut test) == 0 }
 }
 
 fn has_raw(kvm: &Kvm, cap: u32) -> bool {
