@@ -36,6 +36,19 @@ impl From<AccelError> for Failure {
 /// What a case returns.
 pub type CaseResult = Result<(), Failure>;
 
+/// A call to something a backend may not offer (a register class, a snapshot of every class):
+/// its value, or NOT RUN when the backend answers `unsupported`, naming `what`. Any other error
+/// fails the case.
+pub fn offered<T>(result: accel_api::Result<T>, what: &str) -> Result<T, Failure> {
+    match result {
+        Ok(value) => Ok(value),
+        Err(e) if e.kind == accel_api::ErrorKind::UNSUPPORTED => {
+            Err(Failure::NotRun(format!("the backend does not offer {what}: {e}")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// An optional extension a case needs: the extension, or NOT RUN naming what the backend does
 /// not offer. When the probe promises it (`promised`), its absence fails the case instead.
 pub fn extension<T>(ext: Option<T>, what: &str, promised: bool) -> Result<T, Failure> {

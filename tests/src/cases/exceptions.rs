@@ -83,6 +83,7 @@ fn unmasked_guest(ctx: &Context) -> Result<TestGuest, Failure> {
 fn serror_injection(ctx: &Context) -> CaseResult {
     let caps = ctx.accelerator()?.probe().caps;
     let mut g = unmasked_guest(ctx)?;
+    crate::extension(g.vcpu.events().map(|_| ()), "vCPU events (SError injection)", caps.serror_esr)?;
     let with_esr =
         VcpuEvents { serror_pending: true, serror_has_esr: true, serror_esr: 0x1234, ..Default::default() };
     if !caps.serror_esr {

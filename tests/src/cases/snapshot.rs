@@ -61,7 +61,8 @@ fn prepared(ctx: &Context) -> Result<(TestGuest, VcpuFeatures), Failure> {
 
 fn round_trip_into_a_fresh_vm(ctx: &Context) -> CaseResult {
     let (mut g, features) = prepared(ctx)?;
-    let saved = VcpuSnapshot::save(&mut g.vcpu, features)?;
+    let saved =
+        crate::offered(VcpuSnapshot::save(&mut g.vcpu, features), "every register class a snapshot holds")?;
     let bytes = saved.to_bytes();
     let loaded = VcpuSnapshot::from_bytes(&bytes)?;
     ensure!(loaded == saved, "the snapshot changed through its file encoding");
@@ -128,7 +129,9 @@ fn round_trip_into_a_fresh_vm(ctx: &Context) -> CaseResult {
 
 fn damaged_files_are_refused(ctx: &Context) -> CaseResult {
     let (mut g, features) = prepared(ctx)?;
-    let bytes = VcpuSnapshot::save(&mut g.vcpu, features)?.to_bytes();
+    let bytes =
+        crate::offered(VcpuSnapshot::save(&mut g.vcpu, features), "every register class a snapshot holds")?
+            .to_bytes();
     for (what, damaged) in [
         ("truncated", bytes[..bytes.len() / 2].to_vec()),
         ("empty", Vec::new()),

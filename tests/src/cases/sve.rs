@@ -110,9 +110,20 @@ fn round_trip_random_at_max_length(ctx: &Context) -> CaseResult {
     Ok(())
 }
 
+/// Without SVE offered, a vCPU with SVE is refused as unsupported, by name.
+fn refused_without_offer(ctx: &Context) -> CaseResult {
+    let vm = ctx.accelerator()?.create_vm(&VmConfig::default())?;
+    let err = vm.create_vcpu(&sve_config(0)).err();
+    ensure!(
+        err.as_ref().is_some_and(|e| e.kind == ErrorKind::UNSUPPORTED && e.message.contains("sve")),
+        "SVE is not offered, but a vCPU with it gave {err:?} instead of an unsupported error naming it"
+    );
+    Ok(())
+}
+
 fn vector_length_choice(ctx: &Context) -> CaseResult {
     let accel = ctx.accelerator()?;
-    let Some(vqs) = offered(ctx)? else { return Ok(()) };
+    let Some(vqs) = offered(ctx)? else { return refused_without_offer(ctx) };
     let smallest = vqs.trailing_zeros() + 1;
     let vm = accel.create_vm(&VmConfig::default())?;
     let mut vcpu = vm.create_vcpu(&sve_config(smallest))?;
@@ -135,7 +146,13 @@ fn vector_length_choice(ctx: &Context) -> CaseResult {
 /// The host writes Z0, the guest stores it to RAM with `STR Z0`; the guest loads Z1 from RAM the
 /// host filled, and the host reads Z1 back.
 fn guest_sees_host_z_registers(ctx: &Context) -> CaseResult {
-    let Some(vqs) = offered(ctx)? else { return Ok(()) };
+    let Some(vqs) = offered(ctx)? else {
+        // Without SVE, the guest's SVE store is an undefined instruction (ESR_EL1.EC 0).
+        let mut g = TestGuest::new(&ctx.accelerator()?, &[asm::str_z(0, 9), asm::b(0)])?;
+        let taken = g.expect_exception()?;
+        ensure!(taken.esr >> 26 == 0, "an SVE store without SVE gave ESR_EL1 {:#x}, not EC 0", taken.esr);
+        return Ok(());
+    };
     let vq = max_vq(vqs);
     let mut code = asm::mov_imm64(9, DATA);
     code.extend(asm::mov_imm64(10, DATA + 0x1000));

@@ -35,15 +35,15 @@ fn every_class_is_listed(ctx: &Context) -> CaseResult {
     for id in [MPIDR_EL1, SCTLR_EL1, VBAR_EL1, ESR_EL1, FAR_EL1, TPIDR_EL1, ID_AA64PFR0_EL1] {
         ensure!(has(&sys, id).is_some(), "{id} is missing from the system registers ({} listed)", sys.len());
     }
-    let timer = g.vcpu.get_regs(RegClass::TIMER)?;
+    let timer = crate::offered(g.vcpu.get_regs(RegClass::TIMER), "the timer register class")?;
     for id in [CNTV_CTL_EL0, CNTV_CVAL_EL0, CNTVCT_EL0] {
         ensure!(has(&timer, id).is_some(), "{id} is missing from the timer registers: {timer:?}");
     }
-    let firmware = g.vcpu.get_regs(RegClass::FIRMWARE)?;
+    let firmware = crate::offered(g.vcpu.get_regs(RegClass::FIRMWARE), "the firmware register class")?;
     let psci = has(&firmware, FW_PSCI_VERSION)
         .ok_or_else(|| Failure::Fail(format!("no PSCI version in {firmware:?}")))?;
     ensure!(psci >= 2, "PSCI version {psci:#x}: 0.2 or later expected with the PSCI 0.2 feature");
-    let ccsidr = g.vcpu.get_regs(RegClass::CCSIDR)?;
+    let ccsidr = crate::offered(g.vcpu.get_regs(RegClass::CCSIDR), "the CCSIDR register class")?;
     ensure!(!ccsidr.is_empty(), "no demultiplexed CCSIDR_EL1 values");
 
     // Two vCPUs of one VM have distinct affinities, with MPIDR_EL1 bit 31 (RES1) set.
@@ -145,7 +145,7 @@ fn unknown_register_is_not_found(ctx: &Context) -> CaseResult {
 
 fn counter_is_written_only_at_full_level(ctx: &Context) -> CaseResult {
     let mut g = guest(ctx, &[asm::b(0)])?;
-    let now = g.vcpu.get_reg(CNTVCT_EL0)?;
+    let now = crate::offered(g.vcpu.get_reg(CNTVCT_EL0), "the timer register class")?;
     let target = now.wrapping_add(1 << 50);
     let edit = [RegValue { id: CNTVCT_EL0, value: target }];
     g.vcpu.put_regs(&edit, PutLevel::RUNTIME)?;
