@@ -93,10 +93,7 @@ pub fn vm_files(release: &Release) -> Result<Vec<VmFile>> {
 pub fn jobs(release: &Release) -> Vec<Job> {
     let dir = release.vm_dir();
     let old_plugin = format!("{dir}/lib/libaccel_kvm.so");
-    let job = |name: &str, argv: &[&str]| Job {
-        name: name.into(),
-        argv: argv.iter().map(|s| s.to_string()).collect(),
-    };
+    let job = Job::new;
     vec![
         job(
             "compat-new-host-old-plugin",

@@ -30,11 +30,26 @@ impl VmFile {
 }
 
 /// A job for the VM's init: a name and a command line.
+#[derive(Clone)]
 pub struct Job {
     /// Unique name.
     pub name: String,
     /// Program and arguments.
     pub argv: Vec<String>,
+    /// A file in the VM to give the job as its standard input (`/dev/null` otherwise).
+    pub stdin: Option<String>,
+}
+
+impl Job {
+    /// A job running `argv`.
+    pub fn new(name: &str, argv: &[&str]) -> Self {
+        Self { name: name.into(), argv: argv.iter().map(|s| s.to_string()).collect(), stdin: None }
+    }
+
+    /// The same job with `path` as its standard input.
+    pub fn with_stdin(self, path: &str) -> Self {
+        Self { stdin: Some(path.into()), ..self }
+    }
 }
 
 /// What one job did.
@@ -88,8 +103,8 @@ pub fn initramfs_with_timeout(
     timeout_secs: u64,
     jobs: &[Job],
 ) -> Result<()> {
-    let mut limited = vec![Job { name: "timeout".into(), argv: vec![timeout_secs.to_string()] }];
-    limited.extend(jobs.iter().map(|j| Job { name: j.name.clone(), argv: j.argv.clone() }));
+    let mut limited = vec![Job::new("timeout", &[&timeout_secs.to_string()])];
+    limited.extend(jobs.iter().cloned());
     initramfs(out, init, files, env, &limited)
 }
 
@@ -106,6 +121,9 @@ pub fn initramfs(
     all.extend(files);
     let mut list: String = env.iter().map(|(k, v)| format!("env\t{k}={v}\n")).collect();
     for job in jobs {
+        if let Some(path) = &job.stdin {
+            list.push_str(&format!("stdin\t{path}\n"));
+        }
         list.push_str(&format!("{}\t{}\n", job.name, job.argv.join("\t")));
     }
     all.push(VmFile { path: "/etc/accel/jobs".into(), data: list.into_bytes(), perm: 0o644 });

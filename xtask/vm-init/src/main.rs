@@ -5,7 +5,9 @@
 //! (QEMU's `-semihosting-config ...,userspace=on`), falling back to a power-off.
 //!
 //! A job line is `NAME<TAB>PROGRAM<TAB>ARG...`; a line `env<TAB>KEY=VALUE` sets an environment
-//! variable for the jobs after it. For each job the console shows
+//! variable for the jobs after it, and `stdin<TAB>PATH` gives the next job that file as its
+//! standard input (otherwise it reads `/dev/null`). The program `@hex` is built in: it prints the
+//! file named by its argument as `@@hex` lines of hexadecimal, for the host to read back. For each job the console shows
 //! `@@accel job-begin NAME`, the job's output, and `@@accel job-end NAME status=N` (N is the
 //! exit code, or 128 + the signal number; 124 for a job killed after ten minutes). The run ends
 //! with `@@accel all-done`.
@@ -36,7 +38,28 @@ fn mount(source: &str, target: &str, fstype: &str) {
     }
 }
 
-fn run_job(line: &str, env: &mut Vec<(String, String)>) {
+/// Prints the file at `path` as lines `@@hex <hex>` of 64 bytes each; returns an exit status.
+fn print_hex(path: &str) -> i32 {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            for chunk in bytes.chunks(64) {
+                let hex: String = chunk.iter().map(|b| format!("{b:02x}")).collect();
+                println!("@@hex {hex}");
+            }
+            0
+        }
+        Err(e) => {
+            println!("@@accel warning: reading {path}: {e}");
+            1
+        }
+    }
+}
+
+fn run_job(line: &str, env: &mut Vec<(String, String)>, stdin: &mut Option<String>) {
+    if let Some(path) = line.strip_prefix("stdin\t") {
+        *stdin = Some(path.trim().to_string());
+        return;
+    }
     if let Some(seconds) = line.strip_prefix("timeout\t") {
         if let Ok(s) = seconds.trim().parse() {
             TIMEOUT_SECS.store(s, std::sync::atomic::Ordering::Relaxed);
@@ -57,12 +80,28 @@ fn run_job(line: &str, env: &mut Vec<(String, String)>) {
     let args: Vec<&str> = fields.collect();
     println!("@@accel job-begin {name}");
     let _ = std::io::stdout().flush();
+    if program == "@hex" {
+        let code = print_hex(args.first().copied().unwrap_or_default());
+        println!("@@accel job-end {name} status={code}");
+        let _ = std::io::stdout().flush();
+        return;
+    }
+    let input = match stdin.take() {
+        Some(path) => match std::fs::File::open(&path) {
+            Ok(file) => Stdio::from(file),
+            Err(e) => {
+                println!("@@accel warning: opening {path} as the standard input of {name}: {e}");
+                Stdio::null()
+            }
+        },
+        None => Stdio::null(),
+    };
     let child = Command::new(program)
         .args(&args)
         .env("PATH", "/bin")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("RUST_BACKTRACE", "1")
-        .stdin(Stdio::null())
+        .stdin(input)
         .spawn();
     let code = match child {
         Ok(mut child) => {
@@ -121,8 +160,9 @@ fn main() {
     match std::fs::read_to_string(JOBS) {
         Ok(jobs) => {
             let mut env = Vec::new();
+            let mut stdin = None;
             for line in jobs.lines().filter(|l| !l.trim().is_empty()) {
-                run_job(line, &mut env);
+                run_job(line, &mut env, &mut stdin);
             }
         }
         Err(e) => println!("@@accel warning: reading {JOBS}: {e}"),

@@ -1,5 +1,6 @@
 //! The runtime every guest program here shares: entry at EL1 with the MMU off (FP/SIMD enabled,
-//! a stack, .bss cleared), the PL011 at 0x0900_0000 for output, and PSCI over HVC.
+//! a stack, .bss cleared), the PL011 at 0x0900_0000 for output, and PSCI over HVC. `main` gets
+//! the x0 the machine started it with: the device tree's address.
 
 // Each program includes this module and uses part of it.
 #![allow(dead_code)]
@@ -13,12 +14,14 @@ pub const PSCI_SYSTEM_OFF: u64 = 0x8400_0008;
 /// PSCI 0.2 SYSTEM_RESET.
 pub const PSCI_SYSTEM_RESET: u64 = 0x8400_0009;
 
-// Entry: enable FP/SIMD at EL1 (CPACR_EL1.FPEN = 0b11), set the stack, clear .bss, call main.
+// Entry: keep x0 (the device tree), enable FP/SIMD at EL1 (CPACR_EL1.FPEN = 0b11), set the
+// stack, clear .bss, and call main with the x0 of entry.
 global_asm!(
     r#"
     .section .text.boot, "ax"
     .global _start
 _start:
+    mov     x19, x0
     mov     x0, #(3 << 20)
     msr     cpacr_el1, x0
     isb
@@ -30,7 +33,8 @@ _start:
     b.hs    2f
     str     xzr, [x0], #8
     b       1b
-2:  bl      main
+2:  mov     x0, x19
+    bl      main
 3:  b       3b
 "#
 );
@@ -45,6 +49,15 @@ pub fn putc(byte: u8) {
 /// Sends a string to the UART.
 pub fn puts(text: &str) {
     text.bytes().for_each(putc);
+}
+
+/// Sends `n` in hexadecimal, with `0x`, to the UART.
+pub fn put_hex(n: u64) {
+    puts("0x");
+    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        putc(b"0123456789abcdef"[((n >> (4 * i)) & 0xf) as usize]);
+    }
 }
 
 /// Sends `n` in decimal to the UART.
