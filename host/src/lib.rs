@@ -1,5 +1,6 @@
 //! The accel host: finds and loads backend plugins, and runs guests on them with a small VMM.
 
+pub mod choose;
 pub mod gdb;
 pub mod isolate;
 pub mod loader;

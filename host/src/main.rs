@@ -3,7 +3,12 @@
 use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use accel_api::VcpuFeatures;
-use accel_host::{gdb::GdbOptions, isolate, loader, parse_size, report, vmm};
+use accel_host::{
+    choose,
+    gdb::GdbOptions,
+    isolate, loader, parse_size, report,
+    vmm::{self, console::Escape, image},
+};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -29,11 +34,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run a guest image (AArch64 ELF, or raw binary loaded at the start of RAM).
+    /// Run a guest: a Linux arm64 Image (--kernel), or an AArch64 ELF or raw image.
     Run {
-        /// A backend name (looked up in the plugin directories) or a plugin file path.
+        /// The backend: a name (looked up in the plugin directories) or a plugin file path, or a
+        /// `:`-separated list tried in order. Default: the first available of kvm, hvf, then the
+        /// other plugins found, by name.
         #[arg(long)]
-        accel: String,
+        accel: Option<String>,
         /// Number of vCPUs.
         #[arg(long, default_value_t = 1)]
         cpus: u32,
@@ -50,8 +57,28 @@ enum Command {
         /// With --gdb: start with every vCPU stopped until gdb continues them.
         #[arg(long, requires = "gdb")]
         gdb_wait: bool,
-        /// The guest image.
-        image: PathBuf,
+        /// A Linux arm64 Image to boot.
+        #[arg(long, conflicts_with = "image")]
+        kernel: Option<PathBuf>,
+        /// An initrd for the kernel.
+        #[arg(long, requires = "kernel")]
+        initrd: Option<PathBuf>,
+        /// The kernel command line (or a bare-metal image's /chosen/bootargs).
+        #[arg(long, default_value = "")]
+        append: String,
+        /// Write the machine's device tree to FILE and exit, as QEMU's `-machine dumpdtb`.
+        #[arg(long, value_name = "FILE")]
+        dump_dtb: Option<PathBuf>,
+        /// The console's escape key (^A to ^Z, ^], ^\\, ^^, ^_, or none): ESC x quits, ESC h helps.
+        #[arg(long, default_value = "^A")]
+        escape: Escape,
+        /// Print the exits the machine handled, by kind, when it stops.
+        #[arg(long)]
+        stats: bool,
+        /// The guest image: an AArch64 ELF, or a raw binary loaded at the start of RAM (a raw
+        /// file with the arm64 Image header boots as Linux).
+        #[arg(required_unless_present = "kernel")]
+        image: Option<PathBuf>,
     },
     /// The child process of `list` and `probe`, which loads the plugin so that a crashing plugin
     /// cannot take the caller down.
@@ -160,26 +187,63 @@ fn parse_feature(name: &str) -> Result<VcpuFeatures, String> {
     VcpuFeatures::from_name(name).ok_or_else(|| format!("unknown vCPU feature '{name}'"))
 }
 
-fn run(
-    accel: &str,
-    config: &vmm::MachineConfig,
+/// What `accel-host run` was asked to do.
+struct RunArgs {
+    accel: Option<String>,
+    config: vmm::MachineConfig,
     gdb: Option<GdbOptions>,
-    image: &PathBuf,
-) -> Result<i32, String> {
-    let (_, plugin) = loader::resolve(accel).map_err(|e| e.to_string())?;
-    let bytes = std::fs::read(image).map_err(|e| format!("{}: {e}", image.display()))?;
+    kernel: Option<PathBuf>,
+    initrd: Option<PathBuf>,
+    image: Option<PathBuf>,
+    dump_dtb: Option<PathBuf>,
+    escape: Escape,
+    stats: bool,
+}
+
+fn run(args: RunArgs) -> Result<i32, String> {
+    let limit = args.config.mem_size;
+    let read = |path: &PathBuf, what| image::read_capped(path, limit, what).map_err(|e| e.to_string());
+    let payload = match (&args.kernel, &args.image) {
+        (Some(kernel), _) => vmm::Payload::Linux {
+            kernel: read(kernel, "kernel")?,
+            initrd: args.initrd.as_ref().map(|i| read(i, "initrd")).transpose()?,
+        },
+        (None, Some(image)) => vmm::Payload::Image(read(image, "image")?),
+        (None, None) => return Err("give an image or --kernel".into()),
+    };
+    let choice = choose::choose(args.accel.as_deref())?;
+    let plugin = loader::load(&choice.path).map_err(|e| e.to_string())?;
+    let info = plugin.probe();
+    if !info.available {
+        return Err(format!("{}: {}", plugin.name(), info.reason));
+    }
+    if let Some(note) = &choice.note {
+        eprintln!("accel-host: {note}");
+    }
+    // Everything that can be checked before the backend is opened.
+    let plan = vmm::Plan::new(args.config, payload, &info.caps).map_err(|e| e.to_string())?;
     let accelerator = plugin.open().map_err(|e| e.to_string())?;
-    let machine = vmm::Machine::build(&accelerator, config, &bytes, Box::new(std::io::stdout()))
-        .map_err(|e| e.to_string())?;
-    let outcome = match &gdb {
-        Some(options) => accel_host::gdb::serve(machine, options),
-        None => vmm::run(machine),
+    let machine =
+        vmm::Machine::build(&accelerator, plan, Box::new(std::io::stdout())).map_err(|e| e.to_string())?;
+    if let Some(path) = &args.dump_dtb {
+        std::fs::write(path, &machine.dtb).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        return Ok(0);
+    }
+    let bus = std::sync::Arc::clone(&machine.bus);
+    let console = Some(args.escape);
+    let outcome = match &args.gdb {
+        Some(options) => accel_host::gdb::serve(machine, options, console),
+        None => vmm::run(machine, console),
     }
     .map_err(|e| e.to_string())?;
+    if args.stats {
+        eprintln!("accel-host: {}", bus.stats().summary());
+    }
     match &outcome {
         vmm::Outcome::Fault(why) => eprintln!("accel-host: guest fault: {why}"),
         vmm::Outcome::Crash => eprintln!("accel-host: the guest reported a crash"),
-        vmm::Outcome::PowerOff | vmm::Outcome::Reset | vmm::Outcome::Killed => {
+        vmm::Outcome::Reset => eprintln!("accel-host: the guest reset the machine; it stops"),
+        vmm::Outcome::PowerOff | vmm::Outcome::Killed | vmm::Outcome::Quit => {
             log::info!("guest stopped: {outcome:?}")
         }
     }
@@ -195,8 +259,12 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            // A usage error is a host error: exit code 1, as every other (2 and 3 are the guest's).
-            let _ = e.print();
+            // A usage error is a host error: one line, and exit code 1 as every other (2 and 3
+            // are the guest's).
+            let text = e.render().to_string();
+            let first: Vec<&str> = text.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
+            let first = first.join(" ");
+            eprintln!("accel-host: error: {} (see accel-host --help)", first.trim_start_matches("error: "));
             return ExitCode::from(1);
         }
     };
@@ -211,11 +279,33 @@ fn main() -> ExitCode {
         Command::List => list(),
         Command::Probe { accel, json } => probe(accel, *json),
         Command::Child { command } => child(command),
-        Command::Run { accel, cpus, mem, image, gdb, gdb_wait, features } => {
-            let gdb = gdb.clone().map(|address| GdbOptions { address, wait: *gdb_wait });
+        Command::Run {
+            accel,
+            cpus,
+            mem,
+            image,
+            gdb,
+            gdb_wait,
+            features,
+            kernel,
+            initrd,
+            append,
+            dump_dtb,
+            escape,
+            stats,
+        } => {
             let features = features.iter().fold(VcpuFeatures::NONE, |a, f| a | *f);
-            let config = vmm::MachineConfig { cpus: *cpus, mem_size: *mem, features };
-            run(accel, &config, gdb, image)
+            run(RunArgs {
+                accel: accel.clone(),
+                config: vmm::MachineConfig { cpus: *cpus, mem_size: *mem, features, cmdline: append.clone() },
+                gdb: gdb.clone().map(|address| GdbOptions { address, wait: *gdb_wait }),
+                kernel: kernel.clone(),
+                initrd: initrd.clone(),
+                image: image.clone(),
+                dump_dtb: dump_dtb.clone(),
+                escape: *escape,
+                stats: *stats,
+            })
         }
     };
     match result {

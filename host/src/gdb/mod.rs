@@ -15,7 +15,7 @@ use std::sync::{mpsc, Arc};
 
 use accel_api::{AccelError, ErrorKind, Result};
 
-use crate::vmm::{machine::vcpu_features, memory_error, step, Machine, Outcome};
+use crate::vmm::{console::Escape, machine::vcpu_features, memory_error, step, Machine, Outcome};
 use vcpu_thread::{vcpu_thread, Command, VcpuHandle};
 
 /// How to serve gdb.
@@ -28,12 +28,22 @@ pub struct GdbOptions {
 }
 
 /// Runs `machine` under gdb's control: each vCPU on its own thread, driven by the session.
-/// Returns when the guest ends or gdb kills it.
-pub fn serve(machine: Machine, options: &GdbOptions) -> Result<Outcome> {
-    let Machine { vm, ram, bus, vcpus, config } = machine;
+/// Returns when the guest ends, gdb kills it, or the user quits from the console (when `console`
+/// gives its escape key, the host's stdin is the guest's console input).
+pub fn serve(machine: Machine, options: &GdbOptions, console: Option<Escape>) -> Result<Outcome> {
+    let (events_tx, events) = mpsc::channel();
+    let _terminal = match console {
+        Some(escape) => {
+            let quit = events_tx.clone();
+            machine.start_console(escape, move || {
+                let _ = quit.send(vcpu_thread::Event::Quit);
+            })?
+        }
+        None => None,
+    };
+    let Machine { vm, ram, bus, vcpus, config, .. } = machine;
     let no_debug = || AccelError::unsupported("this backend does not support guest debug");
     let debug = vm.debug().ok_or_else(no_debug)?;
-    let (events_tx, events) = mpsc::channel();
     let mut handles = Vec::new();
     for (i, vcpu) in vcpus.into_iter().enumerate() {
         let (commands_tx, commands) = mpsc::channel();

@@ -98,6 +98,7 @@ fn run_protocol(
                     Some(b) => b,
                     None => match events.recv() {
                         Ok(Event::Byte(b)) => b,
+                        Ok(Event::Quit) => return Ok(Flow::Ended(Outcome::Quit)),
                         Ok(Event::Closed) | Err(_) => return Ok(Flow::Detached),
                         Ok(Event::Vcpu(i, stop)) => {
                             log::warn!("gdb: vCPU {i} reported {stop:?} while stopped");
@@ -110,6 +111,7 @@ fn run_protocol(
             }
             GdbStubStateMachine::Running(g) => match events.recv() {
                 Ok(Event::Byte(b)) => g.incoming_data(machine, b)?,
+                Ok(Event::Quit) => return Ok(Flow::Ended(Outcome::Quit)),
                 Ok(Event::Closed) | Err(_) => return Ok(Flow::Detached),
                 Ok(Event::Vcpu(i, stop)) => {
                     machine.running[i as usize] = false;
@@ -158,6 +160,7 @@ fn detach(machine: &mut GdbTarget, events: &mpsc::Receiver<Event>) -> Result<Out
         match events.recv() {
             Ok(Event::Vcpu(_, Stop::Exited(outcome))) => return Ok(outcome),
             Ok(Event::Vcpu(_, Stop::Failed(e))) => return Err(e),
+            Ok(Event::Quit) => return Ok(Outcome::Quit),
             Ok(Event::Vcpu(i, _)) => {
                 let _ = machine.vcpus[i as usize].commands.send(Command::Resume);
             }

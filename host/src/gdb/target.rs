@@ -192,7 +192,7 @@ impl GdbTarget {
             match events.recv() {
                 Ok(Event::Vcpu(i, _)) => self.running[i as usize] = false,
                 Ok(Event::Byte(b)) => pending_bytes.push_back(b),
-                Ok(Event::Closed) | Err(_) => break,
+                Ok(Event::Closed | Event::Quit) | Err(_) => break,
             }
         }
     }

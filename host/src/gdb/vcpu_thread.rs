@@ -36,6 +36,8 @@ pub enum Stop {
 pub enum Event {
     /// A byte from gdb.
     Byte(u8),
+    /// The user quit from the console.
+    Quit,
     /// The connection closed.
     Closed,
     /// vCPU `index` stopped.

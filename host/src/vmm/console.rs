@@ -220,7 +220,10 @@ pub fn spawn_reader(
         match pump(io::stdin().lock(), escape, input, |help| eprint!("\n{help}")) {
             Ok(End::Quit) => quit(),
             Ok(End::Eof) => log::debug!("console: the host's input ended"),
-            Err(e) => log::warn!("console: reading the host's input: {e}"),
+            Err(e) => log::warn!(
+                "console: reading the host's input ({}): {e}",
+                std::fs::read_link("/proc/self/fd/0").map(|p| p.display().to_string()).unwrap_or_default()
+            ),
         }
     })
 }

@@ -3,7 +3,22 @@
 
 use accel_api::{client::Vcpu, AccelError, DebugExit, ErrorKind, Result, SystemEventKind, VcpuExit};
 
-use super::{bus::Bus, machine::Outcome, memory_error, ram::GuestRam};
+use super::{
+    bus::{Bus, ExitStats},
+    machine::Outcome,
+    memory_error,
+    ram::GuestRam,
+};
+
+/// Completes an MMIO exit on the bus (the bus counts it).
+fn mmio(vcpu: &mut Vcpu, bus: &Bus, exit: VcpuExit) -> Result<()> {
+    match exit {
+        VcpuExit::MmioWrite(access) => bus.write(access.addr, access.value()),
+        VcpuExit::MmioRead(access) => vcpu.set_mmio_read_data(bus.read(access.addr))?,
+        _ => {}
+    }
+    Ok(())
+}
 
 /// What one guest entry came to.
 pub enum Step {
@@ -43,9 +58,19 @@ pub fn step(vcpu: &mut Vcpu, bus: &Bus, ram: &GuestRam) -> Result<Step> {
         }
     }
     let fault = |why: String| Ok(Step::Ended(Outcome::Fault(format!("vCPU {index}: {why}"))));
-    match vcpu.run()? {
-        VcpuExit::MmioWrite(access) => bus.write(access.addr, access.value()),
-        VcpuExit::MmioRead(access) => vcpu.set_mmio_read_data(bus.read(access.addr))?,
+    let stats = bus.stats();
+    let exit = vcpu.run()?;
+    ExitStats::count(match &exit {
+        VcpuExit::MmioRead(_) | VcpuExit::MmioWrite(_) => {
+            return mmio(vcpu, bus, exit).map(|()| Step::Continue)
+        }
+        VcpuExit::SystemEvent { .. } => &stats.system_events,
+        VcpuExit::Interrupted => &stats.interrupted,
+        VcpuExit::Debug(_) => &stats.debug,
+        _ => &stats.other,
+    });
+    match exit {
+        VcpuExit::MmioWrite(_) | VcpuExit::MmioRead(_) => {}
         VcpuExit::SystemEvent { kind, .. } => match kind {
             SystemEventKind::SHUTDOWN => return Ok(Step::Ended(Outcome::PowerOff)),
             SystemEventKind::RESET => {

@@ -24,5 +24,7 @@ pub mod run;
 
 pub use bus::{Bus, UART_BASE};
 pub use exits::{step, Step};
-pub use machine::{vcpu_features, Machine, MachineConfig, Outcome, MIN_RAM, PSTATE_EL1H_DAIF, RAM_BASE};
+pub use machine::{
+    vcpu_features, Machine, MachineConfig, Outcome, Payload, Plan, MIN_RAM, PSTATE_EL1H_DAIF, RAM_BASE,
+};
 pub use run::run;

@@ -204,11 +204,11 @@ impl<W: Write> Pl011<W> {
     }
 
     fn transmit(&mut self, byte: u8) {
-        // Console output is best effort: a closed stdout must not stop the guest.
+        // Console output is best effort: a closed stdout must not stop the guest. Each byte is
+        // flushed: a shell's prompt ends without a newline, and an exit per byte already costs
+        // far more than the write.
         let _ = self.out.write_all(&[byte]);
-        if byte == b'\n' {
-            let _ = self.out.flush();
-        }
+        let _ = self.out.flush();
         // The byte left the FIFO at once: it drained through its trigger level again.
         self.tx_cleared = false;
     }

@@ -7,6 +7,7 @@ use accel_api::{client::Vcpu, AccelError, ErrorKind, Result};
 
 use super::{
     bus::Bus,
+    console::Escape,
     exits::{step, Step},
     machine::{Machine, Outcome},
     memory_error,
@@ -29,13 +30,24 @@ fn vcpu_loop(vcpu: &mut Vcpu, bus: &Bus, ram: &GuestRam) -> Result<Outcome> {
     }
 }
 
-/// Runs the machine until the guest powers off, resets, crashes or faults on any vCPU.
+/// Runs the machine until the guest powers off, resets, crashes or faults on any vCPU, or the
+/// user quits from the console (when `console` gives its escape key, the host's stdin is the
+/// guest's console input).
 ///
 /// vCPU threads that are still inside the guest when another vCPU ends the run are left
 /// detached; they end with the process.
-pub fn run(machine: Machine) -> Result<Outcome> {
-    let Machine { vcpus, bus, ram, .. } = machine;
+pub fn run(machine: Machine, console: Option<Escape>) -> Result<Outcome> {
     let (tx, rx) = mpsc::channel();
+    let _terminal = match console {
+        Some(escape) => {
+            let quit = tx.clone();
+            machine.start_console(escape, move || {
+                let _ = quit.send(Ok(Outcome::Quit));
+            })?
+        }
+        None => None,
+    };
+    let Machine { vcpus, bus, ram, .. } = machine;
     for mut vcpu in vcpus {
         let (bus, tx, ram) = (Arc::clone(&bus), tx.clone(), Arc::clone(&ram));
         let index = vcpu.index();
