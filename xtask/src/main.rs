@@ -14,6 +14,7 @@ mod gdb_e2e;
 mod guest_qemu;
 mod initramfs;
 mod kernel;
+mod linux_e2e;
 mod linux_guest;
 mod provision;
 mod report;
@@ -91,8 +92,13 @@ pub(crate) fn cross_out(name: &str) -> PathBuf {
     root().join("target").join(CROSS_TARGET).join("release").join(name)
 }
 
+/// A bare-metal guest program built from `tests/guests/demo`.
+pub(crate) fn guest_out(name: &str) -> PathBuf {
+    root().join("target/guests").join(GUEST_TARGET).join("release").join(name)
+}
+
 fn demo_guest() -> PathBuf {
-    root().join("target/guests").join(GUEST_TARGET).join("release/demo")
+    guest_out("demo")
 }
 
 /// The files every VM gets: our aarch64 binaries, plugins, fixtures and the demo guest.
@@ -122,7 +128,7 @@ pub(crate) fn vm_files() -> Result<Vec<VmFile>> {
 }
 
 pub(crate) fn job(name: &str, argv: &[&str]) -> Job {
-    Job { name: name.into(), argv: argv.iter().map(|s| s.to_string()).collect() }
+    Job::new(name, argv)
 }
 
 fn check_vm(tally: &mut Tally, cpu: &str, run: &VmRun) {
@@ -331,8 +337,10 @@ fn test(cpus: &[String]) -> Result<bool> {
         ),
     ];
     jobs.extend(compat::jobs(&compat::OLDEST));
+    jobs.extend(linux_e2e::jobs());
     let mut files = vm_files()?;
     files.extend(compat::vm_files(&compat::OLDEST)?);
+    files.extend(linux_e2e::files(&work, &kernel, &guest_out("dtbinfo"))?);
     vm::initramfs(
         &initrd,
         &cross_out("accel-vm-init"),
@@ -346,6 +354,7 @@ fn test(cpus: &[String]) -> Result<bool> {
         println!("xtask: [{cpu}] VM finished in {:.1} s", run.elapsed.as_secs_f64());
         check_vm(&mut tally, cpu, &run);
         compat::check(&mut tally, cpu, &run, &compat::OLDEST);
+        linux_e2e::check(&mut tally, cpu, &run, &work)?;
     }
     gdb_end_to_end(&mut tally, &kernel)?;
     println!("xtask: total time {:.1} s", start.elapsed().as_secs_f64());

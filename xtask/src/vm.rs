@@ -36,19 +36,20 @@ pub struct Job {
     pub name: String,
     /// Program and arguments.
     pub argv: Vec<String>,
-    /// A file in the VM to give the job as its standard input (`/dev/null` otherwise).
-    pub stdin: Option<String>,
+    /// Text to type into the job's standard input once it prints a line containing the first
+    /// string (its input is `/dev/null` otherwise).
+    pub respond: Option<(String, String)>,
 }
 
 impl Job {
     /// A job running `argv`.
     pub fn new(name: &str, argv: &[&str]) -> Self {
-        Self { name: name.into(), argv: argv.iter().map(|s| s.to_string()).collect(), stdin: None }
+        Self { name: name.into(), argv: argv.iter().map(|s| s.to_string()).collect(), respond: None }
     }
 
-    /// The same job with `path` as its standard input.
-    pub fn with_stdin(self, path: &str) -> Self {
-        Self { stdin: Some(path.into()), ..self }
+    /// The same job, with `text` typed into its input once it prints a line holding `trigger`.
+    pub fn responding(self, trigger: &str, text: &str) -> Self {
+        Self { respond: Some((trigger.into(), text.into())), ..self }
     }
 }
 
@@ -121,8 +122,8 @@ pub fn initramfs(
     all.extend(files);
     let mut list: String = env.iter().map(|(k, v)| format!("env\t{k}={v}\n")).collect();
     for job in jobs {
-        if let Some(path) = &job.stdin {
-            list.push_str(&format!("stdin\t{path}\n"));
+        if let Some((trigger, text)) = &job.respond {
+            list.push_str(&format!("respond\t{trigger}\t{}\n", text.replace('\n', "\\n")));
         }
         list.push_str(&format!("{}\t{}\n", job.name, job.argv.join("\t")));
     }

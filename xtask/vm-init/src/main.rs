@@ -5,9 +5,11 @@
 //! (QEMU's `-semihosting-config ...,userspace=on`), falling back to a power-off.
 //!
 //! A job line is `NAME<TAB>PROGRAM<TAB>ARG...`; a line `env<TAB>KEY=VALUE` sets an environment
-//! variable for the jobs after it, and `stdin<TAB>PATH` gives the next job that file as its
-//! standard input (otherwise it reads `/dev/null`). The program `@hex` is built in: it prints the
-//! file named by its argument as `@@hex` lines of hexadecimal, for the host to read back. For each job the console shows
+//! variable for the jobs after it, and `respond<TAB>TRIGGER<TAB>TEXT` makes the next job's
+//! standard input a pipe into which TEXT (with `\n` for a newline) is written once the job prints
+//! a line containing TRIGGER, as a person typing at a prompt would (otherwise it reads
+//! `/dev/null`). The program `@hex` is built in: it prints the file named by its argument as
+//! `@@hex` lines of hexadecimal, for the host to read back. For each job the console shows
 //! `@@accel job-begin NAME`, the job's output, and `@@accel job-end NAME status=N` (N is the
 //! exit code, or 128 + the signal number; 124 for a job killed after ten minutes). The run ends
 //! with `@@accel all-done`.
@@ -55,9 +57,40 @@ fn print_hex(path: &str) -> i32 {
     }
 }
 
-fn run_job(line: &str, env: &mut Vec<(String, String)>, stdin: &mut Option<String>) {
-    if let Some(path) = line.strip_prefix("stdin\t") {
-        *stdin = Some(path.trim().to_string());
+/// What to type into a job once it prints a line containing the trigger.
+struct Respond {
+    trigger: String,
+    text: String,
+}
+
+/// Copies the child's output to the console, line by line, and types `respond.text` into its
+/// input after the first line containing `respond.trigger`. The input stays open until the
+/// child's output ends.
+fn converse(child: &mut std::process::Child, respond: Respond) -> Option<std::thread::JoinHandle<()>> {
+    use std::io::BufRead;
+    let (stdout, mut stdin) = (child.stdout.take()?, child.stdin.take()?);
+    std::thread::Builder::new()
+        .name("respond".into())
+        .spawn(move || {
+            let mut typed = false;
+            for line in std::io::BufReader::new(stdout).split(b'\n').map_while(std::result::Result::ok) {
+                let line = String::from_utf8_lossy(&line).into_owned();
+                println!("{line}");
+                let _ = std::io::stdout().flush();
+                if !typed && line.contains(&respond.trigger) {
+                    typed = true;
+                    let _ = stdin.write_all(respond.text.as_bytes()).and_then(|()| stdin.flush());
+                }
+            }
+        })
+        .ok()
+}
+
+fn run_job(line: &str, env: &mut Vec<(String, String)>, respond: &mut Option<Respond>) {
+    if let Some(rest) = line.strip_prefix("respond\t") {
+        if let Some((trigger, text)) = rest.split_once('\t') {
+            *respond = Some(Respond { trigger: trigger.to_string(), text: text.replace("\\n", "\n") });
+        }
         return;
     }
     if let Some(seconds) = line.strip_prefix("timeout\t") {
@@ -86,30 +119,30 @@ fn run_job(line: &str, env: &mut Vec<(String, String)>, stdin: &mut Option<Strin
         let _ = std::io::stdout().flush();
         return;
     }
-    let input = match stdin.take() {
-        Some(path) => match std::fs::File::open(&path) {
-            Ok(file) => Stdio::from(file),
-            Err(e) => {
-                println!("@@accel warning: opening {path} as the standard input of {name}: {e}");
-                Stdio::null()
-            }
-        },
-        None => Stdio::null(),
-    };
+    let respond = respond.take();
+    let (input, output) =
+        if respond.is_some() { (Stdio::piped(), Stdio::piped()) } else { (Stdio::null(), Stdio::inherit()) };
     let child = Command::new(program)
         .args(&args)
         .env("PATH", "/bin")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("RUST_BACKTRACE", "1")
         .stdin(input)
+        .stdout(output)
         .spawn();
     let code = match child {
         Ok(mut child) => {
+            let conversation = respond.and_then(|r| converse(&mut child, r));
             let limit = Duration::from_secs(TIMEOUT_SECS.load(std::sync::atomic::Ordering::Relaxed));
             let deadline = Instant::now() + limit;
             loop {
                 match child.try_wait() {
-                    Ok(Some(s)) => break s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
+                    Ok(Some(s)) => {
+                        if let Some(thread) = conversation {
+                            let _ = thread.join();
+                        }
+                        break s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0));
+                    }
                     Ok(None) if Instant::now() >= deadline => {
                         println!(
                             "@@accel warning: {name} did not finish within {} s; killing it",
@@ -160,9 +193,9 @@ fn main() {
     match std::fs::read_to_string(JOBS) {
         Ok(jobs) => {
             let mut env = Vec::new();
-            let mut stdin = None;
+            let mut respond = None;
             for line in jobs.lines().filter(|l| !l.trim().is_empty()) {
-                run_job(line, &mut env, &mut stdin);
+                run_job(line, &mut env, &mut respond);
             }
         }
         Err(e) => println!("@@accel warning: reading {JOBS}: {e}"),
