@@ -70,6 +70,8 @@ pub(crate) fn cross_build() -> Result<()> {
         "accel-fixture-wrong-layout",
         "-p",
         "accel-vm-init",
+        "-p",
+        "accel-example-minimal-kvm",
     ]))?;
     cross_build_guest()
 }
@@ -100,6 +102,7 @@ pub(crate) fn vm_files() -> Result<Vec<VmFile>> {
         "libaccel_hvf.so",
         "libaccel_fixture_wrong_abi.so",
         "libaccel_fixture_wrong_layout.so",
+        "libaccel_example.so",
     ] {
         files.push(VmFile::from_host(&format!("/lib/accel/{lib}"), &cross_out(lib), 0o755)?);
     }
