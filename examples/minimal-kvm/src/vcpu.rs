@@ -144,6 +144,7 @@ fn access(addr: u64, data: &[u8]) -> MmioAccess {
 }
 
 impl BackendVcpu for MinimalVcpu {
+    /// The index the VM was asked for; KVM_CREATE_VCPU refuses a duplicate.
     fn index(&self) -> u32 {
         self.index
     }
