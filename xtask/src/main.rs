@@ -84,6 +84,8 @@ pub(crate) fn cross_build() -> Result<()> {
         "accel-fixture-segfaulting",
         "-p",
         "accel-vm-init",
+        "-p",
+        "accel-example-minimal-kvm",
     ]))?;
     cross_build_guest()
 }
@@ -121,6 +123,7 @@ pub(crate) fn vm_files() -> Result<Vec<VmFile>> {
         "libaccel_fixture_wrong_layout.so",
         "libaccel_fixture_panicking.so",
         "libaccel_fixture_segfaulting.so",
+        "libaccel_example.so",
     ] {
         files.push(VmFile::from_host(&format!("/lib/accel/{lib}"), &cross_out(lib), 0o755)?);
     }
