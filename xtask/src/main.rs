@@ -6,6 +6,7 @@
 //! - `cargo xtask run [IMAGE]`: runs the host with the KVM plugin on the demo guest (or IMAGE),
 //!   natively on an arm64 Linux host with usable KVM, otherwise inside the nested VM.
 
+mod checks;
 mod cmd;
 mod compat;
 mod debian;
@@ -30,8 +31,8 @@ use std::{
 };
 
 use gdb_e2e::gdb_end_to_end;
-use report::{libtest_counts, summary_line, Tally};
-use vm::{Job, VmFile, VmRun};
+use report::{libtest_counts, Tally};
+use vm::{Job, VmFile};
 
 /// An xtask failure, printed as one message.
 #[derive(Debug)]
@@ -134,115 +135,6 @@ pub(crate) fn job(name: &str, argv: &[&str]) -> Job {
     Job::new(name, argv)
 }
 
-fn check_vm(tally: &mut Tally, cpu: &str, run: &VmRun) {
-    let tag = |what: &str| format!("[{cpu}] {what}");
-    tally.check(&tag("vm boot"), run.all_done && run.qemu_status == Some(0), || {
-        format!(
-            "the VM did not finish its jobs (all-done: {}, QEMU status {:?})",
-            run.all_done, run.qemu_status
-        )
-    });
-
-    match run.job("conformance") {
-        Some(job) => match summary_line(&job.output) {
-            Some((passed, failed)) => {
-                println!("xtask: [{cpu}] conformance on real KVM: {passed} passed, {failed} failed");
-                tally.passed += passed;
-                tally.failed += failed;
-                let reported = ["FAIL", "AGAIN", "NOT RUN"];
-                for line in job.output.iter().filter(|l| reported.iter().any(|r| l.starts_with(r))) {
-                    tally.failures.push(format!("[{cpu}] {line}"));
-                }
-                tally.check(
-                    &tag("KVM conformance suite ran completely"),
-                    job.status == Some(0) && passed > 0,
-                    || format!("the runner exited with {:?} (cases failed or were not run)", job.status),
-                );
-            }
-            None => tally
-                .check(&tag("KVM conformance suite ran"), false, || "no summary line in its output".into()),
-        },
-        None => tally.check(&tag("KVM conformance suite ran"), false, || "the job did not run".into()),
-    }
-
-    let output_of = |name: &str| run.job(name).map(|j| (j.status, j.output.clone()));
-    // Figures, not a verdict: a benchmark that does not finish is reported, not counted.
-    match run.job("bench") {
-        Some(bench) if bench.status == Some(0) => {
-            println!(
-                "xtask: [{cpu}] figures from accel-bench (nested VM under TCG: compare ratios, not times):"
-            );
-            for line in &bench.output {
-                println!("  {line}");
-            }
-        }
-        Some(bench) => println!(
-            "xtask: [{cpu}] accel-bench did not complete (status {:?}); its output: {:?}",
-            bench.status, bench.output
-        ),
-        None => println!("xtask: [{cpu}] accel-bench did not run"),
-    }
-    let (status, out) = output_of("host-probe").unwrap_or_default();
-    tally.check(
-        &tag("accel-host probe --accel kvm says available"),
-        status == Some(0) && out.iter().any(|l| l.starts_with("available") && l.ends_with("yes")),
-        || format!("status {status:?}, output {out:?}"),
-    );
-    let (status, out) = output_of("host-probe-json").unwrap_or_default();
-    let text = out.join("\n");
-    tally.check(
-        &tag("accel-host probe --json lists capabilities, ID registers and decoded fields"),
-        status == Some(0)
-            && [
-                "\"available\": true",
-                "\"capabilities\"",
-                "\"id_registers\"",
-                "\"PARange\"",
-                "\"DBGDIDR\"",
-                "\"BRPs\"",
-            ]
-            .iter()
-            .all(|k| text.contains(k)),
-        || format!("status {status:?}, output {text}"),
-    );
-    let (status, out) = output_of("host-list").unwrap_or_default();
-    tally.check(
-        &tag("accel-host list finds the kvm (available) and hvf plugins"),
-        status == Some(0)
-            && out.iter().any(|l| l.starts_with("kvm") && l.contains(" available"))
-            && out.iter().any(|l| l.starts_with("hvf") && l.contains("unavailable")),
-        || format!("status {status:?}, output {out:?}"),
-    );
-    tally.check(
-        &tag("accel-host list names a plugin that aborts and one that crashes, and goes on"),
-        status == Some(0)
-            && out.iter().any(|l| l.contains("libaccel_fixture_panicking.so") && l.contains("SIGABRT"))
-            && out.iter().any(|l| l.contains("libaccel_fixture_segfaulting.so") && l.contains("SIGSEGV")),
-        || format!("status {status:?}, output {out:?}"),
-    );
-    let (status, out) = output_of("host-demo").unwrap_or_default();
-    tally.check(
-        &tag("accel-host run prints the demo guest's line and exits 0"),
-        status == Some(0) && out.iter().any(|l| l.contains(DEMO_LINE)),
-        || format!("status {status:?}, output {out:?}"),
-    );
-    let (status, out) = output_of("host-demo-2cpus").unwrap_or_default();
-    tally.check(
-        &tag("accel-host run --cpus 2 --mem 64M runs the demo guest"),
-        status == Some(0) && out.iter().any(|l| l.contains(DEMO_LINE)),
-        || format!("status {status:?}, output {out:?}"),
-    );
-    let (status, out) = output_of("host-not-a-plugin").unwrap_or_default();
-    tally.check(
-        &tag("accel-host run with a non-plugin file fails with a one-line reason"),
-        status == Some(1)
-            && out.len() == 1
-            && out[0].starts_with("accel-host: error:")
-            && out[0].contains("not a loadable shared library"),
-        || format!("status {status:?}, output {out:?}"),
-    );
-}
-
 /// rustfmt, and clippy with `-D warnings` on every target accel builds for.
 fn lint(tally: &mut Tally) {
     let checks: [(&str, Vec<&str>); 4] = [
@@ -326,6 +218,10 @@ fn test(cpus: &[String]) -> Result<bool> {
             &["/bin/accel-conformance", "--plugin", "/lib/accel/libaccel_kvm.so", "--fixtures", "/lib/accel"],
         ),
         job("bench", &["/bin/accel-bench", "--plugin", "/lib/accel/libaccel_kvm.so"]),
+        job(
+            "example-plugin",
+            &["/bin/accel-conformance", "--plugin", "/lib/accel/libaccel_example.so", "--allow-not-run"],
+        ),
         job("host-list", &["/bin/accel-host", "list"]),
         job("host-probe", &["/bin/accel-host", "probe", "--accel", "kvm"]),
         job("host-probe-json", &["/bin/accel-host", "probe", "--accel", "kvm", "--json"]),
@@ -355,7 +251,7 @@ fn test(cpus: &[String]) -> Result<bool> {
         println!("xtask: booting the nested arm64 VM (-cpu {cpu})");
         let run = vm::boot(&kernel, &initrd, cpu, VM_TIMEOUT, &[], &|line| println!("  vm[{cpu}]| {line}"))?;
         println!("xtask: [{cpu}] VM finished in {:.1} s", run.elapsed.as_secs_f64());
-        check_vm(&mut tally, cpu, &run);
+        checks::check_vm(&mut tally, cpu, &run);
         compat::check(&mut tally, cpu, &run, &compat::OLDEST);
         linux_e2e::check(&mut tally, cpu, &run, &work)?;
     }

@@ -2,14 +2,15 @@
 //! Linux's arm64 boot protocol (`Documentation/arch/arm64/booting.rst`) for an `Image`, and a
 //! device tree high in RAM for a bare-metal ELF or raw image.
 //!
-//! # Why the Image header is parsed here
-//! `linux-loader`'s arm64 loader (`linux_loader::loader::pe::PE`) is compiled only when the
-//! *build* target is aarch64 or riscv64, so the machine's logic could not be unit-tested on
-//! other hosts; it reports neither `image_size` nor the flags, and copies the file without
-//! checking that `image_size` bytes fit. The placement rules below need `image_size`: the kernel
-//! uses that much memory from its load address (its bss is not in the file), so the initrd and
-//! the device tree must start beyond it. The header is 64 bytes with four fields this module
-//! reads, so it reads them itself.
+//! # The Image header, and linux-loader
+//! The kernel is copied into RAM by `linux-loader`'s arm64 loader (`linux_loader::loader::pe::PE`)
+//! on aarch64 hosts, the only ones where a guest runs. That loader is compiled only when the
+//! *build* target is aarch64 or riscv64, reports neither `image_size` nor the flags, and copies the
+//! file without checking that `image_size` bytes fit. So the planning here, which every error must
+//! come from before a backend is opened, and which is unit-tested on any build host, reads the
+//! 64-byte header itself: the placement rules need `image_size`, since the kernel uses that much
+//! memory from its load address (its bss is not in the file), and the initrd and the device tree
+//! must start beyond it. Where linux-loader is not built, the file is copied directly.
 //!
 //! # Linux layout
 //! With RAM at `base` (2 MiB aligned):
@@ -373,6 +374,34 @@ fn check_dtb_len(dtb: &[u8]) -> Result<(), BootError> {
     Ok(())
 }
 
+/// Copies the kernel to where `layout` planned it, with linux-loader's arm64 loader, and checks
+/// that it put the kernel there.
+#[cfg(target_arch = "aarch64")]
+fn load_kernel(ram: &GuestRam, layout: &LinuxLayout, kernel: &[u8]) -> Result<(), BootError> {
+    use linux_loader::loader::{pe::PE, KernelLoader};
+    use vm_memory::GuestAddress;
+    let base = layout.kernel.start - layout.header.text_offset;
+    let loaded = PE::load(ram.memory(), Some(GuestAddress(base)), &mut std::io::Cursor::new(kernel), None)
+        .map_err(|e| BootError::Ram { what: "kernel", message: format!("linux-loader: {e}") })?;
+    if loaded.kernel_load.0 != layout.kernel.start {
+        return Err(BootError::Ram {
+            what: "kernel",
+            message: format!(
+                "linux-loader put it at {:#x}, not at the planned {:#x}",
+                loaded.kernel_load.0, layout.kernel.start
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Copies the kernel to where `layout` planned it (linux-loader's arm64 loader is not built for
+/// this host).
+#[cfg(not(target_arch = "aarch64"))]
+fn load_kernel(ram: &GuestRam, layout: &LinuxLayout, kernel: &[u8]) -> Result<(), BootError> {
+    write(ram, layout.kernel.start, kernel, "kernel")
+}
+
 /// Loads a Linux guest as `layout` planned: the kernel, the initrd and the device tree (which
 /// must name `layout.initrd`).
 pub fn load_linux(
@@ -392,7 +421,7 @@ pub fn load_linux(
         return Err(not_as_planned("initrd", initrd.map_or(0, <[u8]>::len), planned_initrd));
     }
     check_dtb_len(dtb)?;
-    write(ram, layout.kernel.start, kernel, "kernel")?;
+    load_kernel(ram, layout, kernel)?;
     if let (Some(range), Some(bytes)) = (&layout.initrd, initrd) {
         write(ram, range.start, bytes, "initrd")?;
     }

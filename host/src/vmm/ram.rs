@@ -21,6 +21,11 @@ impl GuestRam {
         Ok(Self { mem, base, size })
     }
 
+    /// The guest memory, for loaders that take `vm-memory`'s types.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
     /// The host address of the first byte.
     pub fn host_addr(&self) -> Result<u64> {
         self.mem.get_host_address(GuestAddress(self.base)).map(|p| p as u64).map_err(|e| {
