@@ -401,12 +401,6 @@ pub fn fetch(names: &[&str]) -> Result<Vec<Package>> {
     fetch_wanted(&wanted, Extract::All)
 }
 
-/// One exact version of a package, unpacked as `extract` says.
-pub fn fetch_exact(name: &str, version: &str, extract: Extract) -> Result<Package> {
-    let mut got = fetch_wanted(&[(name.to_string(), Some(version.to_string()))], extract)?;
-    got.pop().ok_or_else(|| Error(format!("{name} {version} was not fetched")))
-}
-
 /// The package that metapackage `meta` depends on whose name starts with `prefix` (how Debian
 /// names its current kernel), unpacked as `extract` says; None if `meta` has no such dependency.
 pub fn fetch_via_metapackage(meta: &str, prefix: &str, extract: Extract) -> Result<Option<Package>> {

@@ -1,5 +1,5 @@
-//! `cargo xtask fetch-debian`: fetches every Debian arm64 piece the tests use (both kernels with
-//! their System.map, busybox, QEMU with its libraries), writes the Linux guest's initramfs
+//! `cargo xtask fetch-debian`: fetches every Debian arm64 piece the tests use (both kernels,
+//! busybox, QEMU with its libraries), writes the Linux guest's initramfs
 //! images, and prints where everything is, how large, and how long each step took.
 
 use std::{path::Path, time::Instant};
@@ -9,13 +9,8 @@ use crate::{
     guest_qemu::{self, QEMU_ARGS},
     kernel::{self, KernelVersion},
     linux_guest::{self, CheckInit, GuestEnd},
-    root,
-    system_map::SystemMap,
-    vm, Error, Result,
+    root, vm, Error, Result,
 };
-
-/// Kernel symbols whose addresses are printed, as a check that the System.map is real.
-const SYMBOLS: &[&str] = &["do_idle", "jiffies"];
 
 fn size_of(path: &Path) -> String {
     std::fs::metadata(path).map(|m| human(m.len())).unwrap_or_else(|e| format!("unreadable: {e}"))
@@ -37,19 +32,6 @@ pub fn fetch_debian() -> Result<()> {
             size_of(&k.image),
             k.release,
             k.package().unwrap_or_else(|| "ACCEL_KERNEL".into()),
-            took(start)
-        );
-        let start = Instant::now();
-        let path = k.system_map()?;
-        let map = SystemMap::load(&path)?;
-        let addresses: Vec<String> =
-            SYMBOLS.iter().map(|s| map.address(s).map(|a| format!("{s} {a:#x}"))).collect::<Result<_>>()?;
-        println!(
-            "  System.map: {} ({}, {} symbols; {}) [{}]",
-            path.display(),
-            size_of(&path),
-            map.len(),
-            addresses.join(", "),
             took(start)
         );
         shell_kernel.get_or_insert(k.image);

@@ -53,15 +53,12 @@ impl fmt::Display for KernelVersion {
 /// The members of a kernel image package that xtask keeps: the image and its configuration.
 /// (Its `/boot/System.map-*` is a one-line placeholder.)
 const IMAGE_MEMBERS: &[&str] = &["./boot/vmlinuz-*", "./boot/config-*"];
-/// The member of a kernel's `-dbg` package that holds the real System.map. It comes early in the
-/// package's archive, so unpacking stops long before the debug information.
-const SYSTEM_MAP_MEMBERS: &[&str] = &["./usr/lib/debug/boot/System.map-*"];
 
 /// Where a kernel came from.
 #[derive(Debug)]
 enum Source {
     Debian(Control),
-    Given { system_map: Option<PathBuf> },
+    Given,
 }
 
 /// An arm64 kernel ready to boot.
@@ -84,7 +81,7 @@ pub fn kernel(version: KernelVersion) -> Result<Kernel> {
         return Ok(Kernel {
             release: banner_release(&data).unwrap_or_else(|| "unknown".into()),
             image,
-            source: Source::Given { system_map: std::env::var_os("ACCEL_SYSTEM_MAP").map(PathBuf::from) },
+            source: Source::Given,
         });
     }
     let hint =
@@ -131,45 +128,11 @@ pub fn kernel(version: KernelVersion) -> Result<Kernel> {
 }
 
 impl Kernel {
-    /// The kernel's `System.map`. A Debian kernel's real one is in its `-dbg` package, of which
-    /// only that file is kept; the package is large (about 1 GB), so it is fetched on first use
-    /// only. With `ACCEL_KERNEL`, it is the file `ACCEL_SYSTEM_MAP` names.
-    pub fn system_map(&self) -> Result<PathBuf> {
-        match &self.source {
-            Source::Given { system_map: Some(path) } => Ok(path.clone()),
-            Source::Given { system_map: None } => Err(Error(
-                "ACCEL_KERNEL is set but ACCEL_SYSTEM_MAP is not, so its System.map is unknown".into(),
-            )),
-            Source::Debian(image) => {
-                let dbg = debian::fetch_exact(
-                    &format!("{}-dbg", image.package),
-                    &image.version,
-                    Extract::Members(SYSTEM_MAP_MEMBERS),
-                )
-                .map_err(|Error(e)| {
-                    Error(format!(
-                        "{e}; the System.map must match the cached kernel {} {}: to move to the archive's \
-                         current kernel, delete {}",
-                        image.package,
-                        image.version,
-                        self.image.parent().and_then(|boot| boot.parent()).unwrap_or(&self.image).display()
-                    ))
-                })?;
-                let path = dbg.root.join("usr/lib/debug/boot").join(format!("System.map-{}", self.release));
-                if path.is_file() {
-                    Ok(path)
-                } else {
-                    Err(Error(format!("{} is missing", path.display())))
-                }
-            }
-        }
-    }
-
     /// The Debian package the kernel came from, as `name version`, if it did.
     pub fn package(&self) -> Option<String> {
         match &self.source {
             Source::Debian(c) => Some(format!("{} {}", c.package, c.version)),
-            Source::Given { .. } => None,
+            Source::Given => None,
         }
     }
 }

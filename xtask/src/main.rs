@@ -21,7 +21,6 @@ mod provision;
 mod report;
 mod shlibs;
 mod soak;
-mod system_map;
 mod vm;
 
 use std::{

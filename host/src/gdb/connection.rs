@@ -1,10 +1,14 @@
-//! The connection to gdb: a TCP listener or a character device, a reader thread that turns its
-//! bytes into session events, and the writer gdbstub talks through.
+//! The connections to gdb, one after another: a TCP listener, or a character device (a
+//! virtio-serial port), and the reader thread that turns each connection's bytes into session
+//! events. Every connection gets a number, so that what a dead client left behind is never taken
+//! for the next one's.
 
 use std::{
     io::{Read, Write},
     net::TcpListener,
-    sync::{mpsc, Arc},
+    os::fd::AsRawFd,
+    sync::{mpsc, Arc, Mutex},
+    time::Duration,
 };
 
 use accel_api::{AccelError, ErrorKind, Result};
@@ -12,9 +16,10 @@ use gdbstub::conn::Connection;
 
 use super::{vcpu_thread::Event, GdbOptions};
 
-/// Writes to gdb through the session's shared byte sink (shared so that the protocol can be
-/// restarted on the same connection).
-pub struct Conn(pub Arc<std::sync::Mutex<Box<dyn Write + Send>>>);
+/// Writes to one gdb connection. Shared, so that a protocol restarted on the same connection
+/// keeps writing to it.
+#[derive(Clone)]
+pub struct Conn(pub Arc<Mutex<Box<dyn Write + Send>>>);
 
 impl Conn {
     fn with<T>(
@@ -42,55 +47,134 @@ impl Connection for Conn {
     }
 }
 
+/// An I/O failure as the API's error.
 pub fn accel_err(e: impl std::fmt::Display) -> AccelError {
     AccelError::new(ErrorKind::IO, e.to_string())
 }
 
-/// Opens the gdb connection: returns a writer and starts a reader thread feeding `events`.
-pub fn connect(options: &GdbOptions, events: mpsc::Sender<Event>) -> Result<Box<dyn Write + Send>> {
-    let is_device = options.address.contains('/');
-    let (reader, writer): (Box<dyn Read + Send>, Box<dyn Write + Send>) = if is_device {
+fn send_bytes(events: &mpsc::Sender<Event>, conn: u64, bytes: &[u8]) -> bool {
+    bytes.iter().all(|b| events.send(Event::Data { conn, byte: *b }).is_ok())
+}
+
+/// Reads and drops what a character device holds from before this process opened it: bytes a
+/// client sent to a stub that has since gone.
+fn drain(file: &std::fs::File) {
+    let fd = file.as_raw_fd();
+    // SAFETY: F_GETFL and F_SETFL on a descriptor this process owns change only its flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) };
+    let mut buf = [0u8; 4096];
+    let mut dropped = 0;
+    while let Ok(n @ 1..) = (&*file).read(&mut buf) {
+        dropped += n;
+    }
+    // SAFETY: as above; the descriptor's original flags come back.
+    unsafe { libc::fcntl(fd, libc::F_SETFL, flags) };
+    if dropped > 0 {
+        log::debug!("gdb: dropped {dropped} bytes left on the port from an earlier client");
+    }
+}
+
+/// A character device: end-of-file means no client is connected at the other end (a
+/// virtio-serial port reads so), and data after it is a new connection.
+fn serve_device(file: std::fs::File, events: mpsc::Sender<Event>) {
+    let mut conn = 0;
+    let mut connected = false;
+    let mut buf = [0u8; 4096];
+    loop {
+        match (&file).read(&mut buf) {
+            Ok(0) => {
+                if connected {
+                    connected = false;
+                    if events.send(Event::Closed { conn }).is_err() {
+                        return;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(n) => {
+                if !connected {
+                    let Ok(writer) = file.try_clone() else { return };
+                    conn += 1;
+                    connected = true;
+                    if events.send(Event::Connected { conn, writer: Box::new(writer) }).is_err() {
+                        return;
+                    }
+                }
+                if !send_bytes(&events, conn, &buf[..n]) {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                log::warn!("gdb: reading the port: {e}");
+                let _ = events.send(Event::Closed { conn });
+                return;
+            }
+        }
+    }
+}
+
+/// A TCP listener: each accepted client in turn, until it hangs up.
+fn serve_tcp(listener: TcpListener, events: mpsc::Sender<Event>) {
+    let mut conn = 0;
+    loop {
+        let (stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                log::warn!("gdb: accepting a connection: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        log::info!("gdb: connection from {peer}");
+        let _ = stream.set_nodelay(true);
+        let Ok(writer) = stream.try_clone() else { continue };
+        conn += 1;
+        if events.send(Event::Connected { conn, writer: Box::new(writer) }).is_err() {
+            return;
+        }
+        let mut reader = stream;
+        let mut buf = [0u8; 4096];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) if send_bytes(&events, conn, &buf[..n]) => {}
+                Ok(_) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        if events.send(Event::Closed { conn }).is_err() {
+            return;
+        }
+    }
+}
+
+/// Starts listening where `options` says, with a thread that reports connections, their bytes
+/// and their ends on `events`.
+pub fn listen(options: &GdbOptions, events: mpsc::Sender<Event>) -> Result<()> {
+    let address = &options.address;
+    let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new().name(name.into()).spawn(body).map(drop).map_err(accel_err)
+    };
+    if address.contains('/') {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .open(&options.address)
-            .map_err(|e| accel_err(format!("opening {}: {e}", options.address)))?;
-        let reader = file.try_clone().map_err(accel_err)?;
-        eprintln!("accel-host: gdb stub ready on {}", options.address);
-        (Box::new(reader), Box::new(file))
+            .open(address)
+            .map_err(|e| accel_err(format!("opening {address}: {e}")))?;
+        drain(&file);
+        spawn("gdb-port", Box::new(move || serve_device(file, events)))?;
     } else {
-        let listener = TcpListener::bind(&options.address)
-            .map_err(|e| accel_err(format!("listening on {}: {e}", options.address)))?;
-        eprintln!("accel-host: gdb stub ready on {}", options.address);
-        let (stream, peer) = listener.accept().map_err(accel_err)?;
-        log::info!("gdb: connection from {peer}");
-        let _ = stream.set_nodelay(true);
-        (Box::new(stream.try_clone().map_err(accel_err)?), Box::new(stream))
-    };
-    std::thread::Builder::new()
-        .name("gdb-reader".into())
-        .spawn(move || {
-            let mut reader = reader;
-            let mut buf = [0u8; 4096];
-            loop {
-                match reader.read(&mut buf) {
-                    // A character device (a virtio-serial port) reads as end-of-file while nobody
-                    // is connected at the other end: wait for gdb rather than hang up.
-                    Ok(0) if is_device => std::thread::sleep(std::time::Duration::from_millis(20)),
-                    Ok(0) | Err(_) => {
-                        let _ = events.send(Event::Closed);
-                        return;
-                    }
-                    Ok(n) => {
-                        for b in &buf[..n] {
-                            if events.send(Event::Byte(*b)).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            }
-        })
-        .map_err(accel_err)?;
-    Ok(writer)
+        let listener =
+            TcpListener::bind(address).map_err(|e| accel_err(format!("listening on {address}: {e}")))?;
+        spawn("gdb-listener", Box::new(move || serve_tcp(listener, events)))?;
+    }
+    eprintln!("accel-host: gdb stub ready on {address}");
+    Ok(())
 }

@@ -63,7 +63,7 @@ pub fn serve(machine: Machine, options: &GdbOptions, console: Option<Escape>) ->
     }
     if !options.wait {
         for h in &handles {
-            let _ = h.commands.send(Command::Resume);
+            let _ = h.commands.send(Command::Resume { step: false });
         }
     }
     let outcome = session::serve_session(options, handles, debug, Arc::clone(&ram), events_tx, events);

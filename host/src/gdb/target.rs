@@ -2,7 +2,7 @@
 //! guest RAM, with memory read and written by virtual address through the guest's stage-1 tables.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{mpsc, Arc},
 };
 
@@ -61,6 +61,8 @@ pub struct GdbTarget {
     pub(super) running: Vec<bool>,
     translation: HashMap<u32, TranslationRegs>,
     pub(super) xml: Option<String>,
+    /// The thread gdb waits on in the current round.
+    waiting_on: Option<u32>,
 }
 
 /// The vCPU index of a gdb thread id (thread ids count from 1).
@@ -86,6 +88,7 @@ impl GdbTarget {
             running,
             translation: HashMap::new(),
             xml: None,
+            waiting_on: None,
         }
     }
 
@@ -158,6 +161,7 @@ impl GdbTarget {
     /// Sends `Resume` to every vCPU per this round's actions.
     pub(super) fn resume_all(&mut self) -> Result<()> {
         self.translation.clear();
+        let (mut first_step, mut first) = (None, None);
         for (i, handle) in self.vcpus.iter().enumerate() {
             let index = i as u32;
             // With scheduler locking, threads without an action of their own stay stopped.
@@ -166,23 +170,56 @@ impl GdbTarget {
                 None if self.scheduler_locked => continue,
                 None => Action::Continue,
             };
-            self.debug.set_single_step(index, action == Action::Step)?;
+            let step = action == Action::Step;
+            self.debug.set_single_step(index, step)?;
             handle
                 .commands
-                .send(Command::Resume)
+                .send(Command::Resume { step })
                 .map_err(|_| AccelError::bad_state(format!("vCPU {index}'s thread is gone")))?;
             self.running[i] = true;
+            first_step = first_step.or(step.then_some(index));
+            first = first.or(Some(index));
+        }
+        // gdb waits on the thread it steps, or else on the first it resumed.
+        self.waiting_on = first_step.or(first);
+        Ok(())
+    }
+
+    /// Lets vCPU `index` run on from a stop no client sees, with no step.
+    pub(super) fn resume_one(&mut self, index: u32) -> Result<()> {
+        let handle = self
+            .vcpus
+            .get(index as usize)
+            .ok_or_else(|| AccelError::bad_state(format!("no vCPU {index}")))?;
+        self.debug.set_single_step(index, false)?;
+        handle
+            .commands
+            .send(Command::Resume { step: false })
+            .map_err(|_| AccelError::bad_state(format!("vCPU {index}'s thread is gone")))?;
+        self.running[index as usize] = true;
+        Ok(())
+    }
+
+    /// Lets every stopped vCPU run on, with no step.
+    pub(super) fn resume_stopped(&mut self) -> Result<()> {
+        self.translation.clear();
+        for index in 0..self.vcpus.len() as u32 {
+            if !self.running[index as usize] {
+                self.resume_one(index)?;
+            }
         }
         Ok(())
     }
 
-    /// Stops every vCPU still running and waits until they have, keeping later events queued
-    /// only if they are real stops (the first real stop wins).
-    pub(super) fn stop_others(
-        &mut self,
-        events: &mpsc::Receiver<Event>,
-        pending_bytes: &mut std::collections::VecDeque<u8>,
-    ) {
+    /// The thread gdb waits on this round: where an interrupt is reported.
+    pub(super) fn waiting_on(&self) -> Tid {
+        index_tid(self.waiting_on.unwrap_or(0))
+    }
+
+    /// Stops every vCPU still running and waits until they have. Events that are not vCPU stops
+    /// (gdb's bytes, a connection's end, a quit) are queued on `deferred` in order, for the
+    /// caller to take next.
+    pub(super) fn stop_others(&mut self, events: &mpsc::Receiver<Event>, deferred: &mut VecDeque<Event>) {
         for (i, h) in self.vcpus.iter().enumerate() {
             if self.running[i] {
                 h.kicker.kick();
@@ -190,9 +227,14 @@ impl GdbTarget {
         }
         while self.running.iter().any(|r| *r) {
             match events.recv() {
+                Ok(Event::Vcpu(i, Stop::Exited(outcome))) => {
+                    self.running[i as usize] = false;
+                    // The machine ended while stopping: that is what the caller must see.
+                    deferred.push_front(Event::Vcpu(i, Stop::Exited(outcome)));
+                }
                 Ok(Event::Vcpu(i, _)) => self.running[i as usize] = false,
-                Ok(Event::Byte(b)) => pending_bytes.push_back(b),
-                Ok(Event::Closed | Event::Quit) | Err(_) => break,
+                Ok(other) => deferred.push_back(other),
+                Err(_) => break,
             }
         }
     }
@@ -200,7 +242,14 @@ impl GdbTarget {
     pub(super) fn stop_reason(&mut self, index: u32, stop: Stop) -> Result<MultiThreadStopReason<u64>> {
         let tid = index_tid(index);
         Ok(match stop {
-            Stop::Debug(DebugEvent::Step) => MultiThreadStopReason::DoneStep,
+            // A step names its thread: gdb files the registers it reads next under it.
+            Stop::Debug(DebugEvent::Step) => {
+                MultiThreadStopReason::SignalWithThread { tid, signal: Signal::SIGTRAP }
+            }
+            Stop::PoweredOff => {
+                log::info!("gdb: vCPU {index} is powered off; it cannot step until PSCI CPU_ON starts it");
+                MultiThreadStopReason::SignalWithThread { tid, signal: Signal::SIGSTOP }
+            }
             Stop::Debug(DebugEvent::HwBreakpoint { .. }) => MultiThreadStopReason::HwBreak(tid),
             Stop::Debug(DebugEvent::SwBreakpoint { .. }) => MultiThreadStopReason::SwBreak(tid),
             Stop::Debug(DebugEvent::Watchpoint { watch, accessed }) => MultiThreadStopReason::Watch {
@@ -245,7 +294,9 @@ impl Target for GdbTarget {
 }
 
 fn nonfatal(e: AccelError) -> TargetError<AccelError> {
-    log::warn!("gdb: {e}");
+    // gdb reads past what is mapped all the time (a backtrace, `x` at a bad address) and shows
+    // the failure itself: not worth a line among the guest's console output.
+    log::debug!("gdb: {e}");
     TargetError::NonFatal
 }
 

@@ -6,15 +6,18 @@ use std::sync::mpsc;
 use accel_api::{
     client::{Debug, Kicker, Vcpu},
     debug::DebugEvent,
-    AccelError, Result, VcpuFeatures,
+    AccelError, MpState, Result, VcpuFeatures,
 };
 
 use crate::vmm::{guest_debug::deliver_to_guest, Outcome, Step};
 
 /// A command for a vCPU thread.
 pub enum Command {
-    /// Run until the next stop.
-    Resume,
+    /// Run until the next stop; `step` when the debugger asked this vCPU for one instruction.
+    Resume {
+        /// A single step was asked for.
+        step: bool,
+    },
     /// Run a closure on the vCPU (only while stopped).
     Exec(Box<dyn FnOnce(&mut Vcpu) + Send>),
 }
@@ -26,6 +29,9 @@ pub enum Stop {
     Debug(DebugEvent),
     /// Kicked (an interrupt request, or another vCPU stopped first).
     Kicked,
+    /// Asked to step while powered off (PSCI CPU_OFF, or never started): it cannot run until
+    /// another vCPU starts it with PSCI CPU_ON, so it did not.
+    PoweredOff,
     /// The guest ended the machine.
     Exited(Outcome),
     /// Running failed.
@@ -34,12 +40,27 @@ pub enum Stop {
 
 /// What the session waits for.
 pub enum Event {
-    /// A byte from gdb.
-    Byte(u8),
+    /// A gdb client connected; what it is sent goes to `writer`.
+    Connected {
+        /// The connection's number.
+        conn: u64,
+        /// Its writer.
+        writer: Box<dyn std::io::Write + Send>,
+    },
+    /// A byte from connection `conn`.
+    Data {
+        /// The connection's number.
+        conn: u64,
+        /// The byte.
+        byte: u8,
+    },
+    /// Connection `conn` closed.
+    Closed {
+        /// The connection's number.
+        conn: u64,
+    },
     /// The user quit from the console.
     Quit,
-    /// The connection closed.
-    Closed,
     /// vCPU `index` stopped.
     Vcpu(u32, Stop),
 }
@@ -68,8 +89,12 @@ pub fn vcpu_thread(
     for command in commands {
         match command {
             Command::Exec(f) => f(&mut vcpu),
-            Command::Resume => {
+            Command::Resume { step } => {
+                let powered_off = step && vcpu.get_mp_state().is_ok_and(|s| s == MpState::STOPPED);
                 let stop = loop {
+                    if powered_off {
+                        break Stop::PoweredOff;
+                    }
                     match step_exit(&mut vcpu) {
                         Ok(Step::Continue) => {}
                         Ok(Step::Ended(outcome)) => break Stop::Exited(outcome),
