@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use crate::{
     config::{MemoryRegion, ProbeInfo, VcpuConfig, VmConfig},
-    debug::{DebugCapacity, DebugEvent, Watchpoint},
+    debug::{DebugCapacity, DebugEvent, DebugProgram, Watchpoint},
     error::Result,
     events::{MpState, VcpuEvents},
     exit::{DebugExit, VcpuExit},
@@ -176,6 +176,11 @@ pub trait BackendDebug: Send + Sync + 'static {
     fn remove_all(&self) -> Result<()>;
     /// Matches a debug exit of vCPU `index` against the pool.
     fn classify(&self, index: u32, exit: &DebugExit) -> DebugEvent;
+    /// What the pool has programmed for vCPU `index`, for a person to read.
+    fn program(&self, index: u32) -> Result<DebugProgram> {
+        let _ = index;
+        Err(crate::AccelError::unsupported("this backend cannot show its debug pool's registers"))
+    }
 }
 
 /// Dirty-page logging of a VM's memory slots.

@@ -9,7 +9,7 @@ use crate::{
         MemoryRegionRecord, SveBox, VcpuBox, VcpuConfigRecord, VmBox, VmConfigRecord,
     },
     config::{MemoryRegion, ProbeInfo, VcpuConfig, VmConfig},
-    debug::{DebugCapacity, DebugEvent, Watchpoint},
+    debug::{DebugCapacity, DebugEvent, DebugProgram, Watchpoint},
     error::{AccelError, ErrorKind, Result},
     events::{MpState, VcpuEvents},
     exit::{DebugExit, VcpuExit},
@@ -387,5 +387,10 @@ impl Debug {
     /// Matches a debug exit of vCPU `index` against the pool.
     pub fn classify(&self, index: u32, exit: &DebugExit) -> DebugEvent {
         self.inner.classify(index, exit).into()
+    }
+
+    /// What the pool has programmed for vCPU `index`; `unsupported` from a plugin before ABI 2.2.
+    pub fn program(&self, index: u32) -> Result<DebugProgram> {
+        self.inner.program(index).into_result().map(|r| DebugProgram::from(&r))
     }
 }

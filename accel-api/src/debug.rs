@@ -93,6 +93,29 @@ pub fn watchpoint_registers(addr: u64, len: u64, kind: WatchKind) -> Result<(u64
     )))
 }
 
+/// Splits `len` bytes at `addr` into ranges that one watchpoint register each watches exactly
+/// (see [`watchpoint_registers`]), in address order and as few as a greedy cover gives: the
+/// largest aligned power-of-two range of 16 bytes or more that fits, else the bytes up to the end
+/// of the doubleword. `None` for an empty or wrapping range, or one that needs more than
+/// [`MAX_DEBUG_REGS`] registers. A 12-byte range at an odd address, say, becomes two: the rest of
+/// its first doubleword and the start of the next.
+pub fn watch_pieces(addr: u64, len: u64) -> Option<Vec<(u64, u64)>> {
+    let end = addr.checked_add(len).filter(|_| len > 0)?;
+    let mut pieces = Vec::new();
+    let mut at = addr;
+    while at < end {
+        let left = end - at;
+        let masked = (4..=31).rev().map(|bits| 1u64 << bits).find(|size| *size <= left && at % size == 0);
+        let size = masked.unwrap_or_else(|| (8 - (at & 7)).min(left));
+        pieces.push((at, size));
+        if pieces.len() > MAX_DEBUG_REGS {
+            return None;
+        }
+        at += size;
+    }
+    Some(pieces)
+}
+
 /// A hardware watchpoint in the pool.
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,6 +214,37 @@ impl DebugSetup {
     /// True when anything is enabled.
     pub fn active(&self) -> bool {
         self.sw_breakpoints || self.hardware || self.single_step
+    }
+}
+
+/// What a debug pool has programmed for one vCPU, for a person to read (`monitor debug-pool`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DebugProgram {
+    /// The debug registers and flags the vCPU runs with.
+    pub setup: DebugSetup,
+    /// The addresses of the software breakpoints (shared by every vCPU).
+    pub sw_breakpoints: Vec<u64>,
+}
+
+impl DebugProgram {
+    /// The registers in use, by their Arm ARM ids: DBGBCR<n>/DBGBVR<n> of each enabled
+    /// breakpoint and DBGWCR<n>/DBGWVR<n> of each enabled watchpoint.
+    pub fn registers(&self) -> Vec<crate::RegValue> {
+        use crate::sysreg::{dbgbcr, dbgbvr, dbgwcr, dbgwvr};
+        let mut out = Vec::new();
+        for n in 0..MAX_DEBUG_REGS {
+            if self.setup.bcr[n] & 1 != 0 {
+                out.push(crate::RegValue { id: dbgbcr(n as u8), value: self.setup.bcr[n] });
+                out.push(crate::RegValue { id: dbgbvr(n as u8), value: self.setup.bvr[n] });
+            }
+        }
+        for n in 0..MAX_DEBUG_REGS {
+            if self.setup.wcr[n] & 1 != 0 {
+                out.push(crate::RegValue { id: dbgwcr(n as u8), value: self.setup.wcr[n] });
+                out.push(crate::RegValue { id: dbgwvr(n as u8), value: self.setup.wvr[n] });
+            }
+        }
+        out
     }
 }
 
@@ -356,6 +410,11 @@ impl DebugPool {
         restore
     }
 
+    /// The addresses of the software breakpoints, in order.
+    pub fn sw_addresses(&self) -> Vec<u64> {
+        self.sw.keys().copied().collect()
+    }
+
     /// The hardware breakpoints, watchpoints and software breakpoints in use.
     pub fn counts(&self) -> (usize, usize, usize) {
         (self.breakpoints.len(), self.watchpoints.len(), self.sw.len())
@@ -477,6 +536,34 @@ mod tests {
         assert!(watchpoint_registers(0x4000_0080, 256, WatchKind::READ).is_err(), "unaligned base");
         assert!(watchpoint_registers(0x4000_0000, 24, WatchKind::READ).is_err(), "not a power of two");
         assert!(watchpoint_registers(0x4000_0000, 16, WatchKind(0)).is_err(), "no kind");
+    }
+
+    #[test]
+    fn watch_pieces_cover_exactly_and_each_fits_one_register() {
+        assert_eq!(watch_pieces(0x1003, 12), Some(vec![(0x1003, 5), (0x1008, 7)]));
+        assert_eq!(watch_pieces(0x1000, 8), Some(vec![(0x1000, 8)]));
+        assert_eq!(watch_pieces(0x1000, 24), Some(vec![(0x1000, 16), (0x1010, 8)]));
+        assert_eq!(
+            watch_pieces(0x1004, 64),
+            Some(vec![(0x1004, 4), (0x1008, 8), (0x1010, 16), (0x1020, 32), (0x1040, 4)])
+        );
+        assert_eq!(watch_pieces(0x1000, 0), None);
+        assert_eq!(watch_pieces(u64::MAX, 2), None);
+        assert_eq!(watch_pieces(0x1001, 16 * 8 + 7).map(|p| p.len()), Some(6));
+        assert_eq!(watch_pieces(0, 1 << 36), None, "32 pieces of 2 GiB: more than there are registers");
+        for (addr, len) in [(0x4000_0001u64, 3u64), (0x77, 100), (0x1000, 0x1000), (0xfff9, 30)] {
+            let pieces = watch_pieces(addr, len).unwrap();
+            let mut at = addr;
+            for (a, l) in &pieces {
+                assert_eq!(*a, at, "contiguous");
+                assert!(
+                    watchpoint_registers(*a, *l, WatchKind::WRITE).is_ok(),
+                    "{a:#x}+{l} fits one register"
+                );
+                at += l;
+            }
+            assert_eq!(at, addr + len, "covers exactly");
+        }
     }
 
     #[test]

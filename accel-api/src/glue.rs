@@ -14,11 +14,11 @@ use abi_stable::{
 
 use crate::{
     abi::{
-        AccelBox, AccelOps, AccelOps_TO, DebugBox, DebugEventRecord, DebugOps, DebugOps_TO, DirtyLogBox,
-        DirtyLogOps, DirtyLogOps_TO, EventFdBox, EventFdOps, EventFdOps_TO, EventsBox, EventsOps,
-        EventsOps_TO, ExitRecord, GicBox, GicConfigRecord, GicOps, GicOps_TO, KickOps, KickOps_TO, KickerBox,
-        MemoryRegionRecord, ProbeRecord, SveBox, SveOps, SveOps_TO, VcpuBox, VcpuConfigRecord, VcpuOps,
-        VcpuOps_TO, VmBox, VmConfigRecord, VmOps, VmOps_TO,
+        AccelBox, AccelOps, AccelOps_TO, DebugBox, DebugEventRecord, DebugOps, DebugOps_TO,
+        DebugProgramRecord, DirtyLogBox, DirtyLogOps, DirtyLogOps_TO, EventFdBox, EventFdOps, EventFdOps_TO,
+        EventsBox, EventsOps, EventsOps_TO, ExitRecord, GicBox, GicConfigRecord, GicOps, GicOps_TO, KickOps,
+        KickOps_TO, KickerBox, MemoryRegionRecord, ProbeRecord, SveBox, SveOps, SveOps_TO, VcpuBox,
+        VcpuConfigRecord, VcpuOps, VcpuOps_TO, VmBox, VmConfigRecord, VmOps, VmOps_TO,
     },
     backend::{
         Backend, BackendDebug, BackendDirtyLog, BackendEvents, BackendGic, BackendLinuxEventFd, BackendSve,
@@ -272,6 +272,9 @@ impl DebugOps for Shared<dyn BackendDebug> {
     }
     fn classify(&self, index: u32, exit: &DebugExit) -> DebugEventRecord {
         guard_value(|| self.0.classify(index, exit), DebugEvent::Guest).into()
+    }
+    fn program(&self, index: u32) -> RResult<DebugProgramRecord, AccelError> {
+        guard("debug program", || self.0.program(index).map(|p| DebugProgramRecord::from(&p)))
     }
 }
 

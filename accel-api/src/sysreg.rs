@@ -128,11 +128,32 @@ impl RegId {
         }
     }
 
+    /// The names of the numbered register families: `DBGBVR<n>_EL1`, `DBGBCR<n>_EL1`,
+    /// `DBGWVR<n>_EL1` and `DBGWCR<n>_EL1` (n = CRm), `PMEVCNTR<n>_EL0` and `PMEVTYPER<n>_EL0`
+    /// (n = CRm[1:0]:op2, below 31).
+    fn numbered_name(self) -> Option<String> {
+        let (op0, op1, crn, crm, op2) = self.fields()?;
+        match (op0, op1, crn, crm, op2) {
+            (2, 0, 0, n, 4) => Some(format!("DBGBVR{n}_EL1")),
+            (2, 0, 0, n, 5) => Some(format!("DBGBCR{n}_EL1")),
+            (2, 0, 0, n, 6) => Some(format!("DBGWVR{n}_EL1")),
+            (2, 0, 0, n, 7) => Some(format!("DBGWCR{n}_EL1")),
+            (3, 3, 14, 8..=11, _) => Some(format!("PMEVCNTR{}_EL0", (crm & 3) * 8 + op2)),
+            (3, 3, 14, 12..=15, _) if (crm & 3) * 8 + op2 < 31 => {
+                Some(format!("PMEVTYPER{}_EL0", (crm & 3) * 8 + op2))
+            }
+            _ => None,
+        }
+    }
+
     /// The Arm ARM name, or the generic `S<op0>_<op1>_C<n>_C<m>_<op2>` form the assemblers
     /// accept; non-architectural registers get descriptive names.
     pub fn name(self) -> Cow<'static, str> {
         if let Some((_, name)) = NAMES.iter().find(|(id, _)| *id == self) {
             return Cow::Borrowed(name);
+        }
+        if let Some(name) = self.numbered_name() {
+            return Cow::Owned(name);
         }
         match (self.space(), self.fields()) {
             (RegSpace::Sys, Some((op0, op1, crn, crm, op2))) => {
@@ -304,7 +325,31 @@ sysregs! {
     PMCCNTR_EL0 = (3, 3, 9, 13, 0);
     PMUSERENR_EL0 = (3, 3, 9, 14, 0);
     PMCCFILTR_EL0 = (3, 3, 14, 15, 7);
+    AIDR_EL1 = (3, 1, 0, 0, 7);
+    ID_AA64FPFR0_EL1 = (3, 0, 0, 4, 7);
+    ID_AA64DFR2_EL1 = (3, 0, 0, 5, 2);
+    ID_AA64ISAR3_EL1 = (3, 0, 0, 6, 3);
+    TCR2_EL1 = (3, 0, 2, 0, 3);
+    PIRE0_EL1 = (3, 0, 10, 2, 2);
+    PIR_EL1 = (3, 0, 10, 2, 3);
+    DISR_EL1 = (3, 0, 12, 1, 1);
+    PMCNTENCLR_EL0 = (3, 3, 9, 12, 2);
+    PMOVSCLR_EL0 = (3, 3, 9, 12, 3);
+    PMSWINC_EL0 = (3, 3, 9, 12, 4);
+    PMSELR_EL0 = (3, 3, 9, 12, 5);
+    PMCEID0_EL0 = (3, 3, 9, 12, 6);
+    PMCEID1_EL0 = (3, 3, 9, 12, 7);
+    PMXEVTYPER_EL0 = (3, 3, 9, 13, 1);
+    PMXEVCNTR_EL0 = (3, 3, 9, 13, 2);
+    PMOVSSET_EL0 = (3, 3, 9, 14, 3);
+    PMINTENSET_EL1 = (3, 0, 9, 14, 1);
+    PMINTENCLR_EL1 = (3, 0, 9, 14, 2);
+    PMMIR_EL1 = (3, 0, 9, 14, 6);
+    DACR32_EL2 = (3, 4, 3, 0, 0);
+    IFSR32_EL2 = (3, 4, 5, 0, 1);
+    FPEXC32_EL2 = (3, 4, 5, 3, 0);
     MDSCR_EL1 = (2, 0, 0, 2, 2);
+    MDRAR_EL1 = (2, 0, 1, 0, 0);
     MDCCINT_EL1 = (2, 0, 0, 2, 0);
     OSLAR_EL1 = (2, 0, 1, 0, 4);
     OSLSR_EL1 = (2, 0, 1, 1, 4);
@@ -365,6 +410,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn numbered_families_and_unallocated_encodings_are_named() {
+        assert_eq!(RegId::sys(2, 0, 0, 0, 4).name(), "DBGBVR0_EL1");
+        assert_eq!(RegId::sys(2, 0, 0, 15, 7).name(), "DBGWCR15_EL1");
+        assert_eq!(RegId::sys(3, 3, 14, 8, 0).name(), "PMEVCNTR0_EL0");
+        assert_eq!(RegId::sys(3, 3, 14, 11, 6).name(), "PMEVCNTR30_EL0");
+        assert_eq!(RegId::sys(3, 3, 14, 13, 2).name(), "PMEVTYPER10_EL0");
+        assert_eq!(RegId::sys(3, 3, 14, 15, 7).name(), "PMCCFILTR_EL0");
+        assert_eq!(AIDR_EL1.name(), "AIDR_EL1");
+        assert_eq!(
+            RegId::sys(3, 0, 0, 3, 3).name(),
+            "S3_0_C0_C3_3",
+            "unallocated ID space keeps its encoding"
+        );
+    }
+
+    #[test]
     fn encodings_match_kvm_and_hvf() {
         // hv_sys_reg_t values from Hypervisor.framework's headers.
         assert_eq!(dbgbvr(0).encoding(), Some(0x8004));
@@ -379,7 +440,7 @@ mod tests {
     fn names_classes_and_spaces() {
         assert_eq!(ID_AA64PFR0_EL1.name(), "ID_AA64PFR0_EL1");
         assert_eq!(RegId::sys(3, 0, 15, 2, 7).name(), "S3_0_C15_C2_7");
-        assert_eq!(dbgwcr(3).name(), "S2_0_C0_C3_7");
+        assert_eq!(dbgwcr(3).name(), "DBGWCR3_EL1");
         assert_eq!(FW_PSCI_VERSION.name(), "firmware PSCI_VERSION");
         assert_eq!(RegId::ccsidr(2).name(), "CCSIDR_EL1[CSSELR=0x2]");
         assert_eq!(RegId::ccsidr(2).space(), RegSpace::Ccsidr);

@@ -223,6 +223,15 @@ fn run(args: RunArgs) -> Result<i32, String> {
     // Everything that can be checked before the backend is opened.
     let plan = vmm::Plan::new(args.config, payload, &info.caps).map_err(|e| e.to_string())?;
     let accelerator = plugin.open().map_err(|e| e.to_string())?;
+    let gdb = args.gdb.map(|options| GdbOptions {
+        about: format!(
+            "{} (accel ABI {}) from {}",
+            plugin.name(),
+            plugin.abi_version(),
+            choice.path.display()
+        ),
+        ..options
+    });
     let machine =
         vmm::Machine::build(&accelerator, plan, Box::new(std::io::stdout())).map_err(|e| e.to_string())?;
     if let Some(path) = &args.dump_dtb {
@@ -231,7 +240,7 @@ fn run(args: RunArgs) -> Result<i32, String> {
     }
     let bus = std::sync::Arc::clone(&machine.bus);
     let console = Some(args.escape);
-    let outcome = match &args.gdb {
+    let outcome = match &gdb {
         Some(options) => accel_host::gdb::serve(machine, options, console),
         None => vmm::run(machine, console),
     }
@@ -298,7 +307,7 @@ fn main() -> ExitCode {
             run(RunArgs {
                 accel: accel.clone(),
                 config: vmm::MachineConfig { cpus: *cpus, mem_size: *mem, features, cmdline: append.clone() },
-                gdb: gdb.clone().map(|address| GdbOptions { address, wait: *gdb_wait }),
+                gdb: gdb.clone().map(|address| GdbOptions { address, wait: *gdb_wait, about: String::new() }),
                 kernel: kernel.clone(),
                 initrd: initrd.clone(),
                 image: image.clone(),

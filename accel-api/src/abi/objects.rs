@@ -11,12 +11,12 @@
 
 use abi_stable::{
     sabi_trait,
-    std_types::{RBox, ROption, RResult, RSlice, RVec},
+    std_types::{RBox, RErr, ROption, RResult, RSlice, RVec},
 };
 
 use super::records::{
-    DebugEventRecord, ExitRecord, GicConfigRecord, MemoryRegionRecord, ProbeRecord, VcpuConfigRecord,
-    VmConfigRecord,
+    DebugEventRecord, DebugProgramRecord, ExitRecord, GicConfigRecord, MemoryRegionRecord, ProbeRecord,
+    VcpuConfigRecord, VmConfigRecord,
 };
 use crate::{
     debug::{DebugCapacity, Watchpoint},
@@ -165,6 +165,14 @@ pub trait DebugOps: Send + Sync {
     /// Matches a debug exit of vCPU `index` against the pool.
     #[sabi(last_prefix_field)]
     fn classify(&self, index: u32, exit: &DebugExit) -> DebugEventRecord;
+
+    /// What the pool has programmed for vCPU `index` (ABI 2.2).
+    fn program(&self, index: u32) -> RResult<DebugProgramRecord, AccelError> {
+        let _ = index;
+        RErr(AccelError::unsupported(
+            "reading the debug pool's registers needs a plugin of accel ABI 2.2 or later",
+        ))
+    }
 }
 
 /// Dirty-page logging of a VM's memory slots.

@@ -13,7 +13,7 @@ use abi_stable::{
 
 use crate::{
     config::{Capabilities, MemoryRegion, ProbeInfo, VcpuConfig, VcpuFeatures, VmConfig},
-    debug::{DebugEvent, WatchKind, Watchpoint},
+    debug::{DebugEvent, DebugProgram, WatchKind, Watchpoint},
     error::{AccelError, Result},
     exit::{DebugExit, MmioAccess, SystemEventKind, VcpuExit},
     idregs::IdRegisters,
@@ -464,6 +464,74 @@ impl From<DebugEventRecord> for DebugEvent {
     }
 }
 
+/// The flags of a [`DebugProgramRecord`].
+pub mod debug_program_flags {
+    /// BRK instructions trap to the host (software breakpoints are in use).
+    pub const SW_BREAKPOINTS: u32 = 1;
+    /// The hardware breakpoint and watchpoint registers are in use.
+    pub const HARDWARE: u32 = 2;
+    /// The vCPU single-steps.
+    pub const SINGLE_STEP: u32 = 4;
+}
+
+/// What a debug pool has programmed for one vCPU, as it crosses the boundary (ABI 2.2).
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq, Eq)]
+pub struct DebugProgramRecord {
+    /// [`debug_program_flags`].
+    pub flags: u32,
+    /// The debug registers in use, by their ids.
+    pub registers: RVec<RegValue>,
+    /// The software breakpoints' addresses.
+    pub sw_breakpoints: RVec<u64>,
+}
+
+impl From<&DebugProgram> for DebugProgramRecord {
+    fn from(p: &DebugProgram) -> Self {
+        use debug_program_flags::*;
+        let flags = [
+            (p.setup.sw_breakpoints, SW_BREAKPOINTS),
+            (p.setup.hardware, HARDWARE),
+            (p.setup.single_step, SINGLE_STEP),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .fold(0, |flags, (_, bit)| flags | bit);
+        Self { flags, registers: p.registers().into(), sw_breakpoints: p.sw_breakpoints.clone().into() }
+    }
+}
+
+impl From<&DebugProgramRecord> for DebugProgram {
+    fn from(r: &DebugProgramRecord) -> Self {
+        use crate::sysreg::{dbgbcr, dbgbvr, dbgwcr, dbgwvr};
+        use debug_program_flags::*;
+        let mut setup = crate::debug::DebugSetup {
+            sw_breakpoints: r.flags & SW_BREAKPOINTS != 0,
+            hardware: r.flags & HARDWARE != 0,
+            single_step: r.flags & SINGLE_STEP != 0,
+            ..Default::default()
+        };
+        for v in r.registers.iter() {
+            for n in 0..crate::debug::MAX_DEBUG_REGS {
+                let i = n as u8;
+                let slot = if v.id == dbgbcr(i) {
+                    &mut setup.bcr[n]
+                } else if v.id == dbgbvr(i) {
+                    &mut setup.bvr[n]
+                } else if v.id == dbgwcr(i) {
+                    &mut setup.wcr[n]
+                } else if v.id == dbgwvr(i) {
+                    &mut setup.wvr[n]
+                } else {
+                    continue;
+                };
+                *slot = v.value;
+            }
+        }
+        DebugProgram { setup, sw_breakpoints: r.sw_breakpoints.to_vec() }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -532,6 +600,20 @@ mod tests {
         );
         assert_eq!(record.to_config(), Ok(gic));
         assert!(GicConfigRecord::from(&GicConfig::virt(32)).options.is_empty(), "no ITS, no option");
+    }
+
+    #[test]
+    fn debug_programs_round_trip() {
+        let mut pool = crate::debug::DebugPool::new(6, 4);
+        pool.insert_hw_breakpoint(0x4000_1000).unwrap();
+        pool.insert_watchpoint(Watchpoint { addr: 0x4001_0000, len: 8, kind: WatchKind::WRITE }).unwrap();
+        pool.insert_sw_breakpoint(0x4000_2000, 0x4000_2000, 0).unwrap();
+        pool.set_single_step(0, true);
+        let program = DebugProgram { setup: pool.setup_for(0), sw_breakpoints: pool.sw_addresses() };
+        let record = DebugProgramRecord::from(&program);
+        assert_eq!(record.flags, 7);
+        assert_eq!(record.registers.len(), 4);
+        assert_eq!(DebugProgram::from(&record), program);
     }
 
     #[test]

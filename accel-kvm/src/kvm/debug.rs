@@ -10,7 +10,7 @@ use std::sync::{
 
 use accel_api::{
     backend::BackendDebug,
-    debug::{DebugCapacity, DebugEvent, DebugPool, DebugSetup, Watchpoint, BRK_INSN},
+    debug::{DebugCapacity, DebugEvent, DebugPool, DebugProgram, DebugSetup, Watchpoint, BRK_INSN},
     memory::MemoryMap,
     AccelError, DebugExit, ErrorKind, Result,
 };
@@ -213,5 +213,10 @@ impl BackendDebug for KvmDebug {
             Ok(pool) => pool.classify(index, exit.esr, exit.far, exit.pc),
             Err(_) => DebugEvent::Guest,
         }
+    }
+
+    fn program(&self, index: u32) -> Result<DebugProgram> {
+        let pool = self.pool()?;
+        Ok(DebugProgram { setup: pool.setup_for(index), sw_breakpoints: pool.sw_addresses() })
     }
 }

@@ -175,6 +175,78 @@ impl RegId for GdbRegId {
     }
 }
 
+/// The types of gdb's own `org.gnu.gdb.aarch64.fpu` feature, as gdbserver describes them, so
+/// that `p $v0.d.u` and the like work as against any other stub.
+const FPU_TYPES: &str = concat!(
+    "  <vector id=\"v8bf16\" type=\"bfloat16\" count=\"8\"/>\n",
+    "  <vector id=\"v2d\" type=\"ieee_double\" count=\"2\"/>\n",
+    "  <vector id=\"v2u\" type=\"uint64\" count=\"2\"/>\n",
+    "  <vector id=\"v2i\" type=\"int64\" count=\"2\"/>\n",
+    "  <vector id=\"v4f\" type=\"ieee_single\" count=\"4\"/>\n",
+    "  <vector id=\"v4u\" type=\"uint32\" count=\"4\"/>\n",
+    "  <vector id=\"v4i\" type=\"int32\" count=\"4\"/>\n",
+    "  <vector id=\"v8f\" type=\"ieee_half\" count=\"8\"/>\n",
+    "  <vector id=\"v8u\" type=\"uint16\" count=\"8\"/>\n",
+    "  <vector id=\"v8i\" type=\"int16\" count=\"8\"/>\n",
+    "  <vector id=\"v16u\" type=\"uint8\" count=\"16\"/>\n",
+    "  <vector id=\"v16i\" type=\"int8\" count=\"16\"/>\n",
+    "  <vector id=\"v1u\" type=\"uint128\" count=\"1\"/>\n",
+    "  <vector id=\"v1i\" type=\"int128\" count=\"1\"/>\n",
+    "  <union id=\"vnd\"><field name=\"f\" type=\"v2d\"/><field name=\"u\" type=\"v2u\"/><field name=\"s\" type=\"v2i\"/></union>\n",
+    "  <union id=\"vns\"><field name=\"f\" type=\"v4f\"/><field name=\"u\" type=\"v4u\"/><field name=\"s\" type=\"v4i\"/></union>\n",
+    "  <union id=\"vnh\"><field name=\"bf\" type=\"v8bf16\"/><field name=\"f\" type=\"v8f\"/><field name=\"u\" type=\"v8u\"/><field name=\"s\" type=\"v8i\"/></union>\n",
+    "  <union id=\"vnb\"><field name=\"u\" type=\"v16u\"/><field name=\"s\" type=\"v16i\"/></union>\n",
+    "  <union id=\"vnq\"><field name=\"u\" type=\"v1u\"/><field name=\"s\" type=\"v1i\"/></union>\n",
+    "  <union id=\"aarch64v\"><field name=\"d\" type=\"vnd\"/><field name=\"s\" type=\"vns\"/>",
+    "<field name=\"h\" type=\"vnh\"/><field name=\"b\" type=\"vnb\"/><field name=\"q\" type=\"vnq\"/></union>\n",
+);
+
+/// The types of gdb's own `org.gnu.gdb.aarch64.sve` feature at `vq` quadwords, as gdbserver and
+/// QEMU describe them: `{q,d,s,h,b}` views of a Z register, each with `{u,s}` and the float
+/// views `f` (so `p $z0.d.u` works), and predicates as bytes.
+fn sve_types(vq: u32) -> String {
+    let (q, d, s, h, b) = (vq, vq * 2, vq * 4, vq * 8, vq * 16);
+    let mut t = String::new();
+    for (id, ty, count) in [
+        ("svevqu", "uint128", q),
+        ("svevqs", "int128", q),
+        ("svevdf", "ieee_double", d),
+        ("svevdu", "uint64", d),
+        ("svevds", "int64", d),
+        ("svevsf", "ieee_single", s),
+        ("svevsu", "uint32", s),
+        ("svevss", "int32", s),
+        ("svevhf", "ieee_half", h),
+        ("svevhu", "uint16", h),
+        ("svevhs", "int16", h),
+        ("svevbu", "uint8", b),
+        ("svevbs", "int8", b),
+    ] {
+        let _ = writeln!(t, r#"  <vector id="{id}" type="{ty}" count="{count}"/>"#);
+    }
+    for (id, fields) in [
+        ("svevnq", &[("u", "svevqu"), ("s", "svevqs")][..]),
+        ("svevnd", &[("f", "svevdf"), ("u", "svevdu"), ("s", "svevds")][..]),
+        ("svevns", &[("f", "svevsf"), ("u", "svevsu"), ("s", "svevss")][..]),
+        ("svevnh", &[("f", "svevhf"), ("u", "svevhu"), ("s", "svevhs")][..]),
+        ("svevnb", &[("u", "svevbu"), ("s", "svevbs")][..]),
+        ("svev", &[("q", "svevnq"), ("d", "svevnd"), ("s", "svevns"), ("h", "svevnh"), ("b", "svevnb")][..]),
+    ] {
+        let _ = write!(t, r#"  <union id="{id}">"#);
+        for (name, ty) in fields {
+            let _ = write!(t, r#"<field name="{name}" type="{ty}"/>"#);
+        }
+        t.push_str("</union>\n");
+    }
+    let _ = writeln!(t, r#"  <vector id="svep" type="uint8" count="{}"/>"#, vq * 2);
+    t
+}
+
+/// System registers that KVM keeps with the core registers, served from them under their
+/// system-register encodings: SP_EL0, SP_EL1, ELR_EL1 and SPSR_EL1.
+pub const CORE_SYSREGS: [(u16, &str); 4] =
+    [(0xc208, "SP_EL0"), (0xe208, "SP_EL1"), (0xc201, "ELR_EL1"), (0xc200, "SPSR_EL1")];
+
 fn reg(xml: &mut String, name: &str, bits: u64, regnum: u64, kind: &str, group: Option<&str>) {
     let group = group.map(|g| format!(r#" group="{g}""#)).unwrap_or_default();
     let _ =
@@ -205,48 +277,16 @@ pub fn target_xml(sve_vq: Option<u32>, sysregs: &[RegValue]) -> String {
     match sve_vq {
         None => {
             x.push_str("<feature name=\"org.gnu.gdb.aarch64.fpu\">\n");
-            x.push_str(concat!(
-                "  <vector id=\"v2d\" type=\"ieee_double\" count=\"2\"/>\n",
-                "  <vector id=\"v2u\" type=\"uint64\" count=\"2\"/>\n",
-                "  <vector id=\"v4f\" type=\"ieee_single\" count=\"4\"/>\n",
-                "  <vector id=\"v4u\" type=\"uint32\" count=\"4\"/>\n",
-                "  <vector id=\"v8u\" type=\"uint16\" count=\"8\"/>\n",
-                "  <vector id=\"v16u\" type=\"uint8\" count=\"16\"/>\n",
-                "  <union id=\"vnd\"><field name=\"f\" type=\"v2d\"/><field name=\"u\" type=\"v2u\"/></union>\n",
-                "  <union id=\"vns\"><field name=\"f\" type=\"v4f\"/><field name=\"u\" type=\"v4u\"/></union>\n",
-                "  <union id=\"vnh\"><field name=\"u\" type=\"v8u\"/></union>\n",
-                "  <union id=\"vnb\"><field name=\"u\" type=\"v16u\"/></union>\n",
-                "  <union id=\"vnq\"><field name=\"u\" type=\"uint128\"/></union>\n",
-                "  <union id=\"aarch64v\"><field name=\"d\" type=\"vnd\"/><field name=\"s\" type=\"vns\"/>\n",
-                "    <field name=\"h\" type=\"vnh\"/><field name=\"b\" type=\"vnb\"/><field name=\"q\" type=\"vnq\"/></union>\n"
-            ));
+            x.push_str(FPU_TYPES);
             for i in 0..32 {
                 reg(&mut x, &format!("v{i}"), 128, 34 + i, "aarch64v", Some("vector"));
             }
         }
         Some(vq) => {
-            let vl_bits = u64::from(vq) * 128;
             x.push_str("<feature name=\"org.gnu.gdb.aarch64.sve\">\n");
-            let _ = write!(
-                x,
-                concat!(
-                    "  <vector id=\"svevqu\" type=\"uint128\" count=\"{q}\"/>\n",
-                    "  <vector id=\"svevdf\" type=\"ieee_double\" count=\"{d}\"/>\n",
-                    "  <vector id=\"svevdu\" type=\"uint64\" count=\"{d}\"/>\n",
-                    "  <vector id=\"svevsu\" type=\"uint32\" count=\"{s}\"/>\n",
-                    "  <vector id=\"svevbu\" type=\"uint8\" count=\"{b}\"/>\n",
-                    "  <union id=\"svev\"><field name=\"q\" type=\"svevqu\"/><field name=\"d\" type=\"svevdu\"/>\n",
-                    "    <field name=\"df\" type=\"svevdf\"/><field name=\"s\" type=\"svevsu\"/><field name=\"b\" type=\"svevbu\"/></union>\n",
-                    "  <vector id=\"svep\" type=\"uint8\" count=\"{p}\"/>\n"
-                ),
-                q = vq,
-                d = vq * 2,
-                s = vq * 4,
-                b = vq * 16,
-                p = vq * 2
-            );
+            x.push_str(&sve_types(vq));
             for i in 0..32 {
-                reg(&mut x, &format!("z{i}"), vl_bits, 34 + i, "svev", Some("vector"));
+                reg(&mut x, &format!("z{i}"), u64::from(vq) * 128, 34 + i, "svev", Some("vector"));
             }
         }
     }
@@ -261,7 +301,12 @@ pub fn target_xml(sve_vq: Option<u32>, sysregs: &[RegValue]) -> String {
     }
     x.push_str("</feature>\n");
     x.push_str("<feature name=\"org.accel.aarch64.sysregs\">\n");
-    for v in sysregs {
+    for (encoding, name) in CORE_SYSREGS {
+        reg(&mut x, name, 64, u64::from(encoding), "uint64", Some("system"));
+    }
+    for v in
+        sysregs.iter().filter(|v| v.id.encoding().is_none_or(|e| CORE_SYSREGS.iter().all(|(c, _)| *c != e)))
+    {
         if let Some(encoding) = v.id.encoding() {
             reg(&mut x, &v.id.name(), 64, u64::from(encoding), "uint64", Some("system"));
         }
@@ -320,5 +365,18 @@ mod tests {
         let sve = target_xml(Some(4), &sys);
         assert!(sve.contains("org.gnu.gdb.aarch64.sve") && sve.contains(r#"name="z31" bitsize="512""#));
         assert!(sve.contains(r#"name="vg""#) && !sve.contains(r#"name="v0""#));
+        assert!(sve.contains(
+            r#"<union id="svevnd"><field name="f" type="svevdf"/><field name="u" type="svevdu"/>"#
+        ));
+        assert!(
+            sve.contains(r#"<vector id="svevdu" type="uint64" count="8"/>"#),
+            "4 quadwords are 8 doublewords"
+        );
+        assert!(plain.contains(
+            r#"<union id="vnd"><field name="f" type="v2d"/><field name="u" type="v2u"/><field name="s""#
+        ));
+        for name in ["SP_EL0", "SP_EL1", "ELR_EL1", "SPSR_EL1"] {
+            assert!(plain.contains(&format!(r#"name="{name}""#)), "{name} is described");
+        }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod arch;
 mod connection;
+mod monitor;
 mod session;
 mod target;
 mod vcpu_thread;
@@ -25,6 +26,8 @@ pub struct GdbOptions {
     pub address: String,
     /// Start with every vCPU stopped, waiting for gdb.
     pub wait: bool,
+    /// What `monitor info` says about the backend: its name, ABI and file.
+    pub about: String,
 }
 
 /// Runs `machine` under gdb's control: each vCPU on its own thread, driven by the session.

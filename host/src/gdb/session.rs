@@ -59,6 +59,7 @@ pub fn serve_session(
     events: mpsc::Receiver<Event>,
 ) -> Result<Outcome> {
     let mut machine = GdbTarget::new(vcpus, debug, ram, !options.wait);
+    machine.about = options.about.clone();
     let sve_vq = if machine.vcpus.first().is_some_and(|h| h.features.contains(VcpuFeatures::SVE)) {
         Some(machine.exec(0, |v| v.get_sve().map(|s| s.vq))?)
     } else {
@@ -155,6 +156,9 @@ fn run_protocol(
     let mut gdb = stub.run_state_machine(machine)?;
     loop {
         gdb = match gdb {
+            GdbStubStateMachine::Idle(_) if machine.ended.is_some() => {
+                return Ok(Flow::Ended(machine.ended.take().unwrap_or(Outcome::Reset)))
+            }
             GdbStubStateMachine::Idle(g) => match events.next() {
                 Some(Event::Data { conn: c, byte }) if c == conn => g.incoming_data(machine, byte)?,
                 Some(Event::Closed { conn: c }) if c == conn => return Ok(Flow::Gone),

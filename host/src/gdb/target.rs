@@ -8,10 +8,10 @@ use std::{
 
 use accel_api::{
     client::{Debug, Vcpu},
-    debug::{DebugEvent, WatchKind as AccelWatchKind, Watchpoint},
+    debug::{watch_pieces, DebugEvent, WatchKind as AccelWatchKind, Watchpoint},
     mmu::{translate, TranslationRegs},
     sysreg::{self, RegId},
-    AccelError, ErrorKind, PutLevel, RegClass, RegValue, Result, VcpuFeatures,
+    AccelError, CoreRegs, ErrorKind, PutLevel, RegClass, RegValue, Result, VcpuFeatures,
 };
 use gdbstub::{
     common::{Signal, Tid},
@@ -39,7 +39,7 @@ use gdbstub::{
 };
 
 use super::{
-    arch::{AccelAArch64, GdbRegId, GdbRegs, SveView},
+    arch::{AccelAArch64, GdbRegId, GdbRegs, SveView, CORE_SYSREGS},
     vcpu_thread::{Command, Event, Stop, VcpuHandle},
 };
 use crate::vmm::ram::GuestRam;
@@ -63,6 +63,47 @@ pub struct GdbTarget {
     pub(super) xml: Option<String>,
     /// The thread gdb waits on in the current round.
     waiting_on: Option<u32>,
+    /// Each stopped vCPU's system registers, read once per stop.
+    sysregs: HashMap<u32, Vec<RegValue>>,
+    /// The backend, for `monitor info`.
+    pub(super) about: String,
+    /// The end of the run a monitor command asked for.
+    pub(super) ended: Option<crate::vmm::Outcome>,
+}
+
+/// A core register that gdb sees as a system register.
+#[derive(Clone, Copy)]
+enum CoreSysreg {
+    SpEl0,
+    SpEl1,
+    ElrEl1,
+    SpsrEl1,
+}
+
+impl CoreSysreg {
+    fn of(self, core: &CoreRegs) -> &u64 {
+        match self {
+            CoreSysreg::SpEl0 => &core.sp_el0,
+            CoreSysreg::SpEl1 => &core.sp_el1,
+            CoreSysreg::ElrEl1 => &core.elr_el1,
+            CoreSysreg::SpsrEl1 => &core.spsr[0],
+        }
+    }
+
+    fn of_mut(self, core: &mut CoreRegs) -> &mut u64 {
+        match self {
+            CoreSysreg::SpEl0 => &mut core.sp_el0,
+            CoreSysreg::SpEl1 => &mut core.sp_el1,
+            CoreSysreg::ElrEl1 => &mut core.elr_el1,
+            CoreSysreg::SpsrEl1 => &mut core.spsr[0],
+        }
+    }
+}
+
+/// The core register behind a system-register encoding of [`CORE_SYSREGS`], if it is one.
+fn core_sysreg(encoding: u16) -> Option<CoreSysreg> {
+    let at = CORE_SYSREGS.iter().position(|(e, _)| *e == encoding)?;
+    [CoreSysreg::SpEl0, CoreSysreg::SpEl1, CoreSysreg::ElrEl1, CoreSysreg::SpsrEl1].get(at).copied()
 }
 
 /// The vCPU index of a gdb thread id (thread ids count from 1).
@@ -89,6 +130,9 @@ impl GdbTarget {
             translation: HashMap::new(),
             xml: None,
             waiting_on: None,
+            sysregs: HashMap::new(),
+            about: String::new(),
+            ended: None,
         }
     }
 
@@ -161,6 +205,7 @@ impl GdbTarget {
     /// Sends `Resume` to every vCPU per this round's actions.
     pub(super) fn resume_all(&mut self) -> Result<()> {
         self.translation.clear();
+        self.sysregs.clear();
         let (mut first_step, mut first) = (None, None);
         for (i, handle) in self.vcpus.iter().enumerate() {
             let index = i as u32;
@@ -185,6 +230,45 @@ impl GdbTarget {
         Ok(())
     }
 
+    /// A system register by encoding: the core-kept ones (SP_EL0, SP_EL1, ELR_EL1, SPSR_EL1) from
+    /// the core registers, the rest from the vCPU's system registers, read once per stop for
+    /// every register gdb asks for afterwards (`info registers` reads hundreds).
+    fn read_sysreg(&mut self, index: u32, encoding: u16) -> Result<u64> {
+        if let Some(field) = core_sysreg(encoding) {
+            let core = self.exec(index, |v| v.get_core())?;
+            return Ok(*field.of(&core));
+        }
+        if !self.sysregs.contains_key(&index) {
+            let values = self.exec(index, |v| v.get_regs(RegClass::SYS))?;
+            self.sysregs.insert(index, values);
+        }
+        let id = RegId::from_encoding(encoding);
+        self.sysregs
+            .get(&index)
+            .and_then(|values| values.iter().find(|v| v.id == id))
+            .map(|v| v.value)
+            .ok_or_else(|| {
+                AccelError::new(ErrorKind::NOT_FOUND, format!("{id} is not a register of vCPU {index}"))
+            })
+    }
+
+    /// Writes a system register by encoding (see [`GdbTarget::read_sysreg`]).
+    fn write_sysreg(&mut self, index: u32, encoding: u16, value: u64) -> Result<()> {
+        self.sysregs.remove(&index);
+        if let Some(field) = core_sysreg(encoding) {
+            return self.exec(index, move |v| {
+                let mut core = v.get_core()?;
+                *field.of_mut(&mut core) = value;
+                v.put_core(&core, PutLevel::RUNTIME)
+            });
+        }
+        let id = RegId::from_encoding(encoding);
+        self.exec(index, move |v| {
+            v.get_regs(id.class())?;
+            v.put_regs(&[RegValue { id, value }], PutLevel::RUNTIME)
+        })
+    }
+
     /// Lets vCPU `index` run on from a stop no client sees, with no step.
     pub(super) fn resume_one(&mut self, index: u32) -> Result<()> {
         let handle = self
@@ -192,6 +276,7 @@ impl GdbTarget {
             .get(index as usize)
             .ok_or_else(|| AccelError::bad_state(format!("no vCPU {index}")))?;
         self.debug.set_single_step(index, false)?;
+        self.sysregs.remove(&index);
         handle
             .commands
             .send(Command::Resume { step: false })
@@ -203,6 +288,7 @@ impl GdbTarget {
     /// Lets every stopped vCPU run on, with no step.
     pub(super) fn resume_stopped(&mut self) -> Result<()> {
         self.translation.clear();
+        self.sysregs.clear();
         for index in 0..self.vcpus.len() as u32 {
             if !self.running[index as usize] {
                 self.resume_one(index)?;
@@ -285,6 +371,10 @@ impl Target for GdbTarget {
     fn support_target_description_xml_override(
         &mut self,
     ) -> Option<TargetDescriptionXmlOverrideOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_monitor_cmd(&mut self) -> Option<gdbstub::target::ext::monitor_cmd::MonitorCmdOps<'_, Self>> {
         Some(self)
     }
 
@@ -399,8 +489,7 @@ impl SingleRegisterAccess<Tid> for GdbTarget {
         let mut regs = GdbRegs::default();
         match reg {
             GdbRegId::Sys(encoding) => {
-                let id = RegId::from_encoding(encoding);
-                let value = self.exec(tid_index(tid), move |v| v.get_reg(id)).map_err(nonfatal)?;
+                let value = self.read_sysreg(tid_index(tid), encoding).map_err(nonfatal)?;
                 let bytes = value.to_le_bytes();
                 let n = buf.len().min(8);
                 buf[..n].copy_from_slice(&bytes[..n]);
@@ -421,16 +510,10 @@ impl SingleRegisterAccess<Tid> for GdbTarget {
     fn write_register(&mut self, tid: Tid, reg: GdbRegId, val: &[u8]) -> TargetResult<(), Self> {
         match reg {
             GdbRegId::Sys(encoding) => {
-                let id = RegId::from_encoding(encoding);
                 let mut b = [0u8; 8];
                 let n = val.len().min(8);
                 b[..n].copy_from_slice(&val[..n]);
-                let value = u64::from_le_bytes(b);
-                self.exec(tid_index(tid), move |v| {
-                    v.get_regs(id.class())?;
-                    v.put_regs(&[RegValue { id, value }], PutLevel::RUNTIME)
-                })
-                .map_err(nonfatal)
+                self.write_sysreg(tid_index(tid), encoding, u64::from_le_bytes(b)).map_err(nonfatal)
             }
             other => {
                 let mut regs = GdbRegs::default();
@@ -564,13 +647,37 @@ fn watch(addr: u64, len: u64, kind: WatchKind) -> Watchpoint {
     Watchpoint { addr, len, kind }
 }
 
+/// The ranges a watch of `len` bytes at `addr` takes, one watchpoint register each: a range no
+/// single register covers exactly is split over several, as gdbserver does.
+fn pieces(addr: u64, len: u64) -> Result<Vec<(u64, u64)>> {
+    watch_pieces(addr, len).ok_or_else(|| {
+        AccelError::invalid(format!(
+            "a {len}-byte watchpoint at {addr:#x} needs more watchpoint registers than exist"
+        ))
+    })
+}
+
 impl HwWatchpoint for GdbTarget {
     fn add_hw_watchpoint(&mut self, addr: u64, len: u64, kind: WatchKind) -> TargetResult<bool, Self> {
-        done(self.debug.insert_watchpoint(&watch(addr, len, kind)))
+        let added = pieces(addr, len).and_then(|pieces| {
+            for (i, (a, l)) in pieces.iter().enumerate() {
+                if let Err(e) = self.debug.insert_watchpoint(&watch(*a, *l, kind)) {
+                    for (a, l) in &pieces[..i] {
+                        let _ = self.debug.remove_watchpoint(&watch(*a, *l, kind));
+                    }
+                    return Err(e);
+                }
+            }
+            Ok(())
+        });
+        done(added)
     }
 
     fn remove_hw_watchpoint(&mut self, addr: u64, len: u64, kind: WatchKind) -> TargetResult<bool, Self> {
-        done(self.debug.remove_watchpoint(&watch(addr, len, kind)))
+        let removed = pieces(addr, len).and_then(|pieces| {
+            pieces.iter().try_for_each(|(a, l)| self.debug.remove_watchpoint(&watch(*a, *l, kind)))
+        });
+        done(removed)
     }
 }
 

@@ -1,0 +1,88 @@
+//! gdb's `monitor` commands: `info` (the backend, and each vCPU's MP state and PC), `debug-pool`
+//! (what each debug register holds, per vCPU) and `reset` (the machine stops with the reset
+//! outcome, as on a guest's PSCI SYSTEM_RESET).
+
+use accel_api::{sysreg::MPIDR_EL1, AccelError, MpState};
+use gdbstub::target::ext::monitor_cmd::{outputln, ConsoleOutput, MonitorCmd};
+
+use super::target::GdbTarget;
+use crate::vmm::Outcome;
+
+const HELP: &str = "monitor commands:\n  info        the backend, and each vCPU's state and PC\n  \
+                    debug-pool  what each debug register holds, per vCPU\n  \
+                    reset       stop the machine with the reset outcome (accel-host exits 0)";
+
+impl GdbTarget {
+    fn info(&mut self, out: &mut ConsoleOutput<'_>) {
+        outputln!(out, "backend: {}", self.about);
+        for index in 0..self.vcpus.len() as u32 {
+            let state = self.exec(index, |v| {
+                let mp = v.get_mp_state()?;
+                let pc = v.get_core()?.pc;
+                let mpidr = v.get_reg(MPIDR_EL1)?;
+                Ok((mp, pc, mpidr))
+            });
+            match state {
+                Ok((mp, pc, mpidr)) => {
+                    let power = if mp == MpState::STOPPED { "powered off" } else { mp.name() };
+                    outputln!(
+                        out,
+                        "vCPU {index} (thread {}): {power}, PC {pc:#x}, MPIDR_EL1 {mpidr:#x}",
+                        index + 1
+                    )
+                }
+                Err(e) => outputln!(out, "vCPU {index}: {e}"),
+            }
+        }
+    }
+
+    fn debug_pool(&mut self, out: &mut ConsoleOutput<'_>) {
+        let capacity = self.debug.capacity();
+        outputln!(
+            out,
+            "the pool holds up to {} hardware breakpoints and {} watchpoints",
+            capacity.breakpoints,
+            capacity.watchpoints
+        );
+        for index in 0..self.vcpus.len() as u32 {
+            match self.debug.program(index) {
+                Ok(program) => {
+                    let s = &program.setup;
+                    let on = |b: bool| if b { "on" } else { "off" };
+                    outputln!(
+                        out,
+                        "vCPU {index}: software breakpoints {}, hardware {}, single-step {}",
+                        on(s.sw_breakpoints),
+                        on(s.hardware),
+                        on(s.single_step)
+                    );
+                    for v in program.registers() {
+                        outputln!(out, "  {:<14} {:#018x}", v.id.name(), v.value);
+                    }
+                    if index == 0 {
+                        for addr in &program.sw_breakpoints {
+                            outputln!(out, "  BRK #0 at {addr:#x}");
+                        }
+                    }
+                }
+                Err(e) => outputln!(out, "vCPU {index}: {e}"),
+            }
+        }
+    }
+}
+
+impl MonitorCmd for GdbTarget {
+    fn handle_monitor_cmd(&mut self, cmd: &[u8], mut out: ConsoleOutput<'_>) -> Result<(), AccelError> {
+        match String::from_utf8_lossy(cmd).trim() {
+            "info" => self.info(&mut out),
+            "debug-pool" => self.debug_pool(&mut out),
+            "reset" => {
+                outputln!(out, "resetting: the machine stops, and accel-host exits with the reset outcome");
+                self.ended = Some(Outcome::Reset);
+            }
+            "" | "help" => outputln!(out, "{HELP}"),
+            other => outputln!(out, "unknown monitor command '{other}'\n{HELP}"),
+        }
+        Ok(())
+    }
+}
