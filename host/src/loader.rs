@@ -86,8 +86,29 @@ fn describe(path: &Path, e: LibraryError) -> AccelError {
     }
 }
 
+/// Under two layouts of one type whose sizes differ, the innermost type whose size differs while
+/// none of the types it is made of does: the fixed struct that changed, where abi_stable stops at
+/// a wrapper that differs only because of it (`RResult<CoreRegs, AccelError>` when `CoreRegs`
+/// grew a field). Components are paired by position and name.
+fn changed_type(
+    expected: &'static TypeLayout,
+    found: &'static TypeLayout,
+    depth: u32,
+) -> Option<(&'static TypeLayout, &'static TypeLayout)> {
+    if expected.size() == found.size() || depth > 16 {
+        return None;
+    }
+    let parts = expected.shared_vars().type_layouts().iter().zip(found.shared_vars().type_layouts());
+    parts
+        .map(|(e, f)| (e(), f()))
+        .filter(|(e, f)| e.name() == f.name())
+        .find_map(|(e, f)| changed_type(e, f, depth + 1))
+        .or(Some((expected, found)))
+}
+
 /// Where a layout check failed: the innermost type on the path to the difference, and the path.
-fn first_difference(errors: &AbiInstabilityErrors) -> String {
+/// `expected_is_host` says which side abi_stable's "expected" is.
+fn first_difference(errors: &AbiInstabilityErrors, expected_is_host: bool) -> String {
     let Some(error) = errors.errors.iter().find(|e| !e.errs.is_empty()) else {
         return "no detail".into();
     };
@@ -106,7 +127,25 @@ fn first_difference(errors: &AbiInstabilityErrors) -> String {
     };
     let what: Vec<String> = error.errs.iter().map(|e| format!("{e:?}")).collect();
     let at = if path.is_empty() { String::new() } else { format!(" at {}", path.join(".")) };
-    format!("in `{ty}`{at}: {}", what.join("; "))
+    let changed = match error.stack_trace.last().map(|s| (&s.expected, &s.found)) {
+        Some((TLFieldOrFunction::Field(e), TLFieldOrFunction::Field(f))) => {
+            changed_type(e.layout(), f.layout(), 0)
+        }
+        _ => None,
+    };
+    match changed {
+        Some((e, f)) if e.name() != ty.split('<').next().unwrap_or_default() => {
+            let (host, plugin) = if expected_is_host { (e, f) } else { (f, e) };
+            format!(
+                "`{}` is {} bytes in the plugin and {} in this host, a change no 2.x release may make (in `{ty}`{at}: {})",
+                host.full_type(),
+                plugin.size(),
+                host.size(),
+                what.join("; ")
+            )
+        }
+        _ => format!("in `{ty}`{at}: {}", what.join("; ")),
+    }
 }
 
 /// Checks the plugin's root module layout against this host's, in the direction the versions
@@ -123,24 +162,24 @@ fn check_layout(path: &Path, header: &LibHeader, plugin_version: VersionNumber) 
     let mut checks = Vec::new();
     if !older {
         // The plugin may have more trailing methods and fields than this host knows.
-        checks.push(check_layout_compatibility(host, plugin));
+        checks.push((check_layout_compatibility(host, plugin), true));
     }
     if !newer {
         // The plugin may have fewer: those calls report `unsupported`.
-        checks.push(check_layout_compatibility(plugin, host));
+        checks.push((check_layout_compatibility(plugin, host), false));
     }
-    match checks.into_iter().find_map(|c| c.err()) {
+    match checks.into_iter().find_map(|(c, expected_is_host)| c.err().map(|e| (e, expected_is_host))) {
         None => Ok(()),
-        Some(errors) if std::env::var_os(DEBUG_LAYOUT_ENV).is_some() => Err(load_error(
+        Some((errors, _)) if std::env::var_os(DEBUG_LAYOUT_ENV).is_some() => Err(load_error(
             path,
             format_args!("its root module's layout is incompatible with this host:\n{errors}"),
         )),
-        Some(errors) => Err(load_error(
+        Some((errors, expected_is_host)) => Err(load_error(
             path,
             format_args!(
                 "its root module's layout is incompatible with this host (plugin ABI {plugin_version}, host \
                  accel-api {ABI_VERSION}): {}; set {DEBUG_LAYOUT_ENV}=1 for abi_stable's full comparison",
-                first_difference(&errors)
+                first_difference(&errors, expected_is_host)
             ),
         )),
     }
@@ -257,4 +296,39 @@ pub fn find(spec: &str) -> Result<PathBuf> {
 pub fn resolve(spec: &str) -> Result<(PathBuf, Plugin)> {
     let path = find(spec)?;
     load(&path).map(|p| (path, p))
+}
+
+#[cfg(test)]
+mod tests {
+    use abi_stable::{std_types::RResult, StableAbi};
+
+    use super::changed_type;
+
+    mod before {
+        #[repr(C)]
+        #[derive(abi_stable::StableAbi)]
+        pub struct Regs {
+            pub x: [u64; 4],
+            pub pc: u64,
+        }
+    }
+
+    mod after {
+        #[repr(C)]
+        #[derive(abi_stable::StableAbi)]
+        pub struct Regs {
+            pub x: [u64; 4],
+            pub pc: u64,
+            pub tpidr: u64,
+        }
+    }
+
+    #[test]
+    fn a_grown_struct_is_found_under_the_wrapper_abi_stable_stops_at() {
+        let old = <RResult<before::Regs, u32> as StableAbi>::LAYOUT;
+        let new = <RResult<after::Regs, u32> as StableAbi>::LAYOUT;
+        let (e, f) = changed_type(old, new, 0).expect("the sizes differ");
+        assert_eq!((e.name(), e.size(), f.size()), ("Regs", 40, 48));
+        assert!(changed_type(old, old, 0).is_none());
+    }
 }
