@@ -1,8 +1,12 @@
-//! ABI compatibility with real old builds: the plugin, host and conformance runner of the first
-//! ABI 2.0 release, built from that commit's source out of git, so that `cargo xtask test` can
-//! load the old plugin in today's host and today's plugin in the old host, on real KVM.
+//! ABI compatibility with real old builds: the plugin, host and conformance runner of each pinned
+//! ABI release (the first 2.0 commit, and 2.1), built from that commit's source out of git, so
+//! that `cargo xtask test` can load the old plugin in today's host and today's plugin in the old
+//! host, on real KVM. It also runs the old release's own exit decoding on an exit kind it does
+//! not know.
 
 use std::{path::PathBuf, process::Command};
+
+use accel_api::{abi::ExitRecord, VcpuExit};
 
 use crate::{
     cargo, cmd,
@@ -17,6 +21,12 @@ const NEW_PLUGIN: &str = "/lib/accel/libaccel_kvm.so";
 
 /// The oldest release a host of this ABI major version must load: the first ABI 2.0 commit.
 pub const OLDEST: Release = Release { abi: "2.0.0", commit: "3da6bc67768952ee63123904fc9c8236fbfaed4e" };
+
+/// The last ABI 2.1 commit (the GIC's ITS), before 2.2 added `DebugOps::program`.
+pub const ABI_2_1: Release = Release { abi: "2.1.0", commit: "8bcd29d036753a9188437aa720613045ce3c1f4d" };
+
+/// Every pinned release, oldest first.
+pub const RELEASES: [&Release; 2] = [&OLDEST, &ABI_2_1];
 
 /// A published ABI release, pinned by commit.
 pub struct Release {
@@ -39,11 +49,31 @@ impl Release {
     fn out(&self, name: &str) -> PathBuf {
         self.work().join("target").join(CROSS_TARGET).join("release").join(name)
     }
+
+    /// A VM job's name for this release.
+    fn job(&self, what: &str) -> String {
+        format!("compat-{}-{what}", self.abi)
+    }
 }
 
 /// Builds `release`'s KVM plugin, host and conformance runner for the VM from its commit, with
 /// `git archive` into `target/abi-compat`; the build is kept for later runs.
 pub fn build(release: &Release) -> Result<()> {
+    extract(release)?;
+    let work = release.work();
+    let src = work.join("src");
+    println!("xtask: building the ABI {} plugin, host and conformance runner", release.abi);
+    cmd::run(
+        cargo()
+            .current_dir(&src)
+            .env("CARGO_TARGET_DIR", work.join("target"))
+            .args(["build", "--release", "--target", CROSS_TARGET])
+            .args(["-p", "accel-kvm", "-p", "accel-host", "-p", "accel-conformance"]),
+    )
+}
+
+/// Extracts `release`'s source into `target/abi-compat` with `git archive`, once.
+fn extract(release: &Release) -> Result<()> {
     let work = release.work();
     let src = work.join("src");
     if !src.join("Cargo.toml").is_file() {
@@ -67,14 +97,62 @@ pub fn build(release: &Release) -> Result<()> {
             &format!("git archive --format=tar {} | tar -x -C '{}'", release.commit, src.display()),
         ]))?;
     }
-    println!("xtask: building the ABI {} plugin, host and conformance runner", release.abi);
-    cmd::run(
-        cargo()
-            .current_dir(&src)
-            .env("CARGO_TARGET_DIR", work.join("target"))
-            .args(["build", "--release", "--target", CROSS_TARGET])
-            .args(["-p", "accel-kvm", "-p", "accel-host", "-p", "accel-conformance"]),
-    )
+    Ok(())
+}
+
+/// An exit kind that no pinned release defines, as a later plugin would send it.
+fn new_exit() -> ExitRecord {
+    ExitRecord { kind: 0x7f, args: [0xc300_0001, 1, 2, 3, 4, 5], data: Default::default() }
+}
+
+/// Builds a small program against `release`'s own accel-api (its source at the pinned commit,
+/// with its lock file) that decodes an exit record with that release's `From<ExitRecord> for
+/// VcpuExit`, feeds it the record of an exit kind it does not know, and checks that the old host
+/// reads it as `Unknown { kind, .. }` with the arguments intact.
+pub fn check_old_decoding(tally: &mut Tally, release: &Release) -> Result<()> {
+    extract(release)?;
+    let dir = release.work().join("exit-decode");
+    let write = |path: PathBuf, text: &str| {
+        std::fs::create_dir_all(path.parent().unwrap_or(&dir))
+            .and_then(|()| std::fs::write(&path, text))
+            .map_err(|e| Error(format!("writing {}: {e}", path.display())))
+    };
+    write(
+        dir.join("Cargo.toml"),
+        "[package]\nname = \"exit-decode\"\nversion = \"0.0.0\"\nedition = \"2021\"\npublish = false\n\n\
+         [dependencies]\naccel-api = { path = \"../src/accel-api\" }\n\n[workspace]\n",
+    )?;
+    write(
+        dir.join("src/main.rs"),
+        "use accel_api::{abi::ExitRecord, VcpuExit};\n\n\
+         fn main() {\n    \
+         let n: Vec<u64> = std::env::args().skip(1).map(|a| a.parse().expect(\"a number\")).collect();\n    \
+         let mut args = [0u64; 6];\n    \
+         args.copy_from_slice(&n[1..7]);\n    \
+         let record = ExitRecord { kind: n[0] as u32, args, data: Default::default() };\n    \
+         println!(\"{:?}\", VcpuExit::from(record));\n\
+         }\n",
+    )?;
+    std::fs::copy(release.work().join("src/Cargo.lock"), dir.join("Cargo.lock"))
+        .map_err(|e| Error(format!("copying ABI {}'s Cargo.lock: {e}", release.abi)))?;
+    let record = new_exit();
+    let mut run = cargo();
+    run.current_dir(&dir)
+        .env("CARGO_TARGET_DIR", release.work().join("host-target"))
+        .args(["run", "--quiet", "--offline", "--"])
+        .arg(record.kind.to_string())
+        .args(record.args.iter().map(u64::to_string));
+    let out =
+        run.output().map_err(|e| Error(format!("running the ABI {} exit decoder: {e}", release.abi)))?;
+    let seen = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let expected = format!("{:?}", VcpuExit::Unknown { kind: record.kind, args: record.args });
+    println!("xtask: ABI {} reads exit kind {:#x} as: {seen}", release.abi, record.kind);
+    tally.check(
+        &format!("a host of ABI {} reads an exit kind it does not know as unknown, arguments intact", release.abi),
+        out.status.success() && seen == expected,
+        || format!("expected {expected}, got {seen:?}; stderr: {}", String::from_utf8_lossy(&out.stderr)),
+    );
+    Ok(())
 }
 
 /// The old release's files for the VM, under [`Release::vm_dir`].
@@ -93,10 +171,10 @@ pub fn vm_files(release: &Release) -> Result<Vec<VmFile>> {
 pub fn jobs(release: &Release) -> Vec<Job> {
     let dir = release.vm_dir();
     let old_plugin = format!("{dir}/lib/libaccel_kvm.so");
-    let job = Job::new;
+    let job = |what: &str, argv: &[&str]| Job::new(&release.job(what), argv);
     vec![
         job(
-            "compat-new-host-old-plugin",
+            "new-host-old-plugin",
             &[
                 "/bin/accel-conformance",
                 "--plugin",
@@ -107,15 +185,15 @@ pub fn jobs(release: &Release) -> Vec<Job> {
             ],
         ),
         job(
-            "compat-new-host-old-plugin-run",
+            "new-host-old-plugin-run",
             &["/bin/accel-host", "run", "--accel", &old_plugin, "/guests/demo.elf"],
         ),
         job(
-            "compat-old-host-new-plugin",
+            "old-host-new-plugin",
             &[&format!("{dir}/bin/accel-conformance"), "--plugin", NEW_PLUGIN, "--fixtures", "/lib/accel"],
         ),
         job(
-            "compat-old-host-new-plugin-run",
+            "old-host-new-plugin-run",
             &[&format!("{dir}/bin/accel-host"), "run", "--accel", NEW_PLUGIN, "/guests/demo.elf"],
         ),
     ]
@@ -124,18 +202,15 @@ pub fn jobs(release: &Release) -> Vec<Job> {
 /// Checks the compatibility jobs of one VM boot.
 pub fn check(tally: &mut Tally, cpu: &str, run: &VmRun, release: &Release) {
     let abi = release.abi;
-    for (name, what) in [
-        ("compat-new-host-old-plugin", format!("today's suite against the ABI {abi} plugin: nothing fails")),
-        (
-            "compat-old-host-new-plugin",
-            format!("the ABI {abi} suite against today's plugin: everything passes"),
-        ),
+    for (what_job, what) in [
+        ("new-host-old-plugin", format!("today's suite against the ABI {abi} plugin: nothing fails")),
+        ("old-host-new-plugin", format!("the ABI {abi} suite against today's plugin: everything passes")),
     ] {
+        let name = &release.job(what_job);
         let job = run.job(name);
         let summary = job.and_then(|j| summary_line(&j.output));
-        for line in
-            job.iter().flat_map(|j| &j.output).filter(|l| l.starts_with("NOT RUN") || l.starts_with("FAIL"))
-        {
+        let shown = |l: &&String| l.starts_with("NOT RUN") || l.starts_with("FAIL");
+        for line in job.iter().flat_map(|j| &j.output).filter(shown) {
             println!("xtask: [{cpu}] {name}: {line}");
         }
         tally.check(
@@ -148,17 +223,11 @@ pub fn check(tally: &mut Tally, cpu: &str, run: &VmRun, release: &Release) {
             println!("xtask: [{cpu}] {name}: {passed} passed");
         }
     }
-    for (name, what) in [
-        (
-            "compat-new-host-old-plugin-run",
-            format!("today's accel-host runs a guest on the ABI {abi} plugin"),
-        ),
-        (
-            "compat-old-host-new-plugin-run",
-            format!("the ABI {abi} accel-host runs a guest on today's plugin"),
-        ),
+    for (what_job, what) in [
+        ("new-host-old-plugin-run", format!("today's accel-host runs a guest on the ABI {abi} plugin")),
+        ("old-host-new-plugin-run", format!("the ABI {abi} accel-host runs a guest on today's plugin")),
     ] {
-        let job = run.job(name);
+        let job = run.job(&release.job(what_job));
         tally.check(
             &format!("[{cpu}] {what}"),
             job.is_some_and(|j| j.status == Some(0) && j.output.iter().any(|l| l.contains(DEMO_LINE))),

@@ -206,7 +206,10 @@ fn test(cpus: &[String]) -> Result<bool> {
 
     println!("xtask: cross build for {CROSS_TARGET} and the demo guest");
     cross_build()?;
-    compat::build(&compat::OLDEST)?;
+    for release in compat::RELEASES {
+        compat::build(release)?;
+        compat::check_old_decoding(&mut tally, release)?;
+    }
     let kernel = provision::kernel()?;
     let work = vm::work_dir(&root());
     std::fs::create_dir_all(&work).map_err(|e| Error(format!("creating {}: {e}", work.display())))?;
@@ -234,10 +237,14 @@ fn test(cpus: &[String]) -> Result<bool> {
             &["/bin/accel-host", "run", "--accel", "/lib/accel/not-a-plugin.so", "/guests/demo.elf"],
         ),
     ];
-    jobs.extend(compat::jobs(&compat::OLDEST));
+    for release in compat::RELEASES {
+        jobs.extend(compat::jobs(release));
+    }
     jobs.extend(linux_e2e::jobs());
     let mut files = vm_files()?;
-    files.extend(compat::vm_files(&compat::OLDEST)?);
+    for release in compat::RELEASES {
+        files.extend(compat::vm_files(release)?);
+    }
     files.extend(linux_e2e::files(&work, &kernel, &guest_out("dtbinfo"))?);
     vm::initramfs(
         &initrd,
@@ -251,7 +258,9 @@ fn test(cpus: &[String]) -> Result<bool> {
         let run = vm::boot(&kernel, &initrd, cpu, VM_TIMEOUT, &[], &|line| println!("  vm[{cpu}]| {line}"))?;
         println!("xtask: [{cpu}] VM finished in {:.1} s", run.elapsed.as_secs_f64());
         checks::check_vm(&mut tally, cpu, &run);
-        compat::check(&mut tally, cpu, &run, &compat::OLDEST);
+        for release in compat::RELEASES {
+            compat::check(&mut tally, cpu, &run, release);
+        }
         linux_e2e::check(&mut tally, cpu, &run, &work)?;
     }
     gdb_end_to_end(&mut tally, &kernel)?;
