@@ -227,8 +227,8 @@ pub struct DebugProgram {
 }
 
 impl DebugProgram {
-    /// The registers in use, by their Arm ARM ids: DBGBCR<n>/DBGBVR<n> of each enabled
-    /// breakpoint and DBGWCR<n>/DBGWVR<n> of each enabled watchpoint.
+    /// The registers in use, by their Arm ARM ids: `DBGBCR<n>`/`DBGBVR<n>` of each enabled
+    /// breakpoint and `DBGWCR<n>`/`DBGWVR<n>` of each enabled watchpoint.
     pub fn registers(&self) -> Vec<crate::RegValue> {
         use crate::sysreg::{dbgbcr, dbgbvr, dbgwcr, dbgwvr};
         let mut out = Vec::new();

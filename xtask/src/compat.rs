@@ -148,7 +148,10 @@ pub fn check_old_decoding(tally: &mut Tally, release: &Release) -> Result<()> {
     let expected = format!("{:?}", VcpuExit::Unknown { kind: record.kind, args: record.args });
     println!("xtask: ABI {} reads exit kind {:#x} as: {seen}", release.abi, record.kind);
     tally.check(
-        &format!("a host of ABI {} reads an exit kind it does not know as unknown, arguments intact", release.abi),
+        &format!(
+            "a host of ABI {} reads an exit kind it does not know as unknown, arguments intact",
+            release.abi
+        ),
         out.status.success() && seen == expected,
         || format!("expected {expected}, got {seen:?}; stderr: {}", String::from_utf8_lossy(&out.stderr)),
     );
