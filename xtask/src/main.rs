@@ -375,8 +375,12 @@ enum Cli {
         /// An AArch64 ELF or raw image.
         image: Option<PathBuf>,
     },
-    /// Only the real-gdb end-to-end test.
-    GdbE2e,
+    /// Only the real-gdb end-to-end tests.
+    GdbE2e {
+        /// Only these sessions (gdb-debuggee, gdb-smp, gdb-linux; repeatable); default: all.
+        #[arg(long = "session", value_name = "NAME")]
+        sessions: Vec<String>,
+    },
     /// The conformance suite many times in one VM boot per CPU model, failures counted per case.
     Soak {
         /// Rounds of the whole suite per CPU model.
@@ -423,13 +427,18 @@ fn main() -> ExitCode {
     let result = match cli {
         Cli::Test { cpus } => test(&cpus_or_default(cpus)).map(exit_code),
         Cli::Run { image } => run(image),
-        Cli::GdbE2e => (|| {
+        Cli::GdbE2e { sessions } => (|| {
             provision::host_tools()?;
             provision::rust_targets()?;
             cross_build()?;
             let kernel = provision::kernel()?;
             let mut tally = Tally::default();
-            gdb_end_to_end(&mut tally, &kernel)?;
+            if sessions.is_empty() {
+                gdb_end_to_end(&mut tally, &kernel)?;
+            } else {
+                let only: Vec<&str> = sessions.iter().map(String::as_str).collect();
+                gdb_e2e::gdb_sessions(&mut tally, &kernel, &only)?;
+            }
             println!("{} passed, {} failed", tally.passed, tally.failed);
             Ok(exit_code(tally.failed == 0))
         })(),

@@ -14,20 +14,42 @@ use std::{
 use accel_api::{AccelError, ErrorKind, Result};
 use gdbstub::conn::Connection;
 
-use super::{vcpu_thread::Event, GdbOptions};
+use super::{packets::ReplyPatch, vcpu_thread::Event, GdbOptions};
 
 /// Writes to one gdb connection. Shared, so that a protocol restarted on the same connection
-/// keeps writing to it.
+/// keeps writing to it, and the session's own replies go the same way as `gdbstub`'s.
 #[derive(Clone)]
-pub struct Conn(pub Arc<Mutex<Box<dyn Write + Send>>>);
+pub struct Conn {
+    writer: Arc<Mutex<Box<dyn Write + Send>>>,
+    patch: Arc<Mutex<ReplyPatch>>,
+}
 
 impl Conn {
+    /// A connection writing to `writer`.
+    pub fn new(writer: Box<dyn Write + Send>) -> Self {
+        Self { writer: Arc::new(Mutex::new(writer)), patch: Arc::default() }
+    }
+
+    /// Extends the next reply packet with `suffix` (features `gdbstub` does not advertise).
+    pub fn patch_next_reply(&self, suffix: &'static str) {
+        if let Ok(mut p) = self.patch.lock() {
+            p.arm(suffix);
+        }
+    }
+
     fn with<T>(
         &self,
         f: impl FnOnce(&mut Box<dyn Write + Send>) -> std::io::Result<T>,
     ) -> std::io::Result<T> {
-        let mut w = self.0.lock().map_err(|_| std::io::Error::other("the gdb writer lock is poisoned"))?;
+        let mut w =
+            self.writer.lock().map_err(|_| std::io::Error::other("the gdb writer lock is poisoned"))?;
         f(&mut w)
+    }
+
+    fn filtered(&self, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+        let mut p =
+            self.patch.lock().map_err(|_| std::io::Error::other("the gdb reply patch lock is poisoned"))?;
+        Ok(p.filter(bytes))
     }
 }
 
@@ -35,11 +57,13 @@ impl Connection for Conn {
     type Error = std::io::Error;
 
     fn write(&mut self, byte: u8) -> std::io::Result<()> {
-        self.with(|w| w.write_all(&[byte]))
+        let bytes = self.filtered(&[byte])?;
+        self.with(|w| w.write_all(&bytes))
     }
 
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.with(|w| w.write_all(buf))
+        let bytes = self.filtered(buf)?;
+        self.with(|w| w.write_all(&bytes))
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

@@ -7,7 +7,11 @@
 
 pub mod arch;
 mod connection;
+mod front;
 mod monitor;
+mod nonstop;
+mod packets;
+mod points;
 mod session;
 mod target;
 mod vcpu_thread;

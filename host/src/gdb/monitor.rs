@@ -1,5 +1,6 @@
 //! gdb's `monitor` commands: `info` (the backend, and each vCPU's MP state and PC), `debug-pool`
-//! (what each debug register holds, per vCPU) and `reset` (the machine stops with the reset
+//! (what each debug register holds, per vCPU, and why the last refused breakpoint or watchpoint
+//! was refused) and `reset` (the machine stops with the reset
 //! outcome, as on a guest's PSCI SYSTEM_RESET).
 
 use accel_api::{sysreg::MPIDR_EL1, AccelError, MpState};
@@ -9,13 +10,17 @@ use super::target::GdbTarget;
 use crate::vmm::Outcome;
 
 const HELP: &str = "monitor commands:\n  info        the backend, and each vCPU's state and PC\n  \
-                    debug-pool  what each debug register holds, per vCPU\n  \
+                    debug-pool  what each debug register holds, per vCPU, and the last refusal\n  \
                     reset       stop the machine with the reset outcome (accel-host exits 0)";
 
 impl GdbTarget {
     fn info(&mut self, out: &mut ConsoleOutput<'_>) {
         outputln!(out, "backend: {}", self.about);
         for index in 0..self.vcpus.len() as u32 {
+            if self.running[index as usize] {
+                outputln!(out, "vCPU {index} (thread {}): running", index + 1);
+                continue;
+            }
             let state = self.exec(index, |v| {
                 let mp = v.get_mp_state()?;
                 let pc = v.get_core()?.pc;
@@ -67,6 +72,9 @@ impl GdbTarget {
                 }
                 Err(e) => outputln!(out, "vCPU {index}: {e}"),
             }
+        }
+        if let Some(why) = &self.last_refusal {
+            outputln!(out, "last refused: {why}");
         }
     }
 }

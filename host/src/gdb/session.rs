@@ -7,10 +7,10 @@
 use std::{
     collections::VecDeque,
     io::Write,
-    sync::{mpsc, Arc, Mutex},
+    sync::{mpsc, Arc},
 };
 
-use accel_api::{client::Debug, AccelError, RegClass, Result, VcpuFeatures};
+use accel_api::{client::Debug, AccelError, ErrorKind, RegClass, Result, VcpuFeatures};
 use gdbstub::{
     common::Signal,
     conn::Connection,
@@ -20,23 +20,12 @@ use gdbstub::{
 use super::{
     arch::target_xml,
     connection::{accel_err, listen, Conn},
+    front::{Front, Route},
     target::GdbTarget,
-    vcpu_thread::{Event, Stop, VcpuHandle},
+    vcpu_thread::{Event, Events, Stop, VcpuHandle},
     GdbOptions,
 };
 use crate::vmm::{ram::GuestRam, Outcome};
-
-/// The events of the session, taken from what an earlier wait put aside first.
-struct Events {
-    channel: mpsc::Receiver<Event>,
-    deferred: VecDeque<Event>,
-}
-
-impl Events {
-    fn next(&mut self) -> Option<Event> {
-        self.deferred.pop_front().or_else(|| self.channel.recv().ok())
-    }
-}
 
 /// How one connection ended.
 enum Flow {
@@ -82,12 +71,12 @@ pub fn serve_session(
                     Flow::Ended(outcome) => return Ok(outcome),
                     Flow::Detached => {
                         log::info!("gdb: client {conn} detached; the guest runs on without breakpoints");
-                        forget(&mut machine)?;
+                        forget(&mut machine, &mut events)?;
                         machine.resume_stopped()?;
                     }
                     Flow::Gone => {
                         log::info!("gdb: client {conn} is gone; its breakpoints are removed");
-                        forget(&mut machine)?;
+                        forget(&mut machine, &mut events)?;
                     }
                 }
             }
@@ -95,8 +84,8 @@ pub fn serve_session(
             Some(Event::Vcpu(_, Stop::Failed(e))) => return Err(e),
             Some(Event::Vcpu(i, _)) => {
                 // A stop nobody is there to see (a breakpoint hit as its client went): run on.
-                machine.running[i as usize] = false;
-                machine.resume_one(i)?;
+                machine.stopped(i);
+                machine.resume_thread(i, false)?;
             }
             Some(Event::Quit) => return Ok(Outcome::Quit),
             Some(Event::Data { .. } | Event::Closed { .. }) => {}
@@ -106,13 +95,40 @@ pub fn serve_session(
 }
 
 /// Removes every breakpoint, watchpoint and step a client set: the next client knows nothing
-/// of them.
-fn forget(machine: &mut GdbTarget) -> Result<()> {
+/// of them. vCPUs still running (a non-stop client, or one that went while the guest ran) pause
+/// around the change, so that none stops later on a breakpoint nobody holds, and run on.
+fn forget(machine: &mut GdbTarget, events: &mut Events) -> Result<()> {
+    let was_running: Vec<u32> =
+        (0..machine.vcpus.len() as u32).filter(|i| machine.running[*i as usize]).collect();
+    machine.stop_others(&events.channel, &mut events.deferred);
     machine.actions.clear();
-    machine.debug.remove_all()
+    machine.focus = None;
+    machine.debug.remove_all()?;
+    for index in was_running {
+        machine.resume_thread(index, false)?;
+    }
+    Ok(())
 }
 
 type StubError = gdbstub::stub::GdbStubError<AccelError, std::io::Error>;
+
+/// Why a protocol run failed: in `gdbstub`, or in the session's own packets.
+enum Failure {
+    Stub(StubError),
+    Session(AccelError),
+}
+
+impl From<StubError> for Failure {
+    fn from(e: StubError) -> Self {
+        Failure::Stub(e)
+    }
+}
+
+impl From<AccelError> for Failure {
+    fn from(e: AccelError) -> Self {
+        Failure::Session(e)
+    }
+}
 
 /// Serves one client until it ends the guest, detaches, or goes away. Malformed input does not
 /// end the connection: the machine stops and the protocol starts afresh; gdb resends what it did
@@ -124,18 +140,25 @@ fn serve_client(
     packet_buffer: &mut [u8],
     events: &mut Events,
 ) -> Result<Flow> {
-    let writer = Conn(Arc::new(Mutex::new(writer)));
+    let writer = Conn::new(writer);
+    let mut front = Front::new(writer.clone());
     loop {
-        match run_protocol(machine, conn, writer.clone(), packet_buffer, events) {
+        match run_protocol(machine, conn, writer.clone(), &mut front, packet_buffer, events) {
             Ok(flow) => return Ok(flow),
-            Err(e) if e.is_connection_error() => {
+            Err(Failure::Session(e)) if e.kind == ErrorKind::IO => {
                 log::warn!("gdb: client {conn}'s connection failed ({e})");
                 return Ok(Flow::Gone);
             }
-            Err(e) if e.is_target_error() => return Err(accel_err(format!("gdb: {e}"))),
-            Err(e) => {
+            Err(Failure::Session(e)) => return Err(e),
+            Err(Failure::Stub(e)) if e.is_connection_error() => {
+                log::warn!("gdb: client {conn}'s connection failed ({e})");
+                return Ok(Flow::Gone);
+            }
+            Err(Failure::Stub(e)) if e.is_target_error() => return Err(accel_err(format!("gdb: {e}"))),
+            Err(Failure::Stub(e)) => {
                 log::warn!("gdb: bad input from client {conn} ({e}); restarting the protocol");
                 machine.stop_others(&events.channel, &mut events.deferred);
+                front.restart_framing();
             }
         }
     }
@@ -146,9 +169,10 @@ fn run_protocol(
     machine: &mut GdbTarget,
     conn: u64,
     writer: Conn,
+    front: &mut Front,
     packet_buffer: &mut [u8],
     events: &mut Events,
-) -> std::result::Result<Flow, StubError> {
+) -> std::result::Result<Flow, Failure> {
     let stub = match GdbStub::builder(writer.clone()).with_packet_buffer(packet_buffer).build() {
         Ok(stub) => stub,
         Err(e) => return Ok(Flow::Ended(Outcome::Fault(format!("setting up the gdb stub: {e}")))),
@@ -160,9 +184,20 @@ fn run_protocol(
                 return Ok(Flow::Ended(machine.ended.take().unwrap_or(Outcome::Reset)))
             }
             GdbStubStateMachine::Idle(g) => match events.next() {
-                Some(Event::Data { conn: c, byte }) if c == conn => g.incoming_data(machine, byte)?,
+                Some(Event::Data { conn: c, byte }) if c == conn => {
+                    match front.data(byte, machine, events)? {
+                        Route::Pass(bytes) => feed(GdbStubStateMachine::Idle(g), machine, &bytes)?,
+                        Route::Done => GdbStubStateMachine::Idle(g),
+                    }
+                }
                 Some(Event::Closed { conn: c }) if c == conn => return Ok(Flow::Gone),
                 Some(Event::Quit) => return Ok(Flow::Ended(Outcome::Quit)),
+                Some(Event::Vcpu(i, stop)) if front.non_stop => {
+                    match front.vcpu_stopped(machine, i, stop)? {
+                        Some(outcome) => return Ok(Flow::Ended(outcome)),
+                        None => GdbStubStateMachine::Idle(g),
+                    }
+                }
                 Some(Event::Vcpu(_, Stop::Exited(outcome))) => return Ok(Flow::Ended(outcome)),
                 Some(Event::Vcpu(i, stop)) => {
                     log::debug!("gdb: vCPU {i} reported {stop:?} while stopped");
@@ -172,11 +207,16 @@ fn run_protocol(
                 None => return Ok(Flow::Gone),
             },
             GdbStubStateMachine::Running(g) => match events.next() {
-                Some(Event::Data { conn: c, byte }) if c == conn => g.incoming_data(machine, byte)?,
+                Some(Event::Data { conn: c, byte }) if c == conn => {
+                    match front.data(byte, machine, events)? {
+                        Route::Pass(bytes) => feed(GdbStubStateMachine::Running(g), machine, &bytes)?,
+                        Route::Done => GdbStubStateMachine::Running(g),
+                    }
+                }
                 Some(Event::Closed { conn: c }) if c == conn => return Ok(Flow::Gone),
                 Some(Event::Quit) => return Ok(Flow::Ended(Outcome::Quit)),
                 Some(Event::Vcpu(i, stop)) => {
-                    machine.running[i as usize] = false;
+                    machine.stopped(i);
                     let outcome = if let Stop::Exited(o) = &stop { Some(o.clone()) } else { None };
                     machine.stop_others(&events.channel, &mut events.deferred);
                     let reason = match machine.stop_reason(i, stop) {
@@ -217,4 +257,21 @@ fn run_protocol(
             },
         };
     }
+}
+
+/// Hands whole packets (or lone bytes) to `gdbstub`'s state machine, byte by byte.
+fn feed<'a>(
+    mut state: GdbStubStateMachine<'a, GdbTarget, Conn>,
+    machine: &mut GdbTarget,
+    bytes: &[u8],
+) -> std::result::Result<GdbStubStateMachine<'a, GdbTarget, Conn>, StubError> {
+    for &byte in bytes {
+        state = match state {
+            GdbStubStateMachine::Idle(g) => g.incoming_data(machine, byte)?,
+            GdbStubStateMachine::Running(g) => g.incoming_data(machine, byte)?,
+            // A packet that ended the session or asked for an interrupt: the rest is moot.
+            other => return Ok(other),
+        };
+    }
+    Ok(state)
 }

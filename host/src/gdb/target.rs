@@ -8,7 +8,7 @@ use std::{
 
 use accel_api::{
     client::{Debug, Vcpu},
-    debug::{watch_pieces, DebugEvent, WatchKind as AccelWatchKind, Watchpoint},
+    debug::{DebugEvent, WatchKind as AccelWatchKind},
     mmu::{translate, TranslationRegs},
     sysreg::{self, RegId},
     AccelError, CoreRegs, ErrorKind, PutLevel, RegClass, RegValue, Result, VcpuFeatures,
@@ -26,10 +26,7 @@ use gdbstub::{
                 single_register_access::{SingleRegisterAccess, SingleRegisterAccessOps},
                 BaseOps,
             },
-            breakpoints::{
-                Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps,
-                SwBreakpoint, SwBreakpointOps, WatchKind,
-            },
+            breakpoints::{BreakpointsOps, WatchKind},
             target_description_xml_override::{
                 TargetDescriptionXmlOverride, TargetDescriptionXmlOverrideOps,
             },
@@ -69,6 +66,12 @@ pub struct GdbTarget {
     pub(super) about: String,
     /// The end of the run a monitor command asked for.
     pub(super) ended: Option<crate::vmm::Outcome>,
+    /// The thread gdb last selected for register and memory access (`Hg`).
+    pub(super) focus: Option<u32>,
+    /// Each vCPU was last resumed for a single step.
+    stepping: Vec<bool>,
+    /// Why the last breakpoint or watchpoint gdb asked for was refused.
+    pub(super) last_refusal: Option<String>,
 }
 
 /// A core register that gdb sees as a system register.
@@ -120,6 +123,7 @@ impl GdbTarget {
     /// The target over the vCPU threads behind `vcpus`, all running if `running`.
     pub fn new(vcpus: Vec<VcpuHandle>, debug: Debug, ram: Arc<GuestRam>, running: bool) -> Self {
         let running = vec![running; vcpus.len()];
+        let stepping = vec![false; vcpus.len()];
         Self {
             vcpus,
             debug,
@@ -133,6 +137,9 @@ impl GdbTarget {
             sysregs: HashMap::new(),
             about: String::new(),
             ended: None,
+            focus: None,
+            stepping,
+            last_refusal: None,
         }
     }
 
@@ -146,6 +153,10 @@ impl GdbTarget {
             .vcpus
             .get(index as usize)
             .ok_or_else(|| AccelError::new(ErrorKind::NOT_FOUND, format!("no vCPU {index}")))?;
+        if self.running[index as usize] {
+            // Its thread is inside the guest: the request would wait for the next stop.
+            return Err(AccelError::bad_state(format!("vCPU {index} is running")));
+        }
         let (tx, rx) = mpsc::channel();
         handle
             .commands
@@ -156,9 +167,20 @@ impl GdbTarget {
         rx.recv().map_err(|_| AccelError::bad_state(format!("vCPU {index} did not answer")))?
     }
 
+    /// vCPU `index`'s translation registers, read once per stop. A running vCPU's are those of
+    /// its last stop, or else a stopped vCPU's: its tables are in RAM and read as they are now.
     fn translation(&mut self, index: u32) -> Result<TranslationRegs> {
         if let Some(t) = self.translation.get(&index) {
             return Ok(*t);
+        }
+        if self.running.get(index as usize).copied().unwrap_or(false) {
+            let stopped = (0..self.vcpus.len() as u32).find(|i| !self.running[*i as usize]);
+            return match stopped {
+                Some(other) => self.translation(other),
+                None => Err(AccelError::bad_state(format!(
+                    "vCPU {index} is running and no vCPU is stopped to translate through"
+                ))),
+            };
         }
         let sys = self.exec(index, |v| v.get_regs(RegClass::SYS))?;
         let find = |id: RegId| sys.iter().find(|r| r.id == id).map_or(0, |r| r.value);
@@ -180,6 +202,11 @@ impl GdbTarget {
             ram.read(pa, &mut b)?;
             Ok(u64::from_le_bytes(b))
         })
+    }
+
+    /// The physical address of a breakpoint at `va`, through the tables of the vCPU gdb looks at.
+    pub(super) fn physical_for_breakpoint(&mut self, va: u64) -> Result<u64> {
+        self.physical(self.focus.unwrap_or(0), va)
     }
 
     /// Reads or writes guest memory at a virtual address, page by page.
@@ -204,11 +231,8 @@ impl GdbTarget {
 
     /// Sends `Resume` to every vCPU per this round's actions.
     pub(super) fn resume_all(&mut self) -> Result<()> {
-        self.translation.clear();
-        self.sysregs.clear();
         let (mut first_step, mut first) = (None, None);
-        for (i, handle) in self.vcpus.iter().enumerate() {
-            let index = i as u32;
+        for index in 0..self.vcpus.len() as u32 {
             // With scheduler locking, threads without an action of their own stay stopped.
             let action = match self.actions.get(&index) {
                 Some(a) => *a,
@@ -216,18 +240,52 @@ impl GdbTarget {
                 None => Action::Continue,
             };
             let step = action == Action::Step;
-            self.debug.set_single_step(index, step)?;
-            handle
-                .commands
-                .send(Command::Resume { step })
-                .map_err(|_| AccelError::bad_state(format!("vCPU {index}'s thread is gone")))?;
-            self.running[i] = true;
+            self.resume_thread(index, step)?;
             first_step = first_step.or(step.then_some(index));
             first = first.or(Some(index));
         }
-        // gdb waits on the thread it steps, or else on the first it resumed.
-        self.waiting_on = first_step.or(first);
+        // gdb waits on the thread it steps, or else on the one it looks at if that runs, or else
+        // on the first it resumed.
+        let focus = self.focus.filter(|f| self.running.get(*f as usize).copied().unwrap_or(false));
+        self.waiting_on = first_step.or(focus).or(first);
         Ok(())
+    }
+
+    /// Resumes vCPU `index`, for one instruction if `step`.
+    pub(super) fn resume_thread(&mut self, index: u32, step: bool) -> Result<()> {
+        let handle = self
+            .vcpus
+            .get(index as usize)
+            .ok_or_else(|| AccelError::bad_state(format!("no vCPU {index}")))?;
+        self.debug.set_single_step(index, step)?;
+        handle
+            .commands
+            .send(Command::Resume { step })
+            .map_err(|_| AccelError::bad_state(format!("vCPU {index}'s thread is gone")))?;
+        self.running[index as usize] = true;
+        self.stepping[index as usize] = step;
+        Ok(())
+    }
+
+    /// Kicks vCPU `index` out of the guest; its thread then reports a stop.
+    pub(super) fn kick(&self, index: u32) {
+        if let Some(h) = self.vcpus.get(index as usize) {
+            h.kicker.kick();
+        }
+    }
+
+    /// Records that vCPU `index` stopped: what was read of it before may have changed.
+    pub(super) fn stopped(&mut self, index: u32) {
+        if let Some(r) = self.running.get_mut(index as usize) {
+            *r = false;
+        }
+        self.translation.remove(&index);
+        self.sysregs.remove(&index);
+    }
+
+    /// Whether vCPU `index` was last resumed for a single step.
+    pub(super) fn stepping(&self, index: u32) -> bool {
+        self.stepping.get(index as usize).copied().unwrap_or(false)
     }
 
     /// A system register by encoding: the core-kept ones (SP_EL0, SP_EL1, ELR_EL1, SPSR_EL1) from
@@ -255,6 +313,7 @@ impl GdbTarget {
     /// Writes a system register by encoding (see [`GdbTarget::read_sysreg`]).
     fn write_sysreg(&mut self, index: u32, encoding: u16, value: u64) -> Result<()> {
         self.sysregs.remove(&index);
+        self.translation.remove(&index);
         if let Some(field) = core_sysreg(encoding) {
             return self.exec(index, move |v| {
                 let mut core = v.get_core()?;
@@ -269,29 +328,11 @@ impl GdbTarget {
         })
     }
 
-    /// Lets vCPU `index` run on from a stop no client sees, with no step.
-    pub(super) fn resume_one(&mut self, index: u32) -> Result<()> {
-        let handle = self
-            .vcpus
-            .get(index as usize)
-            .ok_or_else(|| AccelError::bad_state(format!("no vCPU {index}")))?;
-        self.debug.set_single_step(index, false)?;
-        self.sysregs.remove(&index);
-        handle
-            .commands
-            .send(Command::Resume { step: false })
-            .map_err(|_| AccelError::bad_state(format!("vCPU {index}'s thread is gone")))?;
-        self.running[index as usize] = true;
-        Ok(())
-    }
-
     /// Lets every stopped vCPU run on, with no step.
     pub(super) fn resume_stopped(&mut self) -> Result<()> {
-        self.translation.clear();
-        self.sysregs.clear();
         for index in 0..self.vcpus.len() as u32 {
             if !self.running[index as usize] {
-                self.resume_one(index)?;
+                self.resume_thread(index, false)?;
             }
         }
         Ok(())
@@ -302,25 +343,39 @@ impl GdbTarget {
         index_tid(self.waiting_on.unwrap_or(0))
     }
 
-    /// Stops every vCPU still running and waits until they have. Events that are not vCPU stops
-    /// (gdb's bytes, a connection's end, a quit) are queued on `deferred` in order, for the
-    /// caller to take next.
-    pub(super) fn stop_others(&mut self, events: &mpsc::Receiver<Event>, deferred: &mut VecDeque<Event>) {
+    /// Stops every vCPU still running, waits until they have, and returns why each stopped
+    /// (a kick, or what it met first). Events that are not vCPU stops (gdb's bytes, a
+    /// connection's end, a quit) are queued on `deferred` in order, for the caller to take next.
+    pub(super) fn stop_running(
+        &mut self,
+        events: &mpsc::Receiver<Event>,
+        deferred: &mut VecDeque<Event>,
+    ) -> Vec<(u32, Stop)> {
         for (i, h) in self.vcpus.iter().enumerate() {
             if self.running[i] {
                 h.kicker.kick();
             }
         }
+        let mut stops = Vec::new();
         while self.running.iter().any(|r| *r) {
             match events.recv() {
-                Ok(Event::Vcpu(i, Stop::Exited(outcome))) => {
-                    self.running[i as usize] = false;
-                    // The machine ended while stopping: that is what the caller must see.
-                    deferred.push_front(Event::Vcpu(i, Stop::Exited(outcome)));
+                Ok(Event::Vcpu(i, stop)) => {
+                    self.stopped(i);
+                    stops.push((i, stop));
                 }
-                Ok(Event::Vcpu(i, _)) => self.running[i as usize] = false,
                 Ok(other) => deferred.push_back(other),
                 Err(_) => break,
+            }
+        }
+        stops
+    }
+
+    /// Stops every vCPU still running (see [`GdbTarget::stop_running`]); why they stopped is
+    /// dropped, except the machine's end, which goes first on `deferred` for the caller to see.
+    pub(super) fn stop_others(&mut self, events: &mpsc::Receiver<Event>, deferred: &mut VecDeque<Event>) {
+        for (i, stop) in self.stop_running(events, deferred) {
+            if let Stop::Exited(outcome) = stop {
+                deferred.push_front(Event::Vcpu(i, Stop::Exited(outcome)));
             }
         }
     }
@@ -589,95 +644,6 @@ impl MultiThreadSingleStep for GdbTarget {
     fn set_resume_action_step(&mut self, tid: Tid, _signal: Option<Signal>) -> Result<()> {
         self.actions.insert(tid_index(tid), Action::Step);
         Ok(())
-    }
-}
-
-impl Breakpoints for GdbTarget {
-    fn support_sw_breakpoint(&mut self) -> Option<SwBreakpointOps<'_, Self>> {
-        Some(self)
-    }
-
-    fn support_hw_breakpoint(&mut self) -> Option<HwBreakpointOps<'_, Self>> {
-        Some(self)
-    }
-
-    fn support_hw_watchpoint(&mut self) -> Option<HwWatchpointOps<'_, Self>> {
-        Some(self)
-    }
-}
-
-fn done(result: Result<()>) -> TargetResult<bool, GdbTarget> {
-    match result {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind == ErrorKind::NO_RESOURCE || e.kind == ErrorKind::INVALID_ARGUMENT => {
-            log::warn!("gdb: {e}");
-            Ok(false)
-        }
-        Err(e) => Err(nonfatal(e)),
-    }
-}
-
-impl SwBreakpoint for GdbTarget {
-    fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        let pa = self.physical(0, addr).map_err(nonfatal)?;
-        done(self.debug.insert_sw_breakpoint(addr, pa))
-    }
-
-    fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        done(self.debug.remove_sw_breakpoint(addr))
-    }
-}
-
-impl HwBreakpoint for GdbTarget {
-    fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        done(self.debug.insert_hw_breakpoint(addr))
-    }
-
-    fn remove_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        done(self.debug.remove_hw_breakpoint(addr))
-    }
-}
-
-fn watch(addr: u64, len: u64, kind: WatchKind) -> Watchpoint {
-    let kind = match kind {
-        WatchKind::Read => AccelWatchKind::READ,
-        WatchKind::Write => AccelWatchKind::WRITE,
-        WatchKind::ReadWrite => AccelWatchKind::ACCESS,
-    };
-    Watchpoint { addr, len, kind }
-}
-
-/// The ranges a watch of `len` bytes at `addr` takes, one watchpoint register each: a range no
-/// single register covers exactly is split over several, as gdbserver does.
-fn pieces(addr: u64, len: u64) -> Result<Vec<(u64, u64)>> {
-    watch_pieces(addr, len).ok_or_else(|| {
-        AccelError::invalid(format!(
-            "a {len}-byte watchpoint at {addr:#x} needs more watchpoint registers than exist"
-        ))
-    })
-}
-
-impl HwWatchpoint for GdbTarget {
-    fn add_hw_watchpoint(&mut self, addr: u64, len: u64, kind: WatchKind) -> TargetResult<bool, Self> {
-        let added = pieces(addr, len).and_then(|pieces| {
-            for (i, (a, l)) in pieces.iter().enumerate() {
-                if let Err(e) = self.debug.insert_watchpoint(&watch(*a, *l, kind)) {
-                    for (a, l) in &pieces[..i] {
-                        let _ = self.debug.remove_watchpoint(&watch(*a, *l, kind));
-                    }
-                    return Err(e);
-                }
-            }
-            Ok(())
-        });
-        done(added)
-    }
-
-    fn remove_hw_watchpoint(&mut self, addr: u64, len: u64, kind: WatchKind) -> TargetResult<bool, Self> {
-        let removed = pieces(addr, len).and_then(|pieces| {
-            pieces.iter().try_for_each(|(a, l)| self.debug.remove_watchpoint(&watch(*a, *l, kind)))
-        });
-        done(removed)
     }
 }
 

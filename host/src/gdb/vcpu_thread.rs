@@ -1,7 +1,7 @@
 //! The vCPU threads under the debugger: each runs its vCPU when told, reports why it stopped, and
 //! runs register accesses for the session while stopped, since a vCPU is driven from one thread.
 
-use std::sync::mpsc;
+use std::{collections::VecDeque, sync::mpsc};
 
 use accel_api::{
     client::{Debug, Kicker, Vcpu},
@@ -63,6 +63,21 @@ pub enum Event {
     Quit,
     /// vCPU `index` stopped.
     Vcpu(u32, Stop),
+}
+
+/// The events of the session, taken from what an earlier wait put aside first.
+pub struct Events {
+    /// Where the vCPU threads and the connection report.
+    pub channel: mpsc::Receiver<Event>,
+    /// Events taken off the channel while waiting for something else, in order.
+    pub deferred: VecDeque<Event>,
+}
+
+impl Events {
+    /// The next event, or `None` once every sender is gone.
+    pub fn next(&mut self) -> Option<Event> {
+        self.deferred.pop_front().or_else(|| self.channel.recv().ok())
+    }
 }
 
 /// The session's handle on one vCPU thread.

@@ -1,9 +1,11 @@
-//! One gdb client: gdb-multiarch in batch mode on a script, with its output captured, signals
-//! sent to it when its output shows a marker (a Ctrl-C, or a `kill -9` as of a client that dies),
-//! and a time limit.
+//! One gdb client: gdb-multiarch on a script, with its output captured, signals sent to it when
+//! its output shows a marker (a Ctrl-C, or a `kill -9` as of a client that dies), and a time
+//! limit. A script with `#expect TEXT` lines is typed into gdb's standard input instead of run in
+//! batch mode: gdb's event loop then runs between commands, so asynchronous stops (non-stop mode)
+//! are taken as they come, and each `#expect` holds the rest back until gdb has printed TEXT.
 
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{Arc, Mutex},
@@ -15,6 +17,8 @@ use std::{
 pub enum Action {
     /// A SIGINT after the delay, as a Ctrl-C at its terminal.
     Interrupt(Duration),
+    /// A SIGKILL after the delay: gdb dies without a word to the stub.
+    Kill(Duration),
 }
 
 /// A gdb client to run.
@@ -29,22 +33,57 @@ pub struct Client {
     pub limit_secs: u64,
 }
 
+/// A script line that waits for gdb's output to show the rest of the line.
+const EXPECT: &str = "#expect ";
+
+/// Types `script` into gdb, line by line, holding back at each `#expect` until `seen` (what gdb
+/// printed so far) shows its text; then closes gdb's input, which ends it.
+fn type_script(mut stdin: std::process::ChildStdin, script: &str, seen: &Mutex<String>, limit_secs: u64) {
+    use std::io::Write;
+    let mut from = 0;
+    for line in script.lines() {
+        if let Some(text) = line.strip_prefix(EXPECT) {
+            let found = (0..limit_secs * 20).find_map(|_| {
+                let at = seen.lock().ok().and_then(|s| s[from..].find(text).map(|i| from + i + text.len()));
+                if at.is_none() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                at
+            });
+            match found {
+                Some(end) => from = end,
+                None => return,
+            }
+        } else if stdin.write_all(line.as_bytes()).and_then(|()| stdin.write_all(b"\n")).is_err() {
+            return;
+        }
+    }
+}
+
 fn signal(pid: u32, name: &str) {
     let _ = Command::new("kill").args([name, &pid.to_string()]).status();
 }
 
-/// Runs `client` with its script in `dir`; returns what it printed (stdout, then stderr).
+/// Runs `client` with its script in `dir`; returns what it printed, its standard output and
+/// error in the order written (gdb prints `monitor` output on its error stream).
 pub fn run(client: &Client, dir: &Path, name: &str) -> String {
     let script = dir.join(format!("{name}.gdb"));
     if let Err(e) = std::fs::write(&script, &client.script) {
         return format!("writing {}: {e}", script.display());
     }
-    let mut command = Command::new("gdb-multiarch");
-    command.args(["-nx", "-batch", "-x"]).arg(&script);
+    // One pipe for both streams, so that lines keep their order.
+    let typed = client.script.lines().any(|l| l.starts_with(EXPECT));
+    let mut command = Command::new("sh");
+    command.args(["-c", "exec gdb-multiarch \"$@\" 2>&1", "sh", "-nx"]);
+    if typed {
+        command.arg("-q").stdin(Stdio::piped());
+    } else {
+        command.args(["-batch", "-x"]).arg(&script).stdin(Stdio::null());
+    }
     if let Some(program) = &client.program {
         command.arg(program);
     }
-    let child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+    let child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn();
     let mut child = match child {
         Ok(c) => c,
         Err(e) => return format!("could not run gdb-multiarch: {e}"),
@@ -63,20 +102,25 @@ pub fn run(client: &Client, dir: &Path, name: &str) -> String {
             signal(pid, "-KILL");
         })
     };
-    let stderr = child.stderr.take().map(|mut e| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = e.read_to_string(&mut s);
-            s
-        })
+    let seen = Arc::new(Mutex::new(String::new()));
+    let typist = child.stdin.take().map(|stdin| {
+        let (lines, seen, limit) = (client.script.clone(), Arc::clone(&seen), client.limit_secs);
+        std::thread::spawn(move || type_script(stdin, &lines, &seen, limit))
     });
     let mut out = String::new();
     if let Some(stdout) = child.stdout.take() {
         for line in BufReader::new(stdout).lines().map_while(std::result::Result::ok) {
+            // Typed into gdb, the output carries its prompts: a line starts after them.
+            let mut line = line.as_str();
+            while let Some(rest) = line.strip_prefix("(gdb) ") {
+                line = rest;
+            }
+            let line = line.to_string();
             for (marker, action) in &client.actions {
                 if line.contains(marker) {
                     let (delay, name) = match *action {
                         Action::Interrupt(d) => (d, "-INT"),
+                        Action::Kill(d) => (d, "-KILL"),
                     };
                     std::thread::spawn(move || {
                         std::thread::sleep(delay);
@@ -86,15 +130,19 @@ pub fn run(client: &Client, dir: &Path, name: &str) -> String {
             }
             out.push_str(&line);
             out.push('\n');
+            if let Ok(mut s) = seen.lock() {
+                s.push_str(&line);
+                s.push('\n');
+            }
         }
+    }
+    if let Some(t) = typist {
+        let _ = t.join();
     }
     let _ = child.wait();
     if let Ok(mut d) = done.lock() {
         *d = true;
     }
     let _ = watchdog.join();
-    if let Some(err) = stderr.and_then(|h| h.join().ok()) {
-        out.push_str(&err);
-    }
     out
 }

@@ -5,6 +5,7 @@
 mod client;
 mod debuggee;
 mod linux;
+mod smp;
 
 use std::{
     collections::HashMap,
@@ -148,13 +149,38 @@ fn run_sessions(
 
 /// The gdb end-to-end tests: the bare-metal debuggee, and the Linux kernel with the MMU on.
 pub fn gdb_end_to_end(tally: &mut Tally, kernel: &Path) -> Result<()> {
-    let mut files = debuggee::files()?;
-    files.extend(linux::files(kernel)?);
-    let jobs = linux::jobs();
-    let sessions = vec![debuggee::session(), linux::session()];
+    gdb_sessions(tally, kernel, &[debuggee::JOB, smp::JOB, linux::JOB])
+}
+
+/// The gdb end-to-end sessions named in `only` (their job names), in one boot of the VM.
+pub fn gdb_sessions(tally: &mut Tally, kernel: &Path, only: &[&str]) -> Result<()> {
+    let wanted = |job: &str| only.contains(&job);
+    let mut files = Vec::new();
+    let mut jobs = Vec::new();
+    let mut sessions = Vec::new();
+    if wanted(debuggee::JOB) {
+        files.extend(debuggee::files()?);
+        sessions.push(debuggee::session());
+    }
+    if wanted(smp::JOB) {
+        files.extend(smp::files()?);
+        sessions.push(smp::session());
+    }
+    if wanted(linux::JOB) {
+        files.extend(linux::files(kernel)?);
+        jobs.extend(linux::jobs());
+        sessions.push(linux::session());
+    }
     let outcomes = run_sessions(kernel, files, jobs, sessions)?;
     let get = |name: &str| outcomes.get(name).cloned().unwrap_or_default();
-    debuggee::check(tally, &get(debuggee::JOB));
-    linux::check(tally, &get(linux::JOB));
+    if wanted(debuggee::JOB) {
+        debuggee::check(tally, &get(debuggee::JOB));
+    }
+    if wanted(smp::JOB) {
+        smp::check(tally, &get(smp::JOB));
+    }
+    if wanted(linux::JOB) {
+        linux::check(tally, &get(linux::JOB));
+    }
     Ok(())
 }

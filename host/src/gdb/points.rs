@@ -1,0 +1,186 @@
+//! Breakpoints and watchpoints as gdb asks for them (`Z`/`z` packets): software and hardware
+//! breakpoints, and watchpoints split over as many watchpoint registers as their range needs,
+//! as gdbserver does. A refusal keeps its reason, for gdb's error reply and `monitor
+//! debug-pool`.
+
+use accel_api::{
+    debug::{watch_pieces, WatchKind as AccelWatchKind, Watchpoint},
+    AccelError, ErrorKind, Result,
+};
+use gdbstub::target::{
+    ext::breakpoints::{
+        Breakpoints, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps, SwBreakpoint,
+        SwBreakpointOps, WatchKind,
+    },
+    TargetError, TargetResult,
+};
+
+use super::target::GdbTarget;
+
+/// What a `Z`/`z` packet sets or clears.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Point {
+    /// `Z0`: a software breakpoint (BRK).
+    Software,
+    /// `Z1`: a hardware breakpoint.
+    Hardware,
+    /// `Z2`..`Z4`: a watchpoint.
+    Watch(WatchKind),
+}
+
+impl Point {
+    /// The point of a `Z`/`z` packet's type digit.
+    pub fn of_type(t: u8) -> Option<Point> {
+        Some(match t {
+            b'0' => Point::Software,
+            b'1' => Point::Hardware,
+            b'2' => Point::Watch(WatchKind::Write),
+            b'3' => Point::Watch(WatchKind::Read),
+            b'4' => Point::Watch(WatchKind::ReadWrite),
+            _ => return None,
+        })
+    }
+}
+
+fn watch(addr: u64, len: u64, kind: WatchKind) -> Watchpoint {
+    let kind = match kind {
+        WatchKind::Read => AccelWatchKind::READ,
+        WatchKind::Write => AccelWatchKind::WRITE,
+        WatchKind::ReadWrite => AccelWatchKind::ACCESS,
+    };
+    Watchpoint { addr, len, kind }
+}
+
+/// The ranges a watch of `len` bytes at `addr` takes, one watchpoint register each: a range no
+/// single register covers exactly is split over several.
+fn pieces(addr: u64, len: u64) -> Result<Vec<(u64, u64)>> {
+    watch_pieces(addr, len).ok_or_else(|| {
+        AccelError::new(
+            ErrorKind::NO_RESOURCE,
+            format!("a {len}-byte watchpoint at {addr:#x} needs more watchpoint registers than exist"),
+        )
+    })
+}
+
+impl GdbTarget {
+    /// Sets (`insert`) or clears `point` at `addr` over `len` bytes (a watchpoint's length; a
+    /// breakpoint's kind otherwise). A refused insertion is remembered with its reason.
+    pub(super) fn set_point(&mut self, insert: bool, point: Point, addr: u64, len: u64) -> Result<()> {
+        let result = match (point, insert) {
+            (Point::Software, true) => {
+                self.physical_for_breakpoint(addr).and_then(|pa| self.debug.insert_sw_breakpoint(addr, pa))
+            }
+            (Point::Software, false) => self.debug.remove_sw_breakpoint(addr),
+            (Point::Hardware, true) => self.debug.insert_hw_breakpoint(addr),
+            (Point::Hardware, false) => self.debug.remove_hw_breakpoint(addr),
+            (Point::Watch(kind), true) => pieces(addr, len).and_then(|pieces| {
+                for (i, (a, l)) in pieces.iter().enumerate() {
+                    if let Err(e) = self.debug.insert_watchpoint(&watch(*a, *l, kind)) {
+                        for (a, l) in &pieces[..i] {
+                            let _ = self.debug.remove_watchpoint(&watch(*a, *l, kind));
+                        }
+                        let e = if pieces.len() > 1 && e.kind == ErrorKind::NO_RESOURCE {
+                            AccelError::new(
+                                ErrorKind::NO_RESOURCE,
+                                format!(
+                                    "a {len}-byte watchpoint at {addr:#x} takes {} watchpoint registers \
+                                     and too few are free ({})",
+                                    pieces.len(),
+                                    e.message
+                                ),
+                            )
+                        } else {
+                            e
+                        };
+                        return Err(e);
+                    }
+                }
+                Ok(())
+            }),
+            (Point::Watch(kind), false) => pieces(addr, len).and_then(|pieces| {
+                pieces.iter().try_for_each(|(a, l)| self.debug.remove_watchpoint(&watch(*a, *l, kind)))
+            }),
+        };
+        if let (true, Err(e)) = (insert, &result) {
+            log::debug!("gdb: refused: {e}");
+            self.last_refusal = Some(e.message.to_string());
+        }
+        result
+    }
+}
+
+/// gdbstub's view of a result: refusals that gdb reports as its own "cannot insert" are
+/// `Ok(false)`, the rest errors.
+fn done(result: Result<()>) -> TargetResult<bool, GdbTarget> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind == ErrorKind::NO_RESOURCE || e.kind == ErrorKind::INVALID_ARGUMENT => Ok(false),
+        Err(_) => Err(TargetError::NonFatal),
+    }
+}
+
+// The session answers `Z` and `z` itself (with the reason of a refusal); these let gdbstub
+// advertise `swbreak+` and `hwbreak+`, and serve the packets should one reach it.
+impl Breakpoints for GdbTarget {
+    fn support_sw_breakpoint(&mut self) -> Option<SwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_hw_breakpoint(&mut self) -> Option<HwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_hw_watchpoint(&mut self) -> Option<HwWatchpointOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SwBreakpoint for GdbTarget {
+    fn add_sw_breakpoint(&mut self, addr: u64, kind: usize) -> TargetResult<bool, Self> {
+        done(self.set_point(true, Point::Software, addr, kind as u64))
+    }
+
+    fn remove_sw_breakpoint(&mut self, addr: u64, kind: usize) -> TargetResult<bool, Self> {
+        done(self.set_point(false, Point::Software, addr, kind as u64))
+    }
+}
+
+impl HwBreakpoint for GdbTarget {
+    fn add_hw_breakpoint(&mut self, addr: u64, kind: usize) -> TargetResult<bool, Self> {
+        done(self.set_point(true, Point::Hardware, addr, kind as u64))
+    }
+
+    fn remove_hw_breakpoint(&mut self, addr: u64, kind: usize) -> TargetResult<bool, Self> {
+        done(self.set_point(false, Point::Hardware, addr, kind as u64))
+    }
+}
+
+impl HwWatchpoint for GdbTarget {
+    fn add_hw_watchpoint(&mut self, addr: u64, len: u64, kind: WatchKind) -> TargetResult<bool, Self> {
+        done(self.set_point(true, Point::Watch(kind), addr, len))
+    }
+
+    fn remove_hw_watchpoint(&mut self, addr: u64, len: u64, kind: WatchKind) -> TargetResult<bool, Self> {
+        done(self.set_point(false, Point::Watch(kind), addr, len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packet_types() {
+        assert_eq!(Point::of_type(b'0'), Some(Point::Software));
+        assert_eq!(Point::of_type(b'1'), Some(Point::Hardware));
+        assert_eq!(Point::of_type(b'3'), Some(Point::Watch(WatchKind::Read)));
+        assert_eq!(Point::of_type(b'5'), None);
+    }
+
+    #[test]
+    fn a_range_no_register_set_can_cover_is_refused_with_its_size() {
+        assert_eq!(pieces(0x1004, 12).map(|p| p.len()).ok(), Some(2));
+        let e = pieces(1, 0xffff_ffff).err();
+        assert!(e.is_some_and(|e| e.kind == ErrorKind::NO_RESOURCE && e.message.contains("4294967295-byte")));
+    }
+}
