@@ -69,7 +69,8 @@ use crate::{error::AccelError, logging::LogSink};
 ///
 /// - 2.0: the first release of the growable interface.
 /// - 2.1: the GIC's ITS (a GIC option, and a probe fact).
-pub const ABI_VERSION: &str = "2.1.0";
+/// - 2.2: PSCI and SMCCC answered inside the plugin (a VM option, and a probe fact).
+pub const ABI_VERSION: &str = "2.2.0";
 
 /// The root module every plugin exports.
 #[repr(C)]

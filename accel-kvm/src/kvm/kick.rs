@@ -9,9 +9,11 @@ use std::sync::{
     Arc, Mutex, Once,
 };
 
-use accel_api::backend::Kick;
+use accel_api::{backend::Kick, psci::PowerBoard};
 use kvm_bindings::kvm_run;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+use super::psci::UserPsci;
 
 /// The signal that interrupts `KVM_RUN`.
 pub fn kick_signal() -> i32 {
@@ -37,6 +39,8 @@ pub struct KickShared {
     /// Set by a kick, cleared when `run` reports the interruption.
     pub requested: AtomicBool,
     inner: Mutex<Inner>,
+    /// With PSCI in the plugin, the VM's power board, on which a stopped vCPU's `run` waits.
+    psci: Option<Arc<UserPsci>>,
 }
 
 struct Inner {
@@ -51,9 +55,13 @@ struct Inner {
 unsafe impl Send for Inner {}
 
 impl KickShared {
-    /// Shared state for a vCPU whose `kvm_run` is at `run`.
-    pub fn new(run: *mut kvm_run) -> Self {
-        Self { requested: AtomicBool::new(false), inner: Mutex::new(Inner { run, thread: None }) }
+    /// Shared state for a vCPU whose `kvm_run` is at `run`, and the VM's PSCI in the plugin.
+    pub fn new(run: *mut kvm_run, psci: Option<Arc<UserPsci>>) -> Self {
+        Self { requested: AtomicBool::new(false), inner: Mutex::new(Inner { run, thread: None }), psci }
+    }
+
+    fn board(&self) -> Option<&PowerBoard> {
+        self.psci.as_deref().map(|p| &p.board)
     }
 
     /// Records (or clears) the thread that is about to enter, or has left, `KVM_RUN`.
@@ -78,6 +86,10 @@ pub struct Kicker(pub Arc<KickShared>);
 impl Kick for Kicker {
     fn kick(&self) {
         self.0.requested.store(true, Ordering::SeqCst);
+        // A stopped vCPU waits on the power board, not in KVM_RUN.
+        if let Some(board) = self.0.board() {
+            board.wake_all();
+        }
         let Ok(inner) = self.0.inner.lock() else { return };
         let run = inner.run;
         if run.is_null() {
