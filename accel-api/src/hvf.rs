@@ -7,7 +7,7 @@
 //! macOS-only layer only matches these numbers onto that crate's enums.
 //!
 //! An `hv_sys_reg_t` value is the architectural encoding, the same packing as
-//! [`RegId`](crate::RegId): op0 << 14 | op1 << 11 | CRn << 7 | CRm << 3 | op2.
+//! [`crate::RegId`]: op0 << 14 | op1 << 11 | CRn << 7 | CRm << 3 | op2.
 
 use crate::{
     regs::{CoreReg, FpReg},
@@ -35,6 +35,14 @@ pub const VTIMER_INTID: u32 = 27;
 pub const GICR_ISPENDR0: u32 = 0x1_0200;
 /// The redistributor's GICR_ICPENDR0 (SGI frame).
 pub const GICR_ICPENDR0: u32 = 0x1_0280;
+
+/// The MPIDR_EL1 the backend gives vCPU `index`, as KVM assigns it: Aff0 from bits `[3:0]` of
+/// the index, Aff1 from bits `[11:4]`, Aff2 from bits `[19:12]`, and bit 31 (RES1). HVF leaves
+/// MPIDR_EL1 to the VMM, and the GIC's redistributors follow it.
+pub fn mpidr(index: u32) -> u64 {
+    let index = u64::from(index);
+    1 << 31 | (index & 0xf) | ((index >> 4) & 0xff) << 8 | ((index >> 12) & 0xff) << 16
+}
 
 /// Where a core register of the shared model lives on HVF.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,8 +161,8 @@ pub const TIMER_REGS: [RegId; 4] =
 /// The debug control registers HVF exposes besides the breakpoint and watchpoint registers.
 pub const DEBUG_CONTROL_REGS: [RegId; 2] = [sysreg::MDCCINT_EL1, sysreg::MDSCR_EL1];
 
-/// The debug registers of `breakpoints` breakpoints and `watchpoints` watchpoints: DBGBVR<n>,
-/// DBGBCR<n>, then DBGWVR<n>, DBGWCR<n>.
+/// The debug registers of `breakpoints` breakpoints and `watchpoints` watchpoints:
+/// `DBGBVR<n>_EL1`, `DBGBCR<n>_EL1`, then `DBGWVR<n>_EL1`, `DBGWCR<n>_EL1`.
 pub fn debug_regs(breakpoints: u32, watchpoints: u32) -> Vec<RegId> {
     let b = (0..breakpoints.min(16) as u8).flat_map(|n| [sysreg::dbgbvr(n), sysreg::dbgbcr(n)]);
     let w = (0..watchpoints.min(16) as u8).flat_map(|n| [sysreg::dbgwvr(n), sysreg::dbgwcr(n)]);
@@ -357,6 +365,14 @@ mod tests {
             assert_eq!(regs[32 + 2 * n + 1].0, wcr as u64);
         }
         assert_eq!(debug_regs(6, 4).len(), 20);
+    }
+
+    #[test]
+    fn affinities_follow_kvm() {
+        assert_eq!(mpidr(0), 0x8000_0000);
+        assert_eq!(mpidr(1), 0x8000_0001);
+        assert_eq!(mpidr(16), 0x8000_0100);
+        assert_eq!(mpidr(0x1234), 0x8001_2304);
     }
 
     #[test]

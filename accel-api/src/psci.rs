@@ -91,7 +91,8 @@ pub const SMCCC_VERSION_1_1: u64 = 0x0001_0001;
 pub const TOS_NOT_PRESENT_MP: u64 = 2;
 /// SYSTEM_RESET2's data flag in a reset event, as KVM's `KVM_SYSTEM_EVENT_RESET_FLAG_PSCI_RESET2`.
 pub const RESET_FLAG_PSCI_RESET2: u64 = 1;
-/// The MPIDR_EL1 bits that name a core: Aff3 and Aff2..Aff0.
+/// The MPIDR_EL1 bits that name a core: Aff3 and Aff2..Aff0. A CPU_ON or AFFINITY_INFO target
+/// with any other bit set (MPIDR_EL1's RES1 bit 31, say) is invalid, as in KVM.
 pub const MPIDR_AFFINITY_MASK: u64 = 0xff_00ff_ffff;
 
 /// The instruction that made a call.
@@ -249,6 +250,9 @@ impl PowerTable {
     }
 
     fn affinity_info(&self, target: u64, level: u64) -> u64 {
+        if target & !MPIDR_AFFINITY_MASK != 0 {
+            return ret::INVALID_PARAMETERS;
+        }
         let mask = match level {
             0 => MPIDR_AFFINITY_MASK,
             1 => MPIDR_AFFINITY_MASK & !0xff,
@@ -268,7 +272,9 @@ impl PowerTable {
     }
 
     fn cpu_on(&mut self, target: u64, start: StartContext) -> Result<u32, u64> {
-        let target = target & MPIDR_AFFINITY_MASK;
+        if target & !MPIDR_AFFINITY_MASK != 0 {
+            return Err(ret::INVALID_PARAMETERS);
+        }
         let index = self
             .cpus
             .iter()
@@ -458,6 +464,7 @@ mod tests {
         Call { function, args, imm: 0 }
     }
 
+    /// Two vCPUs with MPIDR_EL1 0x8000_0000 (on) and 0x8000_0001 (off): affinities 0 and 1.
     fn two_cpus() -> PowerTable {
         let mut t = PowerTable::default();
         t.add(0, 0x8000_0000, true);
@@ -499,7 +506,9 @@ mod tests {
     #[test]
     fn cpu_on_starts_a_stopped_cpu_once() {
         let mut t = two_cpus();
-        let on = call(smc64(CPU_ON), [0x8000_0001, 0x4000_0800, 0x55]);
+        let with_bit_31 = call(smc64(CPU_ON), [0x8000_0001, 0x4000_0800, 0x55]);
+        assert_eq!(t.handle(&with_bit_31, 0, Offer::default()), Outcome::Return(ret::INVALID_PARAMETERS));
+        let on = call(smc64(CPU_ON), [1, 0x4000_0800, 0x55]);
         assert_eq!(t.handle(&on, 0, Offer::default()), Outcome::Started { target: 1 });
         assert!(t.is_on(1));
         assert_eq!(
@@ -510,14 +519,14 @@ mod tests {
         assert_eq!(t.take_start(1), Some(StartContext { entry: 0x4000_0800, context_id: 0x55 }));
         assert_eq!(t.take_start(1), None, "taken once");
         assert_eq!(t.handle(&on, 0, Offer::default()), Outcome::Return(ret::ALREADY_ON));
-        let nobody = call(smc64(CPU_ON), [0x8000_0007, 0x4000_0800, 0]);
+        let nobody = call(smc64(CPU_ON), [7, 0x4000_0800, 0]);
         assert_eq!(t.handle(&nobody, 0, Offer::default()), Outcome::Return(ret::INVALID_PARAMETERS));
     }
 
     #[test]
     fn smc32_arguments_are_truncated() {
         let mut t = two_cpus();
-        let on = call(CPU_ON, [0xffff_ffff_8000_0001, 0xffff_0000_4000_0800, 0x1_0000_0055]);
+        let on = call(CPU_ON, [0xffff_ffff_0000_0001, 0xffff_0000_4000_0800, 0x1_0000_0055]);
         assert_eq!(t.handle(&on, 0, Offer::default()), Outcome::Started { target: 1 });
         assert_eq!(t.take_start(1), Some(StartContext { entry: 0x4000_0800, context_id: 0x55 }));
     }
@@ -528,14 +537,19 @@ mod tests {
         let info = |t: &mut PowerTable, mpidr: u64, level: u64| {
             t.handle(&call(smc64(AFFINITY_INFO), [mpidr, level, 0]), 0, Offer::default())
         };
-        assert_eq!(info(&mut t, 0x8000_0000, 0), Outcome::Return(affinity::ON));
-        assert_eq!(info(&mut t, 0x8000_0001, 0), Outcome::Return(affinity::OFF));
-        assert_eq!(info(&mut t, 0x8000_0009, 0), Outcome::Return(ret::INVALID_PARAMETERS));
-        assert_eq!(info(&mut t, 0x8000_0001, 1), Outcome::Return(affinity::ON), "cluster 0 has a core on");
-        assert_eq!(info(&mut t, 0x8000_0001, 4), Outcome::Return(ret::INVALID_PARAMETERS));
+        assert_eq!(info(&mut t, 0, 0), Outcome::Return(affinity::ON));
+        assert_eq!(info(&mut t, 1, 0), Outcome::Return(affinity::OFF));
+        assert_eq!(info(&mut t, 9, 0), Outcome::Return(ret::INVALID_PARAMETERS));
+        assert_eq!(
+            info(&mut t, 0x8000_0000, 0),
+            Outcome::Return(ret::INVALID_PARAMETERS),
+            "bit 31 is not affinity"
+        );
+        assert_eq!(info(&mut t, 1, 1), Outcome::Return(affinity::ON), "cluster 0 has a core on");
+        assert_eq!(info(&mut t, 1, 4), Outcome::Return(ret::INVALID_PARAMETERS));
         assert_eq!(t.handle(&call(CPU_OFF, [0; 3]), 0, Offer::default()), Outcome::PoweredOff);
         assert!(!t.is_on(0));
-        assert_eq!(info(&mut t, 0x8000_0000, 1), Outcome::Return(affinity::OFF));
+        assert_eq!(info(&mut t, 0, 1), Outcome::Return(affinity::OFF));
     }
 
     #[test]
@@ -600,7 +614,7 @@ mod tests {
         let b = Arc::clone(&board);
         let waiter = std::thread::spawn(move || b.wait_until_on(1, || k.load(Ordering::SeqCst)));
         std::thread::sleep(Duration::from_millis(20));
-        let on = call(smc64(CPU_ON), [0x8000_0001, 0x4000_1000, 7]);
+        let on = call(smc64(CPU_ON), [1, 0x4000_1000, 7]);
         assert_eq!(board.handle(&on, 0, Offer::default()), Outcome::Started { target: 1 });
         let woke = waiter.join().map_err(|_| "the waiter panicked");
         assert_eq!(woke, Ok(Wake::Start(StartContext { entry: 0x4000_1000, context_id: 7 })));

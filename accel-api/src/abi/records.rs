@@ -556,7 +556,7 @@ mod tests {
         assert!(VmConfigRecord::from(&VmConfig::default()).options.is_empty(), "off: no option");
         let mut info = ProbeInfo::unavailable("x");
         info.caps.userspace_psci = true;
-        assert_eq!(ProbeInfo::from(&ProbeRecord::from(&info)).caps.userspace_psci, true);
+        assert!(ProbeInfo::from(&ProbeRecord::from(&info)).caps.userspace_psci);
     }
 
     #[test]

@@ -5,8 +5,10 @@
 use std::{sync::mpsc, thread, time::Duration};
 
 use accel_api::{
-    abi::vm_option, psci::function, sysreg::MPIDR_EL1, ErrorKind, MpState, VcpuConfig, VcpuExit,
-    VcpuFeatures, VmConfig,
+    abi::vm_option,
+    psci::{self, function},
+    sysreg::MPIDR_EL1,
+    ErrorKind, MpState, VcpuConfig, VcpuExit, VcpuFeatures, VmConfig,
 };
 
 use crate::{
@@ -49,7 +51,9 @@ fn answer_queries(ctx: &Context, psci: Psci) -> CaseResult {
     let mut g = psci.guest(&accel, &[asm::b(0)])?;
     let mut second =
         g.vm.create_vcpu(&VcpuConfig::new(1, VcpuFeatures::PSCI_0_2 | VcpuFeatures::POWER_OFF))?;
-    let (first_aff, second_aff) = (g.vcpu.get_reg(MPIDR_EL1)?, second.get_reg(MPIDR_EL1)?);
+    let affinity = psci::MPIDR_AFFINITY_MASK;
+    let (first_aff, second_aff) =
+        (g.vcpu.get_reg(MPIDR_EL1)? & affinity, second.get_reg(MPIDR_EL1)? & affinity);
     let calls: [(u32, Vec<u64>); 8] = [
         (PSCI_VERSION, vec![]),
         (PSCI_FEATURES, vec![u64::from(smc64(CPU_ON))]),
@@ -105,7 +109,7 @@ fn cpu_off(ctx: &Context, psci: Psci) -> CaseResult {
     let mut g = psci.guest(&accel, &[asm::b(0)])?;
     let mut second =
         g.vm.create_vcpu(&VcpuConfig::new(1, VcpuFeatures::PSCI_0_2 | VcpuFeatures::POWER_OFF))?;
-    let affinity = second.get_reg(MPIDR_EL1)? & 0xff_00ff_ffff;
+    let affinity = second.get_reg(MPIDR_EL1)? & psci::MPIDR_AFFINITY_MASK;
     let secondary_at = CODE + 0x800;
     let mut code = call_and_report(smc64(CPU_ON), &[affinity, secondary_at, 0], 0x30);
     let poll = CODE + 4 * code.len() as u64;
