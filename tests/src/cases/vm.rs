@@ -217,10 +217,12 @@ fn ioeventfd_signals_without_an_exit(ctx: &Context) -> CaseResult {
     Ok(())
 }
 
+/// The pages, in the backend's own page size, are those the guest wrote.
 fn dirty_pages_are_the_written_ones(ctx: &Context) -> CaseResult {
     const DATA_BASE: u64 = 0x5000_0000;
     const PAGES: u64 = 64;
-    let page = 4096u64;
+    let accel = ctx.accelerator()?;
+    let page = accel.probe().caps.page_size.max(4096);
     let written = [3u64, 7, 8, 63];
     let mut code = Vec::new();
     for (i, p) in written.iter().enumerate() {
@@ -232,7 +234,7 @@ fn dirty_pages_are_the_written_ones(ctx: &Context) -> CaseResult {
     code.push(asm::ldr(Size::X, 21, 20, 0));
     code.extend(asm::mov_imm64(9, MMIO_BASE));
     code.extend([asm::str(Size::X, 9, 9, 0), asm::b(0)]);
-    let mut g = TestGuest::new(&ctx.accelerator()?, &code)?;
+    let mut g = TestGuest::new(&accel, &code)?;
     let data = GuestRam::new(DATA_BASE, PAGES * page)?;
     // SAFETY: `data` outlives the guest's last run in this case.
     let slot = unsafe { data.map_into(&g.vm) }?;
