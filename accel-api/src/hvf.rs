@@ -153,10 +153,10 @@ pub const SYS_REGS: [RegId; 38] = [
 /// The EL0 thread registers and CSSELR_EL1, also in [`RegClass::SYS`](crate::RegClass::SYS).
 pub const SYS_REGS_EL0: [RegId; 3] = [sysreg::CSSELR_EL1, sysreg::TPIDR_EL0, sysreg::TPIDRRO_EL0];
 
-/// The timer registers HVF exposes (the physical timer's from macOS 15.0); CNTVCT_EL0 is the
-/// host counter less the vCPU's vtimer offset.
-pub const TIMER_REGS: [RegId; 4] =
-    [sysreg::CNTV_CTL_EL0, sysreg::CNTV_CVAL_EL0, sysreg::CNTP_CTL_EL0, sysreg::CNTP_CVAL_EL0];
+/// The virtual timer's registers HVF exposes; CNTVCT_EL0 is the host counter less the vCPU's
+/// vtimer offset. (The EL1 physical timer's registers are left out: HVF hands a guest's accesses
+/// to them to the VMM, and macOS 15 names them with the EL2 registers of nested guests.)
+pub const TIMER_REGS: [RegId; 2] = [sysreg::CNTV_CTL_EL0, sysreg::CNTV_CVAL_EL0];
 
 /// The debug control registers HVF exposes besides the breakpoint and watchpoint registers.
 pub const DEBUG_CONTROL_REGS: [RegId; 2] = [sysreg::MDCCINT_EL1, sysreg::MDSCR_EL1];
@@ -341,7 +341,7 @@ mod tests {
         for (ours, theirs) in SYS_REGS_EL0.iter().zip(el0) {
             assert_eq!(ours.0, theirs as u64, "{ours} is {theirs:?}");
         }
-        let timer = [S::CNTV_CTL_EL0, S::CNTV_CVAL_EL0, S::CNTP_CTL_EL0, S::CNTP_CVAL_EL0];
+        let timer = [S::CNTV_CTL_EL0, S::CNTV_CVAL_EL0];
         for (ours, theirs) in TIMER_REGS.iter().zip(timer) {
             assert_eq!(ours.0, theirs as u64, "{ours} is {theirs:?}");
         }

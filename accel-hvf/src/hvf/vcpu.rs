@@ -359,6 +359,9 @@ impl Worker {
     }
 
     fn advance_pc(&self, by: u64) -> Result<()> {
+        if by == 0 {
+            return Ok(());
+        }
         let pc = self.read_core_reg(CoreReg::Pc)?;
         self.write_core_reg(CoreReg::Pc, pc.wrapping_add(by))
     }

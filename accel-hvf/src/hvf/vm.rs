@@ -219,6 +219,29 @@ impl HvfVm {
     }
 }
 
+impl Drop for HvfVm {
+    /// The host's memory may go once the VM is dropped, even while its vCPUs still exist (their
+    /// threads keep the framework's VM until they end): unmap every region now.
+    fn drop(&mut self) {
+        let mut map = locked(&self.shared.memory);
+        for (slot, region) in map.regions() {
+            if let Err(e) = unmap(&region) {
+                log::warn!("dropping the VM: slot {slot}: {e}");
+            }
+        }
+        *map = MemoryMap::new();
+        locked(&self.shared.dirty).clear();
+    }
+}
+
+fn unmap(region: &MemoryRegion) -> Result<()> {
+    let size = usize::try_from(region.size)
+        .map_err(|_| AccelError::invalid(format!("a region of {:#x} bytes is too large", region.size)))?;
+    // SAFETY: unmaps a range this VM mapped; host memory is not touched.
+    let rc = unsafe { hv_vm_unmap(region.guest_addr, size) };
+    hv_check(format!("hv_vm_unmap of {:#x}+{:#x}", region.guest_addr, region.size), rc)
+}
+
 impl BackendVm for HvfVm {
     type Vcpu = HvfVcpu;
 
@@ -249,11 +272,7 @@ impl BackendVm for HvfVm {
         let region = *map.get(slot).ok_or_else(|| {
             AccelError::new(ErrorKind::NOT_FOUND, format!("no memory region in slot {slot}"))
         })?;
-        let size = usize::try_from(region.size)
-            .map_err(|_| AccelError::invalid(format!("a region of {:#x} bytes is too large", region.size)))?;
-        // SAFETY: unmaps a range this VM mapped; host memory is not touched.
-        let rc = unsafe { hv_vm_unmap(region.guest_addr, size) };
-        hv_check(format!("hv_vm_unmap of {:#x}+{:#x}", region.guest_addr, region.size), rc)?;
+        unmap(&region)?;
         map.remove(slot)?;
         locked(&self.shared.dirty).remove(&slot);
         Ok(())
