@@ -7,6 +7,11 @@
 //! off on the board instead: its `run` waits there for CPU_ON, which resets it with
 //! `KVM_ARM_VCPU_INIT`, as KVM's own CPU_ON does, and starts it at the entry point.
 
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, Weak},
+};
+
 use accel_api::{
     psci::{function, Offer, PowerBoard},
     Result,
@@ -17,15 +22,51 @@ use kvm_bindings::{
 };
 use kvm_ioctls::VmFd;
 
-use super::ioctl_error;
+use super::{ioctl_error, kick::KickShared};
 
-/// A VM's PSCI in user space: its power board and what it offers.
-#[derive(Debug, Default)]
+/// A VM's PSCI in user space: its power board, what it offers, and its vCPUs' kick states.
+#[derive(Default)]
 pub struct UserPsci {
     /// The vCPUs' power states.
     pub board: PowerBoard,
     /// What the answers offer beyond the mandatory calls.
     pub offer: Offer,
+    /// The vCPUs, to bring out of the guest when a system event stops them all.
+    vcpus: Mutex<BTreeMap<u32, Weak<KickShared>>>,
+}
+
+impl UserPsci {
+    /// PSCI in user space offering `offer`, with no vCPU yet.
+    pub fn new(offer: Offer) -> Self {
+        Self { offer, ..Self::default() }
+    }
+
+    /// Registers vCPU `index`'s kick state.
+    pub fn register(&self, index: u32, kick: &Arc<KickShared>) {
+        if let Ok(mut vcpus) = self.vcpus.lock() {
+            vcpus.insert(index, Arc::downgrade(kick));
+        }
+    }
+
+    /// Forgets vCPU `index`.
+    pub fn unregister(&self, index: u32) {
+        if let Ok(mut vcpus) = self.vcpus.lock() {
+            vcpus.remove(&index);
+        }
+    }
+
+    /// Nudges every vCPU but `index` out of the guest.
+    pub fn nudge_others(&self, index: u32) {
+        let others: Vec<Arc<KickShared>> = match self.vcpus.lock() {
+            Ok(vcpus) => {
+                vcpus.iter().filter(|(i, _)| **i != index).filter_map(|(_, k)| k.upgrade()).collect()
+            }
+            Err(_) => return,
+        };
+        for kick in others {
+            kick.nudge();
+        }
+    }
 }
 
 /// Forwards both PSCI ranges (SMC32 and SMC64) of `vm` to user space. Must come before any vCPU

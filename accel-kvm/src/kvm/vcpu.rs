@@ -56,6 +56,7 @@ impl Drop for KvmVcpu {
         self.kick.detach();
         if let Some(psci) = &self.psci {
             psci.board.lock().remove(self.index);
+            psci.unregister(self.index);
         }
     }
 }
@@ -174,8 +175,10 @@ impl KvmVcpu {
             psci.board.lock().add(index, u64::from_le_bytes(mpidr), on);
         }
         kick::install_handler();
-        let board = psci.clone();
-        let kick = Arc::new(KickShared::new(fd.get_kvm_run(), board));
+        let kick = Arc::new(KickShared::new(fd.get_kvm_run(), psci.clone()));
+        if let Some(psci) = &psci {
+            psci.register(index, &kick);
+        }
         let mut list = RegList::new(MAX_LISTED_REGS).map_err(|e| {
             AccelError::new(ErrorKind::NO_RESOURCE, format!("allocating the register list: {e:?}"))
         })?;
@@ -279,6 +282,9 @@ impl KvmVcpu {
                 if let Some(value) = x0 {
                     self.set_x(0, value)?;
                 }
+                // KVM's own PSCI stops every vCPU at once: bring the others out of the guest to
+                // their power check.
+                psci.nudge_others(self.index);
                 Ok(Some(VcpuExit::SystemEvent { kind, data }))
             }
         }
@@ -630,8 +636,12 @@ impl BackendVcpu for KvmVcpu {
             let exit = match result {
                 Ok(exit) => exit,
                 Err(e) if e.errno() == libc::EINTR => {
-                    self.kick.requested.store(false, Ordering::SeqCst);
                     self.fd.set_kvm_immediate_exit(0);
+                    let kicked = self.kick.requested.swap(false, Ordering::SeqCst);
+                    if self.kick.nudged.swap(false, Ordering::SeqCst) && !kicked {
+                        // Only the plugin's own nudge: look at the power state again.
+                        continue;
+                    }
                     return Ok(VcpuExit::Interrupted);
                 }
                 Err(e) if e.errno() == libc::EAGAIN => continue,

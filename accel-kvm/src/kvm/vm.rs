@@ -69,7 +69,7 @@ impl KvmVm {
         let psci = if config.userspace_psci {
             super::psci::install_filter(&fd)?;
             let offer = accel_api::psci::Offer { system_suspend: caps.system_suspend };
-            Some(Arc::new(UserPsci { offer, ..UserPsci::default() }))
+            Some(Arc::new(UserPsci::new(offer)))
         } else {
             None
         };

@@ -14,12 +14,12 @@ use accel_api::{
 use crate::{
     asm::{self, Size},
     ensure,
-    guest::{Psci, CODE, MMIO_BASE},
+    guest::{Psci, CODE, DATA, MMIO_BASE},
     Case, CaseResult, Context, Failure,
 };
 
 pub fn cases() -> Vec<Case> {
-    crate::cases![psci: queries, queries_in_plugin, cpu_off_stops_the_caller, cpu_off_stops_the_caller_in_plugin, userspace_option_follows_the_probe]
+    crate::cases![psci: queries, queries_in_plugin, cpu_off_stops_the_caller, cpu_off_stops_the_caller_in_plugin, system_off_stops_every_vcpu, system_off_stops_every_vcpu_in_plugin, userspace_option_follows_the_probe]
 }
 
 /// Guest code: X0 = `function`, X1..X3 = `args`, HVC, then a store of X0 to MMIO_BASE + `slot`.
@@ -164,6 +164,71 @@ fn cpu_off(ctx: &Context, psci: Psci) -> CaseResult {
     }
     let state = state.map_err(Failure::from)?;
     ensure!(state == MpState::STOPPED, "vCPU 1 after CPU_OFF is {}, not stopped", state.name());
+    Ok(())
+}
+
+fn system_off_stops_every_vcpu(ctx: &Context) -> CaseResult {
+    system_off_with_two(ctx, Psci::Default)
+}
+
+fn system_off_stops_every_vcpu_in_plugin(ctx: &Context) -> CaseResult {
+    system_off_with_two(ctx, Psci::InPlugin)
+}
+
+/// vCPU 0 turns vCPU 1 on and waits until it runs (a flag in RAM), then calls SYSTEM_OFF while
+/// vCPU 1 spins in the guest. The shutdown exit comes from vCPU 0; vCPU 1 is stopped with it:
+/// its `run` ends only on a kick, and its MP state reads stopped.
+fn system_off_with_two(ctx: &Context, psci: Psci) -> CaseResult {
+    use function::*;
+    let accel = ctx.accelerator()?;
+    let mut g = psci.guest(&accel, &[asm::b(0)])?;
+    let mut second =
+        g.vm.create_vcpu(&VcpuConfig::new(1, VcpuFeatures::PSCI_0_2 | VcpuFeatures::POWER_OFF))?;
+    let affinity = second.get_reg(MPIDR_EL1)? & psci::MPIDR_AFFINITY_MASK;
+    let secondary_at = CODE + 0x800;
+    let mut code = call_and_report(smc64(CPU_ON), &[affinity, secondary_at, 0], 0x30);
+    code.extend(asm::mov_imm64(10, DATA));
+    let wait = CODE + 4 * code.len() as u64;
+    code.extend([asm::ldr(Size::X, 5, 10, 0), asm::cmp_imm(5, 1)]);
+    let here = CODE + 4 * code.len() as u64;
+    code.push(asm::b_ne(wait as i64 - here as i64));
+    code.extend(asm::mov_imm64(0, u64::from(SYSTEM_OFF)));
+    code.extend([asm::hvc(0), asm::b(0)]);
+    let mut secondary = asm::mov_imm64(10, DATA);
+    secondary.extend([asm::movz(1, 1, 0), asm::str(Size::X, 1, 10, 0), asm::b(0)]);
+    g.ram.write_code(CODE, &code)?;
+    g.ram.write_code(secondary_at, &secondary)?;
+
+    let kicker = second.kicker();
+    let (tx, rx) = mpsc::channel();
+    let worker = thread::spawn(move || {
+        let result = second.run().map_err(|e| e.to_string());
+        let state = second.get_mp_state();
+        let _ = tx.send((result, state));
+    });
+    let (addr, _, status) = g.expect_mmio_write()?;
+    ensure!(addr == MMIO_BASE + 0x30 && status == 0, "CPU_ON returned {status:#x} (at {addr:#x})");
+    match g.run()? {
+        VcpuExit::SystemEvent { kind, .. } if kind == accel_api::SystemEventKind::SHUTDOWN => {}
+        other => return Err(Failure::Fail(format!("expected vCPU 0's shutdown event, got {other:?}"))),
+    }
+    thread::sleep(Duration::from_millis(100));
+    let early = rx.try_recv().ok();
+    let returned_early = early.is_some();
+    kicker.kick();
+    let outcome = match early {
+        Some(outcome) => Ok(outcome),
+        None => rx.recv_timeout(Duration::from_secs(20)),
+    };
+    if outcome.is_err() {
+        kicker.kick();
+    }
+    let _ = worker.join();
+    let (result, state) = outcome.map_err(|_| Failure::Fail("vCPU 1's run did not end on a kick".into()))?;
+    ensure!(!returned_early, "vCPU 1's run returned after the shutdown without a kick: {result:?}");
+    ensure!(result == Ok(VcpuExit::Interrupted), "vCPU 1's run ended with {result:?}, expected interrupted");
+    let state = state.map_err(Failure::from)?;
+    ensure!(state == MpState::STOPPED, "vCPU 1 after SYSTEM_OFF is {}, not stopped", state.name());
     Ok(())
 }
 
