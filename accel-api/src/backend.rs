@@ -53,7 +53,9 @@ pub trait Backend: Send + Sync + 'static {
     fn probe(&self) -> ProbeInfo;
 
     /// Creates a VM. A backend that holds one VM per process refuses a second one as
-    /// [`ErrorKind::NO_RESOURCE`](crate::ErrorKind::NO_RESOURCE), saying why.
+    /// [`ErrorKind::NO_RESOURCE`](crate::ErrorKind::NO_RESOURCE), saying why. A configuration
+    /// it cannot honour (an IPA size too large, [`VmConfig::userspace_psci`] where the plugin
+    /// cannot answer PSCI itself) is refused as unsupported, naming it.
     fn create_vm(&self, config: &VmConfig) -> Result<Self::Vm>;
 }
 

@@ -61,6 +61,9 @@ pub struct Capabilities {
     pub gic_v3: bool,
     /// The in-kernel GICv3 can have an ITS (ABI 2.1).
     pub gic_its: bool,
+    /// PSCI and SMCCC calls can be answered inside the plugin rather than by the hypervisor
+    /// ([`VmConfig::userspace_psci`], ABI 2.2).
+    pub userspace_psci: bool,
     /// The backend's own CPU target for vCPUs (KVM's preferred target; 0 where there is none).
     pub cpu_target: u32,
 }
@@ -159,6 +162,11 @@ impl std::fmt::Debug for VcpuFeatures {
 pub struct VmConfig {
     /// The guest physical address size in bits, or 0 for the backend's default.
     pub ipa_bits: u32,
+    /// Answer the guest's PSCI and SMCCC calls inside the plugin, with the shared
+    /// [`crate::psci`] code, instead of leaving them to the hypervisor (ABI 2.2). The exits and
+    /// behaviour the host sees are the same either way. A backend that cannot is asked through
+    /// [`Capabilities::userspace_psci`], and refuses the option as unsupported, by name.
+    pub userspace_psci: bool,
 }
 
 /// How to create a vCPU.

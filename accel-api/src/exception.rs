@@ -90,6 +90,55 @@ pub fn enter_el1(core: &mut CoreRegs, vbar_el1: u64, exception: &Exception) -> V
     sys
 }
 
+/// ESR_ELx.IL: the trapped instruction was 32 bits wide.
+pub const ESR_IL: u64 = 1 << 25;
+
+/// ESR_ELx.ISS.DFSC for a synchronous external abort, not on a translation table walk.
+pub const DFSC_EXTERNAL_ABORT: u64 = 0x10;
+
+/// True when `pstate` is AArch64 EL1 (EL1t or EL1h): an exception to EL1 is then taken from the
+/// current EL.
+fn at_el1(pstate: u64) -> bool {
+    pstate & PSTATE_NRW == 0 && pstate & 0b1100 == 0b0100
+}
+
+/// The syndrome of an UNDEFINED instruction: EC 0x00 ("unknown reason") with IL.
+pub const fn undefined_syndrome() -> u64 {
+    ESR_IL
+}
+
+/// Enters the exception that an UNDEFINED instruction at `core.pc` takes (a system register
+/// access the hypervisor does not emulate, for example). Returns the system registers to put.
+pub fn enter_undefined(core: &mut CoreRegs, vbar_el1: u64) -> Vec<RegValue> {
+    let exception = Exception {
+        kind: ExceptionType::Synchronous,
+        esr: undefined_syndrome(),
+        far: None,
+        return_address: core.pc,
+    };
+    enter_el1(core, vbar_el1, &exception)
+}
+
+/// The syndrome of a synchronous external abort on a data access taken from `pstate`: EC 0x25
+/// from EL1, 0x24 from EL0, with IL and DFSC 0x10.
+pub fn external_data_abort_syndrome(pstate: u64) -> u64 {
+    let ec = if at_el1(pstate) { ec::DATA_ABORT_CURRENT } else { ec::DATA_ABORT_LOWER };
+    u64::from(ec) << 26 | ESR_IL | DFSC_EXTERNAL_ABORT
+}
+
+/// Enters a synchronous external data abort at `far` for the instruction at `core.pc`, as
+/// KVM's `KVM_SET_VCPU_EVENTS` with `ext_dabt_pending` does. Returns the system registers to
+/// put.
+pub fn enter_external_data_abort(core: &mut CoreRegs, vbar_el1: u64, far: u64) -> Vec<RegValue> {
+    let exception = Exception {
+        kind: ExceptionType::Synchronous,
+        esr: external_data_abort_syndrome(core.pstate),
+        far: Some(far),
+        return_address: core.pc,
+    };
+    enter_el1(core, vbar_el1, &exception)
+}
+
 /// ESR_ELx.EC values (Arm ARM D17.2.37) the framework names.
 pub mod ec {
     /// Breakpoint from a lower EL.
@@ -112,6 +161,14 @@ pub mod ec {
     pub const DATA_ABORT_CURRENT: u8 = 0x25;
     /// SError interrupt.
     pub const SERROR: u8 = 0x2f;
+    /// Trapped WFI or WFE.
+    pub const WFX: u8 = 0x01;
+    /// HVC from AArch64.
+    pub const HVC64: u8 = 0x16;
+    /// SMC from AArch64.
+    pub const SMC64: u8 = 0x17;
+    /// Trapped MSR, MRS or system instruction (AArch64).
+    pub const SYS64: u8 = 0x18;
 }
 
 /// ESR_ELx.EC of a syndrome.
@@ -159,5 +216,20 @@ mod tests {
             vec![RegValue { id: ESR_EL1, value: 0xf200_0000 }, RegValue { id: FAR_EL1, value: 0xdead }]
         );
         assert_eq!(esr_ec(0xf200_0000), ec::BRK);
+    }
+
+    #[test]
+    fn undefined_and_external_aborts_enter_with_their_syndromes() {
+        let mut core = core_at(0x3c5);
+        let sys = enter_undefined(&mut core, 0x4000_0800);
+        assert_eq!(sys, vec![RegValue { id: ESR_EL1, value: 0x0200_0000 }]);
+        assert_eq!((core.elr_el1, core.pc), (0x4000_1000, 0x4000_0a00));
+        let mut core = core_at(0x3c5);
+        let sys = enter_external_data_abort(&mut core, 0x4000_0800, 0xdead_0000);
+        assert_eq!(
+            sys,
+            vec![RegValue { id: ESR_EL1, value: 0x9600_0010 }, RegValue { id: FAR_EL1, value: 0xdead_0000 }]
+        );
+        assert_eq!(external_data_abort_syndrome(0x0) >> 26, 0x24, "from EL0: the lower-EL class");
     }
 }

@@ -14,6 +14,7 @@ pub mod backend;
 pub mod client;
 pub mod config;
 pub mod debug;
+pub mod dirty;
 pub mod error;
 pub mod events;
 pub mod exception;
@@ -21,15 +22,20 @@ pub mod exit;
 mod export;
 #[doc(hidden)]
 pub mod glue;
+pub mod hvf;
 pub mod idregs;
 pub mod irq;
 pub mod logging;
 pub mod memory;
+pub mod mmio;
 pub mod mmu;
+pub mod psci;
 pub mod regs;
 pub mod snapshot;
 pub mod sve;
 pub mod sysreg;
+pub mod systrap;
+pub mod timer;
 
 pub use abi_stable;
 pub use config::{Capabilities, MemoryRegion, ProbeInfo, VcpuConfig, VcpuFeatures, VmConfig};

@@ -68,6 +68,11 @@ impl MemoryMap {
         self.regions.iter().find(|(s, _)| *s == slot).map(|(_, r)| r)
     }
 
+    /// Every region with its slot.
+    pub fn regions(&self) -> Vec<(u32, MemoryRegion)> {
+        self.regions.clone()
+    }
+
     /// The host address backing guest physical address `gpa`.
     pub fn guest_to_host(&self, gpa: u64) -> Option<u64> {
         self.regions
@@ -105,6 +110,8 @@ mod tests {
         assert_eq!(m.remove(0).map(|r| r.guest_addr), Ok(0x4000_0000));
         assert_eq!(m.insert(region(0x9000_0000, 0x1000, 0x30000), 0x1000, 4), Ok(0));
         assert_eq!(m.remove(7).unwrap_err().kind, ErrorKind::NOT_FOUND);
+        let slots: Vec<u32> = m.regions().into_iter().map(|(slot, _)| slot).collect();
+        assert_eq!(slots, vec![1, 0]);
     }
 
     #[test]

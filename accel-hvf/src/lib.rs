@@ -1,28 +1,46 @@
 //! The Hypervisor.framework backend of accel, exported as a plugin named `hvf`.
 //!
-//! The backend itself is not written yet. On every host this plugin loads and reports that it
-//! cannot run: on macOS/aarch64 because the backend is not implemented, elsewhere because
-//! Hypervisor.framework exists only there. It never pretends to create a VM.
+//! The backend is compiled on macOS on Apple silicon only, where Hypervisor.framework exists; on
+//! every other host the plugin still builds and loads, and its probe says why it cannot run.
+//!
+//! Everything that does not need the framework lives in `accel-api`, shared with KVM and tested
+//! on every host: the MMIO syndrome decode ([`accel_api::mmio`]), PSCI ([`accel_api::psci`]),
+//! trapped system registers ([`accel_api::systrap`]), the WFI deadline ([`accel_api::timer`]),
+//! the dirty bitmap ([`accel_api::dirty`]) and the framework's register numbers
+//! ([`accel_api::hvf`]). This crate is the thin layer that calls the framework through the
+//! `applevisor` crates. It was written and type-checked for `aarch64-apple-darwin`; it has not
+//! run on a Mac yet.
 
-/// Why this plugin cannot run here.
-fn reason() -> String {
-    if cfg!(all(target_os = "macos", target_arch = "aarch64")) {
-        "the HVF backend is not implemented in this version of accel".to_string()
-    } else {
-        format!(
-            "HVF needs macOS on Apple silicon; this is {} on {}",
-            std::env::consts::OS,
-            std::env::consts::ARCH
-        )
-    }
+#[cfg(all(target_os = "macos", target_arch = "aarch64"))]
+mod hvf;
+
+#[cfg(all(target_os = "macos", target_arch = "aarch64"))]
+pub use hvf::{open, probe, HvfBackend, HvfVcpu, HvfVm};
+
+#[cfg(all(target_os = "macos", target_arch = "aarch64"))]
+accel_api::export_plugin! {
+    name: "hvf",
+    probe: probe,
+    open: open,
 }
 
+/// Why this plugin cannot run here.
+#[cfg(not(all(target_os = "macos", target_arch = "aarch64")))]
+fn reason() -> String {
+    format!(
+        "HVF needs macOS on Apple silicon; this is {} on {}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
+}
+
+#[cfg(not(all(target_os = "macos", target_arch = "aarch64")))]
 accel_api::export_plugin! {
     name: "hvf",
     unavailable: reason,
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(all(target_os = "macos", target_arch = "aarch64"))))]
 mod tests {
     #[test]
     fn reports_unavailable_with_a_reason() {

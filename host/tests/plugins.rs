@@ -25,6 +25,10 @@ fn plugin_dir() -> PathBuf {
                 "accel-hvf",
                 "-p",
                 "accel-fixture-wrong-layout",
+                "-p",
+                "accel-fixture-panicking",
+                "-p",
+                "accel-fixture-segfaulting",
             ])
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
             .status()

@@ -129,6 +129,16 @@ pub fn b(offset: i32) -> u32 {
     0x1400_0000 | ((offset >> 2) as u32 & 0x03ff_ffff)
 }
 
+/// `CMP Xn, #imm12` (`SUBS XZR, Xn, #imm12`).
+pub fn cmp_imm(n: Reg, imm12: u32) -> u32 {
+    0xf100_001f | (imm12 & 0xfff) << 10 | rn(n)
+}
+
+/// `B.NE` by `offset` bytes from this instruction (a multiple of 4, within ±1 MiB).
+pub fn b_ne(offset: i64) -> u32 {
+    0x5400_0001 | ((offset >> 2) as u32 & 0x7_ffff) << 5
+}
+
 /// `NOP`.
 pub const NOP: u32 = 0xd503_201f;
 
@@ -203,7 +213,10 @@ mod tests {
     // Every expected word below is what GNU as 2.40 assembles for the instruction named.
     #[test]
     fn encodings_match_binutils() {
-        let cases: [(u32, u32, &str); 40] = [
+        let cases: [(u32, u32, &str); 43] = [
+            (cmp_imm(0, 1), 0xf100041f, "cmp x0, #0x1"),
+            (b_ne(-20), 0x54ffff61, "b.ne .-20"),
+            (b_ne(8), 0x54000041, "b.ne .+8"),
             (mrs(0, ESR_EL1), 0xd5385200, "mrs x0, esr_el1"),
             (mrs(1, ELR_EL1), 0xd5384021, "mrs x1, elr_el1"),
             (mrs(2, FAR_EL1), 0xd5386002, "mrs x2, far_el1"),

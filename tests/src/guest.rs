@@ -112,6 +112,37 @@ pub fn gic_enable(intids: &[u32]) -> Vec<u32> {
     code
 }
 
+/// Who answers a case's PSCI calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Psci {
+    /// The backend's default: the hypervisor, where it answers them (KVM).
+    Default,
+    /// The plugin's own code, asked for with `VmConfig::userspace_psci`.
+    InPlugin,
+}
+
+impl Psci {
+    /// The VM configuration of this mode, or NOT RUN when the probe says the backend cannot
+    /// answer PSCI in the plugin.
+    pub fn vm_config(self, accel: &Accelerator) -> Result<VmConfig, Failure> {
+        match self {
+            Psci::Default => Ok(VmConfig::default()),
+            Psci::InPlugin if accel.probe().caps.userspace_psci => {
+                Ok(VmConfig { userspace_psci: true, ..VmConfig::default() })
+            }
+            Psci::InPlugin => {
+                Err(Failure::NotRun("the backend does not answer PSCI in the plugin (userspace_psci)".into()))
+            }
+        }
+    }
+
+    /// A guest with `code` in a VM of this mode, vCPU 0 with PSCI 0.2.
+    pub fn guest(self, accel: &Accelerator, code: &[u32]) -> Result<TestGuest, Failure> {
+        let config = VcpuConfig::new(0, VcpuFeatures::PSCI_0_2);
+        TestGuest::build_in(accel, &self.vm_config(accel)?, code, &config, None)
+    }
+}
+
 /// A VM with RAM, guest code and one vCPU.
 pub struct TestGuest {
     /// The VM.
@@ -146,7 +177,18 @@ impl TestGuest {
         config: &VcpuConfig,
         gic: Option<GicConfig>,
     ) -> Result<Self, Failure> {
-        let vm = accel.create_vm(&VmConfig::default())?;
+        Self::build_in(accel, &VmConfig::default(), code, config, gic)
+    }
+
+    /// As [`TestGuest::build`], in a VM created with `vm_config`.
+    pub fn build_in(
+        accel: &Accelerator,
+        vm_config: &VmConfig,
+        code: &[u32],
+        config: &VcpuConfig,
+        gic: Option<GicConfig>,
+    ) -> Result<Self, Failure> {
+        let vm = accel.create_vm(vm_config)?;
         if let Some(gic) = gic {
             let promised = accel.probe().caps.gic_v3;
             crate::extension(vm.gic(), "in-kernel GICv3", promised)?.create(&gic)?;

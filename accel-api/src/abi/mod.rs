@@ -69,7 +69,8 @@ use crate::{error::AccelError, logging::LogSink};
 ///
 /// - 2.0: the first release of the growable interface.
 /// - 2.1: the GIC's ITS (a GIC option, and a probe fact).
-/// - 2.2: what a debug pool has programmed (`DebugOps::program`, a trailing method).
+/// - 2.2: what a debug pool has programmed (`DebugOps::program`, a trailing method); PSCI and
+///   SMCCC answered inside the plugin (a VM option, and a probe fact).
 pub const ABI_VERSION: &str = "2.2.0";
 
 /// The root module every plugin exports.

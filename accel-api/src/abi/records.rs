@@ -86,6 +86,8 @@ pub mod fact {
     pub const GIC_V3: u32 = 15;
     /// The in-kernel GICv3 can have an ITS (ABI 2.1).
     pub const GIC_ITS: u32 = 16;
+    /// PSCI and SMCCC calls can be answered inside the plugin (ABI 2.2).
+    pub const USERSPACE_PSCI: u32 = 17;
 }
 
 /// A probe's answer as it crosses the boundary.
@@ -122,6 +124,7 @@ impl From<&ProbeInfo> for ProbeRecord {
             (fact::PAGE_SIZE, c.page_size),
             (fact::GIC_V3, u64::from(c.gic_v3)),
             (fact::GIC_ITS, u64::from(c.gic_its)),
+            (fact::USERSPACE_PSCI, u64::from(c.userspace_psci)),
         ];
         Self {
             available: info.available,
@@ -153,6 +156,7 @@ impl From<&ProbeRecord> for ProbeInfo {
             page_size: get(fact::PAGE_SIZE),
             gic_v3: get(fact::GIC_V3) != 0,
             gic_its: get(fact::GIC_ITS) != 0,
+            userspace_psci: get(fact::USERSPACE_PSCI) != 0,
         };
         ProbeInfo {
             available: r.available,
@@ -173,17 +177,26 @@ pub struct VmConfigRecord {
     pub options: RVec<ConfigOption>,
 }
 
+/// The options of a VM configuration.
+pub mod vm_option {
+    /// PSCI and SMCCC answered inside the plugin, value 1 (ABI 2.2).
+    pub const USERSPACE_PSCI: u32 = 1;
+}
+
 impl From<&VmConfig> for VmConfigRecord {
     fn from(c: &VmConfig) -> Self {
-        Self { ipa_bits: c.ipa_bits, options: RVec::new() }
+        let psci = c.userspace_psci.then_some(ConfigOption { id: vm_option::USERSPACE_PSCI, value: 1 });
+        Self { ipa_bits: c.ipa_bits, options: psci.into_iter().collect() }
     }
 }
 
 impl VmConfigRecord {
     /// The configuration, or `unsupported` for an option this side does not know.
     pub fn to_config(&self) -> Result<VmConfig> {
-        refuse_options("VM", &self.options)?;
-        Ok(VmConfig { ipa_bits: self.ipa_bits })
+        let (psci, unknown): (Vec<ConfigOption>, Vec<ConfigOption>) =
+            self.options.iter().partition(|o| o.id == vm_option::USERSPACE_PSCI);
+        refuse_options("VM", &unknown.into())?;
+        Ok(VmConfig { ipa_bits: self.ipa_bits, userspace_psci: psci.last().is_some_and(|o| o.value != 0) })
     }
 }
 
@@ -617,9 +630,22 @@ mod tests {
     }
 
     #[test]
+    fn userspace_psci_is_an_option_older_plugins_refuse() {
+        let config = VmConfig { ipa_bits: 0, userspace_psci: true };
+        let record = VmConfigRecord::from(&config);
+        assert_eq!(record.options.as_slice(), &[ConfigOption { id: vm_option::USERSPACE_PSCI, value: 1 }]);
+        assert_eq!(record.to_config(), Ok(config));
+        assert!(VmConfigRecord::from(&VmConfig::default()).options.is_empty(), "off: no option");
+        let mut info = ProbeInfo::unavailable("x");
+        info.caps.userspace_psci = true;
+        assert!(ProbeInfo::from(&ProbeRecord::from(&info)).caps.userspace_psci);
+    }
+
+    #[test]
     fn unknown_options_and_flags_are_refused_by_name() {
-        let mut vm = VmConfigRecord::from(&VmConfig { ipa_bits: 40 });
-        assert_eq!(vm.to_config(), Ok(VmConfig { ipa_bits: 40 }));
+        let forty = VmConfig { ipa_bits: 40, ..VmConfig::default() };
+        let mut vm = VmConfigRecord::from(&forty);
+        assert_eq!(vm.to_config(), Ok(forty));
         vm.options.push(ConfigOption { id: 17, value: 1 });
         let e = vm.to_config().unwrap_err();
         assert_eq!(e.kind, crate::ErrorKind::UNSUPPORTED);

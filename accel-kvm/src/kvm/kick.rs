@@ -9,9 +9,11 @@ use std::sync::{
     Arc, Mutex, Once,
 };
 
-use accel_api::backend::Kick;
+use accel_api::{backend::Kick, psci::PowerBoard};
 use kvm_bindings::kvm_run;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+use super::psci::UserPsci;
 
 /// The signal that interrupts `KVM_RUN`.
 pub fn kick_signal() -> i32 {
@@ -36,7 +38,11 @@ pub fn install_handler() {
 pub struct KickShared {
     /// Set by a kick, cleared when `run` reports the interruption.
     pub requested: AtomicBool,
+    /// Set by the plugin's own nudge, which brings the vCPU out of `KVM_RUN` without an exit.
+    pub nudged: AtomicBool,
     inner: Mutex<Inner>,
+    /// With PSCI in the plugin, the VM's power board, on which a stopped vCPU's `run` waits.
+    psci: Option<Arc<UserPsci>>,
 }
 
 struct Inner {
@@ -51,9 +57,18 @@ struct Inner {
 unsafe impl Send for Inner {}
 
 impl KickShared {
-    /// Shared state for a vCPU whose `kvm_run` is at `run`.
-    pub fn new(run: *mut kvm_run) -> Self {
-        Self { requested: AtomicBool::new(false), inner: Mutex::new(Inner { run, thread: None }) }
+    /// Shared state for a vCPU whose `kvm_run` is at `run`, and the VM's PSCI in the plugin.
+    pub fn new(run: *mut kvm_run, psci: Option<Arc<UserPsci>>) -> Self {
+        Self {
+            requested: AtomicBool::new(false),
+            nudged: AtomicBool::new(false),
+            inner: Mutex::new(Inner { run, thread: None }),
+            psci,
+        }
+    }
+
+    fn board(&self) -> Option<&PowerBoard> {
+        self.psci.as_deref().map(|p| &p.board)
     }
 
     /// Records (or clears) the thread that is about to enter, or has left, `KVM_RUN`.
@@ -72,24 +87,43 @@ impl KickShared {
     }
 }
 
+impl KickShared {
+    /// Brings the vCPU out of `KVM_RUN` (or keeps it from entering) for the plugin's own
+    /// purpose: its `run` looks at the power state again instead of returning.
+    pub fn nudge(&self) {
+        self.nudged.store(true, Ordering::SeqCst);
+        let Ok(inner) = self.inner.lock() else { return };
+        signal_out(&inner);
+    }
+}
+
+/// Sets `immediate_exit` and signals the thread inside `KVM_RUN`, if any.
+fn signal_out(inner: &Inner) {
+    let run = inner.run;
+    if run.is_null() {
+        return;
+    }
+    // SAFETY: `run` points at the vCPU's mapped `kvm_run` while non-null (see `Inner`);
+    // `immediate_exit` is a byte the kernel reads on entry, written with a volatile store.
+    unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+    if let Some(thread) = inner.thread {
+        // SAFETY: `thread` is the live thread inside `run` (it clears itself under the lock
+        // before leaving), and the signal has a no-op handler.
+        unsafe { libc::pthread_kill(thread, kick_signal()) };
+    }
+}
+
 /// A kicker handed out by a vCPU.
 pub struct Kicker(pub Arc<KickShared>);
 
 impl Kick for Kicker {
     fn kick(&self) {
         self.0.requested.store(true, Ordering::SeqCst);
+        // A stopped vCPU waits on the power board, not in KVM_RUN.
+        if let Some(board) = self.0.board() {
+            board.wake_all();
+        }
         let Ok(inner) = self.0.inner.lock() else { return };
-        let run = inner.run;
-        if run.is_null() {
-            return;
-        }
-        // SAFETY: `run` points at the vCPU's mapped `kvm_run` while non-null (see `Inner`);
-        // `immediate_exit` is a byte the kernel reads on entry, written with a volatile store.
-        unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
-        if let Some(thread) = inner.thread {
-            // SAFETY: `thread` is the live thread inside `run` (it clears itself under this
-            // lock before leaving), and the signal has a no-op handler.
-            unsafe { libc::pthread_kill(thread, kick_signal()) };
-        }
+        signal_out(&inner);
     }
 }

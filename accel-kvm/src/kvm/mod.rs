@@ -5,6 +5,7 @@ mod eventfd;
 mod gic;
 mod kick;
 mod probe;
+mod psci;
 mod slots;
 mod vcpu;
 mod vm;

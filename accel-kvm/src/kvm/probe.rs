@@ -10,9 +10,10 @@ use accel_api::{
     AccelError, Capabilities, ErrorKind, IdRegisters, ProbeInfo, Result, VcpuFeatures,
 };
 use kvm_bindings::{
-    kvm_create_device, kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_ITS, kvm_vcpu_init, KVM_ARM_VCPU_SVE,
-    KVM_CAP_ARM_INJECT_EXT_DABT, KVM_CAP_ARM_INJECT_SERROR_ESR, KVM_CAP_ARM_SYSTEM_SUSPEND,
-    KVM_CAP_COUNTER_OFFSET, KVM_CREATE_DEVICE_TEST,
+    kvm_create_device, kvm_device_attr, kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_ITS, kvm_vcpu_init,
+    KVM_ARM_VCPU_SVE, KVM_ARM_VM_SMCCC_CTRL, KVM_ARM_VM_SMCCC_FILTER, KVM_CAP_ARM_INJECT_EXT_DABT,
+    KVM_CAP_ARM_INJECT_SERROR_ESR, KVM_CAP_ARM_SYSTEM_SUSPEND, KVM_CAP_COUNTER_OFFSET,
+    KVM_CREATE_DEVICE_TEST,
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd};
 
@@ -156,6 +157,20 @@ fn can_create_its(kvm: &Kvm) -> bool {
     unsafe { vmm_sys_util::ioctl::ioctl_with_mut_ref(&vm, KVM_CREATE_DEVICE(), &mut test) == 0 }
 }
 
+/// Whether this kernel has the SMCCC filter (`KVM_ARM_VM_SMCCC_FILTER`, Linux 6.4): asked with
+/// `KVM_HAS_DEVICE_ATTR` on a scratch VM.
+fn has_smccc_filter(kvm: &Kvm) -> bool {
+    let Ok(vm) = kvm.create_vm() else {
+        return false;
+    };
+    let attr = kvm_device_attr {
+        group: KVM_ARM_VM_SMCCC_CTRL,
+        attr: u64::from(KVM_ARM_VM_SMCCC_FILTER),
+        ..Default::default()
+    };
+    vm.has_device_attr(&attr).is_ok()
+}
+
 fn has_raw(kvm: &Kvm, cap: u32) -> bool {
     kvm.check_extension_raw(cap.into()) > 0
 }
@@ -225,6 +240,7 @@ fn probe_host() -> Result<Probed> {
         page_size: page_size(),
         gic_v3: kvm.check_extension(Cap::Irqchip),
         gic_its: can_create_its(&kvm),
+        userspace_psci: has_smccc_filter(&kvm),
     };
     Ok(Probed { caps, id, guest_debug: kvm.check_extension(Cap::SetGuestDebug) })
 }

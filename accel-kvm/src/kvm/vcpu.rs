@@ -14,6 +14,7 @@ use std::{
 
 use accel_api::{
     backend::{BackendEvents, BackendSve, BackendVcpu, Kick},
+    psci::{self, Call, Outcome, StartContext, Wake},
     regs_to_put,
     sve::{vector_lengths_bits, SveReg, SveRegs, SVE_VQ_MAX},
     sysreg::values_to_put,
@@ -32,10 +33,11 @@ use super::{
     gic::Gic,
     ioctl_error,
     kick::{self, KickShared},
+    psci::UserPsci,
 };
 use crate::reg_ids::{
-    classify, core_reg_id, fp_reg_id, sve_ffr_id, sve_preg_id, sve_zreg_id, KvmReg, KVM_REG_ARM64_SVE_VLS,
-    SVE_PREG_SLICE_BYTES, SVE_ZREG_SLICE_BYTES,
+    classify, core_reg_id, fp_reg_id, kvm_id_of, sve_ffr_id, sve_preg_id, sve_zreg_id, KvmReg,
+    KVM_REG_ARM64_SVE_VLS, SVE_PREG_SLICE_BYTES, SVE_ZREG_SLICE_BYTES,
 };
 
 /// The most registers `KVM_GET_REG_LIST` may report (kvm-bindings' list capacity).
@@ -52,7 +54,21 @@ struct Listed {
 impl Drop for KvmVcpu {
     fn drop(&mut self) {
         self.kick.detach();
+        if let Some(psci) = &self.psci {
+            psci.board.lock().remove(self.index);
+            psci.unregister(self.index);
+        }
     }
+}
+
+/// What a vCPU shares with its VM.
+pub struct VcpuParts {
+    /// The VM's GIC, which must be ready before the first run.
+    pub gic: Arc<Gic>,
+    /// The VM's debug pool, when it has one.
+    pub debug: Option<Arc<KvmDebug>>,
+    /// PSCI answered in the plugin, when the VM was created so.
+    pub psci: Option<Arc<UserPsci>>,
 }
 
 /// The PMU overflow interrupt: PPI 7, INTID 23, as on QEMU's `virt` board.
@@ -100,6 +116,10 @@ pub struct KvmVcpu {
     reads: Cell<u64>,
     writes: Cell<u64>,
     runs: u64,
+    /// PSCI answered in the plugin: the VM's power board.
+    psci: Option<Arc<UserPsci>>,
+    /// The `KVM_ARM_VCPU_INIT` argument, for the reset of a CPU_ON answered in the plugin.
+    init: kvm_vcpu_init,
 }
 
 impl KvmVcpu {
@@ -108,9 +128,9 @@ impl KvmVcpu {
         config: &VcpuConfig,
         init: &kvm_vcpu_init,
         caps: &Capabilities,
-        gic: Arc<Gic>,
-        debug: Option<Arc<KvmDebug>>,
+        parts: VcpuParts,
     ) -> Result<Self> {
+        let VcpuParts { gic, debug, psci } = parts;
         let index = config.index;
         let mut fd = vm
             .create_vcpu(u64::from(index))
@@ -145,8 +165,20 @@ impl KvmVcpu {
             pmu_attr(&fd, index, KVM_ARM_VCPU_PMU_V3_INIT, 0, "KVM_ARM_VCPU_PMU_V3_INIT")?;
         }
         let pmu_init_pending = pmu && gic.config().is_some();
+        if let Some(psci) = &psci {
+            let id = kvm_id_of(accel_api::sysreg::MPIDR_EL1, 8)
+                .ok_or_else(|| AccelError::invalid("MPIDR_EL1 has no KVM id"))?;
+            let mut mpidr = [0u8; 8];
+            fd.get_one_reg(id, &mut mpidr)
+                .map_err(|e| ioctl_error(format!("KVM_GET_ONE_REG of MPIDR_EL1 of vCPU {index}"), e))?;
+            let on = !config.features.contains(VcpuFeatures::POWER_OFF);
+            psci.board.lock().add(index, u64::from_le_bytes(mpidr), on);
+        }
         kick::install_handler();
-        let kick = Arc::new(KickShared::new(fd.get_kvm_run()));
+        let kick = Arc::new(KickShared::new(fd.get_kvm_run(), psci.clone()));
+        if let Some(psci) = &psci {
+            psci.register(index, &kick);
+        }
         let mut list = RegList::new(MAX_LISTED_REGS).map_err(|e| {
             AccelError::new(ErrorKind::NO_RESOURCE, format!("allocating the register list: {e:?}"))
         })?;
@@ -183,7 +215,79 @@ impl KvmVcpu {
             reads: Cell::new(0),
             writes: Cell::new(0),
             runs: 0,
+            psci,
+            init: *init,
         })
+    }
+
+    fn set_x(&self, n: u8, value: u64) -> Result<()> {
+        let reg = CoreReg::X(n);
+        self.set_bytes(core_reg_id(reg), &value.to_le_bytes(), || reg.name())
+    }
+
+    /// Starts the vCPU where a CPU_ON answered in the plugin says: resets it with
+    /// `KVM_ARM_VCPU_INIT` (as KVM's own CPU_ON resets it), then sets the PC to the entry point
+    /// and X0 to the context id. Every register value of the last get is stale after that.
+    fn start_at(&mut self, start: StartContext) -> Result<()> {
+        self.fd.vcpu_init(&self.init).map_err(|e| {
+            ioctl_error(format!("KVM_ARM_VCPU_INIT resetting vCPU {} for CPU_ON", self.index), e)
+        })?;
+        self.set_bytes(core_reg_id(CoreReg::Pc), &start.entry.to_le_bytes(), || "PC".into())?;
+        self.set_x(0, start.context_id)?;
+        self.last_core = None;
+        self.last_fp = None;
+        self.last_sve = None;
+        self.last_listed.clear();
+        self.debug_applied = None;
+        Ok(())
+    }
+
+    /// Before entering the guest with PSCI in the plugin: run on, start from a CPU_ON, or wait
+    /// while the vCPU is off. `Some(Interrupted)` when a kick ended the wait.
+    fn wait_while_off(&mut self) -> Result<Option<VcpuExit>> {
+        let Some(psci) = self.psci.clone() else { return Ok(None) };
+        let kick = Arc::clone(&self.kick);
+        match psci.board.wait_until_on(self.index, || kick.requested.load(Ordering::SeqCst)) {
+            Wake::Running => Ok(None),
+            Wake::Start(start) => self.start_at(start).map(|()| None),
+            Wake::Interrupted => {
+                self.kick.requested.store(false, Ordering::SeqCst);
+                self.fd.set_kvm_immediate_exit(0);
+                Ok(Some(VcpuExit::Interrupted))
+            }
+        }
+    }
+
+    /// Answers a PSCI call KVM forwarded (`KVM_EXIT_HYPERCALL` with function id `nr`) with the
+    /// shared code. The PC is already past the HVC or SMC. `Some` exit for the host, or `None`
+    /// to carry on.
+    fn hypercall(&mut self, nr: u64) -> Result<Option<VcpuExit>> {
+        let Some(psci) = self.psci.clone() else {
+            log::warn!("vCPU {}: a hypercall exit ({nr:#x}) without PSCI in the plugin", self.index);
+            return Ok(Some(VcpuExit::BackendSpecific { reason: kvm_bindings::KVM_EXIT_HYPERCALL }));
+        };
+        let mut args = [0u64; 3];
+        for (n, arg) in (1u8..).zip(args.iter_mut()) {
+            let reg = CoreReg::X(n);
+            *arg = self.get_u64(core_reg_id(reg), || reg.name())?;
+        }
+        let call = Call { function: nr as u32, args, imm: 0 };
+        match psci.board.handle(&call, self.index, psci.offer) {
+            Outcome::Return(value) => self.set_x(0, value).map(|()| None),
+            // KVM's in-kernel CPU_SUSPEND waits as for WFI first; returning at once is a
+            // wake-up the caller has to expect anyway.
+            Outcome::Started { .. } | Outcome::Standby => self.set_x(0, psci::ret::SUCCESS).map(|()| None),
+            Outcome::PoweredOff => Ok(None),
+            Outcome::SystemEvent { kind, data, x0 } => {
+                if let Some(value) = x0 {
+                    self.set_x(0, value)?;
+                }
+                // KVM's own PSCI stops every vCPU at once: bring the others out of the guest to
+                // their power check.
+                psci.nudge_others(self.index);
+                Ok(Some(VcpuExit::SystemEvent { kind, data }))
+            }
+        }
     }
 
     fn get_bytes(&self, id: u64, buf: &mut [u8], name: impl FnOnce() -> String) -> Result<()> {
@@ -430,6 +534,9 @@ impl BackendVcpu for KvmVcpu {
 
     fn get_mp_state(&mut self) -> Result<MpState> {
         self.complete_pending()?;
+        if self.psci.as_ref().is_some_and(|p| !p.board.lock().is_on(self.index)) {
+            return Ok(MpState::STOPPED);
+        }
         self.fd
             .get_mp_state()
             .map(|s| MpState(s.mp_state))
@@ -443,6 +550,14 @@ impl BackendVcpu for KvmVcpu {
                 "MP state {} is not one of runnable, stopped, suspended",
                 state.0
             )));
+        }
+        if let Some(psci) = &self.psci {
+            // Stopped lives on the power board; KVM keeps the vCPU runnable or suspended.
+            psci.board.lock().set_on(self.index, state != MpState::STOPPED);
+            psci.board.wake_all();
+            if state == MpState::STOPPED {
+                return Ok(());
+            }
         }
         self.fd
             .set_mp_state(kvm_mp_state { mp_state: state.0 })
@@ -506,6 +621,9 @@ impl BackendVcpu for KvmVcpu {
             }
         }
         loop {
+            if let Some(interrupted) = self.wait_while_off()? {
+                return Ok(interrupted);
+            }
             if self.kick.requested.swap(false, Ordering::SeqCst) {
                 self.fd.set_kvm_immediate_exit(0);
                 return Ok(VcpuExit::Interrupted);
@@ -518,8 +636,12 @@ impl BackendVcpu for KvmVcpu {
             let exit = match result {
                 Ok(exit) => exit,
                 Err(e) if e.errno() == libc::EINTR => {
-                    self.kick.requested.store(false, Ordering::SeqCst);
                     self.fd.set_kvm_immediate_exit(0);
+                    let kicked = self.kick.requested.swap(false, Ordering::SeqCst);
+                    if self.kick.nudged.swap(false, Ordering::SeqCst) && !kicked {
+                        // Only the plugin's own nudge: look at the power state again.
+                        continue;
+                    }
                     return Ok(VcpuExit::Interrupted);
                 }
                 Err(e) if e.errno() == libc::EAGAIN => continue,
@@ -541,6 +663,13 @@ impl BackendVcpu for KvmVcpu {
                     VcpuExit::MmioWrite(mmio(addr, data))
                 }
                 KvmExit::SystemEvent(kind, data) => system_event(kind, data),
+                KvmExit::Hypercall(call) => {
+                    let nr = call.nr;
+                    match self.hypercall(nr)? {
+                        Some(exit) => exit,
+                        None => continue,
+                    }
+                }
                 KvmExit::Debug(debug) => {
                     let (esr, far) = (u64::from(debug.hsr) | (u64::from(debug.hsr_high) << 32), debug.far);
                     let pc = self.get_u64(core_reg_id(CoreReg::Pc), || "PC".into())?;

@@ -11,7 +11,9 @@ use accel_api::{
 use kvm_bindings::{kvm_enable_cap, kvm_vcpu_init, KVM_CAP_ARM_NISV_TO_USER, KVM_CAP_ARM_SYSTEM_SUSPEND};
 use kvm_ioctls::{Kvm, VmFd};
 
-use super::{debug::KvmDebug, eventfd::EventFds, gic::Gic, ioctl_error, slots::Slots, vcpu::KvmVcpu};
+use super::{
+    debug::KvmDebug, eventfd::EventFds, gic::Gic, ioctl_error, psci::UserPsci, slots::Slots, vcpu::KvmVcpu,
+};
 
 /// A KVM VM.
 pub struct KvmVm {
@@ -22,6 +24,8 @@ pub struct KvmVm {
     eventfds: Arc<EventFds>,
     gic: Arc<Gic>,
     target: kvm_vcpu_init,
+    /// PSCI answered in the plugin (the `userspace_psci` option).
+    psci: Option<Arc<UserPsci>>,
 }
 
 /// The host page size: the granule of guest memory regions.
@@ -33,6 +37,12 @@ pub(super) fn page_size() -> u64 {
 
 impl KvmVm {
     pub(super) fn new(kvm: &Kvm, caps: Capabilities, guest_debug: bool, config: &VmConfig) -> Result<Self> {
+        if config.userspace_psci && !caps.userspace_psci {
+            return Err(AccelError::unsupported(
+                "PSCI in user space (the userspace-psci VM option) needs KVM_ARM_VM_SMCCC_FILTER, \
+                 from Linux 6.4; this kernel lacks it",
+            ));
+        }
         let fd = match config.ipa_bits {
             0 => kvm.create_vm(),
             bits if !(32..=caps.ipa_bits).contains(&bits) => {
@@ -56,6 +66,13 @@ impl KvmVm {
             let cap = kvm_enable_cap { cap: KVM_CAP_ARM_SYSTEM_SUSPEND, ..Default::default() };
             fd.enable_cap(&cap).map_err(|e| ioctl_error("KVM_ENABLE_CAP(KVM_CAP_ARM_SYSTEM_SUSPEND)", e))?;
         }
+        let psci = if config.userspace_psci {
+            super::psci::install_filter(&fd)?;
+            let offer = accel_api::psci::Offer { system_suspend: caps.system_suspend };
+            Some(Arc::new(UserPsci::new(offer)))
+        } else {
+            None
+        };
         let mut target = kvm_vcpu_init::default();
         fd.get_preferred_target(&mut target).map_err(|e| ioctl_error("KVM_ARM_PREFERRED_TARGET", e))?;
         let fd = Arc::new(fd);
@@ -74,6 +91,7 @@ impl KvmVm {
             slots,
             gic,
             target,
+            psci,
         })
     }
 }
@@ -112,6 +130,12 @@ impl BackendVm for KvmVm {
             )));
         }
         let mut init = self.target;
+        // With PSCI in the plugin, a vCPU created powered off is off on the power board, and
+        // runnable as far as KVM knows.
+        let features = match &self.psci {
+            Some(_) => config.features.difference(VcpuFeatures::POWER_OFF),
+            None => config.features,
+        };
         for (feature, bit) in [
             (VcpuFeatures::POWER_OFF, kvm_bindings::KVM_ARM_VCPU_POWER_OFF),
             (VcpuFeatures::EL1_32BIT, kvm_bindings::KVM_ARM_VCPU_EL1_32BIT),
@@ -121,11 +145,16 @@ impl BackendVm for KvmVm {
             (VcpuFeatures::PMU_V3, kvm_bindings::KVM_ARM_VCPU_PMU_V3),
             (VcpuFeatures::SVE, kvm_bindings::KVM_ARM_VCPU_SVE),
         ] {
-            if config.features.contains(feature) {
+            if features.contains(feature) {
                 init.features[(bit / 32) as usize] |= 1 << (bit % 32);
             }
         }
-        KvmVcpu::new(&self.fd, config, &init, &self.caps, Arc::clone(&self.gic), self.debug.clone())
+        let parts = super::vcpu::VcpuParts {
+            gic: Arc::clone(&self.gic),
+            debug: self.debug.clone(),
+            psci: self.psci.clone(),
+        };
+        KvmVcpu::new(&self.fd, config, &init, &self.caps, parts)
     }
 
     fn support_gic(&self) -> Option<Arc<dyn BackendGic>> {

@@ -97,6 +97,11 @@ impl Backend for MinimalKvm {
     /// Creates a VM. Contract: any number of VMs (`max_vms` is 0), from any thread. An IPA size
     /// the host cannot give is refused as `unsupported`, naming it.
     fn create_vm(&self, config: &VmConfig) -> Result<MinimalVm> {
+        if config.userspace_psci {
+            return Err(AccelError::unsupported(
+                "this example plugin leaves PSCI to KVM: the userspace-psci VM option is not offered",
+            ));
+        }
         let max = self.info.caps.ipa_bits;
         let fd = match config.ipa_bits {
             0 => self.kvm.create_vm(),

@@ -269,7 +269,7 @@ impl Machine {
     pub fn build(accel: &Accelerator, plan: Plan, console: Box<dyn Write + Send>) -> Result<Self> {
         let Plan { config, payload, linux, ipa_bits } = plan;
         let caps = accel.probe().caps;
-        let vm = accel.create_vm(&VmConfig { ipa_bits })?;
+        let vm = accel.create_vm(&VmConfig { ipa_bits, ..VmConfig::default() })?;
         let ram = Arc::new(GuestRam::new(RAM_BASE, config.mem_size)?);
         // SAFETY: every vCPU thread holds a clone of `ram`, so the RAM outlives every vCPU that
         // can run; the VM itself never touches it after the vCPUs are gone.

@@ -40,10 +40,9 @@ thread_local! {
 extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler.
     let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as u64) };
-    let kind = match code {
-        libc::BUS_MCEERR_AR => MemoryErrorKind::ActionRequired,
-        libc::BUS_MCEERR_AO => MemoryErrorKind::ActionOptional,
-        _ => {
+    let kind = match memory_error_kind(code) {
+        Some(kind) => kind,
+        None => {
             // Not a memory error: fall back to the default action, which the faulting
             // instruction triggers again when this handler returns.
             // SAFETY: signal(2) is async-signal-safe.
@@ -53,6 +52,22 @@ extern "C" fn on_sigbus(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut
     };
     // A const-initialised thread-local without a destructor needs no allocation here.
     PENDING.with(|p| p.set(Some(MemoryError { kind, host_addr: addr })));
+}
+
+/// The kind of memory error a `SIGBUS` code names, if it names one.
+#[cfg(target_os = "linux")]
+fn memory_error_kind(code: libc::c_int) -> Option<MemoryErrorKind> {
+    match code {
+        libc::BUS_MCEERR_AR => Some(MemoryErrorKind::ActionRequired),
+        libc::BUS_MCEERR_AO => Some(MemoryErrorKind::ActionOptional),
+        _ => None,
+    }
+}
+
+/// Only Linux reports memory errors through `SIGBUS`: elsewhere no code names one.
+#[cfg(not(target_os = "linux"))]
+fn memory_error_kind(_: libc::c_int) -> Option<MemoryErrorKind> {
+    None
 }
 
 /// Installs the `SIGBUS` handler, once per process.

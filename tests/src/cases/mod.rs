@@ -6,6 +6,7 @@ mod lifecycle;
 mod loader;
 mod memory_errors;
 mod probe;
+mod psci;
 mod regs;
 mod run;
 mod snapshot;
@@ -26,6 +27,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(sve::cases());
     cases.extend(exceptions::cases());
     cases.extend(vm::cases());
+    cases.extend(psci::cases());
     cases.extend(snapshot::cases());
     cases.extend(memory_errors::cases());
     cases.extend(debug::cases());

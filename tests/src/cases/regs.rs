@@ -1,7 +1,7 @@
 //! Register sync: bit-exact round trips of random state, host edits reaching the vCPU, and a
 //! refused write named in its error.
 
-use accel_api::{CoreRegs, ErrorKind, FpRegs, PutLevel};
+use accel_api::{CoreReg, CoreRegs, ErrorKind, FpRegs, PutLevel, VcpuFeatures};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 use crate::{asm, ensure, guest::TestGuest, Case, CaseResult, Context, Failure};
@@ -18,7 +18,9 @@ fn random_pstate(rng: &mut StdRng) -> u64 {
     nzcv | daif | mode
 }
 
-fn random_core(rng: &mut StdRng) -> CoreRegs {
+/// Random core registers. The AArch32 SPSR banks (abt, und, irq, fiq) stay zero unless EL1 has
+/// AArch32 (`aarch32`): without it a backend may have none (HVF), and refuses to set them.
+fn random_core(rng: &mut StdRng, aarch32: bool) -> CoreRegs {
     let mut regs = CoreRegs::default();
     for x in &mut regs.x {
         *x = rng.random();
@@ -28,7 +30,8 @@ fn random_core(rng: &mut StdRng) -> CoreRegs {
     regs.pc = rng.random::<u64>() & !3;
     regs.pstate = random_pstate(rng);
     regs.elr_el1 = rng.random();
-    for s in &mut regs.spsr {
+    let banks = if aarch32 { &mut regs.spsr[..] } else { &mut regs.spsr[..1] };
+    for s in banks {
         *s = rng.random();
     }
     regs
@@ -54,10 +57,12 @@ fn guest(ctx: &Context) -> Result<TestGuest, Failure> {
 }
 
 fn core_round_trip_random(ctx: &Context) -> CaseResult {
-    let mut g = guest(ctx)?;
+    let accel = ctx.accelerator()?;
+    let aarch32 = accel.probe().caps.vcpu_features.contains(VcpuFeatures::EL1_32BIT);
+    let mut g = TestGuest::new(&accel, &[asm::b(0)])?;
     let (seed, mut rng) = seeded();
     for round in 0..4 {
-        let want = random_core(&mut rng);
+        let want = random_core(&mut rng, aarch32);
         g.vcpu.put_core(&want, PutLevel::FULL)?;
         let got = g.vcpu.get_core()?;
         let first_difference = got.changed_since(&want).next();
@@ -68,6 +73,21 @@ fn core_round_trip_random(ctx: &Context) -> CaseResult {
                 want.get(reg),
                 got.get(reg)
             )));
+        }
+    }
+    if !aarch32 {
+        // Without AArch32 at EL1 a bank either holds what is written or is refused by name.
+        let mut banked = g.vcpu.get_core()?;
+        banked.spsr[2] = 0x1d3;
+        match g.vcpu.put_core(&banked, PutLevel::RUNTIME) {
+            Ok(()) => {
+                let got = g.vcpu.get_core()?.spsr[2];
+                ensure!(got == 0x1d3, "SPSR_und was accepted but reads {got:#x}");
+            }
+            Err(e) => ensure!(
+                e.kind == ErrorKind::UNSUPPORTED && e.message.contains(&CoreReg::Spsr(2).name()),
+                "an SPSR_und write refused without naming it as unsupported: {e:?}"
+            ),
         }
     }
     Ok(())

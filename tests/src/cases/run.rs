@@ -6,12 +6,12 @@ use accel_api::{ErrorKind, PutLevel, SystemEventKind, VcpuExit};
 use crate::{
     asm::{self, Size},
     ensure,
-    guest::{TestGuest, CODE, MMIO_BASE, PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET},
+    guest::{Psci, TestGuest, CODE, MMIO_BASE, PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET},
     Case, CaseResult, Context, Failure,
 };
 
 pub fn cases() -> Vec<Case> {
-    crate::cases![run: guest_computes_known_values, mmio_writes_of_every_size, mmio_read_resumes_with_host_value, mmio_read_data_without_a_read, mmio_abort_without_syndrome, guest_exception_reaches_its_vectors, pc_after_mmio_exit, fresh_code_in_reused_memory, psci_system_off, psci_system_reset]
+    crate::cases![run: guest_computes_known_values, mmio_writes_of_every_size, mmio_read_resumes_with_host_value, mmio_read_data_without_a_read, mmio_abort_without_syndrome, guest_exception_reaches_its_vectors, pc_after_mmio_exit, fresh_code_in_reused_memory, psci_system_off, psci_system_reset, psci_system_off_in_plugin, psci_system_reset_in_plugin]
 }
 
 fn guest_computes_known_values(ctx: &Context) -> CaseResult {
@@ -219,20 +219,41 @@ fn fresh_code_in_reused_memory(ctx: &Context) -> CaseResult {
     Ok(())
 }
 
-fn psci_event(ctx: &Context, function: u64, want: SystemEventKind) -> CaseResult {
+/// The call exits as the system event `want`, with KVM's data (its flags word, 0), and the vCPU
+/// is stopped afterwards, whoever answers PSCI.
+fn psci_event(ctx: &Context, psci: Psci, function: u64, want: SystemEventKind) -> CaseResult {
     let mut code = asm::mov_imm64(0, function);
     code.extend([asm::hvc(0), asm::b(0)]);
-    let mut g = TestGuest::new(&ctx.accelerator()?, &code)?;
+    let mut g = psci.guest(&ctx.accelerator()?, &code)?;
     match g.run()? {
-        VcpuExit::SystemEvent { kind, .. } if kind == want => Ok(()),
-        other => Err(Failure::Fail(format!("expected a {} system event, got {other:?}", want.name()))),
+        VcpuExit::SystemEvent { kind, data } if kind == want => {
+            ensure!(data == [0], "the {} event carries {data:?}, expected [0]", want.name());
+        }
+        other => {
+            return Err(Failure::Fail(format!("expected a {} system event, got {other:?}", want.name())))
+        }
     }
+    let state = g.vcpu.get_mp_state()?;
+    ensure!(
+        state == accel_api::MpState::STOPPED,
+        "after the event the vCPU is {}, not stopped",
+        state.name()
+    );
+    Ok(())
 }
 
 fn psci_system_off(ctx: &Context) -> CaseResult {
-    psci_event(ctx, PSCI_SYSTEM_OFF, SystemEventKind::SHUTDOWN)
+    psci_event(ctx, Psci::Default, PSCI_SYSTEM_OFF, SystemEventKind::SHUTDOWN)
 }
 
 fn psci_system_reset(ctx: &Context) -> CaseResult {
-    psci_event(ctx, PSCI_SYSTEM_RESET, SystemEventKind::RESET)
+    psci_event(ctx, Psci::Default, PSCI_SYSTEM_RESET, SystemEventKind::RESET)
+}
+
+fn psci_system_off_in_plugin(ctx: &Context) -> CaseResult {
+    psci_event(ctx, Psci::InPlugin, PSCI_SYSTEM_OFF, SystemEventKind::SHUTDOWN)
+}
+
+fn psci_system_reset_in_plugin(ctx: &Context) -> CaseResult {
+    psci_event(ctx, Psci::InPlugin, PSCI_SYSTEM_RESET, SystemEventKind::RESET)
 }

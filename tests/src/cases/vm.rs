@@ -2,24 +2,23 @@
 //! dirty-page logging, several vCPUs with PSCI CPU_ON, kicks from another thread, and PSCI
 //! system suspend.
 
-use std::{os::fd::AsRawFd, sync::mpsc, thread, time::Duration};
+use std::{sync::mpsc, thread, time::Duration};
 
 use accel_api::{
     sysreg::MPIDR_EL1, ErrorKind, GicConfig, IrqLine, SystemEventKind, VcpuConfig, VcpuExit, VcpuFeatures,
     VmConfig,
 };
 use accel_host::vmm::ram::GuestRam;
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::{
     asm::{self, Size},
     ensure,
-    guest::{gic_enable, TestGuest, CODE, MMIO_BASE},
+    guest::{gic_enable, Psci, TestGuest, CODE, MMIO_BASE},
     Case, CaseResult, Context, Failure,
 };
 
 pub fn cases() -> Vec<Case> {
-    crate::cases![vm: spi_and_ppi_reach_the_guest, gic_its, ipa_size_selection, timer_interrupt, irqfd_raises_an_spi, ioeventfd_signals_without_an_exit, dirty_pages_are_the_written_ones, kick_from_another_thread, two_vcpus_with_psci_cpu_on, psci_system_suspend]
+    crate::cases![vm: spi_and_ppi_reach_the_guest, gic_its, ipa_size_selection, timer_interrupt, irqfd_raises_an_spi, ioeventfd_signals_without_an_exit, dirty_pages_are_the_written_ones, kick_from_another_thread, two_vcpus_with_psci_cpu_on, two_vcpus_with_psci_cpu_on_in_plugin, psci_system_suspend, psci_system_suspend_in_plugin]
 }
 
 /// A guest that enables `intids`, says it is ready with a write to MMIO_BASE, runs `then`, and
@@ -108,11 +107,11 @@ fn ipa_size_selection(ctx: &Context) -> CaseResult {
     let accel = ctx.accelerator()?;
     let max = accel.probe().caps.ipa_bits;
     for bits in [40, max] {
-        let vm = accel.create_vm(&VmConfig { ipa_bits: bits })?;
+        let vm = accel.create_vm(&VmConfig { ipa_bits: bits, ..VmConfig::default() })?;
         vm.create_vcpu(&VcpuConfig::new(0, VcpuFeatures::PSCI_0_2))?;
     }
     for bits in [max + 1, 31] {
-        let err = accel.create_vm(&VmConfig { ipa_bits: bits }).err();
+        let err = accel.create_vm(&VmConfig { ipa_bits: bits, ..VmConfig::default() }).err();
         ensure!(
             err.as_ref()
                 .is_some_and(|e| e.kind == ErrorKind::UNSUPPORTED && e.message.contains(&bits.to_string())),
@@ -135,7 +134,30 @@ fn timer_interrupt(ctx: &Context) -> CaseResult {
     expect_irq(&mut g, 27)
 }
 
+/// Linux eventfds on another OS: the backend must not offer them, and the case cannot run.
+#[cfg(not(target_os = "linux"))]
+fn no_eventfds_here(ctx: &Context) -> CaseResult {
+    let vm = ctx.accelerator()?.create_vm(&VmConfig::default())?;
+    ensure!(vm.linux_eventfd().is_none(), "the backend offers Linux eventfds on {}", std::env::consts::OS);
+    Err(Failure::NotRun("irqfd and ioeventfd are Linux eventfds; this is not Linux".into()))
+}
+
+#[cfg(not(target_os = "linux"))]
 fn irqfd_raises_an_spi(ctx: &Context) -> CaseResult {
+    no_eventfds_here(ctx)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn ioeventfd_signals_without_an_exit(ctx: &Context) -> CaseResult {
+    no_eventfds_here(ctx)
+}
+
+#[cfg(target_os = "linux")]
+fn irqfd_raises_an_spi(ctx: &Context) -> CaseResult {
+    use std::os::fd::AsRawFd;
+
+    use vmm_sys_util::eventfd::EventFd;
+
     let (mut g, _) = waiting_guest(ctx, &[38], &[])?;
     let efd = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Failure::NotRun(format!("eventfd: {e}")))?;
     g.eventfds()?.register_irqfd(efd.as_raw_fd(), 6)?;
@@ -152,7 +174,12 @@ fn irqfd_raises_an_spi(ctx: &Context) -> CaseResult {
     Ok(())
 }
 
+#[cfg(target_os = "linux")]
 fn ioeventfd_signals_without_an_exit(ctx: &Context) -> CaseResult {
+    use std::os::fd::AsRawFd;
+
+    use vmm_sys_util::eventfd::EventFd;
+
     let any = MMIO_BASE + 0x200;
     let matched = MMIO_BASE + 0x300;
     let mut code = asm::mov_imm64(9, MMIO_BASE);
@@ -190,10 +217,12 @@ fn ioeventfd_signals_without_an_exit(ctx: &Context) -> CaseResult {
     Ok(())
 }
 
+/// The pages, in the backend's own page size, are those the guest wrote.
 fn dirty_pages_are_the_written_ones(ctx: &Context) -> CaseResult {
     const DATA_BASE: u64 = 0x5000_0000;
     const PAGES: u64 = 64;
-    let page = 4096u64;
+    let accel = ctx.accelerator()?;
+    let page = accel.probe().caps.page_size.max(4096);
     let written = [3u64, 7, 8, 63];
     let mut code = Vec::new();
     for (i, p) in written.iter().enumerate() {
@@ -205,7 +234,7 @@ fn dirty_pages_are_the_written_ones(ctx: &Context) -> CaseResult {
     code.push(asm::ldr(Size::X, 21, 20, 0));
     code.extend(asm::mov_imm64(9, MMIO_BASE));
     code.extend([asm::str(Size::X, 9, 9, 0), asm::b(0)]);
-    let mut g = TestGuest::new(&ctx.accelerator()?, &code)?;
+    let mut g = TestGuest::new(&accel, &code)?;
     let data = GuestRam::new(DATA_BASE, PAGES * page)?;
     // SAFETY: `data` outlives the guest's last run in this case.
     let slot = unsafe { data.map_into(&g.vm) }?;
@@ -247,8 +276,26 @@ fn kick_from_another_thread(ctx: &Context) -> CaseResult {
 }
 
 fn two_vcpus_with_psci_cpu_on(ctx: &Context) -> CaseResult {
+    cpu_on(ctx, Psci::Default)
+}
+
+fn two_vcpus_with_psci_cpu_on_in_plugin(ctx: &Context) -> CaseResult {
+    cpu_on(ctx, Psci::InPlugin)
+}
+
+fn psci_system_suspend(ctx: &Context) -> CaseResult {
+    system_suspend(ctx, Psci::Default)
+}
+
+fn psci_system_suspend_in_plugin(ctx: &Context) -> CaseResult {
+    system_suspend(ctx, Psci::InPlugin)
+}
+
+/// vCPU 0 turns vCPU 1, created powered off, on with PSCI CPU_ON; vCPU 1's `run`, started before,
+/// waits until then and runs from the entry point with the context id in X0.
+fn cpu_on(ctx: &Context, psci: Psci) -> CaseResult {
     const CPU_ON: u64 = 0xc400_0003;
-    let mut g = TestGuest::new(&ctx.accelerator()?, &[asm::b(0)])?;
+    let mut g = psci.guest(&ctx.accelerator()?, &[asm::b(0)])?;
     let mut second =
         g.vm.create_vcpu(&VcpuConfig::new(1, VcpuFeatures::PSCI_0_2 | VcpuFeatures::POWER_OFF))?;
     let affinity = second.get_reg(MPIDR_EL1)? & 0xff_00ff_ffff;
@@ -298,7 +345,7 @@ fn two_vcpus_with_psci_cpu_on(ctx: &Context) -> CaseResult {
     }
 }
 
-fn psci_system_suspend(ctx: &Context) -> CaseResult {
+fn system_suspend(ctx: &Context, psci: Psci) -> CaseResult {
     const SYSTEM_SUSPEND: u64 = 0xc400_000e;
     let caps = ctx.accelerator()?.probe().caps;
     let mut code = asm::mov_imm64(0, SYSTEM_SUSPEND);
@@ -306,7 +353,7 @@ fn psci_system_suspend(ctx: &Context) -> CaseResult {
     code.extend([asm::movz(2, 0, 0), asm::hvc(0)]);
     code.extend(asm::mov_imm64(9, MMIO_BASE));
     code.extend([asm::str(Size::X, 0, 9, 0), asm::b(0)]);
-    let mut g = TestGuest::new(&ctx.accelerator()?, &code)?;
+    let mut g = psci.guest(&ctx.accelerator()?, &code)?;
     match (caps.system_suspend, g.run()?) {
         (true, VcpuExit::SystemEvent { kind, .. }) if kind == SystemEventKind::SUSPEND => Ok(()),
         // Without the capability PSCI answers in the guest: NOT_SUPPORTED (-1) or success.
