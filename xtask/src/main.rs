@@ -8,6 +8,7 @@
 //! - `cargo xtask run [IMAGE]`: runs the host with the KVM plugin on the demo guest (or IMAGE),
 //!   natively on an arm64 Linux host with usable KVM, otherwise inside the nested VM.
 
+mod boot_bench;
 mod checks;
 mod cmd;
 mod compat;
@@ -112,6 +113,7 @@ pub(crate) fn vm_files() -> Result<Vec<VmFile>> {
         VmFile::from_host("/bin/accel-host", &cross_out("accel-host"), 0o755)?,
         VmFile::from_host("/bin/accel-conformance", &cross_out("accel-conformance"), 0o755)?,
         VmFile::from_host("/bin/accel-bench", &cross_out("accel-bench"), 0o755)?,
+        VmFile::from_host("/bin/accel-boot-bench", &cross_out("accel-boot-bench"), 0o755)?,
         VmFile::from_host("/guests/demo.elf", &demo_guest(), 0o644)?,
         VmFile {
             path: "/lib/accel/not-a-plugin.so".into(),
@@ -238,11 +240,13 @@ fn test(cpus: &[String]) -> Result<bool> {
         jobs.extend(compat::jobs(release));
     }
     jobs.extend(linux_e2e::jobs());
+    jobs.push(boot_bench::job());
     let mut files = vm_files()?;
     for release in compat::RELEASES {
         files.extend(compat::vm_files(release)?);
     }
     files.extend(linux_e2e::files(&work, &kernel, &guest_out("dtbinfo"))?);
+    files.extend(boot_bench::files(&work)?);
     vm::initramfs(
         &initrd,
         &cross_out("accel-vm-init"),
@@ -259,6 +263,7 @@ fn test(cpus: &[String]) -> Result<bool> {
             compat::check(&mut tally, cpu, &run, release);
         }
         linux_e2e::check(&mut tally, cpu, &run, &work)?;
+        boot_bench::check(&mut tally, cpu, &run);
     }
     gdb_end_to_end(&mut tally, &kernel)?;
     println!("xtask: total time {:.1} s", start.elapsed().as_secs_f64());

@@ -17,7 +17,7 @@ use crate::{
 };
 
 pub fn cases() -> Vec<Case> {
-    crate::cases![debug: hw_breakpoint_stops_at_its_address, every_hw_breakpoint_then_no_resource, single_step_pc_sequence, watchpoint_stops_before_the_store, watchpoint_ranges_at_their_edges, inexact_watchpoints_are_refused, sw_breakpoint_in_a_loop, sw_breakpoint_restore_checks_memory, guest_brk_goes_to_the_guest, several_at_once, later_vcpus_get_the_pool, program_shows_what_is_set]
+    crate::cases![debug: hw_breakpoint_stops_at_its_address, every_hw_breakpoint_then_no_resource, single_step_pc_sequence, watchpoint_stops_before_the_store, watchpoint_ranges_at_their_edges, inexact_watchpoints_are_refused, sw_breakpoint_in_a_loop, sw_breakpoint_restore_checks_memory, guest_brk_goes_to_the_guest, several_at_once, later_vcpus_get_the_pool, program_shows_what_is_set, mdccint_el1_while_the_host_debugs]
 }
 
 fn debug_of(g: &TestGuest) -> Result<Debug, Failure> {
@@ -420,5 +420,27 @@ fn program_shows_what_is_set(ctx: &Context) -> CaseResult {
     d.remove_all()?;
     let after = d.program(0)?;
     ensure!(!after.setup.active() && after.registers().is_empty(), "after remove_all: {after:?}");
+    Ok(())
+}
+
+/// What MDCCINT_EL1 reads before, while and after the host debugs with hardware breakpoints,
+/// on the debugged vCPU and on one that is not run. The guest never writes it.
+fn mdccint_el1_while_the_host_debugs(ctx: &Context) -> CaseResult {
+    use accel_api::sysreg::MDCCINT_EL1;
+    let (mut g, d) = guest_with_debug(ctx, &straight_line(8))?;
+    let mut idle = g.vm.create_vcpu(&VcpuConfig::new(1, VcpuFeatures::PSCI_0_2))?;
+    let before = g.vcpu.get_reg(MDCCINT_EL1)?;
+    d.insert_hw_breakpoint(CODE + 12)?;
+    run_to_debug(&mut g.vcpu)?;
+    let during = g.vcpu.get_reg(MDCCINT_EL1)?;
+    let idle_during = idle.get_reg(MDCCINT_EL1)?;
+    d.remove_all()?;
+    g.expect_mmio_write()?;
+    let after = g.vcpu.get_reg(MDCCINT_EL1)?;
+    println!("MDCCINT_EL1: before {before:#x}, at the breakpoint {during:#x}, idle vCPU {idle_during:#x}, after {after:#x}");
+    ensure!(
+        before == 0 && during == 0 && idle_during == 0 && after == 0,
+        "MDCCINT_EL1 changed without a guest write"
+    );
     Ok(())
 }

@@ -19,6 +19,7 @@ const PROLOGUE: &str =
 /// Threads, registers, watchpoints, refusals and the monitor; then a detach.
 const THREADS: &str = r#"target remote 127.0.0.1:PORT
 info threads
+printf "MDCCINT before thread %d %lx\n", $_thread, $MDCCINT_EL1
 thread 2
 set scheduler-locking on
 stepi
@@ -28,6 +29,10 @@ thread 1
 hbreak secondary_loop
 continue
 printf "HIT thread %d pc %lx\n", $_thread, $pc
+printf "MDCCINT hit thread %d %lx\n", $_thread, $MDCCINT_EL1
+thread 1
+printf "MDCCINT hit thread %d %lx\n", $_thread, $MDCCINT_EL1
+thread 2
 delete
 stepi
 printf "STEP thread %d pc %lx\n", $_thread, $pc
@@ -219,6 +224,12 @@ pub fn check(tally: &mut Tally, outcome: &Outcome) {
         &tag("Ctrl-C while both run stops the thread gdb looks at (2)"),
         numbers_after(&threads, "INT thread ") == [2] && has("received signal SIGINT"),
         || format!("INT thread {:?}", numbers_after(&threads, "INT thread ")),
+    );
+    let mdccint: Vec<&str> = threads.lines().filter(|l| l.starts_with("MDCCINT ")).collect();
+    tally.check(
+        &tag("MDCCINT_EL1 reads 0 on both vCPUs, before and at a hardware breakpoint"),
+        mdccint.len() == 3 && mdccint.iter().all(|l| l.ends_with(" 0")),
+        || format!("read {mdccint:?}"),
     );
     let z0 = section(&threads, "Z0-VIEW", "SYSREGS");
     tally.check(

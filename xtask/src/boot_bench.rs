@@ -1,0 +1,54 @@
+//! The boot benchmark in the nested VM: the Debian kernel booted to its init by `accel-host` and
+//! by QEMU's own KVM support (Debian's arm64 `qemu-system-aarch64` with its libraries), with 1 and
+//! 2 vCPUs, alternately in one run, quoted as the ratio accel / QEMU with the exits each took.
+//! A benchmark, not a timed test: what the tally checks is that both booted.
+
+use std::path::Path;
+
+use crate::{
+    guest_qemu, linux_guest,
+    report::Tally,
+    vm::{Job, VmFile, VmRun},
+    Result,
+};
+
+/// The job's name.
+pub const JOB: &str = "boot-bench";
+const KERNEL: &str = "/guests/linux/Image";
+const INITRD: &str = "/guests/linux/boot-bench.cpio";
+/// The drain of `linux_guest`: the console must have sent everything before a forced poweroff.
+const DRAIN: &str = "stty -F /dev/console \"$(stty -F /dev/console -g)\" 2>/dev/null\n";
+
+/// QEMU, its libraries, and the initramfs whose init prints the marker and powers off. The
+/// kernel is the one the Linux checks put at the same path.
+pub fn files(work: &Path) -> Result<Vec<VmFile>> {
+    let qemu = guest_qemu::guest_qemu()?;
+    let busybox = linux_guest::busybox()?;
+    let init = linux_guest::init_script(&format!("echo \"@@linux booted\"\n{DRAIN}poweroff -f\n"));
+    let out = work.join("boot-bench.cpio");
+    linux_guest::initramfs(&out, &busybox, &init, Vec::new())?;
+    let mut files = qemu.files;
+    files.push(VmFile::from_host(INITRD, &out, 0o644)?);
+    Ok(files)
+}
+
+/// The benchmark's job.
+pub fn job() -> Job {
+    let argv =
+        ["/bin/accel-boot-bench", "--kernel", KERNEL, "--initrd", INITRD, "--cpus", "1,2", "--rounds", "3"];
+    Job::new(JOB, &argv)
+}
+
+/// Shows the benchmark's table and checks that every boot reached the init.
+pub fn check(tally: &mut Tally, cpu: &str, run: &VmRun) {
+    let job = run.job(JOB);
+    for line in job.iter().flat_map(|j| &j.output) {
+        println!("xtask: [{cpu}] {JOB}| {line}");
+    }
+    let ratios = job.map_or(0, |j| j.output.iter().filter(|l| l.starts_with("boot-ratio ")).count());
+    tally.check(
+        &format!("[{cpu}] Linux boots to its init on accel-host and on QEMU, 1 and 2 vCPUs, 3 times each"),
+        job.is_some_and(|j| j.status == Some(0)) && ratios == 2,
+        || format!("status {:?}, {ratios} ratio lines", job.and_then(|j| j.status)),
+    );
+}
