@@ -125,8 +125,10 @@ fn outer_qemu() -> Result<()> {
     };
     eprintln!(
         "xtask: WARNING: the outer QEMU is {major}.{minor}.{micro}. QEMU 7.2 is known to run stale code in \
-         nested guests on -cpu max (a TCG bug), which makes cases fail at random; versions before \
-         {QEMU_MIN_MAJOR} are not verified. To fix: {fix}."
+         nested guests on -cpu max (a TCG bug), which makes cases fail at random, and QEMU before 10.0 \
+         leaves the destination of an MRS from MDCCINT_EL1 unchanged, which KVM saves as the \
+         guest's MDCCINT_EL1 while the host debugs it (a host kernel pointer then reads back); \
+         versions before {QEMU_MIN_MAJOR} are not verified. To fix: {fix}."
     );
     Ok(())
 }

@@ -424,7 +424,14 @@ fn program_shows_what_is_set(ctx: &Context) -> CaseResult {
 }
 
 /// What MDCCINT_EL1 reads before, while and after the host debugs with hardware breakpoints,
-/// on the debugged vCPU and on one that is not run. The guest never writes it.
+/// on the debugged vCPU and on one that is not run. The guest never writes it, so it reads 0.
+///
+/// While the host debugs a vCPU with the debug registers, KVM switches the debug state on each
+/// entry and exit, and saves the hardware's MDCCINT_EL1 as the guest's. On an emulated host whose
+/// MRS from MDCCINT_EL1 leaves its destination register unchanged (QEMU's TCG before 10.0, which
+/// modelled the register as a no-op: QEMU issue 2708), what KVM saves is whatever that register
+/// held, a host kernel pointer, and the guest's MDCCINT_EL1 then reads it back. The backend
+/// reports what KVM holds; this case is how such a host shows itself.
 fn mdccint_el1_while_the_host_debugs(ctx: &Context) -> CaseResult {
     use accel_api::sysreg::MDCCINT_EL1;
     let (mut g, d) = guest_with_debug(ctx, &straight_line(8))?;
