@@ -55,7 +55,7 @@ fn linux(cpus: &str, initrd: &str, extra: &[&str]) -> Vec<String> {
 }
 
 fn job(name: &str, argv: Vec<String>) -> Job {
-    Job { name: name.into(), argv, respond: None }
+    Job { name: name.into(), argv, respond: None, console: false }
 }
 
 /// Bad input, each refused with one line before the backend is opened: the job's name, its

@@ -332,6 +332,67 @@ fn run(image: Option<PathBuf>) -> Result<i32> {
     )
 }
 
+/// Where `cargo xtask run` puts the Linux guest's files in the nested VM.
+const SHELL_KERNEL: &str = "/guests/linux/Image";
+const SHELL_INITRD: &str = "/guests/linux/shell.cpio";
+
+/// Boots Linux to a busybox shell on this terminal: natively when this is an arm64 host with a
+/// usable `/dev/kvm`, otherwise inside the nested VM, whose console is this terminal too.
+fn run_linux(cpus: u32) -> Result<i32> {
+    let kernel = provision::kernel()?;
+    let busybox = linux_guest::busybox()?;
+    let work = vm::work_dir(&root());
+    std::fs::create_dir_all(&work).map_err(|e| Error(format!("creating {}: {e}", work.display())))?;
+    let shell = work.join("linux-shell.cpio");
+    linux_guest::initramfs(&shell, &busybox, &linux_guest::shell_init(), Vec::new())?;
+    let cpus = cpus.to_string();
+    let args = |kernel: &str, initrd: &str| -> Vec<String> {
+        ["run", "--accel", "kvm", "--kernel", kernel, "--initrd", initrd, "--append", "console=ttyAMA0 quiet"]
+            .into_iter()
+            .chain(["--cpus", &cpus, "--mem", "256M"])
+            .map(str::to_string)
+            .collect()
+    };
+    if cfg!(all(target_os = "linux", target_arch = "aarch64")) {
+        cmd::run(cargo().args(["build", "--release", "-p", "accel-host", "-p", "accel-kvm"]))?;
+        let release = root().join("target/release");
+        let (host, plugin) = (release.join("accel-host"), release.join("libaccel_kvm.so"));
+        if native_kvm_usable(&host, &plugin) {
+            let mut argv = args(&kernel.to_string_lossy(), &shell.to_string_lossy());
+            argv[2] = plugin.to_string_lossy().into_owned();
+            let status = Command::new(&host)
+                .args(&argv)
+                .status()
+                .map_err(|e| Error(format!("running {}: {e}", host.display())))?;
+            return Ok(status.code().unwrap_or(1));
+        }
+        println!("xtask: KVM is not usable natively here; using the nested VM");
+    }
+    provision::host_tools()?;
+    provision::rust_targets()?;
+    cross_build()?;
+    let initrd = work.join("shell-initrd.cpio");
+    let mut files = vm_files()?;
+    files.push(VmFile::from_host(SHELL_KERNEL, &kernel, 0o644)?);
+    files.push(VmFile::from_host(SHELL_INITRD, &shell, 0o644)?);
+    let mut argv = vec!["/bin/accel-host".to_string()];
+    argv.extend(args(SHELL_KERNEL, SHELL_INITRD));
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    vm::initramfs_with_timeout(
+        &initrd,
+        &cross_out("accel-vm-init"),
+        files,
+        &[("ACCEL_PLUGIN_PATH", "/lib/accel")],
+        7 * 24 * 3600,
+        &[job("shell", &argv).on_console()],
+    )?;
+    println!(
+        "xtask: booting the nested arm64 VM (-cpu max), then Linux on accel-host with {cpus} vCPUs; \
+         poweroff in the guest ends it, or Ctrl-A x (accel-host's escape)"
+    );
+    vm::boot_interactive(&kernel, &initrd, "max")
+}
+
 pub(crate) fn cross_build_guest() -> Result<()> {
     cmd::run(
         cargo()
@@ -385,10 +446,18 @@ enum Cli {
         #[arg(long = "cpu", value_name = "MODEL")]
         cpus: Vec<String>,
     },
-    /// Runs an image (default: the demo guest) on the KVM backend, natively or in the nested VM.
+    /// Boots the Debian arm64 kernel to a busybox shell on this terminal, on the KVM backend,
+    /// natively on an arm64 KVM host and in the nested VM elsewhere; `poweroff` ends it. With an
+    /// image or `--demo`, runs that bare-metal program instead.
     Run {
-        /// An AArch64 ELF or raw image.
+        /// An AArch64 ELF or raw image to run instead of Linux.
         image: Option<PathBuf>,
+        /// Run the demo guest (a bare-metal hello) instead of Linux.
+        #[arg(long, conflicts_with = "image")]
+        demo: bool,
+        /// vCPUs of the Linux guest.
+        #[arg(long, default_value_t = 2)]
+        cpus: u32,
     },
     /// Only the real-gdb end-to-end tests.
     GdbE2e {
@@ -448,7 +517,10 @@ fn main() -> ExitCode {
             macos::test().map(exit_code)
         }
         Cli::Test { cpus } => test(&cpus_or_default(cpus)).map(exit_code),
-        Cli::Run { image } => run(image),
+        Cli::Run { image, demo, cpus } => match (image, demo) {
+            (None, false) => run_linux(cpus),
+            (image, _) => run(image),
+        },
         Cli::GdbE2e { sessions } => (|| {
             provision::host_tools()?;
             provision::rust_targets()?;

@@ -39,12 +39,24 @@ pub struct Job {
     /// Text to type into the job's standard input once it prints a line containing the first
     /// string (its input is `/dev/null` otherwise).
     pub respond: Option<(String, String)>,
+    /// The job gets the VM's console, input included, and its status becomes the VM's.
+    pub console: bool,
 }
 
 impl Job {
     /// A job running `argv`.
     pub fn new(name: &str, argv: &[&str]) -> Self {
-        Self { name: name.into(), argv: argv.iter().map(|s| s.to_string()).collect(), respond: None }
+        Self {
+            name: name.into(),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            respond: None,
+            console: false,
+        }
+    }
+
+    /// The same job, on the VM's console for a person at the terminal.
+    pub fn on_console(self) -> Self {
+        Self { console: true, ..self }
     }
 
     /// The same job, with `text` typed into its input once it prints a line holding `trigger`.
@@ -125,6 +137,9 @@ pub fn initramfs(
         if let Some((trigger, text)) = &job.respond {
             list.push_str(&format!("respond\t{trigger}\t{}\n", text.replace('\n', "\\n")));
         }
+        if job.console {
+            list.push_str("console\n");
+        }
         list.push_str(&format!("{}\t{}\n", job.name, job.argv.join("\t")));
     }
     all.push(VmFile { path: "/etc/accel/jobs".into(), data: list.into_bytes(), perm: 0o644 });
@@ -134,14 +149,23 @@ pub fn initramfs(
     image.write(out).map(drop)
 }
 
+/// Where the VM's console goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Console {
+    /// QEMU's standard streams, read by xtask (`-nographic`).
+    Captured,
+    /// The terminal, raw: every key goes to the VM, none to QEMU's monitor.
+    Terminal,
+}
+
 /// The QEMU command line for a CPU model. `max` gets the cheap pointer-authentication algorithm,
 /// which makes emulation about three times faster.
-fn qemu_command(kernel: &Path, initrd: &Path, cpu: &str, extra: &[String]) -> Command {
+fn qemu_command(kernel: &Path, initrd: &Path, cpu: &str, extra: &[String], console: Console) -> Command {
     let cpu_arg = if cpu == "max" { "max,pauth-impdef=on".to_string() } else { cpu.to_string() };
     let mut c = Command::new("qemu-system-aarch64");
     c.args(["-M", "virt,virtualization=on,gic-version=3", "-cpu", &cpu_arg])
         .args(["-smp", "2", "-m", "1024", "-accel", "tcg,thread=single"])
-        .args(["-nographic", "-nic", "none", "-no-reboot"])
+        .args(["-nic", "none", "-no-reboot"])
         .args(["-semihosting-config", "enable=on,target=native,userspace=on"])
         .arg("-kernel")
         .arg(kernel)
@@ -149,7 +173,26 @@ fn qemu_command(kernel: &Path, initrd: &Path, cpu: &str, extra: &[String]) -> Co
         .arg(initrd)
         .args(["-append", "console=ttyAMA0 rdinit=/init panic=-1 quiet"])
         .args(extra);
+    match console {
+        Console::Captured => c.arg("-nographic"),
+        Console::Terminal => c
+            .args(["-display", "none", "-monitor", "none", "-serial", "chardev:console"])
+            .args(["-chardev", "stdio,id=console,mux=off,signal=off"]),
+    };
     c
+}
+
+/// Boots the VM with its console on this terminal, input included, for a person: no `-nographic`
+/// multiplexer, so no key is QEMU's (the guest's own escape key quits), and no time limit.
+/// Returns QEMU's exit status, which a console job's status becomes.
+pub fn boot_interactive(kernel: &Path, initrd: &Path, cpu: &str) -> Result<i32> {
+    let status = qemu_command(kernel, initrd, cpu, &[], Console::Terminal)
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .status()
+        .map_err(|e| Error(format!("starting qemu-system-aarch64: {e}")))?;
+    Ok(status.code().unwrap_or(1))
 }
 
 /// QEMU arguments for a virtio-serial port named `gdb` (the VM's `/dev/vport0p1`) that QEMU
@@ -177,7 +220,7 @@ pub fn boot(
     echo: &dyn Fn(&str),
 ) -> Result<VmRun> {
     let start = Instant::now();
-    let mut child = qemu_command(kernel, initrd, cpu, extra)
+    let mut child = qemu_command(kernel, initrd, cpu, extra, Console::Captured)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -109,10 +109,17 @@ fn mount_debugfs() -> Result<(), String> {
     if Path::new(DEBUGFS).join("kvm").is_dir() {
         return Ok(());
     }
-    let status = Command::new("mount").args(["-t", "debugfs", "debugfs", DEBUGFS]).status();
-    match status {
-        Ok(s) if s.success() && Path::new(DEBUGFS).join("kvm").is_dir() => Ok(()),
-        _ => Err(format!("KVM's counters are not in {DEBUGFS}/kvm, and mounting debugfs there failed")),
+    let c = |s: &str| std::ffi::CString::new(s).unwrap_or_default();
+    let (source, target, kind) = (c("debugfs"), c(DEBUGFS), c("debugfs"));
+    // SAFETY: the three strings are valid and NUL-terminated for the call; no data is passed.
+    let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), kind.as_ptr(), 0, std::ptr::null()) };
+    if rc == 0 && Path::new(DEBUGFS).join("kvm").is_dir() {
+        Ok(())
+    } else {
+        Err(format!(
+            "KVM's counters are not in {DEBUGFS}/kvm, and mounting debugfs there failed: {}",
+            std::io::Error::last_os_error()
+        ))
     }
 }
 

@@ -54,7 +54,7 @@ fn linux(initrd: &str, extra: &[&str]) -> Vec<String> {
 
 /// The boot that reports the symbols, before the session.
 pub fn jobs() -> Vec<Job> {
-    vec![Job { name: "linux-symbols".into(), argv: linux(SYMS_INITRD, &[]), respond: None }]
+    vec![Job { name: "linux-symbols".into(), argv: linux(SYMS_INITRD, &[]), respond: None, console: false }]
 }
 
 fn script(port: u16, function: u64, variable: u64) -> String {
@@ -90,6 +90,7 @@ pub fn session() -> Session {
             name: JOB.into(),
             argv: linux(BOOT_INITRD, &["--gdb", "/dev/vport0p1", "--gdb-wait"]),
             respond: None,
+            console: false,
         },
         clients: Box::new(|port, symbols: &Symbols| {
             let (function, variable) = (symbols.get(FUNCTION), symbols.get(VARIABLE));

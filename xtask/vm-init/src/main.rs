@@ -9,7 +9,9 @@
 //! standard input a pipe into which TEXT (with `\n` for a newline) is written once the job prints
 //! a line containing TRIGGER, as a person typing at a prompt would (otherwise it reads
 //! `/dev/null`). The program `@hex` is built in: it prints the file named by its argument as
-//! `@@hex` lines of hexadecimal, for the host to read back. For each job the console shows
+//! `@@hex` lines of hexadecimal, for the host to read back. A line `console` gives the next job
+//! the console itself, input included, for a person at the terminal: its markers are left out,
+//! and its exit status becomes the VM's. For each job the console shows
 //! `@@accel job-begin NAME`, the job's output, and `@@accel job-end NAME status=N` (N is the
 //! exit code, or 128 + the signal number; 124 for a job killed after ten minutes). The run ends
 //! with `@@accel all-done`.
@@ -86,42 +88,63 @@ fn converse(child: &mut std::process::Child, respond: Respond) -> Option<std::th
         .ok()
 }
 
-fn run_job(line: &str, env: &mut Vec<(String, String)>, respond: &mut Option<Respond>) {
+/// What the next job gets besides its command line.
+#[derive(Default)]
+struct NextJob {
+    respond: Option<Respond>,
+    console: bool,
+}
+
+/// Runs one line of the job list; returns a console job's exit status.
+fn run_job(line: &str, env: &mut Vec<(String, String)>, next: &mut NextJob) -> Option<i32> {
+    if line.trim_end() == "console" {
+        next.console = true;
+        return None;
+    }
+    let respond = &mut next.respond;
     if let Some(rest) = line.strip_prefix("respond\t") {
         if let Some((trigger, text)) = rest.split_once('\t') {
             *respond = Some(Respond { trigger: trigger.to_string(), text: text.replace("\\n", "\n") });
         }
-        return;
+        return None;
     }
     if let Some(seconds) = line.strip_prefix("timeout\t") {
         if let Ok(s) = seconds.trim().parse() {
             TIMEOUT_SECS.store(s, std::sync::atomic::Ordering::Relaxed);
         }
-        return;
+        return None;
     }
     if let Some(assignment) = line.strip_prefix("env\t") {
         if let Some((k, v)) = assignment.split_once('=') {
             env.push((k.to_string(), v.to_string()));
         }
-        return;
+        return None;
     }
     let mut fields = line.split('\t');
     let (Some(name), Some(program)) = (fields.next(), fields.next()) else {
         println!("@@accel warning: malformed job line {line:?}");
-        return;
+        return None;
     };
     let args: Vec<&str> = fields.collect();
-    println!("@@accel job-begin {name}");
+    let console = std::mem::take(&mut next.console);
+    if !console {
+        println!("@@accel job-begin {name}");
+    }
     let _ = std::io::stdout().flush();
     if program == "@hex" {
         let code = print_hex(args.first().copied().unwrap_or_default());
         println!("@@accel job-end {name} status={code}");
         let _ = std::io::stdout().flush();
-        return;
+        return None;
     }
     let respond = respond.take();
-    let (input, output) =
-        if respond.is_some() { (Stdio::piped(), Stdio::piped()) } else { (Stdio::null(), Stdio::inherit()) };
+    let (input, output) = if respond.is_some() {
+        (Stdio::piped(), Stdio::piped())
+    } else if console {
+        (Stdio::inherit(), Stdio::inherit())
+    } else {
+        (Stdio::null(), Stdio::inherit())
+    };
     let child = Command::new(program)
         .args(&args)
         .env("PATH", "/bin")
@@ -165,8 +188,12 @@ fn run_job(line: &str, env: &mut Vec<(String, String)>, respond: &mut Option<Res
             127
         }
     };
+    if console {
+        return Some(code);
+    }
     println!("@@accel job-end {name} status={code}");
     let _ = std::io::stdout().flush();
+    None
 }
 
 /// Ends QEMU with `code` through semihosting SYS_EXIT (operation 0x18 with the parameter block
@@ -190,17 +217,24 @@ fn main() {
     mount("proc", "/proc", "proc");
     mount("sysfs", "/sys", "sysfs");
     mount("tmpfs", "/tmp", "tmpfs");
+    // A console job's status is the VM's, and its person sees no markers.
+    let (mut exit_code, mut quiet) = (0, false);
     match std::fs::read_to_string(JOBS) {
         Ok(jobs) => {
             let mut env = Vec::new();
-            let mut respond = None;
+            let mut next = NextJob::default();
             for line in jobs.lines().filter(|l| !l.trim().is_empty()) {
-                run_job(line, &mut env, &mut respond);
+                if let Some(code) = run_job(line, &mut env, &mut next) {
+                    exit_code = code;
+                    quiet = true;
+                }
             }
         }
         Err(e) => println!("@@accel warning: reading {JOBS}: {e}"),
     }
-    println!("@@accel all-done");
+    if !quiet {
+        println!("@@accel all-done");
+    }
     let _ = std::io::stdout().flush();
     // The semihosting exit stops QEMU at once: let the console's UART drain first, or the last
     // lines (the results) can be lost.
@@ -210,7 +244,7 @@ fn main() {
     std::thread::sleep(Duration::from_millis(200));
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };
-    semihosting_exit(0);
+    semihosting_exit(exit_code as u64);
     // SAFETY: reboot with RB_POWER_OFF has no memory-safety preconditions; as PID 1 we may call it.
     unsafe { libc::reboot(libc::RB_POWER_OFF) };
     loop {
