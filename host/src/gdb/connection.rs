@@ -103,14 +103,37 @@ fn drain(file: &std::fs::File) {
     }
 }
 
+/// The session's word to the reader: the client it served is done (it detached or went), so
+/// the next bytes on a character device are a new connection even if the device never read as
+/// ended in between (a client that left and one that came faster than the port said so).
+#[derive(Clone, Default)]
+pub struct Listener {
+    client_done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Listener {
+    /// The client being served is done.
+    pub fn client_done(&self) {
+        self.client_done.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// A character device: end-of-file means no client is connected at the other end (a
-/// virtio-serial port reads so), and data after it is a new connection.
-fn serve_device(file: std::fs::File, events: mpsc::Sender<Event>) {
+/// virtio-serial port reads so), and data after it, or after the session says its client is
+/// done, is a new connection.
+fn serve_device(file: std::fs::File, events: mpsc::Sender<Event>, listener: Listener) {
     let mut conn = 0;
     let mut connected = false;
     let mut buf = [0u8; 4096];
     loop {
-        match (&file).read(&mut buf) {
+        let result = (&file).read(&mut buf);
+        if listener.client_done.swap(false, std::sync::atomic::Ordering::AcqRel) && connected {
+            connected = false;
+            if events.send(Event::Closed { conn }).is_err() {
+                return;
+            }
+        }
+        match result {
             Ok(0) => {
                 if connected {
                     connected = false;
@@ -181,7 +204,8 @@ fn serve_tcp(listener: TcpListener, events: mpsc::Sender<Event>) {
 
 /// Starts listening where `options` says, with a thread that reports connections, their bytes
 /// and their ends on `events`.
-pub fn listen(options: &GdbOptions, events: mpsc::Sender<Event>) -> Result<()> {
+pub fn listen(options: &GdbOptions, events: mpsc::Sender<Event>) -> Result<Listener> {
+    let listener = Listener::default();
     let address = &options.address;
     let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new().name(name.into()).spawn(body).map(drop).map_err(accel_err)
@@ -193,12 +217,13 @@ pub fn listen(options: &GdbOptions, events: mpsc::Sender<Event>) -> Result<()> {
             .open(address)
             .map_err(|e| accel_err(format!("opening {address}: {e}")))?;
         drain(&file);
-        spawn("gdb-port", Box::new(move || serve_device(file, events)))?;
+        let for_reader = listener.clone();
+        spawn("gdb-port", Box::new(move || serve_device(file, events, for_reader)))?;
     } else {
         let listener =
             TcpListener::bind(address).map_err(|e| accel_err(format!("listening on {address}: {e}")))?;
         spawn("gdb-listener", Box::new(move || serve_tcp(listener, events)))?;
     }
     eprintln!("accel-host: gdb stub ready on {address}");
-    Ok(())
+    Ok(listener)
 }

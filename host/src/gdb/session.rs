@@ -56,7 +56,7 @@ pub fn serve_session(
     };
     let sysregs = machine.exec(0, |v| v.get_regs(RegClass::SYS))?;
     machine.xml = Some(target_xml(sve_vq, &sysregs));
-    listen(options, events_tx)?;
+    let listener = listen(options, events_tx)?;
     let mut events = Events { channel: events, deferred: VecDeque::new() };
     // Room for a whole `G` packet at the largest SVE vector length.
     let mut packet_buffer = vec![0u8; 0x10000];
@@ -67,7 +67,9 @@ pub fn serve_session(
                 log::info!("gdb: client {conn} connected");
                 // The client finds the machine stopped.
                 machine.stop_others(&events.channel, &mut events.deferred);
-                match serve_client(&mut machine, conn, writer, &mut packet_buffer, &mut events)? {
+                let flow = serve_client(&mut machine, conn, writer, &mut packet_buffer, &mut events)?;
+                listener.client_done();
+                match flow {
                     Flow::Ended(outcome) => return Ok(outcome),
                     Flow::Detached => {
                         log::info!("gdb: client {conn} detached; the guest runs on without breakpoints");

@@ -75,7 +75,8 @@ detach
 "#;
 
 /// Reattaches after the detach, and dies while the guest runs.
-const REATTACH: &str = r#"target remote 127.0.0.1:PORT
+const REATTACH: &str = r#"set debug remote 1
+target remote 127.0.0.1:PORT
 info threads
 printf "REATTACHED thread %d\n", $_thread
 echo READY-TO-DIE\n
