@@ -105,6 +105,12 @@ impl Vmm {
     }
 }
 
+#[cfg(not(target_os = "linux"))]
+fn mount_debugfs() -> Result<(), String> {
+    Err("KVM's counters live in Linux's debugfs: this benchmark runs on Linux only".into())
+}
+
+#[cfg(target_os = "linux")]
 fn mount_debugfs() -> Result<(), String> {
     if Path::new(DEBUGFS).join("kvm").is_dir() {
         return Ok(());
