@@ -465,6 +465,16 @@ enum Cli {
         #[arg(long = "session", value_name = "NAME")]
         sessions: Vec<String>,
     },
+    /// The boot benchmark alone: Linux booted to its init by accel-host and by QEMU's own KVM
+    /// support, alternately, in one VM boot per CPU model.
+    BootBench {
+        /// Boots per VMM and vCPU count.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// A QEMU CPU model (repeatable); default: max and cortex-a72.
+        #[arg(long = "cpu", value_name = "MODEL")]
+        cpus: Vec<String>,
+    },
     /// The conformance suite many times in one VM boot per CPU model, failures counted per case.
     Soak {
         /// Rounds of the whole suite per CPU model.
@@ -536,6 +546,7 @@ fn main() -> ExitCode {
             println!("{} passed, {} failed", tally.passed, tally.failed);
             Ok(exit_code(tally.failed == 0))
         })(),
+        Cli::BootBench { rounds, cpus } => boot_bench::run(&cpus_or_default(cpus), rounds).map(exit_code),
         Cli::Soak { rounds, cpus } => soak::soak(&cpus_or_default(cpus), rounds).map(exit_code),
         Cli::Vm { cpu, argv } => {
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
