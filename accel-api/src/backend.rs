@@ -197,7 +197,8 @@ pub trait BackendDirtyLog: Send + Sync + 'static {
 /// Linux eventfds wired to a VM.
 pub trait BackendLinuxEventFd: Send + Sync + 'static {
     /// Raises SPI `spi` whenever the eventfd `fd` is written; the backend keeps its own duplicate
-    /// of the descriptor.
+    /// of the descriptor. Works as soon as the GIC and every vCPU exist, before any vCPU has run;
+    /// the backend may complete the GIC's set-up here, after which no vCPU can be added.
     fn register_irqfd(&self, fd: i32, spi: u32) -> Result<()>;
     /// Undoes [`BackendLinuxEventFd::register_irqfd`].
     fn unregister_irqfd(&self, fd: i32, spi: u32) -> Result<()>;

@@ -134,7 +134,8 @@ pub struct EventFds {
 }
 
 impl EventFds {
-    /// Raises SPI `spi` whenever the eventfd `fd` is written.
+    /// Raises SPI `spi` whenever the eventfd `fd` is written. Create every vCPU first: the
+    /// backend may complete the GIC's set-up here, as before a vCPU's first run.
     pub fn register_irqfd(&self, fd: i32, spi: u32) -> Result<()> {
         self.inner.register_irqfd(fd, spi).into_result()
     }

@@ -134,6 +134,11 @@ pub fn cmp_imm(n: Reg, imm12: u32) -> u32 {
     0xf100_001f | (imm12 & 0xfff) << 10 | rn(n)
 }
 
+/// `CMP Xn, Xm` (`SUBS XZR, Xn, Xm`).
+pub fn cmp(n: Reg, m: Reg) -> u32 {
+    0xeb00_001f | rm(m) | rn(n)
+}
+
 /// `B.NE` by `offset` bytes from this instruction (a multiple of 4, within ±1 MiB).
 pub fn b_ne(offset: i64) -> u32 {
     0x5400_0001 | ((offset >> 2) as u32 & 0x7_ffff) << 5
@@ -144,6 +149,9 @@ pub const NOP: u32 = 0xd503_201f;
 
 /// `WFI`.
 pub const WFI: u32 = 0xd503_207f;
+
+/// `ERET`: return from an exception to ELR_EL1 with PSTATE from SPSR_EL1.
+pub const ERET: u32 = 0xd69f_03e0;
 
 /// ICC_IAR1_EL1.
 pub const ICC_IAR1_EL1: RegId = RegId::sys(3, 0, 12, 12, 0);
@@ -213,8 +221,11 @@ mod tests {
     // Every expected word below is what GNU as 2.40 assembles for the instruction named.
     #[test]
     fn encodings_match_binutils() {
-        let cases: [(u32, u32, &str); 43] = [
+        let cases: [(u32, u32, &str); 46] = [
             (cmp_imm(0, 1), 0xf100041f, "cmp x0, #0x1"),
+            (cmp(1, 2), 0xeb02003f, "cmp x1, x2"),
+            (cmp(26, 25), 0xeb19035f, "cmp x26, x25"),
+            (ERET, 0xd69f03e0, "eret"),
             (b_ne(-20), 0x54ffff61, "b.ne .-20"),
             (b_ne(8), 0x54000041, "b.ne .+8"),
             (mrs(0, ESR_EL1), 0xd5385200, "mrs x0, esr_el1"),

@@ -417,13 +417,13 @@ fn run_in_vm(cpu: &str, extra: &[(&str, &Path)], argv: &[&str]) -> Result<i32> {
     for (path, host) in extra {
         files.push(VmFile::from_host(path, host, 0o644)?);
     }
-    vm::initramfs(
-        &initrd,
-        &cross_out("accel-vm-init"),
-        files,
-        &[("ACCEL_PLUGIN_PATH", "/lib/accel")],
-        &[job("command", argv)],
-    )?;
+    // The command logs as asked here, so a case's info lines (its measured figures) can be read.
+    let log = std::env::var("RUST_LOG").ok();
+    let mut env = vec![("ACCEL_PLUGIN_PATH", "/lib/accel")];
+    if let Some(log) = &log {
+        env.push(("RUST_LOG", log));
+    }
+    vm::initramfs(&initrd, &cross_out("accel-vm-init"), files, &env, &[job("command", argv)])?;
     println!("xtask: booting the nested arm64 VM (-cpu {cpu}); its console follows");
     let result = vm::boot(&kernel, &initrd, cpu, VM_TIMEOUT, &[], &|line| {
         if !line.starts_with("@@accel") {

@@ -98,6 +98,9 @@ impl BackendLinuxEventFd for EventFds {
         if fds.contains_key(&key) {
             return Err(AccelError::invalid(format!("eventfd {fd} is already an irqfd for SPI {spi}")));
         }
+        // KVM refuses an irqfd (EAGAIN) until the vGIC is initialised, which this backend does
+        // on demand: complete the GIC's set-up now, as driving a line does.
+        self.gic.ensure_ready()?;
         let efd = dup_eventfd(fd)?;
         self.vm.register_irqfd(&efd, spi).map_err(|e| ioctl_error(format!("KVM_IRQFD for SPI {spi}"), e))?;
         fds.insert(key, efd);

@@ -3,10 +3,14 @@
 //!
 //! The first real-time signal (`SIGRTMIN`) is used, with a handler that does nothing: its only
 //! job is to make `KVM_RUN` return `EINTR`.
+//!
+//! A kick sets its flag and `immediate_exit` together, and the vCPU takes the flag and clears
+//! `immediate_exit` together, both under one lock: so no `immediate_exit` outlives the kick that
+//! set it, and one kick makes exactly one interrupted `run`.
 
 use std::sync::{
     atomic::{AtomicBool, Ordering},
-    Arc, Mutex, Once,
+    Arc, Mutex, MutexGuard, Once, PoisonError,
 };
 
 use accel_api::{backend::Kick, psci::PowerBoard};
@@ -36,10 +40,11 @@ pub fn install_handler() {
 
 /// What a vCPU and its kickers share.
 pub struct KickShared {
-    /// Set by a kick, cleared when `run` reports the interruption.
-    pub requested: AtomicBool,
-    /// Set by the plugin's own nudge, which brings the vCPU out of `KVM_RUN` without an exit.
-    pub nudged: AtomicBool,
+    /// Set by a kick, cleared when `run` reports the interruption; written under `inner`'s lock.
+    requested: AtomicBool,
+    /// Set by the plugin's own nudge, which brings the vCPU out of `KVM_RUN` without an exit;
+    /// written under `inner`'s lock.
+    nudged: AtomicBool,
     inner: Mutex<Inner>,
     /// With PSCI in the plugin, the VM's power board, on which a stopped vCPU's `run` waits.
     psci: Option<Arc<UserPsci>>,
@@ -56,6 +61,15 @@ struct Inner {
 // exists; the vCPU clears it before the mapping goes away.
 unsafe impl Send for Inner {}
 
+/// Why `KVM_RUN` returned `EINTR`, as [`KickShared::leave`] found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Interruption {
+    /// A kick asked for it: `run` reports it.
+    pub kicked: bool,
+    /// The plugin's own nudge asked for it.
+    pub nudged: bool,
+}
+
 impl KickShared {
     /// Shared state for a vCPU whose `kvm_run` is at `run`, and the VM's PSCI in the plugin.
     pub fn new(run: *mut kvm_run, psci: Option<Arc<UserPsci>>) -> Self {
@@ -71,41 +85,87 @@ impl KickShared {
         self.psci.as_deref().map(|p| &p.board)
     }
 
-    /// Records (or clears) the thread that is about to enter, or has left, `KVM_RUN`.
-    pub fn set_thread(&self, thread: Option<libc::pthread_t>) {
-        if let Ok(mut inner) = self.inner.lock() {
-            inner.thread = thread;
+    /// The lock; what it guards stays consistent even if a holder panicked.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether a kick is waiting to be reported.
+    pub fn requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    /// Takes a waiting kick, clearing `immediate_exit` with it; true if there was one.
+    pub fn take(&self) -> bool {
+        let inner = self.lock();
+        let kicked = self.requested.swap(false, Ordering::SeqCst);
+        if kicked {
+            set_immediate_exit(&inner, 0);
+        }
+        kicked
+    }
+
+    /// Before `KVM_RUN`: takes a waiting kick (true: report it instead of entering), or records
+    /// the calling thread as the one a kick signals.
+    pub fn enter(&self) -> bool {
+        let mut inner = self.lock();
+        if self.requested.swap(false, Ordering::SeqCst) {
+            set_immediate_exit(&inner, 0);
+            return true;
+        }
+        // SAFETY: pthread_self has no preconditions.
+        inner.thread = Some(unsafe { libc::pthread_self() });
+        false
+    }
+
+    /// After `KVM_RUN`: forgets the thread. When it returned `EINTR`, also clears
+    /// `immediate_exit` and takes what asked for the interruption.
+    pub fn leave(&self, eintr: bool) -> Interruption {
+        let mut inner = self.lock();
+        inner.thread = None;
+        if !eintr {
+            return Interruption { kicked: false, nudged: false };
+        }
+        set_immediate_exit(&inner, 0);
+        Interruption {
+            kicked: self.requested.swap(false, Ordering::SeqCst),
+            nudged: self.nudged.swap(false, Ordering::SeqCst),
         }
     }
 
     /// Forgets the vCPU: later kicks do nothing.
     pub fn detach(&self) {
-        if let Ok(mut inner) = self.inner.lock() {
-            inner.run = std::ptr::null_mut();
-            inner.thread = None;
-        }
+        let mut inner = self.lock();
+        inner.run = std::ptr::null_mut();
+        inner.thread = None;
     }
-}
 
-impl KickShared {
     /// Brings the vCPU out of `KVM_RUN` (or keeps it from entering) for the plugin's own
     /// purpose: its `run` looks at the power state again instead of returning.
     pub fn nudge(&self) {
+        let inner = self.lock();
         self.nudged.store(true, Ordering::SeqCst);
-        let Ok(inner) = self.inner.lock() else { return };
         signal_out(&inner);
     }
 }
 
-/// Sets `immediate_exit` and signals the thread inside `KVM_RUN`, if any.
-fn signal_out(inner: &Inner) {
+/// Writes `immediate_exit` of a vCPU that still exists.
+fn set_immediate_exit(inner: &Inner, value: u8) {
     let run = inner.run;
     if run.is_null() {
         return;
     }
     // SAFETY: `run` points at the vCPU's mapped `kvm_run` while non-null (see `Inner`);
     // `immediate_exit` is a byte the kernel reads on entry, written with a volatile store.
-    unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+    unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(value) };
+}
+
+/// Sets `immediate_exit` and signals the thread inside `KVM_RUN`, if any.
+fn signal_out(inner: &Inner) {
+    if inner.run.is_null() {
+        return;
+    }
+    set_immediate_exit(inner, 1);
     if let Some(thread) = inner.thread {
         // SAFETY: `thread` is the live thread inside `run` (it clears itself under the lock
         // before leaving), and the signal has a no-op handler.
@@ -118,12 +178,14 @@ pub struct Kicker(pub Arc<KickShared>);
 
 impl Kick for Kicker {
     fn kick(&self) {
-        self.0.requested.store(true, Ordering::SeqCst);
+        {
+            let inner = self.0.lock();
+            self.0.requested.store(true, Ordering::SeqCst);
+            signal_out(&inner);
+        }
         // A stopped vCPU waits on the power board, not in KVM_RUN.
         if let Some(board) = self.0.board() {
             board.wake_all();
         }
-        let Ok(inner) = self.0.inner.lock() else { return };
-        signal_out(&inner);
     }
 }

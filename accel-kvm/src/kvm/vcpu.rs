@@ -6,11 +6,7 @@
 //! registers whose value differs from the last get, so values the host did not touch are never
 //! written back, and registers the host edited (ESR_EL1 when injecting an exception) always are.
 
-use std::{
-    cell::Cell,
-    collections::HashMap,
-    sync::{atomic::Ordering, Arc},
-};
+use std::{cell::Cell, collections::HashMap, sync::Arc};
 
 use accel_api::{
     backend::{BackendEvents, BackendSve, BackendVcpu, Kick},
@@ -247,12 +243,11 @@ impl KvmVcpu {
     fn wait_while_off(&mut self) -> Result<Option<VcpuExit>> {
         let Some(psci) = self.psci.clone() else { return Ok(None) };
         let kick = Arc::clone(&self.kick);
-        match psci.board.wait_until_on(self.index, || kick.requested.load(Ordering::SeqCst)) {
+        match psci.board.wait_until_on(self.index, || kick.requested()) {
             Wake::Running => Ok(None),
             Wake::Start(start) => self.start_at(start).map(|()| None),
             Wake::Interrupted => {
-                self.kick.requested.store(false, Ordering::SeqCst);
-                self.fd.set_kvm_immediate_exit(0);
+                self.kick.take();
                 Ok(Some(VcpuExit::Interrupted))
             }
         }
@@ -624,21 +619,17 @@ impl BackendVcpu for KvmVcpu {
             if let Some(interrupted) = self.wait_while_off()? {
                 return Ok(interrupted);
             }
-            if self.kick.requested.swap(false, Ordering::SeqCst) {
-                self.fd.set_kvm_immediate_exit(0);
+            if self.kick.enter() {
                 return Ok(VcpuExit::Interrupted);
             }
-            // SAFETY: pthread_self has no preconditions.
-            self.kick.set_thread(Some(unsafe { libc::pthread_self() }));
             self.runs += 1;
             let result = self.fd.run();
-            self.kick.set_thread(None);
+            let eintr = matches!(&result, Err(e) if e.errno() == libc::EINTR);
+            let why = self.kick.leave(eintr);
             let exit = match result {
                 Ok(exit) => exit,
-                Err(e) if e.errno() == libc::EINTR => {
-                    self.fd.set_kvm_immediate_exit(0);
-                    let kicked = self.kick.requested.swap(false, Ordering::SeqCst);
-                    if self.kick.nudged.swap(false, Ordering::SeqCst) && !kicked {
+                Err(_) if eintr => {
+                    if why.nudged && !why.kicked {
                         // Only the plugin's own nudge: look at the power state again.
                         continue;
                     }

@@ -10,6 +10,7 @@ mod psci;
 mod regs;
 mod run;
 mod snapshot;
+mod stress;
 mod sve;
 mod sysregs;
 mod vm;
@@ -32,6 +33,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(memory_errors::cases());
     cases.extend(debug::cases());
     cases.extend(loader::cases());
+    cases.extend(stress::cases());
     cases
 }
 

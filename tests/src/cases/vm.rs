@@ -18,7 +18,7 @@ use crate::{
 };
 
 pub fn cases() -> Vec<Case> {
-    crate::cases![vm: spi_and_ppi_reach_the_guest, gic_its, ipa_size_selection, timer_interrupt, irqfd_raises_an_spi, ioeventfd_signals_without_an_exit, dirty_pages_are_the_written_ones, kick_from_another_thread, two_vcpus_with_psci_cpu_on, two_vcpus_with_psci_cpu_on_in_plugin, psci_system_suspend, psci_system_suspend_in_plugin]
+    crate::cases![vm: spi_and_ppi_reach_the_guest, gic_its, ipa_size_selection, timer_interrupt, irqfd_raises_an_spi, irqfd_before_the_first_run, ioeventfd_signals_without_an_exit, dirty_pages_are_the_written_ones, kick_from_another_thread, two_vcpus_with_psci_cpu_on, two_vcpus_with_psci_cpu_on_in_plugin, psci_system_suspend, psci_system_suspend_in_plugin]
 }
 
 /// A guest that enables `intids`, says it is ready with a write to MMIO_BASE, runs `then`, and
@@ -148,6 +148,11 @@ fn irqfd_raises_an_spi(ctx: &Context) -> CaseResult {
 }
 
 #[cfg(not(target_os = "linux"))]
+fn irqfd_before_the_first_run(ctx: &Context) -> CaseResult {
+    no_eventfds_here(ctx)
+}
+
+#[cfg(not(target_os = "linux"))]
 fn ioeventfd_signals_without_an_exit(ctx: &Context) -> CaseResult {
     no_eventfds_here(ctx)
 }
@@ -172,6 +177,27 @@ fn irqfd_raises_an_spi(ctx: &Context) -> CaseResult {
         "unregistering twice did not fail as not found"
     );
     Ok(())
+}
+
+/// An irqfd registered once the vCPU exists, before it first runs (where a monitor sets up its
+/// devices), raises its SPI. KVM accepts irqfds only on an initialised vGIC, and that set-up is
+/// otherwise done at the first run.
+#[cfg(target_os = "linux")]
+fn irqfd_before_the_first_run(ctx: &Context) -> CaseResult {
+    use std::os::fd::AsRawFd;
+
+    use vmm_sys_util::eventfd::EventFd;
+
+    let mut code = gic_enable(&[39]);
+    code.extend(asm::mov_imm64(9, MMIO_BASE));
+    code.extend([asm::str(Size::X, 9, 9, 0), asm::WFI, asm::b(-4)]);
+    let mut g = TestGuest::with_gic(&ctx.accelerator()?, &code)?;
+    let efd = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| Failure::NotRun(format!("eventfd: {e}")))?;
+    g.eventfds()?.register_irqfd(efd.as_raw_fd(), 7)?;
+    let (addr, _, _) = g.expect_mmio_write()?;
+    ensure!(addr == MMIO_BASE, "the guest's ready write went to {addr:#x}");
+    efd.write(1).map_err(|e| Failure::Fail(format!("writing the eventfd: {e}")))?;
+    expect_irq(&mut g, 39)
 }
 
 #[cfg(target_os = "linux")]
