@@ -6,7 +6,7 @@ use crate::{
     error::{AccelError, ErrorKind, Result},
     events::{MpState, VcpuEvents},
     regs::{CoreReg, CoreRegs, FpRegs, PutLevel},
-    sve::SveRegs,
+    sve::{SveRegs, SVE_VQ_MAX},
     sysreg::{RegClass, RegId, RegValue},
     VcpuConfig, VcpuFeatures,
 };
@@ -201,10 +201,11 @@ impl VcpuSnapshot {
                 }
                 b"SVE " => {
                     let vq = s.u32("SVE vector length")?;
-                    let mut sve = SveRegs::zeroed(vq);
-                    if !sve.is_well_formed() {
+                    // Checked before the registers are allocated: their size follows from it.
+                    if !(1..=SVE_VQ_MAX).contains(&vq) {
                         return Err(corrupt(format!("SVE vector length of {vq} quadwords")));
                     }
+                    let mut sve = SveRegs::zeroed(vq);
                     let (zl, pl) = (sve.z.len(), sve.p.len());
                     sve.z.as_mut_slice().copy_from_slice(s.take(zl, "Z registers")?);
                     sve.p.as_mut_slice().copy_from_slice(s.take(pl, "P registers")?);
@@ -342,6 +343,28 @@ mod tests {
             let bytes = s.to_bytes();
             assert_eq!(&bytes[..8], MAGIC);
             assert_eq!(VcpuSnapshot::from_bytes(&bytes).as_ref(), Ok(&s), "sve: {sve}");
+        }
+    }
+
+    /// A file of `sections` with a valid header and checksum.
+    fn file(count: u32, sections: &[u8]) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.extend(VERSION.to_le_bytes());
+        out.extend(count.to_le_bytes());
+        out.extend(sections);
+        let crc = crc32fast::hash(&out);
+        out.extend(crc.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn a_vector_length_out_of_range_is_refused_before_allocating() {
+        for vq in [0u32, SVE_VQ_MAX + 1, 0x1000_0000, u32::MAX] {
+            let mut section = b"SVE ".to_vec();
+            section.extend(4u32.to_le_bytes());
+            section.extend(vq.to_le_bytes());
+            let e = VcpuSnapshot::from_bytes(&file(1, &section)).unwrap_err();
+            assert_eq!(e.message, format!("corrupt vCPU snapshot: SVE vector length of {vq} quadwords"));
         }
     }
 
