@@ -9,8 +9,11 @@ pub mod arch;
 mod connection;
 mod front;
 mod monitor;
-mod nonstop;
-mod packets;
+// The protocol's byte-level front, public for the fuzz targets only.
+#[doc(hidden)]
+pub mod nonstop;
+#[doc(hidden)]
+pub mod packets;
 mod points;
 mod session;
 mod target;
