@@ -41,6 +41,38 @@ pub struct GdbOptions {
 /// Returns when the guest ends, gdb kills it, or the user quits from the console (when `console`
 /// gives its escape key, the host's stdin is the guest's console input).
 pub fn serve(machine: Machine, options: &GdbOptions, console: Option<Escape>) -> Result<Outcome> {
+    serve_with(machine, options, console, |events| connection::listen(options, events))
+}
+
+/// Serves `machine` to one in-memory client, for the fuzz target of the protocol: the client
+/// connects, sends `input`, and hangs up, then the user quits. What the stub sends goes to
+/// `output`. Every event is queued before the session starts, so a run depends on `input` alone.
+#[doc(hidden)]
+pub fn serve_bytes(
+    machine: Machine,
+    options: &GdbOptions,
+    input: &[u8],
+    output: Box<dyn std::io::Write + Send>,
+) -> Result<Outcome> {
+    serve_with(machine, options, None, |events| {
+        let mut queue = vec![vcpu_thread::Event::Connected { conn: 1, writer: output }];
+        queue.extend(input.iter().map(|&byte| vcpu_thread::Event::Data { conn: 1, byte }));
+        queue.extend([vcpu_thread::Event::Closed { conn: 1 }, vcpu_thread::Event::Quit]);
+        for event in queue {
+            events
+                .send(event)
+                .map_err(|_| AccelError::bad_state("the session stopped listening before it started"))?;
+        }
+        Ok(())
+    })
+}
+
+fn serve_with(
+    machine: Machine,
+    options: &GdbOptions,
+    console: Option<Escape>,
+    connect: impl FnOnce(mpsc::Sender<vcpu_thread::Event>) -> Result<()>,
+) -> Result<Outcome> {
     let (events_tx, events) = mpsc::channel();
     let _terminal = match console {
         Some(escape) => {
@@ -76,7 +108,8 @@ pub fn serve(machine: Machine, options: &GdbOptions, console: Option<Escape>) ->
             let _ = h.commands.send(Command::Resume { step: false });
         }
     }
-    let outcome = session::serve_session(options, handles, debug, Arc::clone(&ram), events_tx, events);
+    let outcome =
+        session::serve_session(options, handles, debug, Arc::clone(&ram), events_tx, events, connect);
     bus.flush_console();
     outcome
 }

@@ -19,7 +19,7 @@ use gdbstub::{
 
 use super::{
     arch::target_xml,
-    connection::{accel_err, listen, Conn},
+    connection::{accel_err, Conn},
     front::{Front, Route},
     target::GdbTarget,
     vcpu_thread::{Event, Events, Stop, VcpuHandle},
@@ -37,8 +37,9 @@ enum Flow {
     Gone,
 }
 
-/// Serves gdb over `options` for the vCPUs behind `vcpus`, whose threads report on `events`,
-/// until the guest ends, a client kills it, or the user quits.
+/// Serves gdb as `options` say for the vCPUs behind `vcpus`, whose threads report on `events`,
+/// until the guest ends, a client kills it, or the user quits. `connect` starts what reports the
+/// connections and their bytes on `events` (see [`listen`]).
 pub fn serve_session(
     options: &GdbOptions,
     vcpus: Vec<VcpuHandle>,
@@ -46,6 +47,7 @@ pub fn serve_session(
     ram: Arc<GuestRam>,
     events_tx: mpsc::Sender<Event>,
     events: mpsc::Receiver<Event>,
+    connect: impl FnOnce(mpsc::Sender<Event>) -> Result<()>,
 ) -> Result<Outcome> {
     let mut machine = GdbTarget::new(vcpus, debug, ram, !options.wait);
     machine.about = options.about.clone();
@@ -56,7 +58,7 @@ pub fn serve_session(
     };
     let sysregs = machine.exec(0, |v| v.get_regs(RegClass::SYS))?;
     machine.xml = Some(target_xml(sve_vq, &sysregs));
-    listen(options, events_tx)?;
+    connect(events_tx)?;
     let mut events = Events { channel: events, deferred: VecDeque::new() };
     // Room for a whole `G` packet at the largest SVE vector length.
     let mut packet_buffer = vec![0u8; 0x10000];
