@@ -24,7 +24,7 @@ use std::sync::{mpsc, Arc};
 use accel_api::{AccelError, ErrorKind, Result};
 
 use crate::vmm::{console::Escape, machine::vcpu_features, memory_error, step, Machine, Outcome};
-use vcpu_thread::{vcpu_thread, Command, VcpuHandle};
+use vcpu_thread::{vcpu_thread, VcpuHandle};
 
 /// How to serve gdb.
 #[derive(Clone, Debug)]
@@ -103,13 +103,70 @@ fn serve_with(
                 AccelError::new(ErrorKind::NO_RESOURCE, format!("spawning the thread of vCPU {i}: {e}"))
             })?;
     }
-    if !options.wait {
-        for h in &handles {
-            let _ = h.commands.send(Command::Resume { step: false });
-        }
-    }
     let outcome =
         session::serve_session(options, handles, debug, Arc::clone(&ram), events_tx, events, connect);
     bus.flush_console();
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::Write,
+        sync::{Arc, Mutex},
+    };
+
+    use accel_api::VcpuFeatures;
+
+    use super::*;
+    use crate::{
+        fake::{accelerator, World},
+        vmm::{MachineConfig, Payload, Plan},
+    };
+
+    /// What the stub sends, kept.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Serves a machine of two fake vCPUs to a client that sends `input` and hangs up; returns how
+    /// the session ended and what the stub sent.
+    fn serve_fake(wait: bool, features: VcpuFeatures, input: &[u8]) -> (Result<Outcome>, String) {
+        let world = Arc::new(World::default());
+        let accel = accelerator(&world).expect("opening the fake backend");
+        let config = MachineConfig { cpus: 2, mem_size: 1 << 20, features, cmdline: String::new() };
+        let plan = Plan::new(config, Payload::Image(vec![0; 8]), &accel.probe().caps).expect("planning");
+        let machine = Machine::build(&accel, plan, Box::new(std::io::sink())).expect("building");
+        let options = GdbOptions { address: String::new(), wait, about: String::new() };
+        let sink = Sink::default();
+        let outcome = serve_bytes(machine, &options, input, Box::new(sink.clone()));
+        world.end();
+        let sent = sink.0.lock().map(|s| String::from_utf8_lossy(&s).into_owned()).unwrap_or_default();
+        (outcome, sent)
+    }
+
+    #[test]
+    fn a_machine_served_without_waiting_starts_and_stops_for_gdb() {
+        for wait in [false, true] {
+            for features in [VcpuFeatures::NONE, VcpuFeatures::SVE] {
+                let (outcome, sent) = serve_fake(wait, features, b"$?#3f");
+                assert_eq!(
+                    outcome.map_err(|e| e.to_string()),
+                    Ok(Outcome::Quit),
+                    "wait {wait}, {features:?}"
+                );
+                assert!(sent.starts_with("+$T"), "a stop reply to '?': {sent}");
+            }
+        }
+    }
 }

@@ -49,7 +49,7 @@ pub fn serve_session(
     events: mpsc::Receiver<Event>,
     connect: impl FnOnce(mpsc::Sender<Event>) -> Result<()>,
 ) -> Result<Outcome> {
-    let mut machine = GdbTarget::new(vcpus, debug, ram, !options.wait);
+    let mut machine = GdbTarget::new(vcpus, debug, ram);
     machine.about = options.about.clone();
     let sve_vq = if machine.vcpus.first().is_some_and(|h| h.features.contains(VcpuFeatures::SVE)) {
         Some(machine.exec(0, |v| v.get_sve().map(|s| s.vq))?)
@@ -58,6 +58,11 @@ pub fn serve_session(
     };
     let sysregs = machine.exec(0, |v| v.get_regs(RegClass::SYS))?;
     machine.xml = Some(target_xml(sve_vq, &sysregs));
+    // The target description is read from vCPU 0 while it is stopped; only then does the guest
+    // start, unless it waits for gdb.
+    if !options.wait {
+        machine.resume_stopped()?;
+    }
     connect(events_tx)?;
     let mut events = Events { channel: events, deferred: VecDeque::new() };
     // Room for a whole `G` packet at the largest SVE vector length.

@@ -120,9 +120,9 @@ pub fn index_tid(index: u32) -> Tid {
 }
 
 impl GdbTarget {
-    /// The target over the vCPU threads behind `vcpus`, all running if `running`.
-    pub fn new(vcpus: Vec<VcpuHandle>, debug: Debug, ram: Arc<GuestRam>, running: bool) -> Self {
-        let running = vec![running; vcpus.len()];
+    /// The target over the vCPU threads behind `vcpus`, all stopped.
+    pub fn new(vcpus: Vec<VcpuHandle>, debug: Debug, ram: Arc<GuestRam>) -> Self {
+        let running = vec![false; vcpus.len()];
         let stepping = vec![false; vcpus.len()];
         Self {
             vcpus,
