@@ -169,4 +169,16 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn a_thread_id_beyond_any_vcpu_is_refused() {
+        let input: Vec<u8> =
+            ["Hg100000000", "g", "Hg5", "g", "Hg2", "g"].iter().flat_map(|p| packets::packet(p)).collect();
+        let (outcome, sent) = serve_fake(true, VcpuFeatures::NONE, &input);
+        assert_eq!(outcome.map_err(|e| e.to_string()), Ok(Outcome::Quit));
+        let replies: Vec<&str> = sent.split('$').skip(1).map(|r| r.split('#').next().unwrap_or("")).collect();
+        assert_eq!(replies.len(), 6, "{sent}");
+        assert!(replies[1].starts_with('E') && replies[3].starts_with('E'), "no such vCPU: {sent}");
+        assert!(!replies[5].is_empty() && !replies[5].starts_with('E'), "vCPU 1's registers: {sent}");
+    }
 }

@@ -109,9 +109,10 @@ fn core_sysreg(encoding: u16) -> Option<CoreSysreg> {
     [CoreSysreg::SpEl0, CoreSysreg::SpEl1, CoreSysreg::ElrEl1, CoreSysreg::SpsrEl1].get(at).copied()
 }
 
-/// The vCPU index of a gdb thread id (thread ids count from 1).
+/// The vCPU index of a gdb thread id (thread ids count from 1). A thread id beyond any index
+/// gdb can name (it parses up to `usize`) maps to `u32::MAX`, which no vCPU has.
 pub fn tid_index(tid: Tid) -> u32 {
-    tid.get() as u32 - 1
+    u32::try_from(tid.get() - 1).unwrap_or(u32::MAX)
 }
 
 /// The gdb thread id of vCPU `index`.
