@@ -181,4 +181,17 @@ mod tests {
         assert!(replies[1].starts_with('E') && replies[3].starts_with('E'), "no such vCPU: {sent}");
         assert!(!replies[5].is_empty() && !replies[5].starts_with('E'), "vCPU 1's registers: {sent}");
     }
+
+    #[test]
+    fn only_the_reply_to_a_valid_qsupported_advertises_non_stop() {
+        let mut input = b"$qSupported:multiprocess+#00".to_vec();
+        input.extend(["g", "qSupported:multiprocess+", "g"].iter().flat_map(|p| packets::packet(p)));
+        let (outcome, sent) = serve_fake(true, VcpuFeatures::NONE, &input);
+        assert_eq!(outcome.map_err(|e| e.to_string()), Ok(Outcome::Quit));
+        let replies: Vec<&str> = sent.split('$').skip(1).map(|r| r.split('#').next().unwrap_or("")).collect();
+        assert_eq!(replies.len(), 3, "no reply to the damaged packet: {sent}");
+        assert!(!replies[0].contains("QNonStop"), "the registers, unpatched: {sent}");
+        assert!(replies[1].starts_with("PacketSize=") && replies[1].ends_with(";QNonStop+"), "{sent}");
+        assert!(!replies[2].contains("QNonStop"), "{sent}");
+    }
 }
