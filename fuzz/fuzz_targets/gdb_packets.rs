@@ -10,8 +10,8 @@
 //!   valid exactly when its two hex digits are the body's checksum; an overlong packet goes on
 //!   whole, unjudged, as the limit's worth of bytes;
 //! - the reply patch changes nothing until it is armed, and then only the one reply that starts
-//!   next: that reply goes out with the suffix before its `#` and the checksum of what it now
-//!   carries; every other byte passes as it came;
+//!   next (unless it is disarmed before that reply starts): that reply goes out with the suffix
+//!   before its `#` and the checksum of what it now carries; every other byte passes as it came;
 //! - an encoded packet or notification frames as one valid packet whose body unescapes to what
 //!   was encoded; an error reply is a valid packet of printable text;
 //! - a parsed `vCont` or thread id, written out again, parses to the same actions or threads;
@@ -39,6 +39,7 @@ const SUFFIXES: [&str; 3] = [";QNonStop+", ";x", ""];
 #[derive(Arbitrary, Debug)]
 enum PatchOp {
     Arm(u8),
+    Disarm,
     Write(Vec<u8>),
 }
 
@@ -116,6 +117,8 @@ fn patched(ops: &[PatchOp]) -> Vec<u8> {
     for op in ops {
         match op {
             PatchOp::Arm(s) => armed = Some(SUFFIXES[*s as usize % SUFFIXES.len()]),
+            PatchOp::Disarm if reply.is_none() => armed = None,
+            PatchOp::Disarm => {}
             PatchOp::Write(bytes) => {
                 for &b in bytes {
                     match (&mut reply, armed) {
@@ -154,6 +157,7 @@ fn check_patch(ops: &[PatchOp]) {
                 armed = true;
                 patch.arm(SUFFIXES[*s as usize % SUFFIXES.len()]);
             }
+            PatchOp::Disarm => patch.disarm(),
             PatchOp::Write(bytes) => {
                 input.extend(bytes);
                 out.extend(patch.filter(bytes));

@@ -184,9 +184,13 @@ mod tests {
 
     #[test]
     fn only_the_reply_to_a_valid_qsupported_advertises_non_stop() {
-        // A damaged qSupported, and one gdbstub does not parse as qSupported: neither is answered.
-        for refused in [b"$qSupported:multiprocess+#00".to_vec(), packets::packet("qSupported-multiprocess+")]
-        {
+        // A damaged qSupported, and ones gdbstub does not parse as qSupported: none is answered.
+        let refused = [
+            b"$qSupported:multiprocess+#00".to_vec(),
+            packets::packet("qSupported-multiprocess+"),
+            packets::packet("qSupported:"),
+        ];
+        for refused in refused {
             let mut input = refused;
             input.extend(["g", "qSupported:multiprocess+", "g"].iter().flat_map(|p| packets::packet(p)));
             let (outcome, sent) = serve_fake(true, VcpuFeatures::NONE, &input);

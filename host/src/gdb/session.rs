@@ -193,7 +193,9 @@ fn run_protocol(
             GdbStubStateMachine::Idle(g) => match events.next() {
                 Some(Event::Data { conn: c, byte }) if c == conn => {
                     match front.data(byte, machine, events)? {
-                        Route::Pass(bytes) => feed(GdbStubStateMachine::Idle(g), machine, &bytes)?,
+                        Route::Pass(bytes) => {
+                            spent(feed(GdbStubStateMachine::Idle(g), machine, &bytes), &writer)?
+                        }
                         Route::Done => GdbStubStateMachine::Idle(g),
                     }
                 }
@@ -216,7 +218,9 @@ fn run_protocol(
             GdbStubStateMachine::Running(g) => match events.next() {
                 Some(Event::Data { conn: c, byte }) if c == conn => {
                     match front.data(byte, machine, events)? {
-                        Route::Pass(bytes) => feed(GdbStubStateMachine::Running(g), machine, &bytes)?,
+                        Route::Pass(bytes) => {
+                            spent(feed(GdbStubStateMachine::Running(g), machine, &bytes), &writer)?
+                        }
                         Route::Done => GdbStubStateMachine::Running(g),
                     }
                 }
@@ -264,6 +268,14 @@ fn run_protocol(
             },
         };
     }
+}
+
+/// Ends the reply patch a packet armed once `gdbstub` has had the packet: it either answered,
+/// and the patch went on that reply, or refused it unanswered, and the patch must not go on the
+/// next reply, which answers something else.
+fn spent<T>(fed: T, writer: &Conn) -> T {
+    writer.cancel_patch();
+    fed
 }
 
 /// Hands whole packets (or lone bytes) to `gdbstub`'s state machine, byte by byte.
