@@ -203,4 +203,26 @@ mod tests {
             assert!(!replies[2].contains("QNonStop"), "{sent}");
         }
     }
+
+    #[test]
+    fn a_continue_while_running_resumes_nothing_twice() {
+        // A `c` while the guest runs, then an interrupt and a register read: the read waits on
+        // vCPU 0's thread, which must be stopped, not running a second resume.
+        let mut input: Vec<u8> = ["c", "c"].iter().flat_map(|p| packets::packet(p)).collect();
+        input.push(3);
+        input.extend(packets::packet("g"));
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(serve_fake(true, VcpuFeatures::NONE, &input));
+        });
+        let (outcome, sent) =
+            finished.recv_timeout(std::time::Duration::from_secs(60)).expect("the session hung");
+        assert_eq!(outcome.map_err(|e| e.to_string()), Ok(Outcome::Quit));
+        let replies: Vec<&str> = sent.split('$').skip(1).map(|r| r.split('#').next().unwrap_or("")).collect();
+        assert!(replies.first().is_some_and(|r| r.starts_with('T')), "the interrupt's stop: {sent}");
+        assert!(
+            replies.get(1).is_some_and(|r| !r.is_empty() && !r.starts_with('E')),
+            "the registers: {sent}"
+        );
+    }
 }

@@ -253,11 +253,17 @@ impl GdbTarget {
     }
 
     /// Resumes vCPU `index`, for one instruction if `step`.
+    /// A vCPU already running is left as it is: a second `Resume` would wait in its thread's queue
+    /// and run it again after its next stop, while the session took it for stopped and waited on
+    /// it forever (gdbstub resumes every thread for a `c` that arrives while the guest runs).
     pub(super) fn resume_thread(&mut self, index: u32, step: bool) -> Result<()> {
         let handle = self
             .vcpus
             .get(index as usize)
             .ok_or_else(|| AccelError::bad_state(format!("no vCPU {index}")))?;
+        if self.running[index as usize] {
+            return Ok(());
+        }
         self.debug.set_single_step(index, step)?;
         handle
             .commands
