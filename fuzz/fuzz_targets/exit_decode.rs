@@ -60,8 +60,7 @@ struct Input {
 }
 
 const KNOWN_EXITS: std::ops::RangeInclusive<u32> = exit_kind::MMIO_READ..=exit_kind::BACKEND_SPECIFIC;
-const KNOWN_EVENTS: std::ops::RangeInclusive<u32> =
-    debug_event_kind::HW_BREAKPOINT..=debug_event_kind::GUEST;
+const KNOWN_EVENTS: std::ops::RangeInclusive<u32> = debug_event_kind::HW_BREAKPOINT..=debug_event_kind::GUEST;
 
 fn fits_u32(v: u64) -> bool {
     u32::try_from(v).is_ok()
@@ -143,7 +142,11 @@ fn check_debug_event_record(kind: u32, args: [u64; 4]) {
     let record = DebugEventRecord { kind, args };
     let event = DebugEvent::from(record);
     if !KNOWN_EVENTS.contains(&kind) {
-        assert_eq!(event, DebugEvent::Unknown { kind, args }, "an unknown event keeps its number and arguments");
+        assert_eq!(
+            event,
+            DebugEvent::Unknown { kind, args },
+            "an unknown event keeps its number and arguments"
+        );
     }
     let again = DebugEventRecord::from(event);
     assert_eq!(DebugEvent::from(again), event, "a decoded event re-encodes to a record of the same event");

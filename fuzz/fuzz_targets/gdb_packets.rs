@@ -83,10 +83,13 @@ fn check_framer(limit: usize, input: &[u8]) {
             }
             Some(Frame::Packet { raw, body, valid }) => {
                 assert_eq!(raw[0], b'$');
-                let complete = raw.len() >= 4 && raw[raw.len() - 3] == b'#' && !raw[..raw.len() - 3].contains(&b'#');
+                let complete =
+                    raw.len() >= 4 && raw[raw.len() - 3] == b'#' && !raw[..raw.len() - 3].contains(&b'#');
                 if complete {
                     assert_eq!(body, raw[1..raw.len() - 3]);
-                    let sent = std::str::from_utf8(&raw[raw.len() - 2..]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                    let sent = std::str::from_utf8(&raw[raw.len() - 2..])
+                        .ok()
+                        .and_then(|h| u8::from_str_radix(h, 16).ok());
                     assert_eq!(valid, sent == Some(checksum(&body)), "judged by its checksum");
                 } else {
                     assert!(!valid && body.is_empty(), "an overlong packet goes on unjudged");
@@ -285,9 +288,13 @@ fn check_stop_reply(s: &Stop) {
         _ => MultiThreadStopReason::Terminated(Signal(s.signal)),
     };
     let reply = stop_reply(&reason, s.multiprocess);
-    assert!(reply.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'$' | b'#' | b'}' | b'*')), "{reply:?}");
+    assert!(
+        reply.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'$' | b'#' | b'}' | b'*')),
+        "{reply:?}"
+    );
     if reply.starts_with('T') {
-        let named = if s.multiprocess { format!("thread:p1.{:x};", s.tid) } else { format!("thread:{:x};", s.tid) };
+        let named =
+            if s.multiprocess { format!("thread:p1.{:x};", s.tid) } else { format!("thread:{:x};", s.tid) };
         assert!(reply.contains(&named), "{reply:?} names thread {}", s.tid);
     }
 }

@@ -113,11 +113,18 @@ fuzz_target!(|data: &[u8]| {
     let outcome = serve_bytes(machine, &options, &client_bytes(script), Box::new(sink.clone()));
     world.end();
     let outcome = outcome.unwrap_or_else(|e| panic!("the session failed: {e}"));
-    assert!(matches!(outcome, Outcome::Quit | Outcome::Killed | Outcome::Reset), "the session ended with {outcome:?}");
+    assert!(
+        matches!(outcome, Outcome::Quit | Outcome::Killed | Outcome::Reset),
+        "the session ended with {outcome:?}"
+    );
     let output = sink.0.lock().map(|o| o.clone()).unwrap_or_default();
     for reply in replies(&output) {
         if reply.ends_with(b";QNonStop+") {
-            assert!(reply.starts_with(b"PacketSize="), "QNonStop+ added to {:?}", String::from_utf8_lossy(reply));
+            assert!(
+                reply.starts_with(b"PacketSize="),
+                "QNonStop+ added to {:?}",
+                String::from_utf8_lossy(reply)
+            );
         }
     }
 });

@@ -137,9 +137,15 @@ fn check_elf(ram: &GuestRam, file: &[u8], boot: &BootPlan) {
         elf.program_headers.iter().filter(|ph| ph.p_type == PT_LOAD && ph.p_memsz > 0).collect();
     let ranges: Vec<Range<u64>> = segments.iter().map(|ph| ph.p_paddr..ph.p_paddr + ph.p_memsz).collect();
     for r in &ranges {
-        assert!(boot.kernel.start <= r.start && r.end <= boot.kernel.end, "segment {r:x?} outside the extent");
+        assert!(
+            boot.kernel.start <= r.start && r.end <= boot.kernel.end,
+            "segment {r:x?} outside the extent"
+        );
     }
-    assert!(ranges.iter().any(|r| r.start == boot.kernel.start) && ranges.iter().any(|r| r.end == boot.kernel.end));
+    assert!(
+        ranges.iter().any(|r| r.start == boot.kernel.start)
+            && ranges.iter().any(|r| r.end == boot.kernel.end)
+    );
     let overlapping = ranges.iter().enumerate().any(|(i, a)| ranges[i + 1..].iter().any(|b| !disjoint(a, b)));
     if overlapping {
         return;
@@ -155,8 +161,15 @@ fn check_elf(ram: &GuestRam, file: &[u8], boot: &BootPlan) {
 fn check_loaded(ram: &GuestRam, payload: &Payload, linux: bool, dtb: &[u8], boot: &BootPlan) {
     let ram_range = ram.base()..ram.base() + ram.size();
     let inside = |r: &Range<u64>| ram_range.start <= r.start && r.start <= r.end && r.end <= ram_range.end;
-    assert!(inside(&boot.kernel) && boot.kernel.start < boot.kernel.end, "the image {:x?} is in RAM", boot.kernel);
-    assert!(inside(&boot.dtb) && boot.dtb.end - boot.dtb.start == dtb.len() as u64, "the device tree is in RAM");
+    assert!(
+        inside(&boot.kernel) && boot.kernel.start < boot.kernel.end,
+        "the image {:x?} is in RAM",
+        boot.kernel
+    );
+    assert!(
+        inside(&boot.dtb) && boot.dtb.end - boot.dtb.start == dtb.len() as u64,
+        "the device tree is in RAM"
+    );
     assert!(disjoint(&boot.kernel, &boot.dtb), "the device tree does not overlap the image");
     if let Some(initrd) = &boot.initrd {
         assert!(inside(initrd), "the initrd is in RAM");
@@ -180,7 +193,11 @@ fn check_loaded(ram: &GuestRam, payload: &Payload, linux: bool, dtb: &[u8], boot
         }
         Payload::Image(bytes) if bytes.starts_with(b"\x7fELF") => check_elf(ram, bytes, boot),
         Payload::Image(bytes) => {
-            assert_eq!(boot.kernel, RAM_BASE..RAM_BASE + bytes.len() as u64, "a raw image at the start of RAM");
+            assert_eq!(
+                boot.kernel,
+                RAM_BASE..RAM_BASE + bytes.len() as u64,
+                "a raw image at the start of RAM"
+            );
             assert_eq!(read(ram, &boot.kernel), *bytes, "RAM holds the raw image");
         }
     }
@@ -190,7 +207,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(input) = Input::arbitrary_take_rest(Unstructured::new(data)) else { return };
     let mem = u64::from(input.mem_mib % 6 + 1) * MIB;
     let payload = payload(input.shape, input.bytes, mem);
-    let config = MachineConfig { cpus: 1, mem_size: mem, features: Default::default(), cmdline: String::new() };
+    let config =
+        MachineConfig { cpus: 1, mem_size: mem, features: Default::default(), cmdline: String::new() };
     let caps = Capabilities { max_vcpus: 8, ipa_bits: 40, ..Capabilities::default() };
     let Ok(plan) = Plan::new(config, payload.clone(), &caps) else { return };
     let ram = GuestRam::new(RAM_BASE, mem).expect("allocating guest RAM");

@@ -86,8 +86,11 @@ fn check(regs: &TranslationRegs, va: u64, reads: &[(u64, Option<u64>)], result: 
     }
     let Ok(pa) = *result else { return };
     let upper = va >> 63 == 1;
-    let (tsz, epd, ttbr) =
-        if upper { (regs.tcr >> 16 & 0x3f, regs.tcr >> 23 & 1, regs.ttbr1) } else { (regs.tcr & 0x3f, regs.tcr >> 7 & 1, regs.ttbr0) };
+    let (tsz, epd, ttbr) = if upper {
+        (regs.tcr >> 16 & 0x3f, regs.tcr >> 23 & 1, regs.ttbr1)
+    } else {
+        (regs.tcr & 0x3f, regs.tcr >> 7 & 1, regs.ttbr0)
+    };
     assert_eq!(epd, 0, "a walk through a disabled region translated");
     let input_bits = 64 - tsz as u32;
     let top = if input_bits == 64 { 0 } else { va >> input_bits };
@@ -97,14 +100,20 @@ fn check(regs: &TranslationRegs, va: u64, reads: &[(u64, Option<u64>)], result: 
     let levels = level_bits(g);
     let start = (0..4)
         .find(|&l| levels[l].is_some_and(|(hi, lo)| lo < input_bits && input_bits - 1 <= hi))
-        .unwrap_or_else(|| panic!("no level of the {g}-bit granule starts a {input_bits}-bit region: {pa:#x}"));
+        .unwrap_or_else(|| {
+            panic!("no level of the {g}-bit granule starts a {input_bits}-bit region: {pa:#x}")
+        });
     assert!(start + reads.len() <= 4, "the walk went past level 3");
     let mut table = ttbr & ((1u64 << 48) - 1) & !1;
     for (i, &(addr, desc)) in reads.iter().enumerate() {
         let level = start + i;
         let (hi, lo) = levels[level].expect("a level of the granule");
         let hi = if level == start { input_bits - 1 } else { hi };
-        assert_eq!(addr, table + 8 * field(va, hi, lo), "level {level} read at the VA's index into its table");
+        assert_eq!(
+            addr,
+            table + 8 * field(va, hi, lo),
+            "level {level} read at the VA's index into its table"
+        );
         let desc = desc.expect("a translated walk read every descriptor");
         assert_eq!(desc & 1, 1, "an invalid descriptor was walked through");
         let last = i + 1 == reads.len();
@@ -122,7 +131,11 @@ fn check(regs: &TranslationRegs, va: u64, reads: &[(u64, Option<u64>)], result: 
             assert!(allowed, "a block at level {level} with the {g}-bit granule");
         }
         let offset_bits = lo;
-        assert_eq!(pa & ((1u64 << offset_bits) - 1), va & ((1u64 << offset_bits) - 1), "the offset within the block");
+        assert_eq!(
+            pa & ((1u64 << offset_bits) - 1),
+            va & ((1u64 << offset_bits) - 1),
+            "the offset within the block"
+        );
         assert_eq!(pa & !((1u64 << offset_bits) - 1), address_bits(desc, offset_bits), "the output address");
     }
 }

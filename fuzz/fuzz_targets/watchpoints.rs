@@ -62,7 +62,11 @@ fn watched(wcr: u64, wvr: u64) -> (u64, u64, u32) {
     assert_eq!(wcr >> 1 & 3, 0b11, "PAC: EL0 and EL1");
     let lsc = (wcr >> 3 & 3) as u32;
     assert_ne!(lsc, 0, "LSC 0 is reserved");
-    assert_eq!(wcr & !(0x1f << 24 | 0xff << 5 | 0x1f), 0, "HMC, SSC, LBN, WT and RES0 bits are clear: {wcr:#x}");
+    assert_eq!(
+        wcr & !(0x1f << 24 | 0xff << 5 | 0x1f),
+        0,
+        "HMC, SSC, LBN, WT and RES0 bits are clear: {wcr:#x}"
+    );
     assert_eq!(wvr & 3, 0, "DBGWVR bits [1:0] are RES0");
     assert_eq!(sign_extend_va(wvr), wvr, "DBGWVR bits [63:53] copy bit 52");
     let mask = wcr >> 24 & 0x1f;
@@ -88,7 +92,7 @@ fn watched(wcr: u64, wvr: u64) -> (u64, u64, u32) {
 /// 8 bytes inside one aligned doubleword, or an aligned power-of-two block of 8 bytes to 2 GiB.
 fn exactly_encodable(addr: u64, len: u64) -> bool {
     let in_doubleword = (1..=8).contains(&len) && (addr & 7) + len <= 8;
-    let block = len.is_power_of_two() && (8..=1 << 31).contains(&len) && addr % len == 0;
+    let block = len.is_power_of_two() && (8..=1 << 31).contains(&len) && addr.is_multiple_of(len);
     in_doubleword || block
 }
 
@@ -273,7 +277,10 @@ fn check_classify(model: &Model, index: u32, ec: u8, far: u64, pc: u64, event: D
         DebugEvent::Step => assert!(matches!(ec, 0x32 | 0x33) && model.stepping.contains(&index)),
         DebugEvent::Watchpoint { watch, accessed } => {
             assert!(matches!(ec, 0x34 | 0x35) && accessed == far);
-            assert!(model.watchpoints.contains(&watch) && near(&watch), "{watch:?} for an access at {far:#x}");
+            assert!(
+                model.watchpoints.contains(&watch) && near(&watch),
+                "{watch:?} for an access at {far:#x}"
+            );
         }
         DebugEvent::SwBreakpoint { addr } => assert!(ec == 0x3c && addr == pc && model.sw.contains_key(&pc)),
         DebugEvent::Guest => {
@@ -312,7 +319,11 @@ fn check_setup(pool: &DebugPool, model: &Model, index: u32) {
         }
     }
     let program = DebugProgram { setup, sw_breakpoints: pool.sw_addresses() };
-    assert_eq!(DebugProgram::from(&DebugProgramRecord::from(&program)), program, "the program crosses intact");
+    assert_eq!(
+        DebugProgram::from(&DebugProgramRecord::from(&program)),
+        program,
+        "the program crosses intact"
+    );
 }
 
 fuzz_target!(|input: Input| {

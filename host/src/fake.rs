@@ -282,20 +282,20 @@ impl BackendVcpu for FakeVcpu {
     }
 
     fn get_core(&mut self) -> Result<CoreRegs> {
-        Ok(self.core.clone())
+        Ok(self.core)
     }
 
     fn put_core(&mut self, regs: &CoreRegs, _: PutLevel) -> Result<()> {
-        self.core = regs.clone();
+        self.core = *regs;
         Ok(())
     }
 
     fn get_fp(&mut self) -> Result<FpRegs> {
-        Ok(self.fp.clone())
+        Ok(self.fp)
     }
 
     fn put_fp(&mut self, regs: &FpRegs, _: PutLevel) -> Result<()> {
-        self.fp = regs.clone();
+        self.fp = *regs;
         Ok(())
     }
 
