@@ -1,6 +1,7 @@
 //! `cargo xtask fuzz`: the cargo-fuzz targets in `fuzz/`, built with the nightly toolchain and
 //! run for a given number of runs each, with what each run did; and the short smoke run of every
-//! target that `cargo xtask test` makes, so that the targets keep building and running.
+//! target that `cargo xtask test` makes, so that the targets keep building and running, with
+//! rustfmt and clippy on the fuzz crate, which the workspace's lint step does not see.
 //!
 //! Nightly and cargo-fuzz are installed when missing (rustup, `cargo install --locked`). Each
 //! target's corpus grows in `fuzz/corpus/NAME`, starting from the seeds in `fuzz/seeds/NAME` if
@@ -74,7 +75,25 @@ pub fn provision() -> Result<()> {
         })?;
     if !toolchains.lines().any(|l| l.starts_with("nightly-")) {
         eprintln!("xtask: installing the nightly toolchain for cargo-fuzz");
-        cmd::run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        cmd::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "clippy",
+        ]))?;
+    }
+    let components = cmd::output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))?;
+    if !components.lines().any(|l| l.starts_with("clippy-")) {
+        cmd::run(Command::new("rustup").args(["component", "add", "clippy", "--toolchain", "nightly"]))?;
     }
     let have_fuzz = nightly_cargo().args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
     if !have_fuzz {
@@ -195,6 +214,20 @@ pub fn smoke(tally: &mut Tally) {
         tally.check("fuzz targets build (nightly, cargo-fuzz)", false, || e);
         return;
     }
+    // The fuzz crate is outside the workspace that the lint step checks.
+    let manifest = fuzz_dir().join("Cargo.toml");
+    let fmt = cmd::run(
+        Command::new("cargo").args(["fmt", "--manifest-path"]).arg(&manifest).args(["--", "--check"]),
+    );
+    tally.check("cargo fmt --check (fuzz crate)", fmt.is_ok(), || "see the output above".into());
+    let clippy =
+        cmd::run(nightly_cargo().args(["clippy", "--quiet", "--manifest-path"]).arg(&manifest).args([
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]));
+    tally.check("clippy (fuzz crate, nightly)", clippy.is_ok(), || "see the output above".into());
     for target in TARGETS {
         match run(target, SMOKE_RUNS) {
             Ok(o) => tally.check(
