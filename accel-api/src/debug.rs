@@ -453,11 +453,10 @@ impl DebugPool {
                 DebugEvent::Step
             }
             ec::WATCHPOINT_LOWER | ec::WATCHPOINT_CURRENT => {
-                match self
-                    .watchpoints
-                    .iter()
-                    .find(|w| w.covers(far) || (far & !7..(far & !7) + 8).contains(&w.addr))
-                {
+                // FAR is the address the access used, which may lie before the watched bytes
+                // within the doubleword they share. Comparing doublewords rather than forming the
+                // end of FAR's one keeps the top of the address space from overflowing.
+                match self.watchpoints.iter().find(|w| w.covers(far) || far & !7 == w.addr & !7) {
                     Some(w) => DebugEvent::Watchpoint { watch: *w, accessed: far },
                     None => DebugEvent::Guest,
                 }
@@ -624,6 +623,27 @@ mod tests {
         assert_eq!(pool.classify(0, esr(0x3c) | 7, 0, 0x4000_3000), DebugEvent::Guest, "the guest's own BRK");
         assert_eq!(pool.remove_all(), vec![(0x4000_2000, 0)]);
         assert_eq!(pool.counts(), (0, 0, 0));
+    }
+
+    #[test]
+    fn watchpoint_exits_at_the_top_of_the_address_space_are_matched() {
+        let mut pool = DebugPool::new(0, 2);
+        let top = Watchpoint { addr: 0xffff_ffff_ffff_fffc, len: 4, kind: WatchKind::WRITE };
+        pool.insert_watchpoint(top).unwrap();
+        let esr = 0x34 << 26 | 1 << 25;
+        let hit = pool.classify(0, esr, 0xffff_ffff_ffff_fff8, 0);
+        assert_eq!(
+            hit,
+            DebugEvent::Watchpoint { watch: top, accessed: 0xffff_ffff_ffff_fff8 },
+            "same doubleword"
+        );
+        assert_eq!(
+            pool.classify(0, esr, u64::MAX, 0),
+            DebugEvent::Watchpoint { watch: top, accessed: u64::MAX }
+        );
+        pool.remove_watchpoint(top).unwrap();
+        pool.insert_watchpoint(Watchpoint { addr: 0x1000, len: 8, kind: WatchKind::WRITE }).unwrap();
+        assert_eq!(pool.classify(0, esr, u64::MAX, 0), DebugEvent::Guest, "not ours");
     }
 
     #[test]

@@ -57,8 +57,22 @@ pub fn translate(
         return Err(fault(va, format!("walks through TTBR{} are disabled (TCR_EL1.EPD)", u8::from(upper))));
     }
     let input_bits = 64 - tsz as u32;
-    if !(16..=52).contains(&input_bits) {
-        return Err(fault(va, format!("TCR_EL1 gives an unsupported input size of {input_bits} bits")));
+    // The input sizes whose walk starts at a level the granule has: the 4K granule's levels 0 to
+    // 3 resolve VA bits up to 47 (52-bit regions need FEAT_LPA2's level -1, not walked here), the
+    // 16K and 64K granules' up to 51; a 64K region needs more than the 16 bits of its page offset.
+    let supported = match granule {
+        12 => 16..=48,
+        14 => 16..=52,
+        _ => 17..=52,
+    };
+    if !supported.contains(&input_bits) {
+        return Err(fault(
+            va,
+            format!(
+                "TCR_EL1 gives an input size of {input_bits} bits, which the {} KiB granule does not walk",
+                1 << (granule - 10)
+            ),
+        ));
     }
     // The address must lie in the region: top bits all zero (TTBR0) or all one (TTBR1).
     let top = va >> input_bits;
@@ -163,6 +177,24 @@ mod tests {
         let mem = Mem(m);
         let regs = TranslationRegs { sctlr: 1, tcr: tcr(0b00, 0b11), ttbr0: 0, ttbr1: l1 };
         assert_eq!(translate(va, &regs, |pa| mem.read(pa)), Ok(0x5555_2345));
+    }
+
+    #[test]
+    fn input_sizes_beyond_the_granules_levels_are_refused() {
+        let mem = Mem(HashMap::new());
+        // 4K with T0SZ = 12: a 52-bit region needs a level -1.
+        let regs = TranslationRegs { sctlr: 1, tcr: 12, ttbr0: 0x1000, ttbr1: 0 };
+        let e = translate(0x1000, &regs, |pa| mem.read(pa)).unwrap_err();
+        assert!(e.message.contains("input size of 52 bits, which the 4 KiB granule does not walk"), "{e}");
+        // 64K with T0SZ = 48: a 16-bit region is all page offset.
+        let regs = TranslationRegs { sctlr: 1, tcr: 48 | 0b01 << 14, ttbr0: 0x1000, ttbr1: 0 };
+        let e = translate(0x1000, &regs, |pa| mem.read(pa)).unwrap_err();
+        assert!(e.message.contains("input size of 16 bits, which the 64 KiB granule does not walk"), "{e}");
+        // 64K with T0SZ = 47 has one level, level 3.
+        let mut m = HashMap::new();
+        m.insert(0x1_0000, 0x5555_0000 | 3);
+        let regs = TranslationRegs { sctlr: 1, tcr: 47 | 0b01 << 14, ttbr0: 0x1_0000, ttbr1: 0 };
+        assert_eq!(translate(0x1234, &regs, |pa| Mem(m.clone()).read(pa)), Ok(0x5555_1234));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use crate::{
     error::{AccelError, ErrorKind, Result},
     events::{MpState, VcpuEvents},
     regs::{CoreReg, CoreRegs, FpRegs, PutLevel},
-    sve::SveRegs,
+    sve::{SveRegs, SVE_VQ_MAX},
     sysreg::{RegClass, RegId, RegValue},
     VcpuConfig, VcpuFeatures,
 };
@@ -179,6 +179,10 @@ impl VcpuSnapshot {
         let mut seen = Vec::new();
         for _ in 0..count {
             let tag: [u8; 4] = r.take(4, "section tag")?.try_into().unwrap_or_default();
+            // A second copy would silently replace (or, for FPSI after SVE, contradict) the first.
+            if seen.contains(&tag) {
+                return Err(corrupt(format!("section {:?} appears twice", String::from_utf8_lossy(&tag))));
+            }
             let len = r.u32("section length")? as usize;
             let mut s = Reader { bytes: r.take(len, "section payload")?, pos: 0 };
             match &tag {
@@ -201,10 +205,11 @@ impl VcpuSnapshot {
                 }
                 b"SVE " => {
                     let vq = s.u32("SVE vector length")?;
-                    let mut sve = SveRegs::zeroed(vq);
-                    if !sve.is_well_formed() {
+                    // Checked before the registers are allocated: their size follows from it.
+                    if !(1..=SVE_VQ_MAX).contains(&vq) {
                         return Err(corrupt(format!("SVE vector length of {vq} quadwords")));
                     }
+                    let mut sve = SveRegs::zeroed(vq);
                     let (zl, pl) = (sve.z.len(), sve.p.len());
                     sve.z.as_mut_slice().copy_from_slice(s.take(zl, "Z registers")?);
                     sve.p.as_mut_slice().copy_from_slice(s.take(pl, "P registers")?);
@@ -251,8 +256,17 @@ impl VcpuSnapshot {
             }
         }
         let has_sve = snap.features.contains(VcpuFeatures::SVE);
-        if has_sve != snap.sve.is_some() || (!has_sve && !seen.contains(b"FPSI")) {
+        if has_sve != snap.sve.is_some() || has_sve == seen.contains(b"FPSI") {
             return Err(corrupt("the FP/SVE sections do not match the vCPU's features"));
+        }
+        // Restore creates the vCPU at CONF's vector length and then writes the SVE registers:
+        // the two must agree, and without SVE there is no vector length.
+        let registers_vq = snap.sve.as_ref().map_or(0, |s| s.vq);
+        if snap.sve_vq != registers_vq {
+            return Err(corrupt(format!(
+                "CONF names an SVE vector length of {} quadwords, the SVE registers have {registers_vq}",
+                snap.sve_vq
+            )));
         }
         if r.pos != r.bytes.len() {
             return Err(corrupt(format!("{} bytes after the last section", r.bytes.len() - r.pos)));
@@ -343,6 +357,74 @@ mod tests {
             assert_eq!(&bytes[..8], MAGIC);
             assert_eq!(VcpuSnapshot::from_bytes(&bytes).as_ref(), Ok(&s), "sve: {sve}");
         }
+    }
+
+    /// A file of `sections` with a valid header and checksum.
+    fn file(count: u32, sections: &[u8]) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.extend(VERSION.to_le_bytes());
+        out.extend(count.to_le_bytes());
+        out.extend(sections);
+        let crc = crc32fast::hash(&out);
+        out.extend(crc.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn a_vector_length_out_of_range_is_refused_before_allocating() {
+        for vq in [0u32, SVE_VQ_MAX + 1, 0x1000_0000, u32::MAX] {
+            let mut section = b"SVE ".to_vec();
+            section.extend(4u32.to_le_bytes());
+            section.extend(vq.to_le_bytes());
+            let e = VcpuSnapshot::from_bytes(&file(1, &section)).unwrap_err();
+            assert_eq!(e.message, format!("corrupt vCPU snapshot: SVE vector length of {vq} quadwords"));
+        }
+    }
+
+    /// The sections of the encoding of `snapshot`, as (tag, payload).
+    fn sections(snapshot: &VcpuSnapshot) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let bytes = snapshot.to_bytes();
+        let mut out = Vec::new();
+        let mut at = 16;
+        while at < bytes.len() - 4 {
+            let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+            out.push((bytes[at..at + 4].to_vec(), bytes[at + 8..at + 8 + len].to_vec()));
+            at += 8 + len;
+        }
+        out
+    }
+
+    fn file_of(sections: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (tag, payload) in sections {
+            body.extend(tag);
+            body.extend((payload.len() as u32).to_le_bytes());
+            body.extend(payload);
+        }
+        file(sections.len() as u32, &body)
+    }
+
+    #[test]
+    fn sections_that_contradict_each_other_are_refused() {
+        let message = |s: &[(Vec<u8>, Vec<u8>)]| VcpuSnapshot::from_bytes(&file_of(s)).unwrap_err().message;
+        // CONF's vector length differs from the SVE registers'.
+        let mut s = sections(&sample(true));
+        s[0].1[12..16].copy_from_slice(&2u32.to_le_bytes());
+        assert!(message(&s).contains("CONF names an SVE vector length of 2 quadwords"), "{}", message(&s));
+        // A vector length without SVE.
+        let mut s = sections(&sample(false));
+        s[0].1[12..16].copy_from_slice(&4u32.to_le_bytes());
+        assert!(message(&s).contains("the SVE registers have 0"), "{}", message(&s));
+        // FPSI beside SVE, whose V registers would replace the low bits of Z.
+        let mut s = sections(&sample(true));
+        s.push(sections(&sample(false))[2].clone());
+        assert_eq!(&s[6].0, b"FPSI");
+        assert!(message(&s).contains("do not match the vCPU's features"), "{}", message(&s));
+        // A repeated section.
+        let mut s = sections(&sample(false));
+        s.push(s[3].clone());
+        assert!(message(&s).contains("section \"REGS\" appears twice"), "{}", message(&s));
+        assert_eq!(VcpuSnapshot::from_bytes(&file_of(&sections(&sample(true)))), Ok(sample(true)));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The accel host: finds and loads backend plugins, and runs guests on them with a small VMM.
 
 pub mod choose;
+#[doc(hidden)]
+pub mod fake;
 pub mod gdb;
 pub mod isolate;
 pub mod loader;

@@ -7,6 +7,8 @@
 //!   natively against the HVF plugin instead ([`macos`]).
 //! - `cargo xtask run [IMAGE]`: runs the host with the KVM plugin on the demo guest (or IMAGE),
 //!   natively on an arm64 Linux host with usable KVM, otherwise inside the nested VM.
+//! - `cargo xtask fuzz [--runs N] [--target NAME]`: the cargo-fuzz targets ([`fuzz`]); `test`
+//!   runs each of them briefly.
 
 mod boot_bench;
 mod checks;
@@ -14,6 +16,7 @@ mod cmd;
 mod compat;
 mod debian;
 mod fetch_debian;
+mod fuzz;
 mod gdb_e2e;
 mod guest_qemu;
 mod initramfs;
@@ -202,6 +205,9 @@ fn test(cpus: &[String]) -> Result<bool> {
 
     println!("xtask: host unit tests");
     unit_tests(&mut tally, &[])?;
+
+    println!("xtask: fuzz targets, {} runs each", fuzz::SMOKE_RUNS);
+    fuzz::smoke(&mut tally);
 
     println!("xtask: cross build for {CROSS_TARGET} and the demo guest");
     cross_build()?;
@@ -494,6 +500,16 @@ enum Cli {
         #[arg(last = true, required = true)]
         argv: Vec<String>,
     },
+    /// Builds the cargo-fuzz targets in fuzz/ (installing nightly and cargo-fuzz if missing) and
+    /// runs each for a number of runs, reporting runs, time and crashes per target.
+    Fuzz {
+        /// Runs per target.
+        #[arg(long, default_value_t = 100_000)]
+        runs: u64,
+        /// Only this target.
+        #[arg(long, value_name = "NAME")]
+        target: Option<String>,
+    },
     /// Fetches the Debian arm64 pieces (the 6.12 and 6.1 kernels with their System.map,
     /// busybox, QEMU and its libraries), writes the Linux guest's initramfs images, and prints
     /// their paths and sizes.
@@ -552,6 +568,7 @@ fn main() -> ExitCode {
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
             run_in_vm(&cpu, &[], &argv)
         }
+        Cli::Fuzz { runs, target } => fuzz::fuzz(runs, target.as_deref()).map(exit_code),
         Cli::FetchDebian => fetch_debian::fetch_debian().map(|()| 0),
     };
     match result {

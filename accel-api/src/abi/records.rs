@@ -392,10 +392,15 @@ impl From<ExitRecord> for VcpuExit {
         use exit_kind::*;
         let a = r.args;
         let small = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
-        let access = |with_data: bool| MmioAccess {
-            addr: a[0],
-            len: small(a[1]).min(8),
-            data: if with_data { a[2].to_le_bytes() } else { [0; 8] },
+        // Only the first `len` bytes of a write are data: the rest of the argument is not the
+        // access's, and an access that carried it would differ from the same access re-encoded.
+        let access = |with_data: bool| {
+            let len = small(a[1]).min(8);
+            let mut data = [0; 8];
+            if with_data {
+                data[..len as usize].copy_from_slice(&a[2].to_le_bytes()[..len as usize]);
+            }
+            MmioAccess { addr: a[0], len, data }
         };
         match r.kind {
             MMIO_READ => VcpuExit::MmioRead(access(false)),
@@ -568,6 +573,26 @@ mod tests {
         }
         let newer = ExitRecord { kind: 99, args: [5; 6], data: RVec::new() };
         assert_eq!(VcpuExit::from(newer), VcpuExit::Unknown { kind: 99, args: [5; 6] });
+    }
+
+    #[test]
+    fn an_mmio_write_keeps_only_its_len_bytes() {
+        let record = ExitRecord::new(exit_kind::MMIO_WRITE, &[0x900_0000, 2, 0x1122_3344], RVec::new());
+        let exit = VcpuExit::from(record);
+        assert_eq!(
+            exit,
+            VcpuExit::MmioWrite(MmioAccess {
+                addr: 0x900_0000,
+                len: 2,
+                data: [0x44, 0x33, 0, 0, 0, 0, 0, 0]
+            })
+        );
+        assert_eq!(VcpuExit::from(ExitRecord::from(exit.clone())), exit, "the same exit after a round trip");
+        let read = ExitRecord::new(exit_kind::MMIO_READ, &[0x900_0000, 4, 0xffff], RVec::new());
+        assert_eq!(
+            VcpuExit::from(read),
+            VcpuExit::MmioRead(MmioAccess { addr: 0x900_0000, len: 4, data: [0; 8] })
+        );
     }
 
     #[test]

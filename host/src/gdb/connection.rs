@@ -37,6 +37,13 @@ impl Conn {
         }
     }
 
+    /// Cancels a patch not yet applied.
+    pub fn cancel_patch(&self) {
+        if let Ok(mut p) = self.patch.lock() {
+            p.disarm();
+        }
+    }
+
     fn with<T>(
         &self,
         f: impl FnOnce(&mut Box<dyn Write + Send>) -> std::io::Result<T>,

@@ -75,7 +75,11 @@ impl Front {
         };
         let text = String::from_utf8_lossy(&body).into_owned();
         if !self.is_own(&text) {
-            self.observe(&text, machine);
+            // gdbstub refuses a packet whose checksum is wrong, so what it asks takes no effect
+            // here either: a damaged qSupported must not arm the patch for another reply.
+            if valid {
+                self.observe(&text, machine);
+            }
             return Ok(Route::Pass(raw));
         }
         if !self.no_ack {
@@ -98,7 +102,10 @@ impl Front {
 
     /// Notes what a packet bound for `gdbstub` changes for the session.
     fn observe(&mut self, text: &str, machine: &mut GdbTarget) {
-        if let Some(features) = text.strip_prefix("qSupported") {
+        // `qSupported` alone or with `:features`, as gdbstub parses it: any other text it refuses
+        // unanswered, and the patch would wait for the next reply, whatever it answers.
+        let features = text.strip_prefix("qSupported").filter(|f| f.is_empty() || f.starts_with(':'));
+        if let Some(features) = features {
             self.multiprocess = features.contains("multiprocess+");
             self.writer.patch_next_reply(";QNonStop+");
         } else if text == "QStartNoAckMode" {

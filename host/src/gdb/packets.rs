@@ -143,6 +143,14 @@ impl ReplyPatch {
         self.suffix = Some(suffix);
     }
 
+    /// Cancels the extension if no reply has started since [`ReplyPatch::arm`]; a reply under
+    /// way is finished as armed.
+    pub fn disarm(&mut self) {
+        if self.state.is_none() {
+            self.suffix = None;
+        }
+    }
+
     /// Takes outgoing bytes; returns what to send now.
     pub fn filter(&mut self, bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(bytes.len());
@@ -230,5 +238,13 @@ mod tests {
         out.extend(p.filter(b"b$OK#9a"));
         let want = [b"+".to_vec(), packet("PacketSize=1000;QNonStop+"), b"$OK#9a".to_vec()].concat();
         assert_eq!(out, want);
+        p.arm(";x");
+        p.disarm();
+        assert_eq!(p.filter(b"$OK#9a"), b"$OK#9a", "disarmed before any reply");
+        p.arm(";x");
+        let mut out = p.filter(b"$O");
+        p.disarm();
+        out.extend(p.filter(b"K#9a"));
+        assert_eq!(out, packet("OK;x"), "a reply under way is finished");
     }
 }

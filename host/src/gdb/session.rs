@@ -19,7 +19,7 @@ use gdbstub::{
 
 use super::{
     arch::target_xml,
-    connection::{accel_err, listen, Conn},
+    connection::{accel_err, Conn, Listener},
     front::{Front, Route},
     target::GdbTarget,
     vcpu_thread::{Event, Events, Stop, VcpuHandle},
@@ -37,8 +37,9 @@ enum Flow {
     Gone,
 }
 
-/// Serves gdb over `options` for the vCPUs behind `vcpus`, whose threads report on `events`,
-/// until the guest ends, a client kills it, or the user quits.
+/// Serves gdb as `options` say for the vCPUs behind `vcpus`, whose threads report on `events`,
+/// until the guest ends, a client kills it, or the user quits. `connect` starts what reports the
+/// connections and their bytes on `events` (see [`super::connection::listen`]) and returns what the session tells when a client is done.
 pub fn serve_session(
     options: &GdbOptions,
     vcpus: Vec<VcpuHandle>,
@@ -46,8 +47,9 @@ pub fn serve_session(
     ram: Arc<GuestRam>,
     events_tx: mpsc::Sender<Event>,
     events: mpsc::Receiver<Event>,
+    connect: impl FnOnce(mpsc::Sender<Event>) -> Result<Listener>,
 ) -> Result<Outcome> {
-    let mut machine = GdbTarget::new(vcpus, debug, ram, !options.wait);
+    let mut machine = GdbTarget::new(vcpus, debug, ram);
     machine.about = options.about.clone();
     let sve_vq = if machine.vcpus.first().is_some_and(|h| h.features.contains(VcpuFeatures::SVE)) {
         Some(machine.exec(0, |v| v.get_sve().map(|s| s.vq))?)
@@ -56,7 +58,12 @@ pub fn serve_session(
     };
     let sysregs = machine.exec(0, |v| v.get_regs(RegClass::SYS))?;
     machine.xml = Some(target_xml(sve_vq, &sysregs));
-    let listener = listen(options, events_tx)?;
+    // The target description is read from vCPU 0 while it is stopped; only then does the guest
+    // start, unless it waits for gdb.
+    if !options.wait {
+        machine.resume_stopped()?;
+    }
+    let listener = connect(events_tx)?;
     let mut events = Events { channel: events, deferred: VecDeque::new() };
     // Room for a whole `G` packet at the largest SVE vector length.
     let mut packet_buffer = vec![0u8; 0x10000];
@@ -188,7 +195,9 @@ fn run_protocol(
             GdbStubStateMachine::Idle(g) => match events.next() {
                 Some(Event::Data { conn: c, byte }) if c == conn => {
                     match front.data(byte, machine, events)? {
-                        Route::Pass(bytes) => feed(GdbStubStateMachine::Idle(g), machine, &bytes)?,
+                        Route::Pass(bytes) => {
+                            spent(feed(GdbStubStateMachine::Idle(g), machine, &bytes), &writer)?
+                        }
                         Route::Done => GdbStubStateMachine::Idle(g),
                     }
                 }
@@ -211,7 +220,9 @@ fn run_protocol(
             GdbStubStateMachine::Running(g) => match events.next() {
                 Some(Event::Data { conn: c, byte }) if c == conn => {
                     match front.data(byte, machine, events)? {
-                        Route::Pass(bytes) => feed(GdbStubStateMachine::Running(g), machine, &bytes)?,
+                        Route::Pass(bytes) => {
+                            spent(feed(GdbStubStateMachine::Running(g), machine, &bytes), &writer)?
+                        }
                         Route::Done => GdbStubStateMachine::Running(g),
                     }
                 }
@@ -259,6 +270,14 @@ fn run_protocol(
             },
         };
     }
+}
+
+/// Ends the reply patch a packet armed once `gdbstub` has had the packet: it either answered,
+/// and the patch went on that reply, or refused it unanswered, and the patch must not go on the
+/// next reply, which answers something else.
+fn spent<T>(fed: T, writer: &Conn) -> T {
+    writer.cancel_patch();
+    fed
 }
 
 /// Hands whole packets (or lone bytes) to `gdbstub`'s state machine, byte by byte.

@@ -109,9 +109,10 @@ fn core_sysreg(encoding: u16) -> Option<CoreSysreg> {
     [CoreSysreg::SpEl0, CoreSysreg::SpEl1, CoreSysreg::ElrEl1, CoreSysreg::SpsrEl1].get(at).copied()
 }
 
-/// The vCPU index of a gdb thread id (thread ids count from 1).
+/// The vCPU index of a gdb thread id (thread ids count from 1). A thread id beyond any index
+/// gdb can name (it parses up to `usize`) maps to `u32::MAX`, which no vCPU has.
 pub fn tid_index(tid: Tid) -> u32 {
-    tid.get() as u32 - 1
+    u32::try_from(tid.get() - 1).unwrap_or(u32::MAX)
 }
 
 /// The gdb thread id of vCPU `index`.
@@ -120,9 +121,9 @@ pub fn index_tid(index: u32) -> Tid {
 }
 
 impl GdbTarget {
-    /// The target over the vCPU threads behind `vcpus`, all running if `running`.
-    pub fn new(vcpus: Vec<VcpuHandle>, debug: Debug, ram: Arc<GuestRam>, running: bool) -> Self {
-        let running = vec![running; vcpus.len()];
+    /// The target over the vCPU threads behind `vcpus`, all stopped.
+    pub fn new(vcpus: Vec<VcpuHandle>, debug: Debug, ram: Arc<GuestRam>) -> Self {
+        let running = vec![false; vcpus.len()];
         let stepping = vec![false; vcpus.len()];
         Self {
             vcpus,
@@ -252,11 +253,17 @@ impl GdbTarget {
     }
 
     /// Resumes vCPU `index`, for one instruction if `step`.
+    /// A vCPU already running is left as it is: a second `Resume` would wait in its thread's queue
+    /// and run it again after its next stop, while the session took it for stopped and waited on
+    /// it forever (gdbstub resumes every thread for a `c` that arrives while the guest runs).
     pub(super) fn resume_thread(&mut self, index: u32, step: bool) -> Result<()> {
         let handle = self
             .vcpus
             .get(index as usize)
             .ok_or_else(|| AccelError::bad_state(format!("no vCPU {index}")))?;
+        if self.running[index as usize] {
+            return Ok(());
+        }
         self.debug.set_single_step(index, step)?;
         handle
             .commands

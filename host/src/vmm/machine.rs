@@ -173,6 +173,30 @@ impl Plan {
     pub fn is_linux(&self) -> bool {
         self.linux.is_some()
     }
+
+    /// Loads the payload into `ram` (this plan's RAM, at [`RAM_BASE`]) with the device tree of
+    /// `description`, whose initrd it sets for a Linux payload: the part of building that needs
+    /// no backend. Returns the device tree and where everything went.
+    pub fn load(&self, ram: &GuestRam, description: &mut MachineDescription) -> Result<(Vec<u8>, BootPlan)> {
+        match (&self.payload, &self.linux) {
+            (Payload::Linux { kernel, initrd }, Some(layout)) => {
+                description.chosen.initrd = layout.initrd.clone();
+                let dtb = fdt::build(description).map_err(|e| invalid(e.to_string()))?;
+                let boot =
+                    boot::load_linux(ram, layout, kernel, initrd.as_deref(), &dtb).map_err(boot_error)?;
+                Ok((dtb, boot))
+            }
+            (Payload::Image(bytes), _) => {
+                let loaded = image::load(ram, bytes)?;
+                let dtb = fdt::build(description).map_err(|e| invalid(e.to_string()))?;
+                let boot = boot::load_bare_metal(ram, &loaded, &dtb).map_err(boot_error)?;
+                Ok((dtb, boot))
+            }
+            (Payload::Linux { .. }, None) => {
+                Err(AccelError::bad_state("a Linux payload without a planned layout"))
+            }
+        }
+    }
 }
 
 fn boot_error(e: boot::BootError) -> AccelError {
@@ -267,9 +291,9 @@ impl Machine {
 
     /// Builds the machine of `plan` on `accel`; console output goes to `console`.
     pub fn build(accel: &Accelerator, plan: Plan, console: Box<dyn Write + Send>) -> Result<Self> {
-        let Plan { config, payload, linux, ipa_bits } = plan;
+        let config = &plan.config;
         let caps = accel.probe().caps;
-        let vm = accel.create_vm(&VmConfig { ipa_bits, ..VmConfig::default() })?;
+        let vm = accel.create_vm(&VmConfig { ipa_bits: plan.ipa_bits, ..VmConfig::default() })?;
         let ram = Arc::new(GuestRam::new(RAM_BASE, config.mem_size)?);
         // SAFETY: every vCPU thread holds a clone of `ram`, so the RAM outlives every vCPU that
         // can run; the VM itself never touches it after the vCPUs are gone.
@@ -277,7 +301,7 @@ impl Machine {
         let (gic, its) = create_gic(&vm, &caps)?;
         let mut vcpus = Vec::new();
         for index in 0..config.cpus {
-            vcpus.push(vm.create_vcpu(&VcpuConfig::new(index, vcpu_features(&config, index)))?);
+            vcpus.push(vm.create_vcpu(&VcpuConfig::new(index, vcpu_features(config, index)))?);
         }
         let mpidrs = vcpus.iter_mut().map(Vcpu::mpidr).collect::<Result<Vec<u64>>>()?;
         let (rng_seed, kaslr_seed) = seeds();
@@ -295,24 +319,7 @@ impl Machine {
                 kaslr_seed: Some(kaslr_seed),
             },
         };
-        let (dtb, boot) = match (&payload, &linux) {
-            (Payload::Linux { kernel, initrd }, Some(layout)) => {
-                description.chosen.initrd = layout.initrd.clone();
-                let dtb = fdt::build(&description).map_err(|e| invalid(e.to_string()))?;
-                let boot =
-                    boot::load_linux(&ram, layout, kernel, initrd.as_deref(), &dtb).map_err(boot_error)?;
-                (dtb, boot)
-            }
-            (Payload::Image(bytes), _) => {
-                let loaded = image::load(&ram, bytes)?;
-                let dtb = fdt::build(&description).map_err(|e| invalid(e.to_string()))?;
-                let boot = boot::load_bare_metal(&ram, &loaded, &dtb).map_err(boot_error)?;
-                (dtb, boot)
-            }
-            (Payload::Linux { .. }, None) => {
-                return Err(AccelError::bad_state("a Linux payload without a planned layout"))
-            }
-        };
+        let (dtb, boot) = plan.load(&ram, &mut description)?;
         log::info!(
             "loaded {:#x}..{:#x}, device tree at {:#x}, entry {:#x}",
             boot.kernel.start,
@@ -327,6 +334,6 @@ impl Machine {
         regs.pstate = boot.pstate;
         cpu0.put_core(&regs, PutLevel::RESET)?;
         let bus = Arc::new(Bus::new(console, Some(gic)));
-        Ok(Self { vm, ram, bus, vcpus, config, dtb, boot })
+        Ok(Self { vm, ram, bus, vcpus, config: plan.config, dtb, boot })
     }
 }
