@@ -203,7 +203,7 @@ pub fn jobs(release: &Release) -> Vec<Job> {
 }
 
 /// Checks the compatibility jobs of one VM boot.
-pub fn check(tally: &mut Tally, cpu: &str, run: &VmRun, release: &Release) {
+pub fn check(tally: &mut Tally, boot: &str, run: &VmRun, release: &Release) {
     let abi = release.abi;
     for (what_job, what) in [
         ("new-host-old-plugin", format!("today's suite against the ABI {abi} plugin: nothing fails")),
@@ -214,16 +214,16 @@ pub fn check(tally: &mut Tally, cpu: &str, run: &VmRun, release: &Release) {
         let summary = job.and_then(|j| summary_line(&j.output));
         let shown = |l: &&String| l.starts_with("NOT RUN") || l.starts_with("FAIL");
         for line in job.iter().flat_map(|j| &j.output).filter(shown) {
-            println!("xtask: [{cpu}] {name}: {line}");
+            println!("xtask: [{boot}] {name}: {line}");
         }
         tally.check(
-            &format!("[{cpu}] {what}"),
+            &format!("[{boot}] {what}"),
             job.is_some_and(|j| j.status == Some(0))
                 && summary.is_some_and(|(passed, failed)| passed > 0 && failed == 0),
             || format!("status {:?}, summary {summary:?}", job.map(|j| j.status)),
         );
         if let Some((passed, _)) = summary {
-            println!("xtask: [{cpu}] {name}: {passed} passed");
+            println!("xtask: [{boot}] {name}: {passed} passed");
         }
     }
     for (what_job, what) in [
@@ -232,7 +232,7 @@ pub fn check(tally: &mut Tally, cpu: &str, run: &VmRun, release: &Release) {
     ] {
         let job = run.job(&release.job(what_job));
         tally.check(
-            &format!("[{cpu}] {what}"),
+            &format!("[{boot}] {what}"),
             job.is_some_and(|j| j.status == Some(0) && j.output.iter().any(|l| l.contains(DEMO_LINE))),
             || format!("{:?}", job.map(|j| (&j.status, &j.output))),
         );
