@@ -221,6 +221,21 @@ fn yes_no(b: bool) -> &'static str {
     }
 }
 
+/// SVE lengths in a few words: `no SVE`, `SVE 128 to 2048 bits` for an unbroken run from 128,
+/// `SVE 128/256/512 bits` otherwise.
+fn sve_label(bits: &[u32]) -> String {
+    match bits {
+        [] => "no SVE".to_string(),
+        [first, .., last] if bits.iter().zip(1..).all(|(b, n)| *b == 128 * n) => {
+            format!("SVE {first} to {last} bits")
+        }
+        _ => {
+            let each: Vec<String> = bits.iter().map(u32::to_string).collect();
+            format!("SVE {} bits", each.join("/"))
+        }
+    }
+}
+
 /// The differences between what the probe table says and what `boot`'s model and kernel give.
 pub fn probe_mismatches(boot: &Boot, model: &ModelFacts, table: &[String]) -> Vec<String> {
     let kernel = KernelFacts::of(boot.kernel);
@@ -286,12 +301,7 @@ pub fn check(tally: &mut Tally, boot: &Boot, run: &VmRun, release: &str) {
     let table = run.job("host-probe").map(|j| j.output.clone()).unwrap_or_default();
     let wrong = probe_mismatches(boot, model, &table);
     let kernel = KernelFacts::of(boot.kernel);
-    let sve = if model.sve_bits.is_empty() {
-        "no SVE".to_string()
-    } else {
-        let bits: Vec<String> = model.sve_bits.iter().map(u32::to_string).collect();
-        format!("SVE {}", bits.join("/"))
-    };
+    let sve = sve_label(model.sve_bits);
     let summary = format!(
         "the probe gives the model's and kernel's facts ({sve}, pointer auth {}, EL1 32-bit {}, PMUv3 {}, \
          SError ESR {}, PSCI in the plugin {}, counter offset {})",
@@ -343,6 +353,13 @@ mod tests {
         }
         // Every model of the matrix has recorded facts.
         assert!(MATRIX_CPUS.iter().all(|c| MODELS.iter().any(|m| m.cpu == *c)));
+    }
+
+    #[test]
+    fn sve_labels() {
+        assert_eq!(sve_label(MODELS[0].sve_bits), "SVE 128 to 2048 bits");
+        assert_eq!(sve_label(MODELS[3].sve_bits), "SVE 128/256/512 bits");
+        assert_eq!(sve_label(&[]), "no SVE");
     }
 
     #[test]
