@@ -54,6 +54,7 @@ pub fn probe_json(plugin: &Plugin, path: &Path, info: &ProbeInfo) -> serde_json:
             "readonly_memory": c.readonly_memory,
             "system_suspend": c.system_suspend,
             "counter_offset": c.counter_offset,
+            "userspace_psci": c.userspace_psci,
             "gic_v3": c.gic_v3,
             "gic_its": c.gic_its,
             "cpu_target": c.cpu_target,
@@ -115,6 +116,7 @@ pub fn probe_table(plugin: &Plugin, path: &Path, info: &ProbeInfo) -> String {
     out.push(format!("read-only memory {}", yes(c.readonly_memory)));
     out.push(format!("system suspend   {}", yes(c.system_suspend)));
     out.push(format!("counter offset   {}", yes(c.counter_offset)));
+    out.push(format!("PSCI in plugin   {}", yes(c.userspace_psci)));
     out.push(format!("CPU target       {}", c.cpu_target));
     out.push(format!("DBGDIDR          {:#010x}", info.id.dbgdidr));
     let mut current = "";

@@ -184,6 +184,11 @@ pub fn ldr_z(t: Reg, n: Reg) -> u32 {
     0x8580_4000 | rn(n) | rd(t)
 }
 
+/// `RDVL Xd, #imm6`: Xd = the current SVE vector length in bytes times `imm6` (-32..=31).
+pub fn rdvl(d: Reg, imm6: i32) -> u32 {
+    0x04bf_5000 | ((imm6 as u32) & 0x3f) << 5 | rd(d)
+}
+
 /// `MSR DAIFClr, #imm4`: unmasks D (8), A (4), I (2), F (1).
 pub fn msr_daifclr(imm4: u32) -> u32 {
     0xd503_40ff | (imm4 & 15) << 8
@@ -214,14 +219,14 @@ pub fn fadd_d(d: Reg, n: Reg, m: Reg) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use accel_api::sysreg::{CPACR_EL1, ELR_EL1, ESR_EL1, FAR_EL1, VBAR_EL1};
+    use accel_api::sysreg::{CPACR_EL1, ELR_EL1, ESR_EL1, FAR_EL1, VBAR_EL1, ZCR_EL1};
 
     use super::*;
 
     // Every expected word below is what GNU as 2.40 assembles for the instruction named.
     #[test]
     fn encodings_match_binutils() {
-        let cases: [(u32, u32, &str); 46] = [
+        let cases: [(u32, u32, &str); 48] = [
             (cmp_imm(0, 1), 0xf100041f, "cmp x0, #0x1"),
             (cmp(1, 2), 0xeb02003f, "cmp x1, x2"),
             (cmp(26, 25), 0xeb19035f, "cmp x26, x25"),
@@ -242,6 +247,8 @@ mod tests {
             (msr(ICC_IGRPEN1_EL1, 19), 0xd518ccf3, "msr icc_igrpen1_el1, x19"),
             (str(Size::W, 31, 21, 0x14), 0xb90016bf, "str wzr, [x21, #20]"),
             (ldr_z(1, 9), 0x85804121, "ldr z1, [x9]"),
+            (rdvl(0, 1), 0x04bf5020, "rdvl x0, #1"),
+            (msr(ZCR_EL1, 1), 0xd5181201, "msr zcr_el1, x1"),
             (movz(0, 0x1234, 0), 0xd2824680, "mov x0, #0x1234"),
             (movz(3, 0xbeef, 1), 0xd2b7dde3, "mov x3, #0xbeef0000"),
             (movk(1, 0xcafe, 3), 0xf2f95fc1, "movk x1, #0xcafe, lsl #48"),

@@ -86,14 +86,14 @@ pub fn run(cpus: &[String], rounds: u32) -> Result<bool> {
 }
 
 /// Shows the benchmark's table and checks that every boot reached the init.
-pub fn check(tally: &mut Tally, cpu: &str, run: &VmRun) {
+pub fn check(tally: &mut Tally, boot: &str, run: &VmRun) {
     let job = run.job(JOB);
     for line in job.iter().flat_map(|j| &j.output) {
-        println!("xtask: [{cpu}] {JOB}| {line}");
+        println!("xtask: [{boot}] {JOB}| {line}");
     }
     let ratios = job.map_or(0, |j| j.output.iter().filter(|l| l.starts_with("boot-ratio ")).count());
     tally.check(
-        &format!("[{cpu}] Linux boots to its init on accel-host and on QEMU, with 1 and 2 vCPUs"),
+        &format!("[{boot}] Linux boots to its init on accel-host and on QEMU, with 1 and 2 vCPUs"),
         job.is_some_and(|j| j.status == Some(0)) && ratios == 2,
         || format!("status {:?}, {ratios} ratio lines", job.and_then(|j| j.status)),
     );

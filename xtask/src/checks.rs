@@ -7,8 +7,10 @@ use crate::{
     DEMO_LINE,
 };
 
-pub fn check_vm(tally: &mut Tally, cpu: &str, run: &VmRun) {
-    let tag = |what: &str| format!("[{cpu}] {what}");
+/// Checks the jobs of one boot, named `boot` (such as `6.1/a64fx`) in the tally; returns the
+/// conformance suite's summary line, or why there is none.
+pub fn check_vm(tally: &mut Tally, boot: &str, run: &VmRun) -> String {
+    let tag = |what: &str| format!("[{boot}] {what}");
     tally.check(&tag("vm boot"), run.all_done && run.qemu_status == Some(0), || {
         format!(
             "the VM did not finish its jobs (all-done: {}, QEMU status {:?})",
@@ -16,44 +18,54 @@ pub fn check_vm(tally: &mut Tally, cpu: &str, run: &VmRun) {
         )
     });
 
-    match run.job("conformance") {
+    let summary = match run.job("conformance") {
         Some(job) => match summary_line(&job.output) {
             Some((passed, failed)) => {
-                println!("xtask: [{cpu}] conformance on real KVM: {passed} passed, {failed} failed");
+                let not_run = job.output.iter().filter(|l| l.starts_with("NOT RUN")).count();
+                let line = format!("{passed} passed, {failed} failed, {not_run} not run");
+                println!("xtask: [{boot}] conformance on real KVM: {line}");
                 tally.passed += passed;
                 tally.failed += failed;
                 let reported = ["FAIL", "AGAIN", "NOT RUN"];
                 for line in job.output.iter().filter(|l| reported.iter().any(|r| l.starts_with(r))) {
-                    tally.failures.push(format!("[{cpu}] {line}"));
+                    tally.failures.push(format!("[{boot}] {line}"));
                 }
                 tally.check(
                     &tag("KVM conformance suite ran completely"),
                     job.status == Some(0) && passed > 0,
                     || format!("the runner exited with {:?} (cases failed or were not run)", job.status),
                 );
+                line
             }
-            None => tally
-                .check(&tag("KVM conformance suite ran"), false, || "no summary line in its output".into()),
+            None => {
+                tally.check(&tag("KVM conformance suite ran"), false, || {
+                    "no summary line in its output".into()
+                });
+                "no summary line".to_string()
+            }
         },
-        None => tally.check(&tag("KVM conformance suite ran"), false, || "the job did not run".into()),
-    }
+        None => {
+            tally.check(&tag("KVM conformance suite ran"), false, || "the job did not run".into());
+            "the job did not run".to_string()
+        }
+    };
 
     let output_of = |name: &str| run.job(name).map(|j| (j.status, j.output.clone()));
     // Figures, not a verdict: a benchmark that does not finish is reported, not counted.
     match run.job("bench") {
         Some(bench) if bench.status == Some(0) => {
             println!(
-                "xtask: [{cpu}] figures from accel-bench (nested VM under TCG: compare ratios, not times):"
+                "xtask: [{boot}] figures from accel-bench (nested VM under TCG: compare ratios, not times):"
             );
             for line in &bench.output {
                 println!("  {line}");
             }
         }
         Some(bench) => println!(
-            "xtask: [{cpu}] accel-bench did not complete (status {:?}); its output: {:?}",
+            "xtask: [{boot}] accel-bench did not complete (status {:?}); its output: {:?}",
             bench.status, bench.output
         ),
-        None => println!("xtask: [{cpu}] accel-bench did not run"),
+        None => println!("xtask: [{boot}] accel-bench did not run"),
     }
     let (status, out) = output_of("host-probe").unwrap_or_default();
     tally.check(
@@ -114,24 +126,25 @@ pub fn check_vm(tally: &mut Tally, cpu: &str, run: &VmRun) {
             && out[0].contains("not a loadable shared library"),
         || format!("status {status:?}, output {out:?}"),
     );
-    check_example(tally, cpu, run);
+    check_example(tally, boot, run);
+    summary
 }
 
 /// The example plugin: today's suite against it, on real KVM.
-fn check_example(tally: &mut Tally, cpu: &str, run: &VmRun) {
+fn check_example(tally: &mut Tally, boot: &str, run: &VmRun) {
     let job = run.job("example-plugin");
     let summary = job.and_then(|j| summary_line(&j.output));
     let not_run = job.map_or(0, |j| j.output.iter().filter(|l| l.starts_with("NOT RUN")).count());
     for line in job.iter().flat_map(|j| &j.output).filter(|l| l.starts_with("FAIL")) {
-        println!("xtask: [{cpu}] example plugin: {line}");
+        println!("xtask: [{boot}] example plugin: {line}");
     }
     tally.check(
-        &format!("[{cpu}] the example plugin runs the conformance cases that apply to it; nothing fails"),
+        &format!("[{boot}] the example plugin runs the conformance cases that apply to it; nothing fails"),
         job.is_some_and(|j| j.status == Some(0))
             && summary.is_some_and(|(passed, failed)| passed > 0 && failed == 0),
         || format!("summary {summary:?}, status {:?}", job.map(|j| j.status)),
     );
     if let Some((passed, _)) = summary {
-        println!("xtask: [{cpu}] example plugin: {passed} passed, {not_run} not run (extensions it does not offer)");
+        println!("xtask: [{boot}] example plugin: {passed} passed, {not_run} not run (extensions it does not offer)");
     }
 }

@@ -230,7 +230,7 @@ fn failed_case(line: &str) -> Option<&str> {
 }
 
 /// Checks the compatibility jobs of one VM boot.
-pub fn check(tally: &mut Tally, cpu: &str, run: &VmRun, release: &Release) {
+pub fn check(tally: &mut Tally, boot: &str, run: &VmRun, release: &Release) {
     let abi = release.abi;
     for (what_job, what, may_fail) in [
         (
@@ -255,8 +255,8 @@ pub fn check(tally: &mut Tally, cpu: &str, run: &VmRun, release: &Release) {
                 may_fail.iter().find(|(c, _)| *c == case).map(|(_, defect)| defect)
             });
             match defect {
-                Some(defect) => println!("xtask: [{cpu}] {name}: {line} (a defect of that build: {defect})"),
-                None => println!("xtask: [{cpu}] {name}: {line}"),
+                Some(defect) => println!("xtask: [{boot}] {name}: {line} (a defect of that build: {defect})"),
+                None => println!("xtask: [{boot}] {name}: {line}"),
             }
         }
         let unexpected: Vec<&str> =
@@ -265,14 +265,14 @@ pub fn check(tally: &mut Tally, cpu: &str, run: &VmRun, release: &Release) {
         let status_ok =
             job.is_some_and(|j| j.status == Some(0) || (j.status == Some(1) && !failed.is_empty()));
         tally.check(
-            &format!("[{cpu}] {what}"),
+            &format!("[{boot}] {what}"),
             status_ok
                 && unexpected.is_empty()
                 && summary.is_some_and(|(passed, n)| passed > 0 && n == failed.len()),
             || format!("status {:?}, summary {summary:?}, failed {unexpected:?}", job.map(|j| j.status)),
         );
         if let Some((passed, _)) = summary {
-            println!("xtask: [{cpu}] {name}: {passed} passed");
+            println!("xtask: [{boot}] {name}: {passed} passed");
         }
     }
     for (what_job, what) in [
@@ -281,7 +281,7 @@ pub fn check(tally: &mut Tally, cpu: &str, run: &VmRun, release: &Release) {
     ] {
         let job = run.job(&release.job(what_job));
         tally.check(
-            &format!("[{cpu}] {what}"),
+            &format!("[{boot}] {what}"),
             job.is_some_and(|j| j.status == Some(0) && j.output.iter().any(|l| l.contains(DEMO_LINE))),
             || format!("{:?}", job.map(|j| (&j.status, &j.output))),
         );

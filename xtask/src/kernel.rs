@@ -41,6 +41,18 @@ impl KernelVersion {
     }
 }
 
+impl std::str::FromStr for KernelVersion {
+    type Err = String;
+
+    /// `6.1` or `6.12`, as `--kernel` takes them.
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|v| v.to_string() == s).ok_or_else(|| {
+            let known: Vec<String> = Self::ALL.iter().map(ToString::to_string).collect();
+            format!("unknown kernel series {s:?}; known: {}", known.join(", "))
+        })
+    }
+}
+
 impl fmt::Display for KernelVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -176,5 +188,13 @@ mod tests {
         assert!(!"linux-image-6.12.117+deb12-arm64".starts_with(KernelVersion::V6_1.package_prefix()));
         assert!("linux-image-6.12.117+deb12-arm64".starts_with(KernelVersion::V6_12.package_prefix()));
         assert_eq!(KernelVersion::default(), KernelVersion::V6_12);
+    }
+
+    #[test]
+    fn series_parse_as_they_print() {
+        for version in KernelVersion::ALL {
+            assert_eq!(version.to_string().parse::<KernelVersion>(), Ok(version));
+        }
+        assert!("6.2".parse::<KernelVersion>().is_err());
     }
 }

@@ -107,8 +107,8 @@ fn timer_total(marker: &str) -> Option<u64> {
     Some(words.map_while(|w| w.parse::<u64>().ok()).sum())
 }
 
-fn check_linux(tally: &mut Tally, cpu: &str, run: &VmRun, name: &str, cpus: u32, end: &str) {
-    let tag = |what: &str| format!("[{cpu}] Linux, {cpus} vCPU(s): {what}");
+fn check_linux(tally: &mut Tally, boot: &str, run: &VmRun, name: &str, cpus: u32, end: &str) {
+    let tag = |what: &str| format!("[{boot}] Linux, {cpus} vCPU(s): {what}");
     let Some(job) = run.job(name) else {
         tally.check(&tag("the job ran"), false, || "it did not run".into());
         return;
@@ -139,7 +139,7 @@ fn check_linux(tally: &mut Tally, cpu: &str, run: &VmRun, name: &str, cpus: u32,
         || format!("status {:?}, markers {m:?}", job.status),
     );
     if let Some(stats) = job.output.iter().find(|l| l.contains("accel-host: exits:")) {
-        println!("xtask: [{cpu}] Linux boot, {cpus} vCPU(s): {}", stats.trim_start_matches("accel-host: "));
+        println!("xtask: [{boot}] Linux boot, {cpus} vCPU(s): {}", stats.trim_start_matches("accel-host: "));
     }
 }
 
@@ -158,10 +158,10 @@ fn unhex(job: &JobResult) -> Vec<u8> {
         .collect()
 }
 
-fn check_dtb(tally: &mut Tally, cpu: &str, run: &VmRun, work: &Path) -> Result<()> {
+fn check_dtb(tally: &mut Tally, boot: &str, file_stem: &str, run: &VmRun, work: &Path) -> Result<()> {
     let dumped = run.job("linux-dump-dtb").is_some_and(|j| j.status == Some(0));
     let dtb = run.job("linux-dtb-hex").map(unhex).unwrap_or_default();
-    let file = work.join(format!("virt-{cpu}.dtb"));
+    let file = work.join(format!("virt-{file_stem}.dtb"));
     std::fs::write(&file, &dtb).map_err(|e| Error(format!("writing {}: {e}", file.display())))?;
     let dts = Command::new("dtc").args(["-I", "dtb", "-O", "dts"]).arg(&file).output();
     let (ok, text) = match dts {
@@ -170,7 +170,7 @@ fn check_dtb(tally: &mut Tally, cpu: &str, run: &VmRun, work: &Path) -> Result<(
     };
     let has = |s: &str| text.contains(s);
     tally.check(
-        &format!("[{cpu}] --dump-dtb writes a device tree dtc reads, with the virt nodes"),
+        &format!("[{boot}] --dump-dtb writes a device tree dtc reads, with the virt nodes"),
         dumped
             && ok
             && has("compatible = \"arm,gic-v3\"")
@@ -186,15 +186,17 @@ fn check_dtb(tally: &mut Tally, cpu: &str, run: &VmRun, work: &Path) -> Result<(
     Ok(())
 }
 
-/// Checks the jobs of one VM boot.
-pub fn check(tally: &mut Tally, cpu: &str, run: &VmRun, work: &Path) -> Result<()> {
-    check_linux(tally, cpu, run, "linux-1cpu", 1, "poweroff");
-    check_linux(tally, cpu, run, "linux-2cpus-reboot", 2, "reboot");
-    check_dtb(tally, cpu, run, work)?;
+/// Checks the jobs of one VM boot, named `boot` in the tally and `file_stem` in file names.
+pub fn check(tally: &mut Tally, boot: &str, file_stem: &str, run: &VmRun, work: &Path) -> Result<()> {
+    check_linux(tally, boot, run, "linux-1cpu", 1, "poweroff");
+    check_linux(tally, boot, run, "linux-2cpus-reboot", 2, "reboot");
+    check_dtb(tally, boot, file_stem, run, work)?;
     let bare = run.job("bare-metal-dtb");
     let out = bare.map(|j| j.output.join("\n")).unwrap_or_default();
     tally.check(
-        &format!("[{cpu}] a bare-metal image finds its memory, CPUs and bootargs in the device tree from x0"),
+        &format!(
+            "[{boot}] a bare-metal image finds its memory, CPUs and bootargs in the device tree from x0"
+        ),
         bare.is_some_and(|j| j.status == Some(0))
             && out.contains("dtbinfo: memory total MiB 96")
             && out.contains("dtbinfo: cpus 3")
@@ -208,7 +210,7 @@ pub fn check(tally: &mut Tally, cpu: &str, run: &VmRun, work: &Path) -> Result<(
         let error_lines: Vec<&&String> =
             lines.iter().filter(|l| l.starts_with("accel-host: error:") || l.starts_with("error:")).collect();
         tally.check(
-            &format!("[{cpu}] bad input refused in one line: {name}"),
+            &format!("[{boot}] bad input refused in one line: {name}"),
             job.is_some_and(|j| j.status == Some(1))
                 && error_lines.len() == 1
                 && error_lines[0].contains(phrase),

@@ -1,8 +1,9 @@
 //! `cargo xtask`: builds, provisions and tests accel.
 //!
-//! - `cargo xtask test [--cpu MODEL]...`: host unit tests, cross build for aarch64, then the
-//!   conformance suite and the host end-to-end checks on real KVM inside a nested arm64 VM (one
-//!   boot per CPU model). Ends with `N passed, N failed`; fails if the KVM suite did not run.
+//! - `cargo xtask test [--matrix] [--kernel VERSION]... [--cpu MODEL]...`: host unit tests, cross
+//!   build for aarch64, then the conformance suite and the host end-to-end checks on real KVM
+//!   inside a nested arm64 VM, one boot per kernel and CPU model ([`matrix`]). Ends with
+//!   `N passed, N failed`; fails if the KVM suite did not run.
 //!   On macOS on Apple silicon it runs the lints, the unit tests and the conformance suite
 //!   natively against the HVF plugin instead ([`macos`]).
 //! - `cargo xtask run [IMAGE]`: runs the host with the KVM plugin on the demo guest (or IMAGE),
@@ -24,6 +25,7 @@ mod kernel;
 mod linux_e2e;
 mod linux_guest;
 mod macos;
+mod matrix;
 mod provision;
 mod report;
 mod shlibs;
@@ -37,6 +39,8 @@ use std::{
 };
 
 use gdb_e2e::gdb_end_to_end;
+use kernel::KernelVersion;
+use matrix::Boot;
 use report::{libtest_counts, Tally};
 use vm::{Job, VmFile};
 
@@ -51,9 +55,8 @@ pub(crate) const CROSS_TARGET: &str = "aarch64-unknown-linux-gnu";
 pub(crate) const GUEST_TARGET: &str = "aarch64-unknown-none";
 /// The HVF backend's target: type-checked and linted here, never linked or run.
 const MAC_TARGET: &str = "aarch64-apple-darwin";
-/// The CPU models `cargo xtask test` boots by default: the newest (VHE, SVE, pointer auth) and a
-/// Cortex-A72 (nVHE, no SVE, no pointer auth).
-const DEFAULT_CPUS: &[&str] = &["max", "cortex-a72"];
+/// The test VM's job that prints the nested VM's kernel log.
+pub(crate) const KERNEL_LOG_JOB: &str = "kernel-log";
 pub(crate) const VM_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 pub(crate) const DEMO_LINE: &str = "Hello from an accel guest";
 
@@ -195,7 +198,26 @@ pub(crate) fn lint(tally: &mut Tally) {
     );
 }
 
-fn test(cpus: &[String]) -> Result<bool> {
+/// The kernel of each series among `boots`, fetched once each, with its release. `ACCEL_KERNEL`
+/// names one image, which cannot stand for two series.
+fn kernels_for(boots: &[Boot]) -> Result<Vec<(KernelVersion, kernel::Kernel)>> {
+    let mut kernels: Vec<(KernelVersion, kernel::Kernel)> = Vec::new();
+    for boot in boots {
+        if !kernels.iter().any(|(v, _)| *v == boot.kernel) {
+            kernels.push((boot.kernel, kernel::kernel(boot.kernel)?));
+        }
+    }
+    if kernels.len() > 1 && std::env::var_os("ACCEL_KERNEL").is_some() {
+        return Err(Error(
+            "ACCEL_KERNEL names one kernel image, but the boots asked for need several kernel series; \
+             pick one with --kernel, or unset ACCEL_KERNEL"
+                .into(),
+        ));
+    }
+    Ok(kernels)
+}
+
+fn test(boots: &[Boot]) -> Result<bool> {
     let start = Instant::now();
     provision::host_tools()?;
     provision::rust_targets()?;
@@ -215,11 +237,14 @@ fn test(cpus: &[String]) -> Result<bool> {
         compat::build(release)?;
         compat::check_old_decoding(&mut tally, release)?;
     }
+    let kernels = kernels_for(boots)?;
+    // The Linux that accel-host boots in every VM (the nested guest), whatever the VM's own.
     let kernel = provision::kernel()?;
     let work = vm::work_dir(&root());
     std::fs::create_dir_all(&work).map_err(|e| Error(format!("creating {}: {e}", work.display())))?;
     let initrd = work.join("test-initrd.cpio");
     let mut jobs = vec![
+        job(KERNEL_LOG_JOB, &["@kmsg"]),
         job(
             "conformance",
             &["/bin/accel-conformance", "--plugin", "/lib/accel/libaccel_kvm.so", "--fixtures", "/lib/accel"],
@@ -260,19 +285,40 @@ fn test(cpus: &[String]) -> Result<bool> {
         &[("ACCEL_PLUGIN_PATH", "/lib/accel")],
         &jobs,
     )?;
-    for cpu in cpus {
-        println!("xtask: booting the nested arm64 VM (-cpu {cpu})");
-        let run = vm::boot(&kernel, &initrd, cpu, VM_TIMEOUT, &[], &|line| println!("  vm[{cpu}]| {line}"))?;
-        println!("xtask: [{cpu}] VM finished in {:.1} s", run.elapsed.as_secs_f64());
-        checks::check_vm(&mut tally, cpu, &run);
+    let mut recap = Vec::new();
+    for boot in boots {
+        let (_, l1) = kernels
+            .iter()
+            .find(|(v, _)| *v == boot.kernel)
+            .ok_or_else(|| Error(format!("no kernel {} was fetched", boot.kernel)))?;
+        println!(
+            "xtask: booting the nested arm64 VM [{boot}]: kernel {} ({}), -cpu {}",
+            l1.release,
+            l1.package().unwrap_or_else(|| "ACCEL_KERNEL".into()),
+            boot.cpu
+        );
+        let run = vm::boot(&l1.image, &initrd, &boot.cpu, VM_TIMEOUT, &[], &|line| {
+            println!("  vm[{boot}]| {line}")
+        })?;
+        println!("xtask: [{boot}] VM finished in {:.1} s", run.elapsed.as_secs_f64());
+        let tag = boot.to_string();
+        matrix::check(&mut tally, boot, &run, &l1.release);
+        recap.push(format!(
+            "[{boot}] conformance on real KVM: {} (VM {:.0} s)",
+            checks::check_vm(&mut tally, &tag, &run),
+            run.elapsed.as_secs_f64()
+        ));
         for release in compat::RELEASES {
-            compat::check(&mut tally, cpu, &run, release);
+            compat::check(&mut tally, &tag, &run, release);
         }
-        linux_e2e::check(&mut tally, cpu, &run, &work)?;
-        boot_bench::check(&mut tally, cpu, &run);
+        linux_e2e::check(&mut tally, &tag, &boot.file_stem(), &run, &work)?;
+        boot_bench::check(&mut tally, &tag, &run);
     }
     gdb_end_to_end(&mut tally, &kernel)?;
     println!("xtask: total time {:.1} s", start.elapsed().as_secs_f64());
+    for line in &recap {
+        println!("xtask: {line}");
+    }
     if !tally.failures.is_empty() {
         println!("xtask: failures:");
         for f in &tally.failures {
@@ -332,7 +378,7 @@ fn run(image: Option<PathBuf>) -> Result<i32> {
         println!("xtask: KVM is not usable natively here; using the nested VM");
     }
     run_in_vm(
-        "max",
+        &Boot::new(KernelVersion::default(), "max"),
         &[("/guests/image", image.as_path())],
         &["/bin/accel-host", "run", "--accel", "kvm", "/guests/image"],
     )
@@ -409,13 +455,14 @@ pub(crate) fn cross_build_guest() -> Result<()> {
     )
 }
 
-/// Boots the nested VM (CPU model `cpu`) with the usual files and `extra` host files, runs one
-/// command line in it with the console on this terminal, and returns its exit status.
-fn run_in_vm(cpu: &str, extra: &[(&str, &Path)], argv: &[&str]) -> Result<i32> {
+/// Boots the nested VM (`boot`'s kernel and CPU model) with the usual files and `extra` host
+/// files, runs one command line in it with the console on this terminal, and returns its exit
+/// status.
+fn run_in_vm(boot: &Boot, extra: &[(&str, &Path)], argv: &[&str]) -> Result<i32> {
     provision::host_tools()?;
     provision::rust_targets()?;
     cross_build()?;
-    let kernel = provision::kernel()?;
+    let kernel = kernel::kernel(boot.kernel)?.image;
     let work = vm::work_dir(&root());
     std::fs::create_dir_all(&work).map_err(|e| Error(format!("creating {}: {e}", work.display())))?;
     let initrd = work.join("command-initrd.cpio");
@@ -430,8 +477,8 @@ fn run_in_vm(cpu: &str, extra: &[(&str, &Path)], argv: &[&str]) -> Result<i32> {
         env.push(("RUST_LOG", log));
     }
     vm::initramfs(&initrd, &cross_out("accel-vm-init"), files, &env, &[job("command", argv)])?;
-    println!("xtask: booting the nested arm64 VM (-cpu {cpu}); its console follows");
-    let result = vm::boot(&kernel, &initrd, cpu, VM_TIMEOUT, &[], &|line| {
+    println!("xtask: booting the nested arm64 VM [{boot}]; its console follows");
+    let result = vm::boot(&kernel, &initrd, &boot.cpu, VM_TIMEOUT, &[], &|line| {
         if !line.starts_with("@@accel") {
             println!("{line}");
         }
@@ -446,9 +493,19 @@ fn run_in_vm(cpu: &str, extra: &[(&str, &Path)], argv: &[&str]) -> Result<i32> {
 #[command(name = "cargo xtask", about = "Build, provision and test accel")]
 enum Cli {
     /// Lints, unit tests, and the conformance suite and end-to-end checks on real KVM in the
-    /// nested VM, once per CPU model.
+    /// nested VM, once per kernel and CPU model. With no selection: 6.12 on max and on
+    /// cortex-a72, and 6.1 on a64fx.
     Test {
-        /// A QEMU CPU model to boot (repeatable); default: max and cortex-a72.
+        /// Every kernel on every CPU model of the matrix (max, cortex-a72, neoverse-n1, a64fx);
+        /// --kernel and --cpu narrow it.
+        #[arg(long)]
+        matrix: bool,
+        /// The nested VM's kernel series, 6.12 or 6.1 (repeatable); default: 6.12 when --cpu is
+        /// given.
+        #[arg(long = "kernel", value_name = "VERSION")]
+        kernels: Vec<KernelVersion>,
+        /// A QEMU CPU model to boot (repeatable); default: max and cortex-a72 when --kernel is
+        /// given.
         #[arg(long = "cpu", value_name = "MODEL")]
         cpus: Vec<String>,
     },
@@ -481,12 +538,19 @@ enum Cli {
         #[arg(long = "cpu", value_name = "MODEL")]
         cpus: Vec<String>,
     },
-    /// The conformance suite many times in one VM boot per CPU model, failures counted per case.
+    /// The conformance suite many times in one VM boot per kernel and CPU model, failures
+    /// counted per case. The boots are chosen as `test` chooses them.
     Soak {
-        /// Rounds of the whole suite per CPU model.
+        /// Rounds of the whole suite per boot.
         #[arg(long, default_value_t = 100)]
         rounds: u32,
-        /// A QEMU CPU model (repeatable); default: max and cortex-a72.
+        /// Every kernel on every CPU model of the matrix.
+        #[arg(long)]
+        matrix: bool,
+        /// The nested VM's kernel series, 6.12 or 6.1 (repeatable).
+        #[arg(long = "kernel", value_name = "VERSION")]
+        kernels: Vec<KernelVersion>,
+        /// A QEMU CPU model (repeatable).
         #[arg(long = "cpu", value_name = "MODEL")]
         cpus: Vec<String>,
     },
@@ -496,6 +560,9 @@ enum Cli {
         /// The QEMU CPU model.
         #[arg(long, default_value = "max")]
         cpu: String,
+        /// The nested VM's kernel series, 6.12 or 6.1.
+        #[arg(long, value_name = "VERSION", default_value_t = KernelVersion::default())]
+        kernel: KernelVersion,
         /// The program and its arguments.
         #[arg(last = true, required = true)]
         argv: Vec<String>,
@@ -516,14 +583,6 @@ enum Cli {
     FetchDebian,
 }
 
-fn cpus_or_default(cpus: Vec<String>) -> Vec<String> {
-    if cpus.is_empty() {
-        DEFAULT_CPUS.iter().map(|s| s.to_string()).collect()
-    } else {
-        cpus
-    }
-}
-
 fn exit_code(ok: bool) -> i32 {
     if ok {
         0
@@ -536,13 +595,15 @@ fn main() -> ExitCode {
     let cli = <Cli as clap::Parser>::parse();
     let result = match cli {
         // On a Mac the suite runs natively against the HVF plugin; elsewhere on KVM in the VM.
-        Cli::Test { cpus } if cfg!(all(target_os = "macos", target_arch = "aarch64")) => {
-            if !cpus.is_empty() {
-                eprintln!("xtask: --cpu picks CPU models of the nested KVM VM; on a Mac it is ignored");
+        Cli::Test { matrix, kernels, cpus } if cfg!(all(target_os = "macos", target_arch = "aarch64")) => {
+            if matrix || !kernels.is_empty() || !cpus.is_empty() {
+                eprintln!(
+                    "xtask: --matrix, --kernel and --cpu pick boots of the nested KVM VM; on a Mac they are ignored"
+                );
             }
             macos::test().map(exit_code)
         }
-        Cli::Test { cpus } => test(&cpus_or_default(cpus)).map(exit_code),
+        Cli::Test { matrix, kernels, cpus } => test(&matrix::select(&kernels, &cpus, matrix)).map(exit_code),
         Cli::Run { image, demo, cpus } => match (image, demo) {
             (None, false) => run_linux(cpus),
             (image, _) => run(image),
@@ -562,11 +623,16 @@ fn main() -> ExitCode {
             println!("{} passed, {} failed", tally.passed, tally.failed);
             Ok(exit_code(tally.failed == 0))
         })(),
-        Cli::BootBench { rounds, cpus } => boot_bench::run(&cpus_or_default(cpus), rounds).map(exit_code),
-        Cli::Soak { rounds, cpus } => soak::soak(&cpus_or_default(cpus), rounds).map(exit_code),
-        Cli::Vm { cpu, argv } => {
+        Cli::BootBench { rounds, cpus } => {
+            let cpus = if cpus.is_empty() { vec!["max".to_string(), "cortex-a72".to_string()] } else { cpus };
+            boot_bench::run(&cpus, rounds).map(exit_code)
+        }
+        Cli::Soak { rounds, matrix, kernels, cpus } => {
+            soak::soak(&matrix::select(&kernels, &cpus, matrix), rounds).map(exit_code)
+        }
+        Cli::Vm { cpu, kernel, argv } => {
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-            run_in_vm(&cpu, &[], &argv)
+            run_in_vm(&Boot::new(kernel, &cpu), &[], &argv)
         }
         Cli::Fuzz { runs, target } => fuzz::fuzz(runs, target.as_deref()).map(exit_code),
         Cli::FetchDebian => fetch_debian::fetch_debian().map(|()| 0),

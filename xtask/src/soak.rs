@@ -1,12 +1,12 @@
 //! `cargo xtask soak`: the whole conformance suite, many rounds in one boot of the nested VM per
-//! CPU model, with the failures counted per case. An intermittent failure shows up here as a
+//! kernel and CPU model, with the failures counted per case. An intermittent failure shows up here as a
 //! count over the rounds rather than as one unlucky run.
 
 use std::collections::BTreeMap;
 
-use crate::{cross_out, job, provision, root, vm, vm_files, Error, Result, VM_TIMEOUT};
+use crate::{cross_out, job, kernel, matrix::Boot, provision, root, vm, vm_files, Error, Result, VM_TIMEOUT};
 
-/// Failures per case over the rounds of one CPU model.
+/// Failures per case over the rounds of one boot.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SoakReport {
     /// Rounds that ran to their summary line.
@@ -31,13 +31,12 @@ pub fn parse(lines: &[String]) -> SoakReport {
     report
 }
 
-/// Runs `rounds` rounds of the suite on each CPU model; true when every round of every model ran
-/// and passed.
-pub fn soak(cpus: &[String], rounds: u32) -> Result<bool> {
+/// Runs `rounds` rounds of the suite in each boot; true when every round of every boot ran and
+/// passed.
+pub fn soak(boots: &[Boot], rounds: u32) -> Result<bool> {
     provision::host_tools()?;
     provision::rust_targets()?;
     crate::cross_build()?;
-    let kernel = provision::kernel()?;
     let work = vm::work_dir(&root());
     std::fs::create_dir_all(&work).map_err(|e| Error(format!("creating {}: {e}", work.display())))?;
     let initrd = work.join("soak-initrd.cpio");
@@ -64,24 +63,25 @@ pub fn soak(cpus: &[String], rounds: u32) -> Result<bool> {
         )],
     )?;
     let mut all_ok = true;
-    for cpu in cpus {
-        println!("xtask: soak, {rounds} rounds of the suite on -cpu {cpu}");
+    for boot in boots {
+        let kernel = kernel::kernel(boot.kernel)?.image;
+        println!("xtask: soak, {rounds} rounds of the suite in [{boot}]");
         let timeout = VM_TIMEOUT.max(std::time::Duration::from_secs(limit + 300));
-        let run = vm::boot(&kernel, &initrd, cpu, timeout, &[], &|line| {
+        let run = vm::boot(&kernel, &initrd, &boot.cpu, timeout, &[], &|line| {
             if line.starts_with("round ") || line.starts_with("FAIL") || line.starts_with("AGAIN") {
-                println!("  vm[{cpu}]| {line}");
+                println!("  vm[{boot}]| {line}");
             }
         })?;
         let output = run.job("soak").map(|j| j.output.clone()).unwrap_or_default();
         let report = parse(&output);
         println!(
-            "xtask: [{cpu}] {} of {rounds} rounds ran in {:.0} s; {} case(s) failed",
+            "xtask: [{boot}] {} of {rounds} rounds ran in {:.0} s; {} case(s) failed",
             report.rounds,
             run.elapsed.as_secs_f64(),
             report.failures.len()
         );
         for (case, (count, why)) in &report.failures {
-            println!("xtask: [{cpu}]   {case}: failed in {count} of {} rounds; first: {why}", report.rounds);
+            println!("xtask: [{boot}]   {case}: failed in {count} of {} rounds; first: {why}", report.rounds);
         }
         all_ok &= report.rounds == rounds && report.failures.is_empty();
     }

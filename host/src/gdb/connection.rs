@@ -112,16 +112,19 @@ fn drain(file: &std::fs::File) {
 
 /// The session's word to the reader: the client it served is done (it detached or went), so
 /// the next bytes on a character device are a new connection even if the device never read as
-/// ended in between (a client that left and one that came faster than the port said so).
+/// ended in between (a client that left and one that came faster than the port said so). The
+/// word names its connection: by the time the session says it, the reader may already have seen
+/// the port end and started the next client's connection, which must not be ended for it.
 #[derive(Clone, Default)]
 pub struct Listener {
-    client_done: Arc<std::sync::atomic::AtomicBool>,
+    /// The number of the connection whose client is done; 0 for none (numbers start at 1).
+    client_done: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Listener {
-    /// The client being served is done.
-    pub fn client_done(&self) {
-        self.client_done.store(true, std::sync::atomic::Ordering::Release);
+    /// Connection `conn`'s client is done.
+    pub fn client_done(&self, conn: u64) {
+        self.client_done.store(conn, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -134,7 +137,8 @@ fn serve_device(file: std::fs::File, events: mpsc::Sender<Event>, listener: List
     let mut buf = [0u8; 4096];
     loop {
         let result = (&file).read(&mut buf);
-        if listener.client_done.swap(false, std::sync::atomic::Ordering::AcqRel) && connected {
+        let done = listener.client_done.swap(0, std::sync::atomic::Ordering::AcqRel);
+        if connected && done == conn {
             connected = false;
             if events.send(Event::Closed { conn }).is_err() {
                 return;
@@ -233,4 +237,50 @@ pub fn listen(options: &GdbOptions, events: mpsc::Sender<Event>) -> Result<Liste
     }
     eprintln!("accel-host: gdb stub ready on {address}");
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::FromRawFd;
+
+    use super::*;
+
+    /// What the reader reported next, in short: `+N` connected, `N:x` a byte, `-N` closed.
+    fn next(rx: &mpsc::Receiver<Event>) -> String {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Event::Connected { conn, .. }) => format!("+{conn}"),
+            Ok(Event::Data { conn, byte }) => format!("{conn}:{}", byte as char),
+            Ok(Event::Closed { conn }) => format!("-{conn}"),
+            Ok(_) => "other".into(),
+            Err(e) => format!("nothing ({e})"),
+        }
+    }
+
+    #[test]
+    fn a_done_word_ends_only_the_connection_it_names() {
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two new descriptors into an array of two.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors are new and owned by nothing else; each File takes one.
+        let (reader, mut writer) =
+            unsafe { (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1])) };
+        let (tx, rx) = mpsc::channel();
+        let listener = Listener::default();
+        let for_reader = listener.clone();
+        std::thread::spawn(move || serve_device(reader, tx, for_reader));
+
+        writer.write_all(b"a").unwrap();
+        assert_eq!([next(&rx), next(&rx)], ["+1", "1:a"]);
+        // The session is done with client 1 while the port never read as ended: the next bytes
+        // are client 2's.
+        listener.client_done(1);
+        writer.write_all(b"b").unwrap();
+        assert_eq!([next(&rx), next(&rx), next(&rx)], ["-1", "+2", "2:b"]);
+        // A word about client 1 that comes when client 2 is already being served leaves it be.
+        listener.client_done(1);
+        writer.write_all(b"c").unwrap();
+        assert_eq!(next(&rx), "2:c");
+        drop(writer);
+        assert_eq!(next(&rx), "-2");
+    }
 }

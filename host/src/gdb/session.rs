@@ -75,7 +75,7 @@ pub fn serve_session(
                 // The client finds the machine stopped.
                 machine.stop_others(&events.channel, &mut events.deferred);
                 let flow = serve_client(&mut machine, conn, writer, &mut packet_buffer, &mut events)?;
-                listener.client_done();
+                listener.client_done(conn);
                 match flow {
                     Flow::Ended(outcome) => return Ok(outcome),
                     Flow::Detached => {

@@ -6,7 +6,7 @@ use accel_host::vmm::ram::GuestRam;
 use crate::{ensure, guest::RAM_BASE, Case, CaseResult, Context, Failure};
 
 pub fn cases() -> Vec<Case> {
-    crate::cases![lifecycle: vms_and_vcpus, every_probed_feature_inits, unsupported_vcpu_feature, memory_regions, read_only_memory]
+    crate::cases![lifecycle: vms_and_vcpus, every_probed_feature_inits, probed_features_show_in_the_vcpu, unsupported_vcpu_feature, memory_regions, read_only_memory]
 }
 
 /// Several vCPUs in a VM, and a second VM at the same time; a backend that holds one VM per
@@ -95,6 +95,67 @@ fn every_probed_feature_inits(ctx: &Context) -> CaseResult {
             Ok(())
         }
     }
+}
+
+/// What each probed feature that can be turned on and off changes in a vCPU, as its guest reads
+/// it: PMUv3 gives ID_AA64DFR0_EL1.PMUVer an architected version, pointer authentication an
+/// algorithm in ID_AA64ISAR1_EL1 (APA, API, GPA, GPI) or ID_AA64ISAR2_EL1 (APA3, GPA3), and EL1
+/// 32-bit a vCPU that starts in AArch32 SVC mode on a CPU whose ID_AA64PFR0_EL1.EL1 says EL1 has
+/// AArch32; the same vCPU without the feature shows none of it (and starts in AArch64).
+/// A feature the probe does not report is refused by name (`every_probed_feature_inits`).
+fn probed_features_show_in_the_vcpu(ctx: &Context) -> CaseResult {
+    use accel_api::sysreg::{ID_AA64DFR0_EL1, ID_AA64ISAR1_EL1, ID_AA64ISAR2_EL1, ID_AA64PFR0_EL1};
+
+    let accel = ctx.accelerator()?;
+    let offered = accel.probe().caps.vcpu_features;
+    // A fresh vCPU of a fresh VM with `extra`: its ID register `reg` and its PSTATE.
+    let read = |extra: VcpuFeatures, reg| -> Result<(u64, u64), Failure> {
+        let vm = accel.create_vm(&VmConfig::default())?;
+        let mut vcpu = vm.create_vcpu(&VcpuConfig::new(0, VcpuFeatures::PSCI_0_2 | extra))?;
+        Ok((vcpu.get_reg(reg)?, vcpu.get_core()?.pstate))
+    };
+    let none = VcpuFeatures(0);
+    if offered.contains(VcpuFeatures::PMU_V3) {
+        let pmuver = |dfr0: u64| dfr0 >> 8 & 0xf;
+        let (with, _) = read(VcpuFeatures::PMU_V3, ID_AA64DFR0_EL1)?;
+        ensure!(
+            (1..0xf).contains(&pmuver(with)),
+            "a vCPU with PMUv3 reads ID_AA64DFR0_EL1 {with:#x}: PMUVer {} is not an architected PMU",
+            pmuver(with)
+        );
+        let (without, _) = read(none, ID_AA64DFR0_EL1)?;
+        ensure!(
+            pmuver(without) == 0,
+            "a vCPU without PMUv3 reads ID_AA64DFR0_EL1 {without:#x}: PMUVer is not 0"
+        );
+    }
+    let ptrauth = VcpuFeatures::PTRAUTH_ADDRESS | VcpuFeatures::PTRAUTH_GENERIC;
+    if offered.contains(ptrauth) {
+        // APA [7:4], API [11:8], GPA [27:24], GPI [31:28]; APA3 [15:12], GPA3 [11:8].
+        let fields = |f: VcpuFeatures| -> Result<u64, Failure> {
+            let (isar1, _) = read(f, ID_AA64ISAR1_EL1)?;
+            let (isar2, _) = read(f, ID_AA64ISAR2_EL1)?;
+            Ok(isar1 & 0xff00_0ff0 | isar2 & 0xff00)
+        };
+        ensure!(
+            fields(ptrauth)? != 0,
+            "a vCPU with pointer authentication shows no algorithm in its ID registers"
+        );
+        let without = fields(none)?;
+        ensure!(without == 0, "a vCPU without pointer authentication shows its fields: {without:#x}");
+    }
+    if offered.contains(VcpuFeatures::EL1_32BIT) {
+        let (pfr0, pstate) = read(VcpuFeatures::EL1_32BIT, ID_AA64PFR0_EL1)?;
+        ensure!(pfr0 >> 4 & 0xf == 2, "ID_AA64PFR0_EL1 {pfr0:#x}: EL1 is not AArch64 and AArch32");
+        // PSTATE.nRW (M[4]) set and M[3:0] = 0b0011: AArch32 Supervisor mode.
+        ensure!(
+            pstate & 0x1f == 0x13,
+            "a vCPU with EL1 32-bit starts with PSTATE {pstate:#x}, not in AArch32 SVC mode"
+        );
+        let (_, pstate) = read(none, ID_AA64PFR0_EL1)?;
+        ensure!(pstate & 0x10 == 0, "a vCPU without EL1 32-bit starts with PSTATE {pstate:#x}, in AArch32");
+    }
+    Ok(())
 }
 
 fn unsupported_vcpu_feature(ctx: &Context) -> CaseResult {

@@ -1,5 +1,7 @@
-//! SVE: vector lengths, bit-exact register round trips at the maximum length, and guest-visible
-//! Z registers. On a CPU without SVE each case checks that the backend says so consistently.
+//! SVE: vector lengths (every offered one, and the gaps a CPU's set may have, such as 384 bits on
+//! an A64FX), bit-exact register round trips at the maximum length, the length the guest gets
+//! for each ZCR_EL1.LEN, and guest-visible Z registers. On a CPU without SVE each case checks
+//! that the backend says so consistently.
 
 use accel_api::{
     sve::{SveReg, SveRegs},
@@ -16,7 +18,7 @@ use crate::{
 };
 
 pub fn cases() -> Vec<Case> {
-    crate::cases![sve: offer_matches_the_id_registers, round_trip_random_at_max_length, vector_length_choice, guest_sees_host_z_registers]
+    crate::cases![sve: offer_matches_the_id_registers, round_trip_random_at_max_length, vector_length_choice, guest_vector_length_follows_zcr, guest_sees_host_z_registers]
 }
 
 fn sve_config(max_vq: u32) -> VcpuConfig {
@@ -121,14 +123,30 @@ fn refused_without_offer(ctx: &Context) -> CaseResult {
     Ok(())
 }
 
+/// Every offered length up to the maximum can be the vCPU's; a length below the maximum that the
+/// CPU lacks (a gap in the set) is refused by name, as is one beyond the architecture's 2048 bits.
 fn vector_length_choice(ctx: &Context) -> CaseResult {
     let accel = ctx.accelerator()?;
     let Some(vqs) = offered(ctx)? else { return refused_without_offer(ctx) };
+    for want in 1..=max_vq(vqs) {
+        let vm = accel.create_vm(&VmConfig::default())?;
+        let created = vm.create_vcpu(&sve_config(want));
+        let bits = format!("{} bits", want * 128);
+        if vqs & 1 << (want - 1) == 0 {
+            let err = created.err();
+            ensure!(
+                err.as_ref().is_some_and(|e| e.kind == ErrorKind::UNSUPPORTED && e.message.contains(&bits)),
+                "{bits} is not among the offered lengths {vqs:#x}: expected an unsupported error naming it, got {err:?}"
+            );
+            continue;
+        }
+        let vq = created?.get_sve()?.vq;
+        ensure!(vq == want, "asked for {bits}, got {}", vq * 128);
+    }
     let smallest = vqs.trailing_zeros() + 1;
     let vm = accel.create_vm(&VmConfig::default())?;
     let mut vcpu = vm.create_vcpu(&sve_config(smallest))?;
     let vq = vcpu.get_sve()?.vq;
-    ensure!(vq == smallest, "asked for {} bits, got {}", smallest * 128, vq * 128);
     let err = accel.create_vm(&VmConfig::default())?.create_vcpu(&sve_config(17)).err();
     ensure!(
         err.as_ref().is_some_and(|e| e.kind == ErrorKind::UNSUPPORTED && e.message.contains("2176 bits")),
@@ -140,6 +158,42 @@ fn vector_length_choice(ctx: &Context) -> CaseResult {
         err.as_ref().is_some_and(|e| e.kind == ErrorKind::INVALID_ARGUMENT),
         "SVE registers of the wrong length: expected invalid argument, got {err:?}"
     );
+    Ok(())
+}
+
+/// The guest sets each ZCR_EL1.LEN from 0 to the maximum's and reads its vector length with RDVL:
+/// it gets the largest offered length that LEN allows (Arm ARM, "Configurable vector length"), so
+/// a length missing from the set (384 bits on an A64FX) gives the next smaller one.
+fn guest_vector_length_follows_zcr(ctx: &Context) -> CaseResult {
+    let Some(vqs) = offered(ctx)? else { return refused_without_offer(ctx) };
+    let max = max_vq(vqs);
+    let mut code = asm::mov_imm64(9, MMIO_BASE);
+    code.push(asm::movz(1, 0, 0));
+    let top = code.len();
+    code.extend([
+        asm::msr(ZCR_EL1, 1),
+        asm::ISB,
+        asm::rdvl(0, 1),
+        asm::str(Size::X, 0, 9, 0),
+        asm::add_imm(1, 1, 1),
+        asm::cmp_imm(1, max),
+    ]);
+    code.push(asm::b_ne(4 * (top as i64 - code.len() as i64)));
+    code.extend([asm::str(Size::X, 1, 9, 8), asm::b(0)]);
+    let mut g = TestGuest::with_vcpu(&ctx.accelerator()?, &code, &sve_config(0))?;
+    for len in 0..max {
+        let (addr, _, bytes) = g.expect_mmio_write()?;
+        ensure!(addr == MMIO_BASE, "the report for ZCR_EL1.LEN {len} went to {addr:#x}");
+        let want = (1..=len + 1).rev().find(|vq| vqs & 1 << (vq - 1) != 0).unwrap_or(0);
+        ensure!(
+            u64::from(want) * 16 == bytes,
+            "with ZCR_EL1.LEN {len} the guest's vector length is {} bits; of the offered {vqs:#x}, expected {}",
+            bytes * 8,
+            want * 128
+        );
+    }
+    let (addr, _, _) = g.expect_mmio_write()?;
+    ensure!(addr == MMIO_BASE + 8, "the guest did not end its loop: a write at {addr:#x}");
     Ok(())
 }
 

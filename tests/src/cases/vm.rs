@@ -321,7 +321,9 @@ fn psci_system_suspend_in_plugin(ctx: &Context) -> CaseResult {
 /// waits until then and runs from the entry point with the context id in X0.
 fn cpu_on(ctx: &Context, psci: Psci) -> CaseResult {
     const CPU_ON: u64 = 0xc400_0003;
-    let mut g = psci.guest(&ctx.accelerator()?, &[asm::b(0)])?;
+    let accel = ctx.accelerator()?;
+    // None: PSCI in the plugin is not offered, and its refusal was checked instead.
+    let Some(mut g) = psci.guest(ctx, &accel, &[asm::b(0)])? else { return Ok(()) };
     let mut second =
         g.vm.create_vcpu(&VcpuConfig::new(1, VcpuFeatures::PSCI_0_2 | VcpuFeatures::POWER_OFF))?;
     let affinity = second.get_reg(MPIDR_EL1)? & 0xff_00ff_ffff;
@@ -379,7 +381,9 @@ fn system_suspend(ctx: &Context, psci: Psci) -> CaseResult {
     code.extend([asm::movz(2, 0, 0), asm::hvc(0)]);
     code.extend(asm::mov_imm64(9, MMIO_BASE));
     code.extend([asm::str(Size::X, 0, 9, 0), asm::b(0)]);
-    let mut g = psci.guest(&ctx.accelerator()?, &code)?;
+    let accel = ctx.accelerator()?;
+    // None: PSCI in the plugin is not offered, and its refusal was checked instead.
+    let Some(mut g) = psci.guest(ctx, &accel, &code)? else { return Ok(()) };
     match (caps.system_suspend, g.run()?) {
         (true, VcpuExit::SystemEvent { kind, .. }) if kind == SystemEventKind::SUSPEND => Ok(()),
         // Without the capability PSCI answers in the guest: NOT_SUPPORTED (-1) or success.

@@ -8,8 +8,9 @@
 //! variable for the jobs after it, and `respond<TAB>TRIGGER<TAB>TEXT` makes the next job's
 //! standard input a pipe into which TEXT (with `\n` for a newline) is written once the job prints
 //! a line containing TRIGGER, as a person typing at a prompt would (otherwise it reads
-//! `/dev/null`). The program `@hex` is built in: it prints the file named by its argument as
-//! `@@hex` lines of hexadecimal, for the host to read back. A line `console` gives the next job
+//! `/dev/null`). Two programs are built in: `@hex` prints the file named by its argument as
+//! `@@hex` lines of hexadecimal, for the host to read back, and `@kmsg` prints the kernel's log
+//! (as `dmesg` would; the VM boots `quiet`, so the console shows little of it). A line `console` gives the next job
 //! the console itself, input included, for a person at the terminal: its markers are left out,
 //! and its exit status becomes the VM's. For each job the console shows
 //! `@@accel job-begin NAME`, the job's output, and `@@accel job-end NAME status=N` (N is the
@@ -57,6 +58,36 @@ fn print_hex(path: &str) -> i32 {
             1
         }
     }
+}
+
+/// Prints the kernel's log buffer (`klogctl(SYSLOG_ACTION_READ_ALL)`, what `dmesg` shows), one
+/// line per record; returns an exit status.
+fn print_kernel_log() -> i32 {
+    const SYSLOG_ACTION_READ_ALL: libc::c_int = 3;
+    const SYSLOG_ACTION_SIZE_BUFFER: libc::c_int = 10;
+    // SAFETY: SIZE_BUFFER reads no buffer; a null pointer and length 0 are what it takes.
+    let size = unsafe { libc::klogctl(SYSLOG_ACTION_SIZE_BUFFER, std::ptr::null_mut(), 0) };
+    let Ok(len) = usize::try_from(size) else {
+        println!("@@accel warning: the kernel log's size: {}", std::io::Error::last_os_error());
+        return 1;
+    };
+    let mut buf = vec![0u8; len.max(1)];
+    // SAFETY: the buffer is valid for writes of `buf.len()` bytes, the length passed.
+    let read = unsafe {
+        libc::klogctl(
+            SYSLOG_ACTION_READ_ALL,
+            buf.as_mut_ptr().cast(),
+            libc::c_int::try_from(buf.len()).unwrap_or(0),
+        )
+    };
+    let Ok(read) = usize::try_from(read) else {
+        println!("@@accel warning: reading the kernel log: {}", std::io::Error::last_os_error());
+        return 1;
+    };
+    for line in String::from_utf8_lossy(&buf[..read.min(buf.len())]).lines() {
+        println!("{line}");
+    }
+    0
 }
 
 /// What to type into a job once it prints a line containing the trigger.
@@ -131,8 +162,11 @@ fn run_job(line: &str, env: &mut Vec<(String, String)>, next: &mut NextJob) -> O
         println!("@@accel job-begin {name}");
     }
     let _ = std::io::stdout().flush();
-    if program == "@hex" {
-        let code = print_hex(args.first().copied().unwrap_or_default());
+    if program == "@hex" || program == "@kmsg" {
+        let code = match program {
+            "@hex" => print_hex(args.first().copied().unwrap_or_default()),
+            _ => print_kernel_log(),
+        };
         println!("@@accel job-end {name} status={code}");
         let _ = std::io::stdout().flush();
         return None;
