@@ -461,7 +461,8 @@ enum Cli {
     },
     /// Only the real-gdb end-to-end tests.
     GdbE2e {
-        /// Only these sessions (gdb-debuggee, gdb-smp, gdb-linux; repeatable); default: all.
+        /// Only these sessions (gdb-debuggee, gdb-smp, gdb-linux; repeatable); default: all three.
+        /// `gdb-packets` prints the packets gdb sends around each kind of stop.
         #[arg(long = "session", value_name = "NAME")]
         sessions: Vec<String>,
     },
