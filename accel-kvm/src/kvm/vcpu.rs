@@ -96,6 +96,10 @@ pub struct KvmVcpu {
     index: u32,
     /// The VM's GIC, which must be ready before the first run.
     gic: Arc<Gic>,
+    /// This vCPU entered KVM_RUN with the GIC ready (or absent). It stays so: KVM refuses to
+    /// create a GIC once any vCPU has entered KVM_RUN (`kvm_vgic_create` returns `EBUSY`), so
+    /// later runs need not take the GIC's lock to look.
+    gic_checked: bool,
     /// The VM's debug pool, and the pool generation last applied with KVM_SET_GUEST_DEBUG.
     debug: Option<Arc<KvmDebug>>,
     debug_applied: Option<u64>,
@@ -199,6 +203,7 @@ impl KvmVcpu {
             fd,
             index,
             gic,
+            gic_checked: false,
             debug,
             debug_applied: None,
             pmu_init_pending,
@@ -607,7 +612,9 @@ impl BackendVcpu for KvmVcpu {
             );
         }
         self.pending = Pending::None;
-        self.gic.ensure_ready()?;
+        if !self.gic_checked {
+            self.gic.ensure_ready()?;
+        }
         if self.pmu_init_pending {
             pmu_attr(&self.fd, self.index, KVM_ARM_VCPU_PMU_V3_INIT, 0, "KVM_ARM_VCPU_PMU_V3_INIT")?;
             self.pmu_init_pending = false;
@@ -631,6 +638,7 @@ impl BackendVcpu for KvmVcpu {
             // SAFETY: pthread_self has no preconditions.
             self.kick.set_thread(Some(unsafe { libc::pthread_self() }));
             self.runs += 1;
+            self.gic_checked = true;
             let result = self.fd.run();
             self.kick.set_thread(None);
             let exit = match result {
