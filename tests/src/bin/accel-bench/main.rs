@@ -7,7 +7,11 @@
 //!   against the backend loaded as a plugin.
 //! - The KVM backend linked in ([`accel_api::client::Accelerator::in_process`]) against the
 //!   same backend loaded as a plugin: the cost of the dynamic-library boundary alone.
+//! - gdb's view ([`gdb_view`]): a stop as gdb 13 sees it, through accel-host's gdb stub, against
+//!   the fewest KVM calls that could answer what gdb asks.
 
+mod gdb_client;
+mod gdb_view;
 mod measure;
 #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
 mod raw;
@@ -55,7 +59,7 @@ fn accel<T>(r: accel_api::Result<T>) -> Result<T> {
 pub struct Row {
     /// What was measured.
     pub what: String,
-    /// Raw KVM doing the same work.
+    /// Raw KVM doing the same work (for gdb's view: the fewest calls that answer gdb).
     pub raw: Option<Sample>,
     /// The backend linked in.
     pub linked: Option<Sample>,
@@ -64,7 +68,7 @@ pub struct Row {
 }
 
 /// The rows every run prints, in order.
-pub const ROWS: [&str; 7] = [
+pub const ROWS: [&str; 11] = [
     "MMIO exit round trip",
     "get core + FP/SIMD",
     "put one changed register (X0)",
@@ -72,6 +76,10 @@ pub const ROWS: [&str; 7] = [
     "full get (every class)",
     "full put (full level)",
     "put, nothing changed (runtime level)",
+    "gdb stepi",
+    "gdb stepi, registers expedited",
+    "gdb continue to a breakpoint",
+    "gdb continue to a watchpoint",
 ];
 
 /// The guest every measured vCPU runs: a store to an unmapped address in a loop (an MMIO exit
@@ -438,6 +446,7 @@ fn bench(cli: &Cli) -> Result<()> {
     }
     drop((p, l, r));
 
+    rows.extend(gdb_view::rows(&loaded, features, cli)?);
     print_table(&rows);
     Ok(())
 }
@@ -447,7 +456,7 @@ fn print_table(rows: &[Row]) {
     println!("one plain system call (getppid): {:.2} us", syscall * 1e6);
     println!(
         "calls per repetition: register reads/writes/guest entries (KVM_GET_ONE_REG/KVM_SET_ONE_REG/KVM_RUN); \
-         raw KVM counts its own ioctls, accel its SyncCounters"
+         raw KVM counts its own ioctls, accel its SyncCounters; gdb rows: raw is the fewest calls that answer gdb"
     );
     println!(
         "{:<38} {:>11} {:>11} {:>9} {:>9} {:>9} {:>10} {:>10} {:>13}",

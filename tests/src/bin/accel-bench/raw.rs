@@ -13,8 +13,8 @@ use std::{mem::offset_of, ptr::NonNull};
 use kvm_bindings::{
     kvm_guest_debug, kvm_regs, kvm_userspace_memory_region, kvm_vcpu_init, KVM_ARM_VCPU_PSCI_0_2,
     KVM_ARM_VCPU_SVE, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW, KVM_REG_ARM64,
-    KVM_REG_ARM64_SVE, KVM_REG_ARM_CORE, KVM_REG_SIZE_U128, KVM_REG_SIZE_U2048, KVM_REG_SIZE_U32,
-    KVM_REG_SIZE_U64,
+    KVM_REG_ARM64_SVE, KVM_REG_ARM64_SYSREG, KVM_REG_ARM_CORE, KVM_REG_SIZE_U128, KVM_REG_SIZE_U2048,
+    KVM_REG_SIZE_U256, KVM_REG_SIZE_U32, KVM_REG_SIZE_U64,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 
@@ -63,6 +63,23 @@ pub fn sp_el1_id() -> u64 {
     core_id(KVM_REG_SIZE_U64, offset_of!(kvm_regs, sp_el1))
 }
 
+/// A system register by its encoding (`ARM64_SYS_REG`).
+pub fn sys_id(op0: u64, op1: u64, crn: u64, crm: u64, op2: u64) -> u64 {
+    KVM_REG_ARM64
+        | KVM_REG_SIZE_U64
+        | u64::from(KVM_REG_ARM64_SYSREG)
+        | op0 << 14
+        | op1 << 11
+        | crn << 7
+        | crm << 3
+        | op2
+}
+
+/// SCTLR_EL1: what translating a guest virtual address needs first.
+pub fn sctlr_el1_id() -> u64 {
+    sys_id(3, 0, 1, 0, 0)
+}
+
 /// The 41 core registers accel's `get_core` reads: X0–X30, SP_EL0, PC, PSTATE, SP_EL1, ELR_EL1
 /// and the five SPSRs.
 pub fn core_ids() -> Vec<u64> {
@@ -91,6 +108,42 @@ pub fn fp_ids(sve: bool) -> Vec<u64> {
     ids.push(core_id(KVM_REG_SIZE_U32, offset_of!(kvm_regs, fp_regs.fpcr)));
     ids
 }
+
+/// The registers gdb's `g` packet holds, as few as KVM can give them: X0–X30, PSTATE, the SP
+/// of EL1h (where the guest runs; gdb's `sp`), the PC read at the stop, the FP/SIMD registers
+/// ([`fp_ids`]) and with SVE the P registers and FFR (V0–V31 are then the Z registers' low bits).
+pub fn gdb_g_ids(sve: bool) -> Vec<u64> {
+    let mut ids: Vec<u64> = (0..31).map(x_id).collect();
+    ids.extend([pstate_id(), sp_el1_id()]);
+    ids.extend(fp_ids(sve));
+    if sve {
+        let sve_reg = |base: u64, n: u64| {
+            KVM_REG_ARM64 | u64::from(KVM_REG_ARM64_SVE) | KVM_REG_SIZE_U256 | base | n << 5
+        };
+        // KVM_REG_ARM64_SVE_PREG(n, 0) and KVM_REG_ARM64_SVE_FFR(0).
+        ids.extend((0..16).map(|n| sve_reg(0x400, n)));
+        ids.push(sve_reg(0x600, 0));
+    }
+    ids
+}
+
+/// The kinds of stop gdb makes, as raw KVM answers them.
+#[derive(Clone, Copy, Debug)]
+pub enum GdbStop {
+    /// `stepi`: one step, then `g` and memory reads.
+    Step,
+    /// `stepi` with PC, SP and X29 expedited in the stop reply and no `g`.
+    StepExpedited,
+    /// `continue` from a breakpoint back to it: a step off it, then a run to it, `g` at both.
+    Breakpoint,
+    /// `continue` to a write watchpoint, then a step over the store, `g` at both.
+    Watchpoint,
+}
+
+/// DBGBCR0_EL1 for an address match at EL1 (E, PMC = 0b11, BAS = 0b1111).
+const BCR_EL1_EXEC: u64 = 0x1e7;
+/// DBGWCR0_EL1 for 8 stored bytes at EL1 and EL0 (E, PAC = 0b11, LSC = store, BAS = 0xff).
+const WCR_STORE_8: u64 = 0x1ff7;
 
 /// Anonymous host memory for guest RAM, unmapped on drop.
 struct Ram {
@@ -152,6 +205,9 @@ pub struct RawGuest {
     core: Vec<u64>,
     fp: Vec<u64>,
     x0: u64,
+    gdb_g: Vec<u64>,
+    breakpoint: u64,
+    watched: u64,
 }
 
 impl RawGuest {
@@ -202,6 +258,9 @@ impl RawGuest {
             core: core_ids(),
             fp: fp_ids(sve),
             x0: 0,
+            gdb_g: gdb_g_ids(sve),
+            breakpoint: 0,
+            watched: 0,
         };
         guest.set(pc_id(), entry)?;
         // EL1h with D, A, I and F masked.
@@ -294,6 +353,65 @@ impl RawGuest {
         match self.vcpu.run().map_err(failed("KVM_RUN"))? {
             VcpuExit::Debug(_) => self.get(pc_id()),
             other => Err(format!("raw KVM: expected a debug exit, got {other:?}")),
+        }
+    }
+
+    /// Before repeating stops of `kind`: the breakpoint at `breakpoint` and the watchpoint on the
+    /// doubleword at `watched`, and for a breakpoint the vCPU on it.
+    pub fn gdb_prepare(&mut self, kind: GdbStop, breakpoint: u64, watched: u64) -> Result<(), Error> {
+        (self.breakpoint, self.watched) = (breakpoint, watched);
+        match kind {
+            GdbStop::Step | GdbStop::StepExpedited => self.guest_debug(true, None),
+            GdbStop::Breakpoint => {
+                self.guest_debug(false, Some([BCR_EL1_EXEC, breakpoint, 0, 0]))?;
+                self.run_to_debug()
+            }
+            GdbStop::Watchpoint => Ok(()),
+        }
+    }
+
+    /// What gdb asks at a stop, with the fewest calls: `g` (one read per register, the PC
+    /// known from the stop), or only SP and X29 where they are expedited; and SCTLR_EL1 once,
+    /// to see that the MMU is off so that gdb's memory reads by virtual address are physical.
+    fn gdb_answer(&mut self, g: bool) -> Result<(), Error> {
+        if g {
+            for i in 0..self.gdb_g.len() {
+                self.get(self.gdb_g[i])?;
+            }
+        } else {
+            for id in [pstate_id(), sp_el1_id(), x_id(29)] {
+                self.get(id)?;
+            }
+        }
+        self.get(sctlr_el1_id())
+    }
+
+    /// One stop of `kind` as gdb makes it, after [`RawGuest::gdb_prepare`].
+    pub fn gdb_stop(&mut self, kind: GdbStop) -> Result<(), Error> {
+        let (bp, wp) = ([BCR_EL1_EXEC, self.breakpoint, 0, 0], [0, 0, WCR_STORE_8, self.watched]);
+        match kind {
+            GdbStop::Step => {
+                self.run_to_debug()?;
+                self.gdb_answer(true)
+            }
+            GdbStop::StepExpedited => {
+                self.run_to_debug()?;
+                self.gdb_answer(false)
+            }
+            GdbStop::Breakpoint | GdbStop::Watchpoint => {
+                let (first, then_step) = match kind {
+                    GdbStop::Breakpoint => (None, Some(bp)),
+                    _ => (Some(wp), None),
+                };
+                // A breakpoint: a step off it, then on to it. A watchpoint: on to it, then a
+                // step over the store.
+                self.guest_debug(first.is_none(), first)?;
+                self.run_to_debug()?;
+                self.gdb_answer(true)?;
+                self.guest_debug(then_step.is_none(), then_step)?;
+                self.run_to_debug()?;
+                self.gdb_answer(true)
+            }
         }
     }
 }
