@@ -39,22 +39,7 @@ pub fn check_vm(tally: &mut Tally, cpu: &str, run: &VmRun) {
     }
 
     let output_of = |name: &str| run.job(name).map(|j| (j.status, j.output.clone()));
-    // Figures, not a verdict: a benchmark that does not finish is reported, not counted.
-    match run.job("bench") {
-        Some(bench) if bench.status == Some(0) => {
-            println!(
-                "xtask: [{cpu}] figures from accel-bench (nested VM under TCG: compare ratios, not times):"
-            );
-            for line in &bench.output {
-                println!("  {line}");
-            }
-        }
-        Some(bench) => println!(
-            "xtask: [{cpu}] accel-bench did not complete (status {:?}); its output: {:?}",
-            bench.status, bench.output
-        ),
-        None => println!("xtask: [{cpu}] accel-bench did not run"),
-    }
+    crate::bench::show(cpu, run);
     let (status, out) = output_of("host-probe").unwrap_or_default();
     tally.check(
         &tag("accel-host probe --accel kvm says available"),

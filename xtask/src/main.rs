@@ -5,9 +5,12 @@
 //!   boot per CPU model). Ends with `N passed, N failed`; fails if the KVM suite did not run.
 //!   On macOS on Apple silicon it runs the lints, the unit tests and the conformance suite
 //!   natively against the HVF plugin instead ([`macos`]).
+//! - `cargo xtask bench [--cpu MODEL]... [--rounds N]`: accel-bench alone in the nested VM, one
+//!   boot per CPU model, with more rounds than `test` gives it ([`mod@bench`]).
 //! - `cargo xtask run [IMAGE]`: runs the host with the KVM plugin on the demo guest (or IMAGE),
 //!   natively on an arm64 Linux host with usable KVM, otherwise inside the nested VM.
 
+mod bench;
 mod boot_bench;
 mod checks;
 mod cmd;
@@ -218,7 +221,7 @@ fn test(cpus: &[String]) -> Result<bool> {
             "conformance",
             &["/bin/accel-conformance", "--plugin", "/lib/accel/libaccel_kvm.so", "--fixtures", "/lib/accel"],
         ),
-        job("bench", &["/bin/accel-bench", "--plugin", "/lib/accel/libaccel_kvm.so"]),
+        bench::job(bench::TEST_ROUNDS),
         job(
             "example-plugin",
             &["/bin/accel-conformance", "--plugin", "/lib/accel/libaccel_example.so", "--allow-not-run"],
@@ -466,6 +469,16 @@ enum Cli {
         #[arg(long = "session", value_name = "NAME")]
         sessions: Vec<String>,
     },
+    /// accel-bench alone in one VM boot per CPU model, with more rounds than in `test`: the
+    /// figures to quote (accel against raw KVM, linked in against loaded, gdb's view).
+    Bench {
+        /// Rounds of interleaved blocks per operation.
+        #[arg(long, default_value_t = 101)]
+        rounds: u32,
+        /// A QEMU CPU model (repeatable); default: max and cortex-a72.
+        #[arg(long = "cpu", value_name = "MODEL")]
+        cpus: Vec<String>,
+    },
     /// The conformance suite many times in one VM boot per CPU model, failures counted per case.
     Soak {
         /// Rounds of the whole suite per CPU model.
@@ -537,6 +550,7 @@ fn main() -> ExitCode {
             println!("{} passed, {} failed", tally.passed, tally.failed);
             Ok(exit_code(tally.failed == 0))
         })(),
+        Cli::Bench { rounds, cpus } => bench::bench(&cpus_or_default(cpus), rounds).map(exit_code),
         Cli::Soak { rounds, cpus } => soak::soak(&cpus_or_default(cpus), rounds).map(exit_code),
         Cli::Vm { cpu, argv } => {
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
