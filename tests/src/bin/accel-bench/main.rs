@@ -10,6 +10,7 @@
 //! - gdb's view ([`gdb_view`]): a stop as gdb 13 sees it, through accel-host's gdb stub, against
 //!   the fewest KVM calls that could answer what gdb asks.
 
+mod allocations;
 mod gdb_client;
 mod gdb_view;
 mod measure;
@@ -30,6 +31,10 @@ use accel_host::loader;
 use clap::Parser;
 
 use measure::{interleave, on, Calls, Sample, Subject};
+
+/// Every allocation of this program is counted, for the table's allocation column.
+#[global_allocator]
+static ALLOCATOR: allocations::Counting = allocations::Counting;
 
 #[derive(Parser)]
 #[command(
@@ -459,10 +464,15 @@ fn print_table(rows: &[Row]) {
          raw KVM counts its own ioctls, accel its SyncCounters; gdb rows: raw is the fewest calls that answer gdb"
     );
     println!(
-        "{:<38} {:>11} {:>11} {:>9} {:>9} {:>9} {:>10} {:>10} {:>13}",
+        "allocs: heap allocations per repetition in this process, raw/linked/plugin (a plugin's own are not \
+         seen; gdb rows: the stub's and this replaying client's)"
+    );
+    println!(
+        "{:<38} {:>9} {:>11} {:>11} {:>9} {:>9} {:>9} {:>10} {:>10} {:>13}",
         "operation",
         "raw calls",
         "accel calls",
+        "allocs",
         "raw us",
         "linked us",
         "plugin us",
@@ -471,16 +481,23 @@ fn print_table(rows: &[Row]) {
         "plugin/linked"
     );
     let us = |s: &Option<Sample>| s.as_ref().map_or("-".to_string(), |s| format!("{:.1}", s.micros()));
+    let allocs = |s: Option<&Sample>| {
+        s.map_or("-".to_string(), |s| match s.allocs.fract() {
+            0.0 => format!("{}", s.allocs),
+            _ => format!("{:.1}", s.allocs),
+        })
+    };
     let ratio = |a: Option<&Sample>, b: &Option<Sample>| match (a, b) {
         (Some(a), Some(b)) => format!("{:.3}", a.ratio_to(b)),
         _ => "-".into(),
     };
     for r in rows {
         println!(
-            "{:<38} {:>11} {:>11} {:>9} {:>9} {:>9.1} {:>10} {:>10} {:>13}",
+            "{:<38} {:>9} {:>11} {:>11} {:>9} {:>9} {:>9.1} {:>10} {:>10} {:>13}",
             r.what,
             r.raw.as_ref().map_or("-".into(), |s| s.calls.show()),
             r.plugin.calls.show(),
+            format!("{}/{}/{}", allocs(r.raw.as_ref()), allocs(r.linked.as_ref()), allocs(Some(&r.plugin))),
             us(&r.raw),
             us(&r.linked),
             r.plugin.micros(),

@@ -87,6 +87,8 @@ pub struct Sample {
     pub secs: Vec<f64>,
     /// Calls per repetition, over all rounds.
     pub calls: Calls,
+    /// Heap allocations of this program per repetition, over all rounds.
+    pub allocs: f64,
 }
 
 /// The median of `values` (0 when empty).
@@ -143,16 +145,20 @@ pub fn interleave(
     for round in 0..rounds as usize {
         for k in 0..n {
             let i = (round + k) % n;
+            let allocs = crate::allocations::count();
             let start = Instant::now();
             for _ in 0..iterations {
                 subjects[i].once()?;
             }
-            samples[i].secs.push(start.elapsed().as_secs_f64() / f64::from(iterations));
+            let secs = start.elapsed().as_secs_f64();
+            samples[i].allocs += (crate::allocations::count() - allocs) as f64;
+            samples[i].secs.push(secs / f64::from(iterations));
         }
     }
     let total = f64::from(rounds) * f64::from(iterations);
     for (i, s) in subjects.iter_mut().enumerate() {
         samples[i].calls = s.calls().since(before[i], total);
+        samples[i].allocs /= total;
     }
     Ok(samples)
 }
@@ -170,8 +176,8 @@ mod tests {
 
     #[test]
     fn ratios_pair_rounds() {
-        let a = Sample { secs: vec![2.0, 4.0, 9.0], calls: Calls::default() };
-        let b = Sample { secs: vec![1.0, 4.0, 3.0], calls: Calls::default() };
+        let a = Sample { secs: vec![2.0, 4.0, 9.0], ..Sample::default() };
+        let b = Sample { secs: vec![1.0, 4.0, 3.0], ..Sample::default() };
         assert_eq!(a.ratio_to(&b), 2.0);
     }
 
