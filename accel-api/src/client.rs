@@ -8,6 +8,7 @@ use crate::{
         AccelBox, DebugBox, DirtyLogBox, EventFdBox, EventsBox, GicBox, GicConfigRecord, KickerBox,
         MemoryRegionRecord, SveBox, VcpuBox, VcpuConfigRecord, VmBox, VmConfigRecord,
     },
+    backend::Backend,
     config::{MemoryRegion, ProbeInfo, VcpuConfig, VmConfig},
     debug::{DebugCapacity, DebugEvent, DebugProgram, Watchpoint},
     error::{AccelError, ErrorKind, Result},
@@ -28,6 +29,17 @@ impl Accelerator {
     /// Wraps an accelerator object returned by a plugin's `open`.
     pub fn from_abi(inner: AccelBox) -> Self {
         Self { inner }
+    }
+
+    /// Opens a backend linked into this program, behind the same ABI objects, record conversions
+    /// and panic guards that [`crate::export_plugin!`] puts around a plugin's `open`: every call
+    /// takes the path it takes into a loaded plugin, only without the shared-library boundary.
+    /// For comparing a backend linked in with the same backend loaded, and for programs that
+    /// want one backend without loading files.
+    ///
+    /// Unlike a loaded plugin, the backend shares this program's `log` logger and panic hook.
+    pub fn in_process<B: Backend>(open: fn() -> Result<B>) -> Result<Self> {
+        crate::glue::guarded_open(open).into_result().map(Self::from_abi)
     }
 
     /// Probes the host through the opened accelerator.
@@ -393,5 +405,94 @@ impl Debug {
     /// What the pool has programmed for vCPU `index`; `unsupported` from a plugin before ABI 2.2.
     pub fn program(&self, index: u32) -> Result<DebugProgram> {
         self.inner.program(index).into_result().map(|r| DebugProgram::from(&r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        backend::{BackendVcpu, BackendVm, Kick},
+        events::MpState,
+    };
+
+    /// A backend that answers its probe and panics when asked for a VM.
+    struct Probing;
+
+    /// The VM and vCPU type of [`Probing`], which makes none.
+    enum Never {}
+
+    impl Backend for Probing {
+        type Vm = Never;
+        fn probe(&self) -> ProbeInfo {
+            ProbeInfo::unavailable("only a probe")
+        }
+        fn create_vm(&self, _: &VmConfig) -> Result<Never> {
+            panic!("no VMs here")
+        }
+    }
+
+    impl BackendVm for Never {
+        type Vcpu = Never;
+        unsafe fn add_memory(&self, _: &MemoryRegion) -> Result<u32> {
+            match *self {}
+        }
+        fn remove_memory(&self, _: u32) -> Result<()> {
+            match *self {}
+        }
+        fn create_vcpu(&self, _: &VcpuConfig) -> Result<Never> {
+            match *self {}
+        }
+    }
+
+    impl BackendVcpu for Never {
+        fn index(&self) -> u32 {
+            match *self {}
+        }
+        fn get_core(&mut self) -> Result<CoreRegs> {
+            match *self {}
+        }
+        fn put_core(&mut self, _: &CoreRegs, _: PutLevel) -> Result<()> {
+            match *self {}
+        }
+        fn get_fp(&mut self) -> Result<FpRegs> {
+            match *self {}
+        }
+        fn put_fp(&mut self, _: &FpRegs, _: PutLevel) -> Result<()> {
+            match *self {}
+        }
+        fn get_regs(&mut self, _: RegClass) -> Result<Vec<RegValue>> {
+            match *self {}
+        }
+        fn put_regs(&mut self, _: &[RegValue], _: PutLevel) -> Result<()> {
+            match *self {}
+        }
+        fn get_mp_state(&mut self) -> Result<MpState> {
+            match *self {}
+        }
+        fn set_mp_state(&mut self, _: MpState) -> Result<()> {
+            match *self {}
+        }
+        fn kicker(&self) -> Box<dyn Kick> {
+            match *self {}
+        }
+        fn counters(&self) -> SyncCounters {
+            match *self {}
+        }
+        fn set_mmio_read_data(&mut self, _: u64) -> Result<()> {
+            match *self {}
+        }
+        fn run(&mut self) -> Result<crate::exit::VcpuExit> {
+            match *self {}
+        }
+    }
+
+    #[test]
+    fn an_in_process_backend_goes_through_the_guarded_objects() {
+        let accel = Accelerator::in_process(|| Ok(Probing)).expect("open");
+        assert_eq!(accel.probe().reason, "only a probe");
+        let e = accel.create_vm(&VmConfig::default()).err().expect("a panic comes back as an error");
+        assert_eq!(e.kind, ErrorKind::PANIC);
+        assert!(e.message.contains("no VMs here"), "{e}");
     }
 }

@@ -174,6 +174,15 @@ pub fn userspace_psci_refused(ctx: &Context, accel: &Accelerator) -> Result<(), 
     Ok(())
 }
 
+/// What a test guest's RAM holds, as (guest physical address, instructions): the prelude at
+/// [`RAM_BASE`], where the vCPU starts, the vector table at [`VECTORS`], and `code` at [`CODE`].
+pub fn image(code: &[u32]) -> Vec<(u64, Vec<u32>)> {
+    let mut parts = vec![(RAM_BASE, prelude())];
+    parts.extend((0..16u16).map(|entry| (VECTORS + u64::from(entry) * 0x80, vector_entry(entry * 0x80))));
+    parts.push((CODE, code.to_vec()));
+    parts
+}
+
 /// A VM with RAM, guest code and one vCPU.
 pub struct TestGuest {
     /// The VM.
@@ -228,11 +237,9 @@ impl TestGuest {
         // SAFETY: the RAM lives in the returned TestGuest next to the vCPU, and fields drop in
         // declaration order: the VM, then the RAM, then the vCPU, which never runs again by then.
         unsafe { ram.map_into(&vm) }?;
-        ram.write_code(RAM_BASE, &prelude())?;
-        for entry in 0..16u16 {
-            ram.write_code(VECTORS + u64::from(entry) * 0x80, &vector_entry(entry * 0x80))?;
+        for (at, words) in image(code) {
+            ram.write_code(at, &words)?;
         }
-        ram.write_code(CODE, code)?;
         let mut vcpu = vm.create_vcpu(config)?;
         let mut regs = vcpu.get_core()?;
         regs.pc = RAM_BASE;

@@ -51,22 +51,7 @@ pub fn check_vm(tally: &mut Tally, boot: &str, run: &VmRun) -> String {
     };
 
     let output_of = |name: &str| run.job(name).map(|j| (j.status, j.output.clone()));
-    // Figures, not a verdict: a benchmark that does not finish is reported, not counted.
-    match run.job("bench") {
-        Some(bench) if bench.status == Some(0) => {
-            println!(
-                "xtask: [{boot}] figures from accel-bench (nested VM under TCG: compare ratios, not times):"
-            );
-            for line in &bench.output {
-                println!("  {line}");
-            }
-        }
-        Some(bench) => println!(
-            "xtask: [{boot}] accel-bench did not complete (status {:?}); its output: {:?}",
-            bench.status, bench.output
-        ),
-        None => println!("xtask: [{boot}] accel-bench did not run"),
-    }
+    crate::bench::show(boot, run);
     let (status, out) = output_of("host-probe").unwrap_or_default();
     tally.check(
         &tag("accel-host probe --accel kvm says available"),

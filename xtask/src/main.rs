@@ -6,11 +6,14 @@
 //!   `N passed, N failed`; fails if the KVM suite did not run.
 //!   On macOS on Apple silicon it runs the lints, the unit tests and the conformance suite
 //!   natively against the HVF plugin instead ([`macos`]).
+//! - `cargo xtask bench [--cpu MODEL]... [--rounds N]`: accel-bench alone in the nested VM, one
+//!   boot per CPU model, with more rounds than `test` gives it ([`mod@bench`]).
 //! - `cargo xtask run [IMAGE]`: runs the host with the KVM plugin on the demo guest (or IMAGE),
 //!   natively on an arm64 Linux host with usable KVM, otherwise inside the nested VM.
 //! - `cargo xtask fuzz [--runs N] [--target NAME]`: the cargo-fuzz targets ([`fuzz`]); `test`
 //!   runs each of them briefly.
 
+mod bench;
 mod boot_bench;
 mod checks;
 mod cmd;
@@ -249,7 +252,7 @@ fn test(boots: &[Boot]) -> Result<bool> {
             "conformance",
             &["/bin/accel-conformance", "--plugin", "/lib/accel/libaccel_kvm.so", "--fixtures", "/lib/accel"],
         ),
-        job("bench", &["/bin/accel-bench", "--plugin", "/lib/accel/libaccel_kvm.so"]),
+        bench::job(bench::TEST_ROUNDS),
         job(
             "example-plugin",
             &["/bin/accel-conformance", "--plugin", "/lib/accel/libaccel_example.so", "--allow-not-run"],
@@ -524,9 +527,20 @@ enum Cli {
     },
     /// Only the real-gdb end-to-end tests.
     GdbE2e {
-        /// Only these sessions (gdb-debuggee, gdb-smp, gdb-linux; repeatable); default: all.
+        /// Only these sessions (gdb-debuggee, gdb-smp, gdb-linux; repeatable); default: all three.
+        /// `gdb-packets` prints the packets gdb sends around each kind of stop.
         #[arg(long = "session", value_name = "NAME")]
         sessions: Vec<String>,
+    },
+    /// accel-bench alone in one VM boot per CPU model, with more rounds than in `test`: the
+    /// figures to quote (accel against raw KVM, linked in against loaded, gdb's view).
+    Bench {
+        /// Rounds of interleaved blocks per operation.
+        #[arg(long, default_value_t = 101)]
+        rounds: u32,
+        /// A QEMU CPU model (repeatable); default: max and cortex-a72.
+        #[arg(long = "cpu", value_name = "MODEL")]
+        cpus: Vec<String>,
     },
     /// The boot benchmark alone: Linux booted to its init by accel-host and by QEMU's own KVM
     /// support, alternately, in one VM boot per CPU model.
@@ -591,6 +605,15 @@ fn exit_code(ok: bool) -> i32 {
     }
 }
 
+/// The CPU models a benchmark command boots: those given, else `max` and `cortex-a72`.
+fn default_cpus(cpus: Vec<String>) -> Vec<String> {
+    if cpus.is_empty() {
+        ["max", "cortex-a72"].map(String::from).to_vec()
+    } else {
+        cpus
+    }
+}
+
 fn main() -> ExitCode {
     let cli = <Cli as clap::Parser>::parse();
     let result = match cli {
@@ -623,10 +646,8 @@ fn main() -> ExitCode {
             println!("{} passed, {} failed", tally.passed, tally.failed);
             Ok(exit_code(tally.failed == 0))
         })(),
-        Cli::BootBench { rounds, cpus } => {
-            let cpus = if cpus.is_empty() { vec!["max".to_string(), "cortex-a72".to_string()] } else { cpus };
-            boot_bench::run(&cpus, rounds).map(exit_code)
-        }
+        Cli::Bench { rounds, cpus } => bench::bench(&default_cpus(cpus), rounds).map(exit_code),
+        Cli::BootBench { rounds, cpus } => boot_bench::run(&default_cpus(cpus), rounds).map(exit_code),
         Cli::Soak { rounds, matrix, kernels, cpus } => {
             soak::soak(&matrix::select(&kernels, &cpus, matrix), rounds).map(exit_code)
         }

@@ -92,6 +92,10 @@ pub struct KvmVcpu {
     index: u32,
     /// The VM's GIC, which must be ready before the first run.
     gic: Arc<Gic>,
+    /// This vCPU entered KVM_RUN with the GIC ready (or absent). It stays so: KVM refuses to
+    /// create a GIC once any vCPU has entered KVM_RUN (`kvm_vgic_create` returns `EBUSY`), so
+    /// later runs need not take the GIC's lock to look.
+    gic_checked: bool,
     /// The VM's debug pool, and the pool generation last applied with KVM_SET_GUEST_DEBUG.
     debug: Option<Arc<KvmDebug>>,
     debug_applied: Option<u64>,
@@ -195,6 +199,7 @@ impl KvmVcpu {
             fd,
             index,
             gic,
+            gic_checked: false,
             debug,
             debug_applied: None,
             pmu_init_pending,
@@ -342,14 +347,20 @@ impl KvmVcpu {
             .ok_or_else(|| AccelError::unsupported(format!("SVE is not enabled on vCPU {}", self.index)))
     }
 
-    /// Reads the first `out.len()` bytes of an SVE register, slice by slice.
+    /// Reads the first `out.len()` bytes of an SVE register, slice by slice (a whole slice
+    /// straight into `out` where it fits, so the common reads copy nothing).
     fn read_sve(&self, reg: SveReg, out: &mut [u8]) -> Result<()> {
         let (_, slice_len) = sve_slice(reg, 0);
-        let mut buf = vec![0u8; slice_len];
+        let mut buf = [0u8; SVE_ZREG_SLICE_BYTES];
         for (slice, chunk) in out.chunks_mut(slice_len).enumerate() {
             let (id, _) = sve_slice(reg, slice as u8);
-            self.get_bytes(id, &mut buf, || format!("{} slice {slice}", reg.name()))?;
-            chunk.copy_from_slice(&buf[..chunk.len()]);
+            let name = || format!("{} slice {slice}", reg.name());
+            if chunk.len() == slice_len {
+                self.get_bytes(id, chunk, name)?;
+            } else {
+                self.get_bytes(id, &mut buf[..slice_len], name)?;
+                chunk.copy_from_slice(&buf[..chunk.len()]);
+            }
         }
         Ok(())
     }
@@ -358,10 +369,11 @@ impl KvmVcpu {
     fn write_sve(&self, reg: SveReg, bytes: &[u8]) -> Result<()> {
         let (_, slice_len) = sve_slice(reg, 0);
         for (slice, chunk) in bytes.chunks(slice_len).enumerate() {
-            let mut buf = vec![0u8; slice_len];
+            let mut slot = [0u8; SVE_ZREG_SLICE_BYTES];
+            let buf = &mut slot[..slice_len];
             buf[..chunk.len()].copy_from_slice(chunk);
             let (id, _) = sve_slice(reg, slice as u8);
-            self.set_bytes(id, &buf, || format!("{} slice {slice}", reg.name()))?;
+            self.set_bytes(id, buf, || format!("{} slice {slice}", reg.name()))?;
         }
         Ok(())
     }
@@ -602,7 +614,9 @@ impl BackendVcpu for KvmVcpu {
             );
         }
         self.pending = Pending::None;
-        self.gic.ensure_ready()?;
+        if !self.gic_checked {
+            self.gic.ensure_ready()?;
+        }
         if self.pmu_init_pending {
             pmu_attr(&self.fd, self.index, KVM_ARM_VCPU_PMU_V3_INIT, 0, "KVM_ARM_VCPU_PMU_V3_INIT")?;
             self.pmu_init_pending = false;
@@ -623,6 +637,7 @@ impl BackendVcpu for KvmVcpu {
                 return Ok(VcpuExit::Interrupted);
             }
             self.runs += 1;
+            self.gic_checked = true;
             let result = self.fd.run();
             let eintr = matches!(&result, Err(e) if e.errno() == libc::EINTR);
             let why = self.kick.leave(eintr);
@@ -702,9 +717,7 @@ impl BackendSve for KvmVcpu {
         let vq = self.sve_enabled()?;
         let mut regs = SveRegs::zeroed(vq);
         for reg in SveReg::all() {
-            let mut buf = vec![0u8; regs.reg(reg).len()];
-            self.read_sve(reg, &mut buf)?;
-            regs.reg_mut(reg).copy_from_slice(&buf);
+            self.read_sve(reg, regs.reg_mut(reg))?;
         }
         self.last_sve = Some(regs.clone());
         Ok(regs)

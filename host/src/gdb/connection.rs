@@ -18,45 +18,75 @@ use super::{packets::ReplyPatch, vcpu_thread::Event, GdbOptions};
 
 /// Writes to one gdb connection. Shared, so that a protocol restarted on the same connection
 /// keeps writing to it, and the session's own replies go the same way as `gdbstub`'s.
+///
+/// `gdbstub` hands over its replies a byte at a time and flushes at the end of each packet, so
+/// a packet is gathered here and leaves in one write at the flush: a register packet is kilobytes
+/// long with SVE, and a write per byte made each one cost thousands of system calls. An
+/// acknowledgement (`+` or `-` outside a packet) goes out at once, since `gdbstub` does not flush
+/// it and gdb waits for it; inside a packet the same bytes are the packet's own.
 #[derive(Clone)]
 pub struct Conn {
-    writer: Arc<Mutex<Box<dyn Write + Send>>>,
-    patch: Arc<Mutex<ReplyPatch>>,
+    out: Arc<Mutex<Out>>,
+}
+
+/// The connection's writer, the packet gathered so far, and the reply patch.
+struct Out {
+    writer: Box<dyn Write + Send>,
+    gathered: Vec<u8>,
+    /// A packet (`$`) or notification (`%`) was started and not flushed yet. The reply patch
+    /// may hold its bytes back, so `gathered` being empty does not say that none was started.
+    open: bool,
+    patch: ReplyPatch,
 }
 
 impl Conn {
     /// A connection writing to `writer`.
     pub fn new(writer: Box<dyn Write + Send>) -> Self {
-        Self { writer: Arc::new(Mutex::new(writer)), patch: Arc::default() }
+        let out = Out { writer, gathered: Vec::new(), open: false, patch: ReplyPatch::default() };
+        Self { out: Arc::new(Mutex::new(out)) }
     }
 
     /// Extends the next reply packet with `suffix` (features `gdbstub` does not advertise).
     pub fn patch_next_reply(&self, suffix: &'static str) {
-        if let Ok(mut p) = self.patch.lock() {
-            p.arm(suffix);
+        if let Ok(mut out) = self.out.lock() {
+            out.patch.arm(suffix);
         }
     }
 
     /// Cancels a patch not yet applied.
     pub fn cancel_patch(&self) {
-        if let Ok(mut p) = self.patch.lock() {
-            p.disarm();
+        if let Ok(mut out) = self.out.lock() {
+            out.patch.disarm();
         }
     }
 
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&mut Box<dyn Write + Send>) -> std::io::Result<T>,
-    ) -> std::io::Result<T> {
-        let mut w =
-            self.writer.lock().map_err(|_| std::io::Error::other("the gdb writer lock is poisoned"))?;
-        f(&mut w)
+    fn with<T>(&self, f: impl FnOnce(&mut Out) -> std::io::Result<T>) -> std::io::Result<T> {
+        let mut out =
+            self.out.lock().map_err(|_| std::io::Error::other("the gdb writer lock is poisoned"))?;
+        f(&mut out)
+    }
+}
+
+impl Out {
+    fn gather(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if !self.open && matches!(bytes, [b'+' | b'-']) {
+            return self.writer.write_all(bytes).and_then(|()| self.writer.flush());
+        }
+        self.open |= bytes.iter().any(|b| matches!(b, b'$' | b'%'));
+        if self.patch.armed() {
+            let filtered = self.patch.filter(bytes);
+            self.gathered.extend_from_slice(&filtered);
+        } else {
+            self.gathered.extend_from_slice(bytes);
+        }
+        Ok(())
     }
 
-    fn filtered(&self, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
-        let mut p =
-            self.patch.lock().map_err(|_| std::io::Error::other("the gdb reply patch lock is poisoned"))?;
-        Ok(p.filter(bytes))
+    fn flush(&mut self) -> std::io::Result<()> {
+        let result = self.writer.write_all(&self.gathered).and_then(|()| self.writer.flush());
+        self.gathered.clear();
+        self.open = false;
+        result
     }
 }
 
@@ -64,17 +94,15 @@ impl Connection for Conn {
     type Error = std::io::Error;
 
     fn write(&mut self, byte: u8) -> std::io::Result<()> {
-        let bytes = self.filtered(&[byte])?;
-        self.with(|w| w.write_all(&bytes))
+        self.with(|out| out.gather(&[byte]))
     }
 
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        let bytes = self.filtered(buf)?;
-        self.with(|w| w.write_all(&bytes))
+        self.with(|out| out.gather(buf))
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.with(|w| w.flush())
+        self.with(Out::flush)
     }
 }
 
@@ -256,6 +284,28 @@ mod tests {
         }
     }
 
+    /// What a connection wrote, and how many writes it took.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<(Vec<u8>, usize)>>);
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let mut s = self.0.lock().expect("sink");
+            s.0.extend_from_slice(buf);
+            s.1 += 1;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn bytewise(conn: &mut Conn, bytes: &[u8]) {
+        for b in bytes {
+            conn.write(*b).expect("write");
+        }
+    }
+
     #[test]
     fn a_done_word_ends_only_the_connection_it_names() {
         let mut fds = [0; 2];
@@ -282,5 +332,31 @@ mod tests {
         assert_eq!(next(&rx), "2:c");
         drop(writer);
         assert_eq!(next(&rx), "-2");
+    }
+
+    #[test]
+    fn a_packet_leaves_in_one_write_and_an_ack_at_once() {
+        let sink = Sink::default();
+        let mut conn = Conn::new(Box::new(sink.clone()));
+        conn.write(b'+').expect("ack");
+        assert_eq!(sink.0.lock().expect("sink").0, b"+");
+        bytewise(&mut conn, b"$swbreak+;hwbreak+#00");
+        assert_eq!(sink.0.lock().expect("sink").1, 1, "nothing of the packet before the flush");
+        conn.flush().expect("flush");
+        let (bytes, writes) = sink.0.lock().expect("sink").clone();
+        assert_eq!((bytes.as_slice(), writes), (&b"+$swbreak+;hwbreak+#00"[..], 2));
+    }
+
+    #[test]
+    fn a_patched_reply_keeps_its_plus_signs() {
+        let sink = Sink::default();
+        let mut conn = Conn::new(Box::new(sink.clone()));
+        conn.patch_next_reply(";QNonStop+");
+        conn.write(b'+').expect("ack");
+        bytewise(&mut conn, b"$swbreak+#00");
+        conn.flush().expect("flush");
+        let bytes = sink.0.lock().expect("sink").0.clone();
+        let text = String::from_utf8(bytes).expect("text");
+        assert!(text.starts_with("+$swbreak+;QNonStop+#"), "{text}");
     }
 }

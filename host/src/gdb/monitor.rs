@@ -1,7 +1,8 @@
 //! gdb's `monitor` commands: `info` (the backend, and each vCPU's MP state and PC), `debug-pool`
 //! (what each debug register holds, per vCPU, and why the last refused breakpoint or watchpoint
-//! was refused) and `reset` (the machine stops with the reset
-//! outcome, as on a guest's PSCI SYSTEM_RESET).
+//! was refused), `counters` (each vCPU's register reads, register writes and guest entries so
+//! far, for measuring what a stop costs) and `reset` (the machine stops with the reset outcome,
+//! as on a guest's PSCI SYSTEM_RESET).
 
 use accel_api::{sysreg::MPIDR_EL1, AccelError, MpState};
 use gdbstub::target::ext::monitor_cmd::{outputln, ConsoleOutput, MonitorCmd};
@@ -11,6 +12,7 @@ use crate::vmm::Outcome;
 
 const HELP: &str = "monitor commands:\n  info        the backend, and each vCPU's state and PC\n  \
                     debug-pool  what each debug register holds, per vCPU, and the last refusal\n  \
+                    counters    each vCPU's register reads, writes and guest entries so far\n  \
                     reset       stop the machine with the reset outcome (accel-host exits 0)";
 
 impl GdbTarget {
@@ -79,11 +81,34 @@ impl GdbTarget {
     }
 }
 
+impl GdbTarget {
+    /// One line per vCPU: `vCPU N: R reads, W writes, E runs` (its backend's sync counters).
+    fn counters(&mut self, out: &mut ConsoleOutput<'_>) {
+        for index in 0..self.vcpus.len() as u32 {
+            if self.running[index as usize] {
+                outputln!(out, "vCPU {index}: running");
+                continue;
+            }
+            match self.exec(index, |v| Ok(v.counters())) {
+                Ok(c) => outputln!(
+                    out,
+                    "vCPU {index}: {} reads, {} writes, {} runs",
+                    c.reg_reads,
+                    c.reg_writes,
+                    c.runs
+                ),
+                Err(e) => outputln!(out, "vCPU {index}: {e}"),
+            }
+        }
+    }
+}
+
 impl MonitorCmd for GdbTarget {
     fn handle_monitor_cmd(&mut self, cmd: &[u8], mut out: ConsoleOutput<'_>) -> Result<(), AccelError> {
         match String::from_utf8_lossy(cmd).trim() {
             "info" => self.info(&mut out),
             "debug-pool" => self.debug_pool(&mut out),
+            "counters" => self.counters(&mut out),
             "reset" => {
                 outputln!(out, "resetting: the machine stops, and accel-host exits with the reset outcome");
                 self.ended = Some(Outcome::Reset);

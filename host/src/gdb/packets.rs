@@ -151,6 +151,11 @@ impl ReplyPatch {
         }
     }
 
+    /// A reply is to be extended: bytes must go through [`ReplyPatch::filter`].
+    pub fn armed(&self) -> bool {
+        self.suffix.is_some()
+    }
+
     /// Takes outgoing bytes; returns what to send now.
     pub fn filter(&mut self, bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(bytes.len());

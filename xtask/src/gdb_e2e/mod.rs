@@ -5,6 +5,7 @@
 mod client;
 mod debuggee;
 mod linux;
+mod packets;
 mod smp;
 
 use std::{
@@ -166,6 +167,12 @@ pub fn gdb_sessions(tally: &mut Tally, kernel: &Path, only: &[&str]) -> Result<(
         files.extend(smp::files()?);
         sessions.push(smp::session());
     }
+    if wanted(packets::JOB) {
+        if !wanted(debuggee::JOB) {
+            files.extend(debuggee::files()?);
+        }
+        sessions.push(packets::session());
+    }
     if wanted(linux::JOB) {
         files.extend(linux::files(kernel)?);
         jobs.extend(linux::jobs());
@@ -181,6 +188,9 @@ pub fn gdb_sessions(tally: &mut Tally, kernel: &Path, only: &[&str]) -> Result<(
     }
     if wanted(linux::JOB) {
         linux::check(tally, &get(linux::JOB));
+    }
+    if wanted(packets::JOB) {
+        packets::print(&get(packets::JOB));
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `/init` of the nested arm64 test VM.
 //!
-//! It mounts devtmpfs, proc, sysfs and a tmpfs, runs each job of `/etc/accel/jobs` with its output
+//! It mounts devtmpfs, proc, sysfs and a tmpfs, brings up the loopback interface (jobs may talk
+//! TCP to themselves, as the benchmark does to its own gdb stub), runs each job of `/etc/accel/jobs` with its output
 //! on the console between marker lines, and ends the VM through an Arm semihosting `SYS_EXIT`
 //! (QEMU's `-semihosting-config ...,userspace=on`), falling back to a power-off.
 //!
@@ -41,6 +42,37 @@ fn mount(source: &str, target: &str, fstype: &str) {
     if rc != 0 {
         println!("@@accel warning: mounting {fstype} on {target}: {}", std::io::Error::last_os_error());
     }
+}
+
+/// Brings `lo` up: the kernel creates it down, and nothing else in this VM configures networks.
+fn loopback_up() {
+    // SAFETY: socket has no memory preconditions; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        println!("@@accel warning: a socket to bring up lo: {}", std::io::Error::last_os_error());
+        return;
+    }
+    // SAFETY: ifreq is plain data, valid when zeroed.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: `req` is a valid ifreq naming an interface, which SIOCGIFFLAGS fills and
+    // SIOCSIFFLAGS reads; `fd` is the socket opened above. The flags member of the union is the
+    // one these requests use.
+    let rc = unsafe {
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) == 0 {
+            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            libc::ioctl(fd, libc::SIOCSIFFLAGS, &req)
+        } else {
+            -1
+        }
+    };
+    if rc != 0 {
+        println!("@@accel warning: bringing up lo: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is open and owned here.
+    unsafe { libc::close(fd) };
 }
 
 /// Prints the file at `path` as lines `@@hex <hex>` of 64 bytes each; returns an exit status.
@@ -251,6 +283,7 @@ fn main() {
     mount("proc", "/proc", "proc");
     mount("sysfs", "/sys", "sysfs");
     mount("tmpfs", "/tmp", "tmpfs");
+    loopback_up();
     // A console job's status is the VM's, and its person sees no markers.
     let (mut exit_code, mut quiet) = (0, false);
     match std::fs::read_to_string(JOBS) {

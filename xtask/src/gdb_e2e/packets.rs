@@ -1,0 +1,100 @@
+//! What gdb sends around each kind of stop, captured with `set debug remote 1` against
+//! accel-host in the nested VM: a `stepi`, a `continue` to a software and to a hardware
+//! breakpoint, and a `continue` to a watchpoint, on the debuggee (one vCPU, SVE on). Not a test:
+//! `cargo xtask gdb-e2e --session gdb-packets` prints the packets of each step between its
+//! markers, the sequences `accel-bench` replays to measure a stop as gdb sees it.
+
+use super::{Client, Outcome, Session};
+use crate::{guest_out, vm::Job};
+
+/// The session's accel-host job.
+pub const JOB: &str = "gdb-packets";
+const ELF: &str = "/guests/debuggee.elf";
+
+/// Each measured step is between `@@step NAME` and `@@end` markers, with the packet log on.
+const SCRIPT: &str = r#"set pagination off
+set confirm off
+set language c
+set remotetimeout 60
+target remote 127.0.0.1:PORT
+break loop_body
+continue
+set debug remote 1
+echo @@step continue-to-breakpoint\n
+continue
+echo @@end\n
+echo @@step stepi\n
+stepi
+echo @@end\n
+echo @@step stepi-again\n
+stepi
+echo @@end\n
+set debug remote 0
+delete
+hbreak hw_target
+set debug remote 1
+echo @@step continue-to-hbreak\n
+continue
+echo @@end\n
+set debug remote 0
+delete
+watch *(unsigned long *)&WATCHED
+set debug remote 1
+echo @@step continue-to-watchpoint\n
+continue
+echo @@end\n
+echo @@step continue-to-watchpoint-again\n
+continue
+echo @@end\n
+set debug remote 0
+kill
+"#;
+
+/// accel-host serving gdb on the debuggee with one vCPU, SVE on, stopped at the start.
+pub fn session() -> Session {
+    let argv = [
+        "/bin/accel-host",
+        "run",
+        "--accel",
+        "kvm",
+        "--features",
+        "sve",
+        "--gdb",
+        "/dev/vport0p1",
+        "--gdb-wait",
+        ELF,
+    ];
+    Session {
+        job: Job::new(JOB, &argv),
+        clients: Box::new(|port, _| {
+            vec![Client {
+                script: SCRIPT.replace("PORT", &port.to_string()),
+                program: Some(guest_out("debuggee")),
+                actions: Vec::new(),
+                limit_secs: 200,
+            }]
+        }),
+        junk_first: false,
+    }
+}
+
+/// Prints the packets gdb sent in each marked step, and the stop replies it received.
+pub fn print(outcome: &Outcome) {
+    let out = outcome.clients.first().cloned().unwrap_or_default();
+    let mut step: Option<&str> = None;
+    for line in out.lines() {
+        if let Some(name) = line.strip_prefix("@@step ") {
+            step = Some(name.trim());
+            println!("xtask: gdb packets: {}", name.trim());
+        } else if line.starts_with("@@end") {
+            step = None;
+        } else if step.is_some() {
+            if let Some(packet) = line.split("Sending packet: ").nth(1) {
+                println!("  -> {packet}");
+            } else if let Some(packet) = line.split("Packet received: ").nth(1) {
+                let shown: String = packet.chars().take(60).collect();
+                println!("  <- {shown}{}", if packet.len() > 60 { "..." } else { "" });
+            }
+        }
+    }
+}
