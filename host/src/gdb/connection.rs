@@ -156,12 +156,69 @@ impl Listener {
     }
 }
 
+/// The first packet every gdb sends on connecting, and only then.
+const CLIENT_START: &[u8] = b"$qSupported";
+
+/// Finds where a new client starts in a character device's bytes: at its `qSupported` packet.
+/// A device carries every client's bytes in one stream, and neither its end-of-file nor the
+/// session's word always comes between two clients (a client can come before the port reads as
+/// ended, and its first packet can reach the last client's protocol before the session says that
+/// client is done). A prefix of the packet's name is held back until the bytes after it show
+/// whether it is one.
+#[derive(Default)]
+struct ClientStarts {
+    held: Vec<u8>,
+}
+
+/// A run of bytes for the current connection, or the start of a new client.
+#[derive(Debug, PartialEq, Eq)]
+enum Piece {
+    Bytes(Vec<u8>),
+    NewClient,
+}
+
+impl ClientStarts {
+    /// Splits `bytes` into pieces; what may still be the start of a client's first packet is
+    /// kept for the next call.
+    fn feed(&mut self, bytes: &[u8]) -> Vec<Piece> {
+        let mut pieces = Vec::new();
+        let mut run = Vec::new();
+        for &b in bytes {
+            if b != CLIENT_START[self.held.len()] {
+                run.append(&mut self.held);
+            }
+            if b == CLIENT_START[self.held.len()] {
+                self.held.push(b);
+                if self.held.len() == CLIENT_START.len() {
+                    if !run.is_empty() {
+                        pieces.push(Piece::Bytes(std::mem::take(&mut run)));
+                    }
+                    pieces.push(Piece::NewClient);
+                    run.append(&mut self.held);
+                }
+            } else {
+                run.push(b);
+            }
+        }
+        if !run.is_empty() {
+            pieces.push(Piece::Bytes(run));
+        }
+        pieces
+    }
+
+    /// The port ended: what was held belonged to a client that has gone.
+    fn forget(&mut self) {
+        self.held.clear();
+    }
+}
+
 /// A character device: end-of-file means no client is connected at the other end (a
-/// virtio-serial port reads so), and data after it, or after the session says its client is
-/// done, is a new connection.
+/// virtio-serial port reads so), and data after it, after the session says its client is done,
+/// or from a `qSupported` packet on, is a new connection.
 fn serve_device(file: std::fs::File, events: mpsc::Sender<Event>, listener: Listener) {
     let mut conn = 0;
     let mut connected = false;
+    let mut starts = ClientStarts::default();
     let mut buf = [0u8; 4096];
     loop {
         let result = (&file).read(&mut buf);
@@ -174,6 +231,7 @@ fn serve_device(file: std::fs::File, events: mpsc::Sender<Event>, listener: List
         }
         match result {
             Ok(0) => {
+                starts.forget();
                 if connected {
                     connected = false;
                     if events.send(Event::Closed { conn }).is_err() {
@@ -183,16 +241,31 @@ fn serve_device(file: std::fs::File, events: mpsc::Sender<Event>, listener: List
                 std::thread::sleep(Duration::from_millis(20));
             }
             Ok(n) => {
-                if !connected {
-                    let Ok(writer) = file.try_clone() else { return };
-                    conn += 1;
-                    connected = true;
-                    if events.send(Event::Connected { conn, writer: Box::new(writer) }).is_err() {
+                for piece in starts.feed(&buf[..n]) {
+                    let bytes = match piece {
+                        Piece::NewClient => {
+                            if connected {
+                                log::debug!("gdb: a new client's qSupported ends connection {conn}");
+                                connected = false;
+                                if events.send(Event::Closed { conn }).is_err() {
+                                    return;
+                                }
+                            }
+                            continue;
+                        }
+                        Piece::Bytes(bytes) => bytes,
+                    };
+                    if !connected {
+                        let Ok(writer) = file.try_clone() else { return };
+                        conn += 1;
+                        connected = true;
+                        if events.send(Event::Connected { conn, writer: Box::new(writer) }).is_err() {
+                            return;
+                        }
+                    }
+                    if !send_bytes(&events, conn, &bytes) {
                         return;
                     }
-                }
-                if !send_bytes(&events, conn, &buf[..n]) {
-                    return;
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -304,6 +377,45 @@ mod tests {
         for b in bytes {
             conn.write(*b).expect("write");
         }
+    }
+
+    #[test]
+    fn a_client_starts_at_its_qsupported_even_across_reads() {
+        let mut starts = ClientStarts::default();
+        let bytes = |b: &[u8]| Piece::Bytes(b.to_vec());
+        assert_eq!(starts.feed(b"+$D#44"), [bytes(b"+$D#44")]);
+        // The next client's first packet, split over two reads: its start is held back.
+        assert_eq!(starts.feed(b"+$qSup"), [bytes(b"+")]);
+        assert_eq!(
+            starts.feed(b"ported:multiprocess+#c6"),
+            [Piece::NewClient, bytes(b"$qSupported:multiprocess+#c6")]
+        );
+        // Lookalikes pass as they are, a held prefix included.
+        assert_eq!(starts.feed(b"$qS"), []);
+        assert_eq!(
+            starts.feed(b"ymbol::#5b$$qSupported"),
+            [bytes(b"$qSymbol::#5b$"), Piece::NewClient, bytes(b"$qSupported")]
+        );
+        starts.feed(b"$qSu");
+        starts.forget();
+        assert_eq!(starts.feed(b"x"), [bytes(b"x")]);
+    }
+
+    #[test]
+    fn a_new_client_on_the_port_ends_the_last_one_that_never_said_goodbye() {
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two new descriptors into an array of two.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors are new and owned by nothing else; each File takes one.
+        let (reader, mut writer) =
+            unsafe { (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1])) };
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || serve_device(reader, tx, Listener::default()));
+        writer.write_all(b"$qSupported#37").unwrap();
+        assert_eq!([next(&rx), next(&rx)], ["+1", "1:$"]);
+        while next(&rx) != "1:7" {}
+        writer.write_all(b"+$qSupported#37").unwrap();
+        assert_eq!([next(&rx), next(&rx), next(&rx), next(&rx)], ["1:+", "-1", "+2", "2:$"]);
     }
 
     #[test]
