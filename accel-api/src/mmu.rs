@@ -57,10 +57,13 @@ pub fn translate(
         return Err(fault(va, format!("walks through TTBR{} are disabled (TCR_EL1.EPD)", u8::from(upper))));
     }
     let input_bits = 64 - tsz as u32;
+    // TCR_EL1.DS (FEAT_LPA2): 52-bit regions and output addresses with the 4K and 16K granules.
+    let ds = tcr >> 59 & 1 == 1 && granule != 16;
     // The input sizes whose walk starts at a level the granule has: the 4K granule's levels 0 to
-    // 3 resolve VA bits up to 47 (52-bit regions need FEAT_LPA2's level -1, not walked here), the
-    // 16K and 64K granules' up to 51; a 64K region needs more than the 16 bits of its page offset.
+    // 3 resolve VA bits up to 47, and with DS its level -1 bits 51:48; the 16K and 64K granules'
+    // up to 51; a 64K region needs more than the 16 bits of its page offset.
     let supported = match granule {
+        12 if ds => 16..=52,
         12 => 16..=48,
         14 => 16..=52,
         _ => 17..=52,
@@ -69,8 +72,9 @@ pub fn translate(
         return Err(fault(
             va,
             format!(
-                "TCR_EL1 gives an input size of {input_bits} bits, which the {} KiB granule does not walk",
-                1 << (granule - 10)
+                "TCR_EL1 gives an input size of {input_bits} bits, which the {} KiB granule does not walk{}",
+                1 << (granule - 10),
+                if granule == 12 { " without TCR_EL1.DS" } else { "" }
             ),
         ));
     }
@@ -81,13 +85,16 @@ pub fn translate(
         return Err(fault(va, format!("outside both translation regions ({input_bits}-bit input size)")));
     }
     let stride = granule - 3;
-    let levels = (input_bits - granule).div_ceil(stride);
-    let mut level = 4 - levels;
-    // TTBRn_EL1.BADDR (bit 0 is CnP).
-    let mut table = bits(ttbr, 47, 1);
+    let levels = (input_bits - granule).div_ceil(stride) as i32;
+    let start = 4 - levels;
+    // An output address: bits 47 down to `lo` in place, and with DS bits 49:48 from bits 9:8.
+    let output = |desc: u64, lo: u32| bits(desc, 47, lo) | if ds { (desc >> 8 & 3) << 48 } else { 0 };
+    // TTBRn_EL1.BADDR (bit 0 is CnP; with DS, bits 5:2 hold BADDR[51:48]).
+    let mut table = if ds { bits(ttbr, 47, 6) | (ttbr >> 2 & 0xf) << 48 } else { bits(ttbr, 47, 1) };
+    let mut level = start;
     loop {
-        let shift = granule + stride * (3 - level);
-        let index_bits = if level == 4 - levels { input_bits - shift } else { stride };
+        let shift = granule + stride * (3 - level) as u32;
+        let index_bits = if level == start { input_bits - shift } else { stride };
         let index = (va >> shift) & ((1u64 << index_bits) - 1);
         let desc_addr = table + 8 * index;
         let desc = read_phys(desc_addr)?;
@@ -99,16 +106,22 @@ pub fn translate(
             if !is_table {
                 return Err(fault(va, format!("reserved level-3 descriptor {desc:#x}")));
             }
-            return Ok(bits(desc, 47, granule) | (va & ((1u64 << granule) - 1)));
+            return Ok(output(desc, granule) | (va & ((1u64 << granule) - 1)));
         }
         if !is_table {
-            // A block: level 1 or 2 for 4K, level 2 for 16K and 64K.
-            if level == 0 || (granule != 12 && level == 1) {
+            // A block: level 1 or 2 for 4K (level 0 too with DS), level 2 for 16K (level 1 too
+            // with DS) and 64K; never at level -1.
+            let lowest = match granule {
+                12 => 1 - i32::from(ds),
+                14 => 2 - i32::from(ds),
+                _ => 2,
+            };
+            if level < lowest.max(0) {
                 return Err(fault(va, format!("block descriptor {desc:#x} not allowed at level {level}")));
             }
-            return Ok(bits(desc, 47, shift) | (va & ((1u64 << shift) - 1)));
+            return Ok(output(desc, shift) | (va & ((1u64 << shift) - 1)));
         }
-        table = bits(desc, 47, granule);
+        table = output(desc, granule);
         level += 1;
     }
 }
@@ -195,6 +208,27 @@ mod tests {
         m.insert(0x1_0000, 0x5555_0000 | 3);
         let regs = TranslationRegs { sctlr: 1, tcr: 47 | 0b01 << 14, ttbr0: 0x1_0000, ttbr1: 0 };
         assert_eq!(translate(0x1234, &regs, |pa| Mem(m.clone()).read(pa)), Ok(0x5555_1234));
+    }
+
+    #[test]
+    fn four_k_granule_52_bit_region_walks_from_level_minus_one() {
+        // TCR_EL1.DS = 1, T1SZ = 12, TG1 = 4K: five levels, as Linux with 52-bit VAs and LPA2.
+        let tcr = 1u64 << 59 | 12 << 16 | 0b10 << 30;
+        let va = 0xfff0_8000_8123_4567u64;
+        let mut m = HashMap::new();
+        let idx = |shift: u32, bits: u32| (va >> shift) & ((1 << bits) - 1);
+        m.insert(0x1000 + 8 * idx(48, 4), 0x2000 | 3);
+        m.insert(0x2000 + 8 * idx(39, 9), 0x3000 | 3);
+        m.insert(0x3000 + 8 * idx(30, 9), 0x4000 | 3);
+        m.insert(0x4000 + 8 * idx(21, 9), 0x5000 | 3);
+        // The page's output address has bits 49:48 in descriptor bits 9:8.
+        m.insert(0x5000 + 8 * idx(12, 9), 0x7777_0000 | 1 << 8 | 3);
+        let regs = TranslationRegs { sctlr: 1, tcr, ttbr0: 0, ttbr1: 0x1000 };
+        assert_eq!(translate(va, &regs, |pa| Mem(m.clone()).read(pa)), Ok(1 << 48 | 0x7777_0567));
+        // Without DS the same size is refused.
+        let regs = TranslationRegs { tcr: tcr & !(1 << 59), ..regs };
+        let e = translate(va, &regs, |pa| Mem(m.clone()).read(pa)).unwrap_err();
+        assert!(e.message.contains("does not walk without TCR_EL1.DS"), "{e}");
     }
 
     #[test]

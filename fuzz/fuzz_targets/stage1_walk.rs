@@ -4,7 +4,7 @@
 //! physical memory, so that walks go deep).
 //!
 //! Invariants, for any input:
-//! - the walk terminates (at most four descriptor reads) and never panics;
+//! - the walk terminates (at most five descriptor reads, four without TCR_EL1.DS) and never panics;
 //! - with SCTLR_EL1.M clear the address is returned as it is, with no read;
 //! - a returned address is the one the descriptors walked give, checked against an independent,
 //!   table-driven statement of the VMSAv8-64 walk (Arm ARM D8.2): the region (TTBR0 or TTBR1 by
@@ -40,12 +40,13 @@ struct Input {
 /// The sparse memory's size: reads at or above it fail.
 const MEMORY: u64 = 16 << 20;
 
-/// The VA bits each level resolves, `[hi:lo]`, per granule (log2 of its size), from level 0.
-fn level_bits(granule: u32) -> [Option<(u32, u32)>; 4] {
+/// The VA bits each level resolves, `[hi:lo]`, per granule (log2 of its size), from level -1
+/// (which only the 4K granule has, with TCR_EL1.DS).
+fn level_bits(granule: u32, ds: bool) -> [Option<(u32, u32)>; 5] {
     match granule {
-        12 => [Some((47, 39)), Some((38, 30)), Some((29, 21)), Some((20, 12))],
-        14 => [Some((51, 47)), Some((46, 36)), Some((35, 25)), Some((24, 14))],
-        _ => [None, Some((51, 42)), Some((41, 29)), Some((28, 16))],
+        12 => [ds.then_some((51, 48)), Some((47, 39)), Some((38, 30)), Some((29, 21)), Some((20, 12))],
+        14 => [None, Some((51, 47)), Some((46, 36)), Some((35, 25)), Some((24, 14))],
+        _ => [None, None, Some((51, 42)), Some((41, 29)), Some((28, 16))],
     }
 }
 
@@ -70,13 +71,14 @@ fn field(v: u64, hi: u32, lo: u32) -> u64 {
     v >> lo & ((1u64 << (hi - lo + 1)) - 1)
 }
 
-/// Bits `[47:lo]` of `v` in place.
-fn address_bits(v: u64, lo: u32) -> u64 {
-    v & ((1u64 << 48) - 1) & !((1u64 << lo) - 1)
+/// Bits `[47:lo]` of `v` in place, and with TCR_EL1.DS bits `[49:48]` from bits `[9:8]`.
+fn address_bits(v: u64, lo: u32, ds: bool) -> u64 {
+    let high = if ds { (v >> 8 & 3) << 48 } else { 0 };
+    v & ((1u64 << 48) - 1) & !((1u64 << lo) - 1) | high
 }
 
 fn check(regs: &TranslationRegs, va: u64, reads: &[(u64, Option<u64>)], result: &Result<u64, AccelError>) {
-    assert!(reads.len() <= 4, "a walk reads at most four descriptors: {reads:x?}");
+    assert!(reads.len() <= 5, "a walk reads at most five descriptors: {reads:x?}");
     if regs.sctlr & 1 == 0 {
         assert!(reads.is_empty() && *result == Ok(va), "the MMU is off: the address is physical");
         return;
@@ -97,18 +99,24 @@ fn check(regs: &TranslationRegs, va: u64, reads: &[(u64, Option<u64>)], result: 
     let region_top = if upper { (1u64 << (64 - input_bits)) - 1 } else { 0 };
     assert_eq!(top, region_top, "the VA lies outside its region of {input_bits} bits");
     let g = granule(regs.tcr, upper);
-    let levels = level_bits(g);
-    let start = (0..4)
+    let ds = regs.tcr >> 59 & 1 == 1 && g != 16;
+    let levels = level_bits(g, ds);
+    // Indices into `levels`: level + 1.
+    let start = (0..5)
         .find(|&l| levels[l].is_some_and(|(hi, lo)| lo < input_bits && input_bits - 1 <= hi))
         .unwrap_or_else(|| {
             panic!("no level of the {g}-bit granule starts a {input_bits}-bit region: {pa:#x}")
         });
-    assert!(start + reads.len() <= 4, "the walk went past level 3");
-    let mut table = ttbr & ((1u64 << 48) - 1) & !1;
+    assert!(start + reads.len() <= 5, "the walk went past level 3");
+    let mut table = if ds {
+        ttbr & ((1u64 << 48) - 1) & !0x3f | (ttbr >> 2 & 0xf) << 48
+    } else {
+        ttbr & ((1u64 << 48) - 1) & !1
+    };
     for (i, &(addr, desc)) in reads.iter().enumerate() {
-        let level = start + i;
-        let (hi, lo) = levels[level].expect("a level of the granule");
-        let hi = if level == start { input_bits - 1 } else { hi };
+        let (hi, lo) = levels[start + i].expect("a level of the granule");
+        let level = (start + i) as i32 - 1;
+        let hi = if i == 0 { input_bits - 1 } else { hi };
         assert_eq!(
             addr,
             table + 8 * field(va, hi, lo),
@@ -119,7 +127,7 @@ fn check(regs: &TranslationRegs, va: u64, reads: &[(u64, Option<u64>)], result: 
         let last = i + 1 == reads.len();
         if !last {
             assert_eq!(desc & 2, 2, "only a table descriptor leads to another read");
-            table = address_bits(desc, g);
+            table = address_bits(desc, g, ds);
             continue;
         }
         let page = level == 3;
@@ -127,7 +135,11 @@ fn check(regs: &TranslationRegs, va: u64, reads: &[(u64, Option<u64>)], result: 
             assert_eq!(desc & 2, 2, "a level-3 descriptor is a page");
         } else {
             assert_eq!(desc & 2, 0, "a walk ending above level 3 ends at a block");
-            let allowed = if g == 12 { level == 1 || level == 2 } else { level == 2 };
+            let allowed = match g {
+                12 => level == 1 || level == 2 || (ds && level == 0),
+                14 => level == 2 || (ds && level == 1),
+                _ => level == 2,
+            };
             assert!(allowed, "a block at level {level} with the {g}-bit granule");
         }
         let offset_bits = lo;
@@ -136,7 +148,7 @@ fn check(regs: &TranslationRegs, va: u64, reads: &[(u64, Option<u64>)], result: 
             va & ((1u64 << offset_bits) - 1),
             "the offset within the block"
         );
-        assert_eq!(pa & !((1u64 << offset_bits) - 1), address_bits(desc, offset_bits), "the output address");
+        assert_eq!(pa & !((1u64 << offset_bits) - 1), address_bits(desc, offset_bits, ds), "the output address");
     }
 }
 

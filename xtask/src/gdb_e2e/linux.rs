@@ -62,6 +62,7 @@ fn script(port: u16, function: u64, variable: u64) -> String {
         "set pagination off\n\
          set confirm off\n\
          set architecture aarch64\n\
+         set debug remote 1\n\
          target remote 127.0.0.1:{port}\n\
          info threads\n\
          hbreak *{function:#x}\n\
