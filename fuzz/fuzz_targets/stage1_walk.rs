@@ -148,7 +148,11 @@ fn check(regs: &TranslationRegs, va: u64, reads: &[(u64, Option<u64>)], result: 
             va & ((1u64 << offset_bits) - 1),
             "the offset within the block"
         );
-        assert_eq!(pa & !((1u64 << offset_bits) - 1), address_bits(desc, offset_bits, ds), "the output address");
+        assert_eq!(
+            pa & !((1u64 << offset_bits) - 1),
+            address_bits(desc, offset_bits, ds),
+            "the output address"
+        );
     }
 }
 
