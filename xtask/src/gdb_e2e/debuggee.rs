@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::{Action, Client, Outcome, Session};
-use crate::{guest_out, report::Tally, vm::Job, vm::VmFile, Result};
+use crate::{guest_out, report::Tally, vm::VmFile, Result};
 
 /// The session's accel-host job.
 pub const JOB: &str = "gdb-debuggee";
@@ -69,22 +69,8 @@ pub fn files() -> Result<Vec<VmFile>> {
 
 /// accel-host serving gdb on the debuggee, two vCPUs, SVE on; a malformed client comes first.
 pub fn session() -> Session {
-    let argv = [
-        "/bin/accel-host",
-        "run",
-        "--accel",
-        "kvm",
-        "--cpus",
-        "2",
-        "--features",
-        "sve",
-        "--gdb",
-        "/dev/vport0p1",
-        "--gdb-wait",
-        ELF,
-    ];
     Session {
-        job: Job::new(JOB, &argv),
+        job: super::host_under_gdb(JOB, 2, ELF),
         clients: Box::new(|port, _| {
             vec![Client {
                 script: GDB_SCRIPT.replace("PORT", &port.to_string()),

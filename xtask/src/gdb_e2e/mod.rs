@@ -26,6 +26,15 @@ use crate::{
     vm_files, Error, Result, VM_TIMEOUT,
 };
 
+/// The job that runs accel-host on `elf` with `cpus` vCPUs and SVE on, serving gdb on the
+/// virtio-serial port and waiting for the first client.
+fn host_under_gdb(name: &str, cpus: u32, elf: &str) -> Job {
+    let cpus = cpus.to_string();
+    let argv = ["/bin/accel-host", "run", "--accel", "kvm", "--cpus", &cpus, "--features", "sve"];
+    let gdb = ["--gdb", "/dev/vport0p1", "--gdb-wait", elf];
+    Job::new(name, &[&argv[..], &gdb[..]].concat())
+}
+
 /// Kernel symbols the guests report (`@@linux sym ADDR NAME`), by name.
 pub type Symbols = HashMap<String, u64>;
 

@@ -5,7 +5,7 @@
 //! markers, the sequences `accel-bench` replays to measure a stop as gdb sees it.
 
 use super::{Client, Outcome, Session};
-use crate::{guest_out, vm::Job};
+use crate::guest_out;
 
 /// The session's accel-host job.
 pub const JOB: &str = "gdb-packets";
@@ -52,20 +52,8 @@ kill
 
 /// accel-host serving gdb on the debuggee with one vCPU, SVE on, stopped at the start.
 pub fn session() -> Session {
-    let argv = [
-        "/bin/accel-host",
-        "run",
-        "--accel",
-        "kvm",
-        "--features",
-        "sve",
-        "--gdb",
-        "/dev/vport0p1",
-        "--gdb-wait",
-        ELF,
-    ];
     Session {
-        job: Job::new(JOB, &argv),
+        job: super::host_under_gdb(JOB, 1, ELF),
         clients: Box::new(|port, _| {
             vec![Client {
                 script: SCRIPT.replace("PORT", &port.to_string()),

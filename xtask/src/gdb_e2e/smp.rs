@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use super::{Action, Client, Outcome, Session};
-use crate::{guest_out, report::Tally, vm::Job, vm::VmFile, Result};
+use crate::{guest_out, report::Tally, vm::VmFile, Result};
 
 /// The session's accel-host job.
 pub const JOB: &str = "gdb-smp";
@@ -144,22 +144,8 @@ fn client(script: &str, port: u16, actions: Vec<(&'static str, Action)>) -> Clie
 
 /// accel-host serving gdb on the two-vCPU guest, SVE on, waiting for the first client.
 pub fn session() -> Session {
-    let argv = [
-        "/bin/accel-host",
-        "run",
-        "--accel",
-        "kvm",
-        "--cpus",
-        "2",
-        "--features",
-        "sve",
-        "--gdb",
-        "/dev/vport0p1",
-        "--gdb-wait",
-        ELF,
-    ];
     Session {
-        job: Job::new(JOB, &argv),
+        job: super::host_under_gdb(JOB, 2, ELF),
         clients: Box::new(|port, _| {
             vec![
                 client(THREADS, port, vec![("READY-FOR-CTRL-C", Action::Interrupt(Duration::from_secs(3)))]),
