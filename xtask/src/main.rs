@@ -33,6 +33,7 @@ mod provision;
 mod report;
 mod shlibs;
 mod soak;
+mod tracked;
 mod vm;
 
 use std::{
@@ -183,6 +184,7 @@ pub(crate) fn lint(tally: &mut Tally) {
         cargo().args(["doc", "--workspace", "--no-deps", "--quiet"]).env("RUSTDOCFLAGS", "-D warnings"),
     );
     tally.check("cargo doc without warnings", docs.is_ok(), || "see the output above".into());
+    tracked::check(tally);
     // A plugin built with panic = "abort" would take the host down on its first panic:
     // export_plugin! must refuse to build one.
     let refused = cargo()
