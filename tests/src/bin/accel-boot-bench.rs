@@ -6,12 +6,13 @@
 
 use std::{
     io::{BufRead, BufReader},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, ExitCode, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
+use accel_conformance::kvm_stats::{self, Counters};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -48,18 +49,6 @@ struct Cli {
     #[arg(long, default_value_t = 120)]
     timeout: u64,
 }
-
-/// KVM's exit counters, as debugfs sums them over the live VMs.
-const KVM_STATS: &[&str] = &[
-    "exits",
-    "mmio_exit_user",
-    "mmio_exit_kernel",
-    "hvc_exit_stat",
-    "wfi_exit_stat",
-    "wfe_exit_stat",
-    "signal_exits",
-];
-const DEBUGFS: &str = "/sys/kernel/debug";
 
 /// One boot: time to the marker and to the end, KVM's counters at the marker, and the VMM's
 /// own summary of exits (accel-host's `--stats`).
@@ -105,42 +94,6 @@ impl Vmm {
     }
 }
 
-#[cfg(not(target_os = "linux"))]
-fn mount_debugfs() -> Result<(), String> {
-    Err("KVM's counters live in Linux's debugfs: this benchmark runs on Linux only".into())
-}
-
-#[cfg(target_os = "linux")]
-fn mount_debugfs() -> Result<(), String> {
-    if Path::new(DEBUGFS).join("kvm").is_dir() {
-        return Ok(());
-    }
-    let c = |s: &str| std::ffi::CString::new(s).unwrap_or_default();
-    let (source, target, kind) = (c("debugfs"), c(DEBUGFS), c("debugfs"));
-    // SAFETY: the three strings are valid and NUL-terminated for the call; no data is passed.
-    let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), kind.as_ptr(), 0, std::ptr::null()) };
-    if rc == 0 && Path::new(DEBUGFS).join("kvm").is_dir() {
-        Ok(())
-    } else {
-        Err(format!(
-            "KVM's counters are not in {DEBUGFS}/kvm, and mounting debugfs there failed: {}",
-            std::io::Error::last_os_error()
-        ))
-    }
-}
-
-fn counters() -> Vec<u64> {
-    KVM_STATS
-        .iter()
-        .map(|name| {
-            std::fs::read_to_string(Path::new(DEBUGFS).join("kvm").join(name))
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0)
-        })
-        .collect()
-}
-
 /// Boots once; the output's lines (both streams) arrive on one channel.
 fn boot(cli: &Cli, vmm: Vmm, cpus: u32) -> Result<Boot, String> {
     let mut command = vmm.command(cli, cpus);
@@ -172,7 +125,7 @@ fn boot(cli: &Cli, vmm: Vmm, cpus: u32) -> Result<Boot, String> {
             Ok(line) => {
                 if to_marker.is_none() && line.contains(&cli.marker) {
                     to_marker = Some(start.elapsed());
-                    at_marker = counters();
+                    at_marker = Counters::read().values.to_vec();
                 }
                 if let Some(rest) = line.strip_prefix("accel-host: exits: ") {
                     summary = Some(rest.to_string());
@@ -214,7 +167,7 @@ fn secs(d: Duration) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = mount_debugfs() {
+    if let Err(e) = kvm_stats::mount_debugfs() {
         eprintln!("accel-boot-bench: {e}");
         return ExitCode::FAILURE;
     }
@@ -223,8 +176,18 @@ fn main() -> ExitCode {
         cli.rounds
     );
     println!(
-        "{:<6} {:<11} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "vCPUs", "VMM", "to init s", "to end s", "exits", "mmio-usr", "mmio-krn", "HVC", "WFx", "signal"
+        "{:<6} {:<11} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "vCPUs",
+        "VMM",
+        "to init s",
+        "to end s",
+        "exits",
+        "mmio-usr",
+        "mmio-krn",
+        "HVC",
+        "WFx",
+        "signal",
+        "other"
     );
     let mut failed = false;
     for &cpus in &cli.cpus {
@@ -252,7 +215,7 @@ fn main() -> ExitCode {
                 median(b.iter().map(|b| b.counters.get(i).copied().unwrap_or(0)).collect::<Vec<_>>())
             };
             println!(
-                "{:<6} {:<11} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                "{:<6} {:<11} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
                 cpus,
                 vmm.name(),
                 secs(medians[slot]),
@@ -262,7 +225,8 @@ fn main() -> ExitCode {
                 c(2),
                 c(3),
                 c(4) + c(5),
-                c(6)
+                c(6),
+                c(0).saturating_sub((1..7).map(c).sum())
             );
             if let Some(s) = b.iter().rev().find_map(|b| b.summary.clone()) {
                 println!("{:<6} {:<11} its own count, to the end: {s}", "", vmm.name());
