@@ -6,17 +6,22 @@
 
 pub mod asm;
 pub mod cases;
+mod child;
 pub mod guest;
+pub mod kvm_stats;
+pub mod pace;
 
 use std::{
     panic::{catch_unwind, AssertUnwindSafe},
     path::PathBuf,
-    sync::mpsc,
+    sync::{mpsc, OnceLock},
     time::{Duration, Instant},
 };
 
 use accel_api::AccelError;
 use accel_host::loader::Plugin;
+pub use child::serve_child;
+use pace::{Pace, Progress, Watch};
 
 /// Why a case did not pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +79,11 @@ macro_rules! ensure {
 #[macro_export]
 macro_rules! cases {
     ($($area:ident: $($f:ident),+);+ $(;)?) => {
-        vec![$($($crate::Case { name: concat!(stringify!($area), "::", stringify!($f)), run: $f }),+),+]
+        vec![$($($crate::Case {
+            name: concat!(stringify!($area), "::", stringify!($f)),
+            run: $f,
+            own_process: false,
+        }),+),+]
     };
 }
 
@@ -86,9 +95,46 @@ pub struct Context {
     pub plugin_path: PathBuf,
     /// Where test fixtures (such as the wrong-ABI plugin) live, if known.
     pub fixtures: Option<PathBuf>,
+    /// The progress the running case reports ([`Context::progress`]).
+    pub progress: Progress,
+    /// This machine's pace, measured once per run before the first case.
+    pace: OnceLock<Pace>,
 }
 
 impl Context {
+    /// A context for `plugin`, loaded from `plugin_path`, with its fixtures.
+    pub fn new(plugin: Plugin, plugin_path: PathBuf, fixtures: Option<PathBuf>) -> Self {
+        Self { plugin, plugin_path, fixtures, progress: Progress::default(), pace: OnceLock::new() }
+    }
+
+    /// Records that the running case got on: the runner fails a case only when it stands still
+    /// for longer than [`Pace::stall`].
+    pub fn progress(&self) {
+        self.progress.tick();
+    }
+
+    /// This machine's pace: measured on the backend under test at the first call (unmeasured
+    /// where the backend cannot run), or as [`Context::set_pace`] gave it.
+    pub fn pace(&self) -> Pace {
+        *self.pace.get_or_init(|| {
+            let measured = self.accelerator().and_then(|accel| Pace::measure(&accel));
+            match measured {
+                Ok(pace) => pace,
+                Err(Failure::NotRun(_)) => Pace::UNMEASURED,
+                Err(Failure::Fail(why)) => {
+                    println!("calibration failed ({why}); every bound is its floor");
+                    Pace::UNMEASURED
+                }
+            }
+        })
+    }
+
+    /// Takes the pace measured elsewhere (the runner that started this process) instead of
+    /// measuring it again.
+    pub fn set_pace(&self, pace: Pace) {
+        let _ = self.pace.set(pace);
+    }
+
     /// Opens the accelerator, or reports the case as not run when the backend cannot run here.
     pub fn accelerator(&self) -> Result<accel_api::client::Accelerator, Failure> {
         let info = self.plugin.probe();
@@ -105,6 +151,17 @@ pub struct Case {
     pub name: &'static str,
     /// The check.
     pub run: fn(&Context) -> CaseResult,
+    /// Runs in a process of its own, so that whatever it leaves behind when it fails or stalls
+    /// (threads inside a guest, descriptors) ends with that process and never reaches the next
+    /// case.
+    pub own_process: bool,
+}
+
+impl Case {
+    /// The same case, run in a process of its own.
+    pub fn in_own_process(self) -> Self {
+        Self { own_process: true, ..self }
+    }
 }
 
 /// The verdict of one case.
@@ -129,9 +186,6 @@ pub struct Summary {
     pub not_run: usize,
 }
 
-/// How long one case may take before it counts as failed.
-pub const CASE_TIMEOUT: Duration = Duration::from_secs(60);
-
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
@@ -140,11 +194,35 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "non-string panic".into())
 }
 
-/// Runs one case on its own thread, with a time limit and panic containment.
+/// The verdict of a case's result, or of its panic.
+fn verdict_of(result: std::thread::Result<CaseResult>) -> Verdict {
+    match result {
+        Ok(Ok(())) => Verdict::Pass,
+        Ok(Err(Failure::Fail(why))) => Verdict::Fail(why),
+        Ok(Err(Failure::NotRun(why))) => Verdict::NotRun(why),
+        Err(payload) => Verdict::Fail(format!("panicked: {}", panic_text(payload.as_ref()))),
+    }
+}
+
+/// The failure of a case that stood still for `still`.
+fn stalled(still: Duration, pace: &Pace) -> Verdict {
+    Verdict::Fail(format!(
+        "made no progress for {:.0} s (the bound from this run's {})",
+        still.as_secs_f64(),
+        pace.describe()
+    ))
+}
+
+/// Runs one case, on a thread of this process or in a process of its own
+/// ([`Case::own_process`]), with panic containment. A case fails when it stands still for longer
+/// than this run's [`Pace::stall`]; however long it takes while it gets on, it may finish.
 ///
-/// A case that times out is reported as failed; its thread (perhaps stuck in a guest) is left
-/// behind and ends with the process.
+/// A case run on a thread that stalls is reported as failed; its thread (perhaps stuck in a
+/// guest) is left behind and ends with the process. One in its own process is killed.
 pub fn run_case(case: &Case, ctx: &'static Context) -> Verdict {
+    if case.own_process {
+        return child::run(case, ctx);
+    }
     let (tx, rx) = mpsc::channel();
     let run = case.run;
     let spawned = std::thread::Builder::new().name(case.name.into()).spawn(move || {
@@ -154,12 +232,21 @@ pub fn run_case(case: &Case, ctx: &'static Context) -> Verdict {
     if let Err(e) = spawned {
         return Verdict::Fail(format!("could not start the case's thread: {e}"));
     }
-    match rx.recv_timeout(CASE_TIMEOUT) {
-        Ok(Ok(Ok(()))) => Verdict::Pass,
-        Ok(Ok(Err(Failure::Fail(why)))) => Verdict::Fail(why),
-        Ok(Ok(Err(Failure::NotRun(why)))) => Verdict::NotRun(why),
-        Ok(Err(payload)) => Verdict::Fail(format!("panicked: {}", panic_text(payload.as_ref()))),
-        Err(_) => Verdict::Fail(format!("timed out after {} s", CASE_TIMEOUT.as_secs())),
+    let pace = ctx.pace();
+    let mut watch = Watch::new(&ctx.progress);
+    loop {
+        match rx.recv_timeout(pace::POLL_PERIOD) {
+            Ok(result) => return verdict_of(result),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Verdict::Fail("the case's thread ended without a verdict".into())
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let still = watch.still_for(&ctx.progress);
+                if still > pace.stall() {
+                    return stalled(still, &pace);
+                }
+            }
+        }
     }
 }
 
@@ -167,6 +254,7 @@ pub fn run_case(case: &Case, ctx: &'static Context) -> Verdict {
 /// line `N passed, N failed`.
 pub fn run_all(ctx: &'static Context, filter: Option<&str>) -> Summary {
     let mut summary = Summary::default();
+    println!("{}", ctx.pace().describe());
     for case in cases::all().iter().filter(|c| filter.is_none_or(|f| c.name.contains(f))) {
         let start = Instant::now();
         let verdict = run_case(case, ctx);

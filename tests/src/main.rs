@@ -2,9 +2,9 @@
 //! `N passed, N failed`. Exits 0 only when every case ran and passed (or, with `--allow-not-run`,
 //! none failed).
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use accel_conformance::{cases, run_all, Context};
+use accel_conformance::{cases, pace::Pace, run_all, serve_child, Context};
 use accel_host::loader;
 use clap::Parser;
 
@@ -35,6 +35,13 @@ struct Cli {
     /// are still listed and counted.
     #[arg(long)]
     allow_not_run: bool,
+    /// Run this one case and print its progress and verdict for the runner that started this
+    /// process (a case that runs in a process of its own).
+    #[arg(long = "child-case", hide = true)]
+    child_case: Option<String>,
+    /// The pace the starting runner measured, in nanoseconds an MMIO round trip.
+    #[arg(long = "pace-ns", hide = true)]
+    pace_ns: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -53,6 +60,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let fixtures = cli.fixtures.or_else(|| cli.plugin.parent().map(PathBuf::from));
+    if let Some(name) = &cli.child_case {
+        let ctx: &'static Context = Box::leak(Box::new(Context::new(plugin, cli.plugin, fixtures)));
+        if let Some(ns) = cli.pace_ns {
+            ctx.set_pace(Pace { round_trip: Duration::from_nanos(ns) });
+        }
+        std::process::exit(serve_child(ctx, name));
+    }
     let info = plugin.probe();
     println!(
         "plugin {} ({}): {}",
@@ -64,8 +79,7 @@ fn main() -> ExitCode {
             format!("unavailable, {}", info.reason)
         }
     );
-    let fixtures = cli.fixtures.or_else(|| cli.plugin.parent().map(PathBuf::from));
-    let ctx: &'static Context = Box::leak(Box::new(Context { plugin, plugin_path: cli.plugin, fixtures }));
+    let ctx: &'static Context = Box::leak(Box::new(Context::new(plugin, cli.plugin, fixtures)));
     let mut ok = true;
     for round in 0..cli.repeat.max(1) {
         if cli.repeat > 1 {

@@ -153,7 +153,7 @@ fn cpu_off(ctx: &Context, psci: Psci) -> CaseResult {
     // vCPU 1 is off and waiting: only a kick ends its run.
     thread::sleep(Duration::from_millis(100));
     kicker.kick();
-    let outcome = rx.recv_timeout(Duration::from_secs(20));
+    let outcome = rx.recv_timeout(ctx.pace().answer());
     if outcome.is_err() {
         kicker.kick();
     }
@@ -221,7 +221,7 @@ fn system_off_with_two(ctx: &Context, psci: Psci) -> CaseResult {
     kicker.kick();
     let outcome = match early {
         Some(outcome) => Ok(outcome),
-        None => rx.recv_timeout(Duration::from_secs(20)),
+        None => rx.recv_timeout(ctx.pace().answer()),
     };
     if outcome.is_err() {
         kicker.kick();

@@ -358,7 +358,7 @@ fn cpu_on(ctx: &Context, psci: Psci) -> CaseResult {
         addr == MMIO_BASE + 0x30 && status == 0,
         "CPU_ON returned {status:#x} (at {addr:#x}); 0 is success"
     );
-    let result = rx.recv_timeout(Duration::from_secs(20));
+    let result = rx.recv_timeout(ctx.pace().answer());
     if result.is_err() {
         kicker.kick();
     }
