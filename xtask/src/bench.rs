@@ -3,7 +3,7 @@
 //! for the figures to quote. Figures, not verdicts: a benchmark that does not finish is
 //! reported, not counted.
 
-use crate::{cross_out, provision, root, vm, vm::Job, vm::VmRun, vm_files, Error, Result, VM_TIMEOUT};
+use crate::{cross_out, provision, root, vm, vm::Job, vm::VmRun, vm_files, Error, Result, VM_SILENCE};
 
 /// The job's name.
 pub const JOB: &str = "bench";
@@ -56,7 +56,7 @@ pub fn bench(cpus: &[String], rounds: u32) -> Result<bool> {
     let mut all_ok = true;
     for cpu in cpus {
         println!("xtask: accel-bench, {rounds} rounds, on -cpu {cpu}");
-        let run = vm::boot(&kernel, &initrd, cpu, VM_TIMEOUT, &[], &|_| {})?;
+        let run = vm::boot(&kernel, &initrd, cpu, VM_SILENCE, &[], &|_| {})?;
         println!("xtask: [{cpu}] VM finished in {:.0} s", run.elapsed.as_secs_f64());
         show(cpu, &run);
         all_ok &= run.job(JOB).is_some_and(|j| j.status == Some(0));

@@ -23,7 +23,7 @@ use crate::{
     report::Tally,
     root,
     vm::{self, Job, JobResult, VmFile},
-    vm_files, Error, Result, VM_TIMEOUT,
+    vm_files, Error, Result, VM_SILENCE,
 };
 
 /// The job that runs accel-host on `elf` with `cpus` vCPUs and SVE on, serving gdb on the
@@ -105,7 +105,7 @@ fn run_sessions(
     let current: Mutex<String> = Mutex::new(String::new());
     let drivers: Mutex<Vec<(String, JoinHandle<Vec<String>>)>> = Mutex::new(Vec::new());
     println!("xtask: real gdb against accel-host in the nested VM (-cpu max)");
-    let run = vm::boot(kernel, &initrd, "max", VM_TIMEOUT, &vm::gdb_channel(port), &|line| {
+    let run = vm::boot(kernel, &initrd, "max", VM_SILENCE, &vm::gdb_channel(port), &|line| {
         println!("  vm[gdb]| {line}");
         if let Some(name) = line.strip_prefix("@@accel job-begin ") {
             if let Ok(mut c) = current.lock() {

@@ -27,8 +27,8 @@ use std::{
 };
 
 const JOBS: &str = "/etc/accel/jobs";
-/// How long one job may run before it is killed and reported with status 124 (a `timeout<TAB>N`
-/// line changes it for the jobs after it).
+/// How long one job may print nothing before it is killed and reported with status 124 (a
+/// `timeout<TAB>N` line changes it for the jobs after it). A slow job that keeps printing runs on.
 static TIMEOUT_SECS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(600);
 
 fn mount(source: &str, target: &str, fstype: &str) {
@@ -128,23 +128,32 @@ struct Respond {
     text: String,
 }
 
-/// Copies the child's output to the console, line by line, and types `respond.text` into its
-/// input after the first line containing `respond.trigger`. The input stays open until the
-/// child's output ends.
-fn converse(child: &mut std::process::Child, respond: Respond) -> Option<std::thread::JoinHandle<()>> {
+/// Copies a job's output to the console line by line, noting when it last printed (`heard`, in
+/// milliseconds after `began`), and types `respond`'s text into the job once a line shows its
+/// trigger.
+fn forward(
+    child: &mut std::process::Child,
+    respond: Option<Respond>,
+    heard: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    began: Instant,
+) -> Option<std::thread::JoinHandle<()>> {
     use std::io::BufRead;
-    let (stdout, mut stdin) = (child.stdout.take()?, child.stdin.take()?);
+    let stdout = child.stdout.take()?;
+    let mut stdin = child.stdin.take();
     std::thread::Builder::new()
-        .name("respond".into())
+        .name("forward".into())
         .spawn(move || {
             let mut typed = false;
             for line in std::io::BufReader::new(stdout).split(b'\n').map_while(std::result::Result::ok) {
+                heard.store(began.elapsed().as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
                 let line = String::from_utf8_lossy(&line).into_owned();
                 println!("{line}");
                 let _ = std::io::stdout().flush();
-                if !typed && line.contains(&respond.trigger) {
-                    typed = true;
-                    let _ = stdin.write_all(respond.text.as_bytes()).and_then(|()| stdin.flush());
+                if let (Some(respond), Some(stdin), false) = (&respond, stdin.as_mut(), typed) {
+                    if line.contains(&respond.trigger) {
+                        typed = true;
+                        let _ = stdin.write_all(respond.text.as_bytes()).and_then(|()| stdin.flush());
+                    }
                 }
             }
         })
@@ -204,12 +213,12 @@ fn run_job(line: &str, env: &mut Vec<(String, String)>, next: &mut NextJob) -> O
         return None;
     }
     let respond = respond.take();
-    let (input, output) = if respond.is_some() {
-        (Stdio::piped(), Stdio::piped())
-    } else if console {
+    let (input, output) = if console {
         (Stdio::inherit(), Stdio::inherit())
+    } else if respond.is_some() {
+        (Stdio::piped(), Stdio::piped())
     } else {
-        (Stdio::null(), Stdio::inherit())
+        (Stdio::null(), Stdio::piped())
     };
     let child = Command::new(program)
         .args(&args)
@@ -221,20 +230,28 @@ fn run_job(line: &str, env: &mut Vec<(String, String)>, next: &mut NextJob) -> O
         .spawn();
     let code = match child {
         Ok(mut child) => {
-            let conversation = respond.and_then(|r| converse(&mut child, r));
+            // A job is judged by its progress: it is stopped once it has printed nothing for the
+            // limit (a console job, whose output goes straight to a person, once it has run
+            // for the limit).
+            let began = Instant::now();
+            let heard = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let forwarder = forward(&mut child, respond, std::sync::Arc::clone(&heard), began);
             let limit = Duration::from_secs(TIMEOUT_SECS.load(std::sync::atomic::Ordering::Relaxed));
-            let deadline = Instant::now() + limit;
+            let silent = || {
+                let last = Duration::from_millis(heard.load(std::sync::atomic::Ordering::Relaxed));
+                began.elapsed().saturating_sub(last)
+            };
             loop {
                 match child.try_wait() {
                     Ok(Some(s)) => {
-                        if let Some(thread) = conversation {
+                        if let Some(thread) = forwarder {
                             let _ = thread.join();
                         }
                         break s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0));
                     }
-                    Ok(None) if Instant::now() >= deadline => {
+                    Ok(None) if silent() >= limit => {
                         println!(
-                            "@@accel warning: {name} did not finish within {} s; killing it",
+                            "@@accel warning: {name} printed nothing for {} s; killing it",
                             limit.as_secs()
                         );
                         let _ = child.kill();
