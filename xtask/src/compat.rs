@@ -64,8 +64,10 @@ impl Release {
         format!("/opt/accel-{}", self.abi)
     }
 
+    /// Where its source is extracted and built: in the cache, since a pinned commit's build never
+    /// changes (cargo rebuilds it when the toolchain does), so a later run skips it.
     fn work(&self) -> PathBuf {
-        root().join("target/abi-compat").join(&self.commit[..12])
+        crate::provision::cache_dir().join("abi-compat").join(&self.commit[..12])
     }
 
     fn out(&self, name: &str) -> PathBuf {
@@ -79,7 +81,7 @@ impl Release {
 }
 
 /// Builds `release`'s KVM plugin, host and conformance runner for the VM from its commit, with
-/// `git archive` into `target/abi-compat`; the build is kept for later runs.
+/// `git archive` into the cache (`~/.cache/accel/abi-compat`); the build is kept for later runs.
 pub fn build(release: &Release) -> Result<()> {
     extract(release)?;
     let work = release.work();
@@ -94,7 +96,7 @@ pub fn build(release: &Release) -> Result<()> {
     )
 }
 
-/// Extracts `release`'s source into `target/abi-compat` with `git archive`, once.
+/// Extracts `release`'s source into its cache directory with `git archive`, once.
 fn extract(release: &Release) -> Result<()> {
     let work = release.work();
     let src = work.join("src");
