@@ -103,12 +103,14 @@ fn outer_qemu() -> Result<()> {
         eprintln!("xtask: QEMU {major}.{minor}.{micro} is too old for the nested VM; installing QEMU 10 from bookworm-backports");
         let list = "/etc/apt/sources.list.d/accel-bookworm-backports.sources";
         if !Path::new(list).exists() {
-            std::fs::write(
-                list,
-                "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\n\
-                 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
-            )
-            .map_err(|e| Error(format!("writing {list}: {e}")))?;
+            let entry = backports_entry(&system_debian_sources()).ok_or_else(|| {
+                Error(
+                    "no apt source names Debian's bookworm suite, so bookworm-backports cannot be added \
+                     from the same archive; add it by hand and install qemu-system-arm from it"
+                        .into(),
+                )
+            })?;
+            std::fs::write(list, entry).map_err(|e| Error(format!("writing {list}: {e}")))?;
         }
         cmd::run(Command::new("apt-get").args(["update", "-qq"]))?;
         cmd::run(Command::new("sh").args([
@@ -249,6 +251,14 @@ pub fn parse_one_line(text: &str) -> Vec<AptSource> {
     out
 }
 
+/// The apt source (deb822) for bookworm-backports, from the archive this host already takes
+/// bookworm from: a mirror or a proxy stays as the system has it.
+fn backports_entry(sources: &[AptSource]) -> Option<String> {
+    let base = sources.iter().find(|s| s.suites.iter().any(|suite| suite == "bookworm"))?;
+    let key = base.signed_by.as_ref().map(|k| format!("Signed-By: {k}\n")).unwrap_or_default();
+    Some(format!("Types: deb\nURIs: {}\nSuites: bookworm-backports\nComponents: main\n{key}", base.uri))
+}
+
 /// The Debian sources configured on this host.
 pub(crate) fn system_debian_sources() -> Vec<AptSource> {
     let mut sources = Vec::new();
@@ -281,6 +291,23 @@ pub fn kernel() -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backports_come_from_the_systems_own_bookworm_archive() {
+        let text = "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n\
+                    Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n\
+                    Types: deb\nURIs: http://proxy.example:3142/debian\nSuites: bookworm bookworm-updates\n\
+                    Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n";
+        let entry = backports_entry(&parse_deb822(text));
+        assert_eq!(
+            entry.as_deref(),
+            Some(
+                "Types: deb\nURIs: http://proxy.example:3142/debian\nSuites: bookworm-backports\nComponents: main\n\
+                 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+            )
+        );
+        assert_eq!(backports_entry(&[]), None);
+    }
 
     #[test]
     fn deb822_sources_parse() {
