@@ -52,7 +52,7 @@ impl Pace {
     /// A pace with no calibration: every bound is its floor.
     pub const UNMEASURED: Pace = Pace { round_trip: Duration::ZERO };
 
-    /// Measures [`BATCHES`] batches of [`BATCH`] MMIO round trips on one vCPU of a fresh VM.
+    /// Measures five batches of 100 MMIO round trips on one vCPU of a fresh VM.
     pub fn measure(accel: &Accelerator) -> Result<Pace, Failure> {
         let mut code = asm::mov_imm64(1, MMIO_BASE);
         code.extend([asm::str(Size::X, 0, 1, 0), asm::b(-4)]);
