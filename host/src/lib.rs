@@ -1,7 +1,9 @@
 //! The accel host: finds and loads backend plugins, and runs guests on them with a small VMM.
 
 pub mod choose;
-#[doc(hidden)]
+/// An in-process fake machine for the host's own tests and the fuzz targets: not part of the
+/// host's API, so it is built only for tests and with the `test-util` feature.
+#[cfg(any(test, feature = "test-util"))]
 pub mod fake;
 pub mod gdb;
 pub mod isolate;
