@@ -7,7 +7,7 @@
 //!
 //! This crate makes no OS calls and builds on every host.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod abi;
 pub mod backend;
