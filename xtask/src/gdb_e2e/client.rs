@@ -64,11 +64,22 @@ fn signal(pid: u32, name: &str) {
     let _ = Command::new("kill").args([name, &pid.to_string()]).status();
 }
 
+/// Where the client called `name` logs its remote protocol traffic in `dir`: every byte gdb
+/// wrote and read, in gdb's `set remotelogfile` form (`w` and `r` lines).
+pub fn packet_log(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.remote.log"))
+}
+
 /// Runs `client` with its script in `dir`; returns what it printed, its standard output and
-/// error in the order written (gdb prints `monitor` output on its error stream).
+/// error in the order written (gdb prints `monitor` output on its error stream). gdb logs its
+/// packets to [`packet_log`].
 pub fn run(client: &Client, dir: &Path, name: &str) -> String {
     let script = dir.join(format!("{name}.gdb"));
-    if let Err(e) = std::fs::write(&script, &client.script) {
+    let log = packet_log(dir, name);
+    // A log left by an earlier run must not pass for this one's if gdb never starts.
+    let _ = std::fs::remove_file(&log);
+    let text = format!("set remotelogfile {}\n{}", log.display(), client.script);
+    if let Err(e) = std::fs::write(&script, &text) {
         return format!("writing {}: {e}", script.display());
     }
     // One pipe for both streams, so that lines keep their order.
@@ -104,7 +115,7 @@ pub fn run(client: &Client, dir: &Path, name: &str) -> String {
     };
     let seen = Arc::new(Mutex::new(String::new()));
     let typist = child.stdin.take().map(|stdin| {
-        let (lines, seen, limit) = (client.script.clone(), Arc::clone(&seen), client.limit_secs);
+        let (lines, seen, limit) = (text.clone(), Arc::clone(&seen), client.limit_secs);
         std::thread::spawn(move || type_script(stdin, &lines, &seen, limit))
     });
     let mut out = String::new();
