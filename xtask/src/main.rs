@@ -535,6 +535,10 @@ enum Cli {
         /// `gdb-packets` prints the packets gdb sends around each kind of stop.
         #[arg(long = "session", value_name = "NAME")]
         sessions: Vec<String>,
+        /// Runs each session this many times in the one boot of the VM, each round checked,
+        /// and reports how many rounds passed.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        rounds: u32,
     },
     /// accel-bench alone in one VM boot per CPU model, with more rounds than in `test`: the
     /// figures to quote (accel against raw KVM, linked in against loaded, gdb's view).
@@ -635,18 +639,18 @@ fn main() -> ExitCode {
             (None, false) => run_linux(cpus),
             (image, _) => run(image),
         },
-        Cli::GdbE2e { sessions } => (|| {
+        Cli::GdbE2e { sessions, rounds } => (|| {
             provision::host_tools()?;
             provision::rust_targets()?;
             cross_build()?;
             let kernel = provision::kernel()?;
             let mut tally = Tally::default();
-            if sessions.is_empty() {
-                gdb_end_to_end(&mut tally, &kernel)?;
+            let only: Vec<&str> = if sessions.is_empty() {
+                gdb_e2e::SESSIONS.to_vec()
             } else {
-                let only: Vec<&str> = sessions.iter().map(String::as_str).collect();
-                gdb_e2e::gdb_sessions(&mut tally, &kernel, &only)?;
-            }
+                sessions.iter().map(String::as_str).collect()
+            };
+            gdb_e2e::gdb_sessions(&mut tally, &kernel, &only, rounds)?;
             println!("{} passed, {} failed", tally.passed, tally.failed);
             Ok(exit_code(tally.failed == 0))
         })(),

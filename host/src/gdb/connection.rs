@@ -212,6 +212,17 @@ impl ClientStarts {
     }
 }
 
+/// The first bytes of `bytes`, escaped, for a log line.
+fn shown(bytes: &[u8]) -> String {
+    let text: String =
+        bytes.iter().take(48).flat_map(|b| std::ascii::escape_default(*b)).map(char::from).collect();
+    if bytes.len() > 48 {
+        format!("{text}...")
+    } else {
+        text
+    }
+}
+
 /// A character device: end-of-file means no client is connected at the other end (a
 /// virtio-serial port reads so), and data after it, after the session says its client is done,
 /// or from a `qSupported` packet on, is a new connection.
@@ -224,6 +235,7 @@ fn serve_device(file: std::fs::File, events: mpsc::Sender<Event>, listener: List
         let result = (&file).read(&mut buf);
         let done = listener.client_done.swap(0, std::sync::atomic::Ordering::AcqRel);
         if connected && done == conn {
+            log::debug!("gdb: the session is done with connection {conn}");
             connected = false;
             if events.send(Event::Closed { conn }).is_err() {
                 return;
@@ -233,6 +245,7 @@ fn serve_device(file: std::fs::File, events: mpsc::Sender<Event>, listener: List
             Ok(0) => {
                 starts.forget();
                 if connected {
+                    log::debug!("gdb: the port read as ended; connection {conn} is closed");
                     connected = false;
                     if events.send(Event::Closed { conn }).is_err() {
                         return;
@@ -259,6 +272,7 @@ fn serve_device(file: std::fs::File, events: mpsc::Sender<Event>, listener: List
                         let Ok(writer) = file.try_clone() else { return };
                         conn += 1;
                         connected = true;
+                        log::debug!("gdb: connection {conn} starts with {}", shown(&bytes));
                         if events.send(Event::Connected { conn, writer: Box::new(writer) }).is_err() {
                             return;
                         }

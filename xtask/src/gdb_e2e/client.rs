@@ -1,11 +1,14 @@
 //! One gdb client: gdb-multiarch on a script, with its output captured, signals sent to it when
 //! its output shows a marker (a Ctrl-C, or a `kill -9` as of a client that dies), and a time
-//! limit. A script with `#expect TEXT` lines is typed into gdb's standard input instead of run in
+//! limit. gdb runs in a process group of its own, and a kill takes the group: a `shell` command
+//! gdb was running dies with it rather than keep its output open, so the next client starts as
+//! soon as one dies, as a person who restarts gdb at once would. A script with `#expect TEXT` lines is typed into gdb's standard input instead of run in
 //! batch mode: gdb's event loop then runs between commands, so asynchronous stops (non-stop mode)
 //! are taken as they come, and each `#expect` holds the rest back until gdb has printed TEXT.
 
 use std::{
     io::{BufRead, BufReader},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{Arc, Mutex},
@@ -17,7 +20,8 @@ use std::{
 pub enum Action {
     /// A SIGINT after the delay, as a Ctrl-C at its terminal.
     Interrupt(Duration),
-    /// A SIGKILL after the delay: gdb dies without a word to the stub.
+    /// A SIGKILL after the delay to gdb and what it started: gdb dies without a word to the
+    /// stub.
     Kill(Duration),
 }
 
@@ -64,11 +68,27 @@ fn signal(pid: u32, name: &str) {
     let _ = Command::new("kill").args([name, &pid.to_string()]).status();
 }
 
+/// Sends a signal to the process group that `pid` leads.
+fn signal_group(pid: u32, name: &str) {
+    let _ = Command::new("kill").args([name, "--", &format!("-{pid}")]).status();
+}
+
+/// Where the client called `name` logs its remote protocol traffic in `dir`: every byte gdb
+/// wrote and read, in gdb's `set remotelogfile` form (`w` and `r` lines).
+pub fn packet_log(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.remote.log"))
+}
+
 /// Runs `client` with its script in `dir`; returns what it printed, its standard output and
-/// error in the order written (gdb prints `monitor` output on its error stream).
+/// error in the order written (gdb prints `monitor` output on its error stream). gdb logs its
+/// packets to [`packet_log`].
 pub fn run(client: &Client, dir: &Path, name: &str) -> String {
     let script = dir.join(format!("{name}.gdb"));
-    if let Err(e) = std::fs::write(&script, &client.script) {
+    let log = packet_log(dir, name);
+    // A log left by an earlier run must not pass for this one's if gdb never starts.
+    let _ = std::fs::remove_file(&log);
+    let text = format!("set remotelogfile {}\n{}", log.display(), client.script);
+    if let Err(e) = std::fs::write(&script, &text) {
         return format!("writing {}: {e}", script.display());
     }
     // One pipe for both streams, so that lines keep their order.
@@ -83,7 +103,7 @@ pub fn run(client: &Client, dir: &Path, name: &str) -> String {
     if let Some(program) = &client.program {
         command.arg(program);
     }
-    let child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn();
+    let child = command.stdout(Stdio::piped()).stderr(Stdio::null()).process_group(0).spawn();
     let mut child = match child {
         Ok(c) => c,
         Err(e) => return format!("could not run gdb-multiarch: {e}"),
@@ -99,12 +119,12 @@ pub fn run(client: &Client, dir: &Path, name: &str) -> String {
                     return;
                 }
             }
-            signal(pid, "-KILL");
+            signal_group(pid, "-KILL");
         })
     };
     let seen = Arc::new(Mutex::new(String::new()));
     let typist = child.stdin.take().map(|stdin| {
-        let (lines, seen, limit) = (client.script.clone(), Arc::clone(&seen), client.limit_secs);
+        let (lines, seen, limit) = (text.clone(), Arc::clone(&seen), client.limit_secs);
         std::thread::spawn(move || type_script(stdin, &lines, &seen, limit))
     });
     let mut out = String::new();
@@ -118,13 +138,16 @@ pub fn run(client: &Client, dir: &Path, name: &str) -> String {
             let line = line.to_string();
             for (marker, action) in &client.actions {
                 if line.contains(marker) {
-                    let (delay, name) = match *action {
-                        Action::Interrupt(d) => (d, "-INT"),
-                        Action::Kill(d) => (d, "-KILL"),
-                    };
-                    std::thread::spawn(move || {
-                        std::thread::sleep(delay);
-                        signal(pid, name);
+                    let action = *action;
+                    std::thread::spawn(move || match action {
+                        Action::Interrupt(delay) => {
+                            std::thread::sleep(delay);
+                            signal(pid, "-INT");
+                        }
+                        Action::Kill(delay) => {
+                            std::thread::sleep(delay);
+                            signal_group(pid, "-KILL");
+                        }
                     });
                 }
             }

@@ -175,12 +175,14 @@ fn numbers_after(out: &str, prefix: &str) -> Vec<u64> {
 pub fn check(tally: &mut Tally, outcome: &Outcome) {
     let tag = |what: &str| format!("[gdb, 2 vCPUs] {what}");
     let client = |i: usize| outcome.clients.get(i).cloned().unwrap_or_default();
+    // A failure names the packet log of the client whose output it read.
+    let note = |i: usize, why: String| format!("{why}{}", outcome.log_of(i));
     let (threads, reattach, after_death, non_stop) = (client(0), client(1), client(2), client(3));
     for (i, out) in outcome.clients.iter().enumerate() {
         tally.check(
             &tag(&format!("client {i}: no gdb internal error")),
             !out.contains("internal-error"),
-            || "gdb reported an internal error".into(),
+            || note(i, "gdb reported an internal error".into()),
         );
     }
     let has = |s: &str| threads.contains(s);
@@ -188,67 +190,67 @@ pub fn check(tally: &mut Tally, outcome: &Outcome) {
     tally.check(
         &tag("a step asked of the powered-off vCPU 1 answers at once, on thread 2"),
         numbers_after(&threads, "OFF-STEP thread ") == [2] && has("received signal SIGSTOP"),
-        || "no OFF-STEP thread 2 / SIGSTOP".into(),
+        || note(0, "no OFF-STEP thread 2 / SIGSTOP".into()),
     );
     tally.check(
         &tag("a breakpoint vCPU 1 hits is reported on thread 2"),
         numbers_after(&threads, "HIT thread ") == [2] && has("Thread 2 hit Breakpoint 1, "),
-        || "no HIT thread 2".into(),
+        || note(0, "no HIT thread 2".into()),
     );
     tally.check(
         &tag("stepi on vCPU 1 while vCPU 0 runs stops on thread 2"),
         numbers_after(&threads, "STEP thread ") == [2, 2],
-        || format!("STEP threads {:?}", numbers_after(&threads, "STEP thread ")),
+        || note(0, format!("STEP threads {:?}", numbers_after(&threads, "STEP thread "))),
     );
     let thread1 = threads.lines().rfind(|l| l.contains("Thread 1.1 ")).unwrap_or("");
     tally.check(
         &tag("info threads puts each vCPU at its own PC"),
         !thread1.contains("secondary_loop")
             && threads.lines().any(|l| l.contains("Thread 1.2 ") && l.contains("secondary")),
-        || format!("thread 1's line: {thread1:?}"),
+        || note(0, format!("thread 1's line: {thread1:?}")),
     );
     tally.check(
         &tag("Ctrl-C while both run stops the thread gdb looks at (2)"),
         numbers_after(&threads, "INT thread ") == [2] && has("received signal SIGINT"),
-        || format!("INT thread {:?}", numbers_after(&threads, "INT thread ")),
+        || note(0, format!("INT thread {:?}", numbers_after(&threads, "INT thread "))),
     );
     let mdccint: Vec<&str> = threads.lines().filter(|l| l.starts_with("MDCCINT ")).collect();
     tally.check(
         &tag("MDCCINT_EL1 reads 0 on both vCPUs, before and at a hardware breakpoint"),
         mdccint.len() == 3 && mdccint.iter().all(|l| l.ends_with(" 0")),
-        || format!("read {mdccint:?}"),
+        || note(0, format!("read {mdccint:?}")),
     );
     let z0 = section(&threads, "Z0-VIEW", "SYSREGS");
     tally.check(
         &tag("$z0.d.u, gdb's standard SVE view, written and read back (2048-bit vectors)"),
         z0.len() == 1 && z0[0].starts_with('$') && z0[0].contains(" = {0, 7, 0 <repeats 30 times>}"),
-        || format!("p $z0.d.u printed {z0:?}"),
+        || note(0, format!("p $z0.d.u printed {z0:?}")),
     );
     let sysregs = section(&threads, "SYSREGS", "END-SYSREGS");
     tally.check(
         &tag("p $ELR_EL1, $SPSR_EL1, $SP_EL0, $SP_EL1 print values, not void"),
         sysregs.len() == 4 && sysregs.iter().all(|l| l.starts_with('$') && l.contains(" = 0x")),
-        || format!("printed {sysregs:?}"),
+        || note(0, format!("printed {sysregs:?}")),
     );
     let pool = section(&threads, "POOL-WITH-WATCH", "Continuing");
     tally.check(
         &tag("a 12-byte watch takes two watchpoint registers on each vCPU"),
         pool.iter().filter(|l| l.contains("DBGWVR0_EL1")).count() == 2
             && pool.iter().filter(|l| l.contains("DBGWVR1_EL1")).count() == 2,
-        || format!("monitor debug-pool: {pool:?}"),
+        || note(0, format!("monitor debug-pool: {pool:?}")),
     );
     tally.check(
         &tag("both halves of the 12-byte watch stop vCPU 1"),
         threads.matches("Hardware watchpoint 2: ").count() >= 3
             && numbers_after(&threads, "WATCH thread ") == [2, 2],
-        || format!("WATCH threads {:?}", numbers_after(&threads, "WATCH thread ")),
+        || note(0, format!("WATCH threads {:?}", numbers_after(&threads, "WATCH thread "))),
     );
     let refused: Vec<&str> = threads.lines().filter(|l| l.starts_with("REFUSED: ")).collect();
     tally.check(
         &tag("a refused hbreak shows gdb its reason"),
         !refused.is_empty()
             && has("Remote failure reply: a breakpoint address must be 4-byte aligned; 0x40000002 is not"),
-        || format!("refusals: {refused:?}"),
+        || note(0, format!("refusals: {refused:?}")),
     );
     let refusal = section(&threads, "POOL-AFTER-REFUSAL", "[Inferior");
     tally.check(
@@ -256,46 +258,46 @@ pub fn check(tally: &mut Tally, outcome: &Outcome) {
         refused.len() == 2
             && has("Could not insert hardware watchpoint")
             && refusal.iter().any(|l| l.contains("last refused: a 4093-byte watchpoint")),
-        || format!("after the refusal: {refusal:?}"),
+        || note(0, format!("after the refusal: {refusal:?}")),
     );
     tally.check(
         &tag("monitor info names the backend and both vCPUs"),
         has("backend: kvm (accel ABI") && has("vCPU 1 (thread 2): "),
-        || "monitor info output missing".into(),
+        || note(0, "monitor info output missing".into()),
     );
     tally.check(&tag("detach leaves the guest running"), has("[Inferior 1 (process 1) detached]"), || {
-        "no detach".into()
+        note(0, "no detach".into())
     });
     tally.check(
         &tag("a second gdb attaches after the detach"),
         reattach.contains("REATTACHED thread ") && reattach.contains("Thread 1.2 "),
-        || "the reattach saw no threads".into(),
+        || note(1, "the reattach saw no threads".into()),
     );
     let states = section(&after_death, "STATES", "Hardware assisted");
     tally.check(
         &tag("after a gdb killed while the guest ran, the next finds every vCPU stopped"),
         states.iter().filter(|l| l.contains(", PC 0x")).count() == 2
             && !states.iter().any(|l| l.contains("running")),
-        || format!("monitor info: {states:?}"),
+        || note(2, format!("monitor info: {states:?}")),
     );
     tally.check(
         &tag("that gdb stops at a breakpoint (then dies there, in no-ack mode)"),
         numbers_after(&after_death, "STOPPED thread ") == [1],
-        || "no STOPPED thread 1".into(),
+        || note(2, "no STOPPED thread 1".into()),
     );
     let connected = section(&non_stop, "NS-CONNECTED", "Hardware assisted");
     tally.check(
         &tag("non-stop, after a gdb that died in no-ack mode: vCPU 0 stopped, vCPU 1 running"),
         connected.iter().any(|l| l.contains("Thread 1.1") && !l.contains("(running)"))
             && connected.iter().any(|l| l.contains("Thread 1.2") && l.contains("(running)")),
-        || format!("info threads: {connected:?}"),
+        || note(3, format!("info threads: {connected:?}")),
     );
     let ns_threads = section(&non_stop, "NS-THREADS", "[Switching");
     tally.check(
         &tag("non-stop: vCPU 0 stops at a breakpoint while vCPU 1 runs on"),
         numbers_after(&non_stop, "NS-HIT thread ").first() == Some(&1)
             && ns_threads.iter().any(|l| l.contains("Thread 1.2") && l.contains("(running)")),
-        || format!("info threads: {ns_threads:?}"),
+        || note(3, format!("info threads: {ns_threads:?}")),
     );
     let both = section(&non_stop, "NS-BOTH", "Thread 1 stopped.");
     tally.check(
@@ -304,17 +306,17 @@ pub fn check(tally: &mut Tally, outcome: &Outcome) {
             && both.iter().any(|l| l.contains("Thread 1.1") && l.contains("(running)"))
             && both.iter().any(|l| l.contains("Thread 1.2") && !l.contains("(running)"))
             && non_stop.contains("Thread 1 stopped."),
-        || format!("with vCPU 0 running: {both:?}"),
+        || note(3, format!("with vCPU 0 running: {both:?}")),
     );
     let after = section(&non_stop, "NS-AFTER", "[Inferior");
     tally.check(
         &tag("non-stop: Ctrl-C stops the vCPU running in the foreground; both end stopped"),
         numbers_after(&non_stop, "NS-INT thread ") == [1]
             && after.iter().filter(|l| l.contains(", PC 0x")).count() == 2,
-        || format!("after Ctrl-C: {after:?}"),
+        || note(3, format!("after Ctrl-C: {after:?}")),
     );
     let job = &outcome.job;
     tally.check(&tag("kill ends accel-host cleanly"), job.status == Some(0), || {
-        format!("accel-host exited with {:?}", job.status)
+        note(3, format!("accel-host exited with {:?}", job.status))
     });
 }
