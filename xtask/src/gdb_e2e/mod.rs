@@ -38,7 +38,7 @@ fn host_under_gdb(name: &str, cpus: u32, elf: &str) -> Job {
 /// Kernel symbols the guests report (`@@linux sym ADDR NAME`), by name.
 pub type Symbols = HashMap<String, u64>;
 
-/// Seconds each job may take in the VM.
+/// Seconds a job in the VM may print nothing before it is stopped.
 const JOB_LIMIT_SECS: u64 = 300;
 
 /// What the stub prints when it listens on the VM's gdb port.
