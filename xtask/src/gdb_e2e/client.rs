@@ -1,6 +1,6 @@
 //! One gdb client: gdb-multiarch on a script, with its output captured, signals sent to it when
-//! its output shows a marker (a Ctrl-C, or a `kill -9` as of a client that dies), and a time
-//! limit. gdb runs in a process group of its own, and a kill takes the group: a `shell` command
+//! its output shows a marker (a Ctrl-C, or a `kill -9` as of a client that dies), and a limit
+//! on how long it may print nothing (a slow gdb that gets on is waited for). gdb runs in a process group of its own, and a kill takes the group: a `shell` command
 //! gdb was running dies with it rather than keep its output open, so the next client starts as
 //! soon as one dies, as a person who restarts gdb at once would. A script with `#expect TEXT` lines is typed into gdb's standard input instead of run in
 //! batch mode: gdb's event loop then runs between commands, so asynchronous stops (non-stop mode)
@@ -33,7 +33,7 @@ pub struct Client {
     pub program: Option<PathBuf>,
     /// Markers in its output and what they trigger.
     pub actions: Vec<(&'static str, Action)>,
-    /// Seconds before it is killed.
+    /// Seconds it may print nothing before it is killed.
     pub limit_secs: u64,
 }
 
@@ -110,16 +110,19 @@ pub fn run(client: &Client, dir: &Path, name: &str) -> String {
     };
     let pid = child.id();
     let done = Arc::new(Mutex::new(false));
+    let heard = Arc::new(Mutex::new(std::time::Instant::now()));
     let watchdog = {
-        let (done, limit) = (Arc::clone(&done), client.limit_secs);
-        std::thread::spawn(move || {
-            for _ in 0..limit * 10 {
-                std::thread::sleep(Duration::from_millis(100));
-                if done.lock().is_ok_and(|d| *d) {
-                    return;
-                }
+        let (done, heard, limit) =
+            (Arc::clone(&done), Arc::clone(&heard), Duration::from_secs(client.limit_secs));
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(100));
+            if done.lock().is_ok_and(|d| *d) {
+                return;
             }
-            signal_group(pid, "-KILL");
+            if heard.lock().is_ok_and(|at| at.elapsed() > limit) {
+                signal_group(pid, "-KILL");
+                return;
+            }
         })
     };
     let seen = Arc::new(Mutex::new(String::new()));
@@ -130,6 +133,9 @@ pub fn run(client: &Client, dir: &Path, name: &str) -> String {
     let mut out = String::new();
     if let Some(stdout) = child.stdout.take() {
         for line in BufReader::new(stdout).lines().map_while(std::result::Result::ok) {
+            if let Ok(mut at) = heard.lock() {
+                *at = std::time::Instant::now();
+            }
             // Typed into gdb, the output carries its prompts: a line starts after them.
             let mut line = line.as_str();
             while let Some(rest) = line.strip_prefix("(gdb) ") {
