@@ -54,8 +54,9 @@ pub fn job() -> Job {
     job_with(3)
 }
 
-/// `cargo xtask boot-bench`: the benchmark alone, in one VM boot per CPU model.
-pub fn run(cpus: &[String], rounds: u32) -> Result<bool> {
+/// `cargo xtask boot-bench`: the benchmark alone, in one VM boot per CPU model, the VM's own
+/// kernel of the series `vm_kernel` (the guest that accel-host and QEMU boot is 6.12 always).
+pub fn run(cpus: &[String], rounds: u32, vm_kernel: crate::kernel::KernelVersion) -> Result<bool> {
     crate::provision::host_tools()?;
     crate::provision::rust_targets()?;
     crate::cross_build()?;
@@ -78,7 +79,8 @@ pub fn run(cpus: &[String], rounds: u32) -> Result<bool> {
     let mut tally = Tally::default();
     for cpu in cpus {
         println!("xtask: booting the nested arm64 VM (-cpu {cpu}) for the boot benchmark");
-        let run = vm::boot(&kernel, &initrd, cpu, std::time::Duration::from_secs(limit + 300), &[], &|_| {})?;
+        let l1 = crate::kernel::kernel(vm_kernel)?.image;
+        let run = vm::boot(&l1, &initrd, cpu, std::time::Duration::from_secs(limit + 300), &[], &|_| {})?;
         check(&mut tally, cpu, &run);
     }
     println!("{} passed, {} failed", tally.passed, tally.failed);

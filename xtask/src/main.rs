@@ -559,6 +559,9 @@ enum Cli {
         /// A QEMU CPU model (repeatable); default: max and cortex-a72.
         #[arg(long = "cpu", value_name = "MODEL")]
         cpus: Vec<String>,
+        /// The nested VM's own kernel series, 6.12 or 6.1 (the KVM measured).
+        #[arg(long, value_name = "VERSION", default_value_t = KernelVersion::default())]
+        kernel: KernelVersion,
     },
     /// The conformance suite many times in one VM boot per kernel and CPU model, failures
     /// counted per case. The boots are chosen as `test` chooses them.
@@ -655,7 +658,9 @@ fn main() -> ExitCode {
             Ok(exit_code(tally.failed == 0))
         })(),
         Cli::Bench { rounds, cpus } => bench::bench(&default_cpus(cpus), rounds).map(exit_code),
-        Cli::BootBench { rounds, cpus } => boot_bench::run(&default_cpus(cpus), rounds).map(exit_code),
+        Cli::BootBench { rounds, cpus, kernel } => {
+            boot_bench::run(&default_cpus(cpus), rounds, kernel).map(exit_code)
+        }
         Cli::Soak { rounds, matrix, kernels, cpus } => {
             soak::soak(&matrix::select(&kernels, &cpus, matrix), rounds).map(exit_code)
         }

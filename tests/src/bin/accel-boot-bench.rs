@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use accel_conformance::kvm_stats::{self, Counters};
+use accel_conformance::kvm_stats::{self, Counters, ExitKinds};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -57,6 +57,8 @@ struct Boot {
     to_marker: Duration,
     to_end: Duration,
     counters: Vec<u64>,
+    /// KVM's exits by kind to the marker, where the kernel's tracefs has histograms.
+    kinds: Result<Vec<(String, u64)>, String>,
     summary: Option<String>,
 }
 
@@ -99,6 +101,7 @@ impl Vmm {
 fn boot(cli: &Cli, vmm: Vmm, cpus: u32) -> Result<Boot, String> {
     let mut command = vmm.command(cli, cpus);
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let armed = ExitKinds::arm();
     let start = Instant::now();
     let mut child = command.spawn().map_err(|e| format!("starting {}: {e}", vmm.name()))?;
     let (tx, lines) = mpsc::channel::<String>();
@@ -119,12 +122,14 @@ fn boot(cli: &Cli, vmm: Vmm, cpus: u32) -> Result<Boot, String> {
     .collect();
     drop(tx);
     let (mut to_marker, mut at_marker, mut summary) = (None, Vec::new(), None);
+    let mut kinds = Err("the marker never came".to_string());
     loop {
         match lines.recv_timeout(Duration::from_secs(cli.timeout)) {
             Ok(line) => {
                 if to_marker.is_none() && line.contains(&cli.marker) {
                     to_marker = Some(start.elapsed());
                     at_marker = Counters::read().values.to_vec();
+                    kinds = armed.clone().and_then(|()| ExitKinds::read());
                 }
                 if let Some(rest) = line.strip_prefix("accel-host: exits: ") {
                     summary = Some(rest.to_string());
@@ -152,7 +157,7 @@ fn boot(cli: &Cli, vmm: Vmm, cpus: u32) -> Result<Boot, String> {
     if !status.success() {
         return Err(format!("{} ended with {status}", vmm.name()));
     }
-    Ok(Boot { to_marker, to_end, counters: at_marker, summary })
+    Ok(Boot { to_marker, to_end, counters: at_marker, kinds, summary })
 }
 
 fn median<T: Copy + Ord>(mut v: Vec<T>) -> T {
@@ -229,6 +234,18 @@ fn main() -> ExitCode {
             );
             if let Some(s) = b.iter().rev().find_map(|b| b.summary.clone()) {
                 println!("{:<6} {:<11} its own count, to the end: {s}", "", vmm.name());
+            }
+            match b.iter().rev().map(|b| &b.kinds).next() {
+                Some(Ok(kinds)) => {
+                    println!(
+                        "{:<6} {:<11} KVM's exits by kind, to init: {}",
+                        "",
+                        vmm.name(),
+                        ExitKinds::describe(kinds)
+                    )
+                }
+                Some(Err(why)) => println!("{:<6} {:<11} KVM's exits by kind: {why}", "", vmm.name()),
+                None => {}
             }
         }
         if medians.iter().all(|m| !m.is_zero()) {

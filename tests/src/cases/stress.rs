@@ -589,6 +589,7 @@ fn eight_vcpus_exits_kicks_debug_irqfd(ctx: &Context) -> CaseResult {
     let response = response_bound(ctx);
     let counters_ready = crate::kvm_stats::mount_debugfs();
     let kvm_before = crate::kvm_stats::Counters::read();
+    let kinds_armed = crate::kvm_stats::ExitKinds::arm();
     let start = Instant::now();
     let accel = ctx.accelerator()?;
     let caps = accel.probe().caps;
@@ -748,6 +749,12 @@ fn eight_vcpus_exits_kicks_debug_irqfd(ctx: &Context) -> CaseResult {
         starvation.worst.1
     );
     println!("  stress: {}", kvm_exits_per_round_trip(counters_ready, &kvm_before, u64::from(VCPUS) * EXITS));
+    match kinds_armed.and_then(|()| crate::kvm_stats::ExitKinds::read()) {
+        Ok(kinds) => {
+            println!("  stress: KVM's exits by kind: {}", crate::kvm_stats::ExitKinds::describe(&kinds))
+        }
+        Err(why) => println!("  stress: KVM's exits by kind: {why}"),
+    }
     drop(teardown);
     drop(vm);
     Ok(())
