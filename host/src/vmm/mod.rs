@@ -14,6 +14,7 @@ pub mod console;
 pub mod exits;
 pub mod fdt;
 pub mod guest_debug;
+pub mod host_mapping;
 pub mod image;
 pub mod layout;
 pub mod machine;

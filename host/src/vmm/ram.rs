@@ -1,27 +1,50 @@
-//! Guest RAM: anonymous host memory from `vm-memory`, registered with a VM.
+//! Guest RAM: anonymous host memory on a huge-page boundary ([`HostMapping`]), reached through
+//! `vm-memory`, registered with a VM.
 
 use accel_api::{client::Vm, AccelError, ErrorKind, MemoryRegion, Result};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+
+use super::host_mapping::HostMapping;
 
 /// One contiguous block of guest RAM.
 pub struct GuestRam {
     mem: GuestMemoryMmap,
+    /// The host memory behind `mem`; declared after it, so it is unmapped after `mem` is gone.
+    _host: HostMapping,
     base: u64,
     size: u64,
 }
 
 impl GuestRam {
-    /// Allocates `size` bytes of guest RAM at guest physical `base`.
+    /// Allocates `size` bytes of guest RAM at guest physical `base`, on a 2 MiB boundary of host
+    /// memory and offered for huge pages ([`HostMapping`]).
     pub fn new(base: u64, size: u64) -> Result<Self> {
         let len = usize::try_from(size)
             .map_err(|_| AccelError::invalid(format!("RAM size {size:#x} is too large")))?;
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(base), len)]).map_err(|e| {
+        let no_memory = |e: &dyn std::fmt::Display| {
             AccelError::new(ErrorKind::NO_RESOURCE, format!("allocating {size:#x} bytes of guest RAM: {e}"))
+        };
+        let host = HostMapping::new(len).map_err(|e| no_memory(&e))?;
+        // SAFETY: `host` is a private anonymous read-write mapping of exactly `len` bytes, kept
+        // alive beside the region for as long as the region is.
+        let region = unsafe {
+            MmapRegion::build_raw(
+                host.addr(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            )
+        }
+        .map_err(|e| no_memory(&e))?;
+        let region = GuestRegionMmap::new(region, GuestAddress(base)).ok_or_else(|| {
+            AccelError::invalid(format!("RAM at {base:#x} of {size:#x} bytes ends past 2^64"))
         })?;
-        Ok(Self { mem, base, size })
+        let mem = GuestMemoryMmap::from_regions(vec![region]).map_err(|e| no_memory(&e))?;
+        Ok(Self { mem, _host: host, base, size })
     }
 
-    /// The guest memory, for loaders that take `vm-memory`'s types.
+    /// The guest memory, for loaders that take `vm-memory`'s types. Borrow it for a load: the
+    /// host memory behind it goes with this `GuestRam`, so a clone must not outlive it.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.mem
     }
