@@ -8,7 +8,7 @@ use std::{
     net::TcpListener,
     os::fd::AsRawFd,
     sync::{mpsc, Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use accel_api::{AccelError, ErrorKind, Result};
@@ -210,6 +210,11 @@ impl ClientStarts {
     fn forget(&mut self) {
         self.held.clear();
     }
+
+    /// Part of what may be a client's first packet is held back.
+    fn holds(&self) -> bool {
+        !self.held.is_empty()
+    }
 }
 
 /// The first bytes of `bytes`, escaped, for a log line.
@@ -223,16 +228,97 @@ fn shown(bytes: &[u8]) -> String {
     }
 }
 
-/// A character device: end-of-file means no client is connected at the other end (a
-/// virtio-serial port reads so), and data after it, after the session says its client is done,
-/// or from a `qSupported` packet on, is a new connection.
-fn serve_device(file: std::fs::File, events: mpsc::Sender<Event>, listener: Listener) {
+/// What became of a port that read as ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Settled {
+    /// It has a client at the other end again, and nothing to read yet.
+    Client,
+    /// It brought this many bytes, now at the start of the buffer.
+    Bytes(usize),
+    /// It read as ended, with nothing to read, for the whole grace: no client.
+    Ended,
+}
+
+/// A character device as the port's reader uses it.
+trait Port {
+    /// Reads what the client at the other end sent; `Ok(0)` when the port reads as ended.
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize>;
+    /// Watches the port after it read as ended, until it has a client again, brings bytes
+    /// (read into `buf`), or has read as ended for `grace`.
+    fn settle(&mut self, buf: &mut [u8], grace: Duration) -> std::io::Result<Settled>;
+    /// A writer for a new connection over the port.
+    fn writer(&self) -> std::io::Result<Box<dyn Write + Send>>;
+}
+
+impl Port for std::fs::File {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        Read::read(self, buf)
+    }
+
+    /// A virtio-serial port polls as hung up while no client is connected at the host's end (a
+    /// pipe, once its writer closed and while no other has opened it). It polls as readable
+    /// then too, so only a read tells whether something came, and while it is hung up a read
+    /// does not wait: it brings what a client sent before the port heard of the client, or
+    /// reads as ended.
+    fn settle(&mut self, buf: &mut [u8], grace: Duration) -> std::io::Result<Settled> {
+        let deadline = Instant::now() + grace;
+        loop {
+            let mut poll = libc::pollfd { fd: self.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: poll reads and writes the one pollfd it is given, which lives on this
+            // stack frame, and with a timeout of 0 it returns at once.
+            let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+            if ready >= 0 && poll.revents & libc::POLLHUP == 0 {
+                return Ok(Settled::Client);
+            }
+            match Read::read(self, buf) {
+                Ok(0) => {}
+                Ok(n) => return Ok(Settled::Bytes(n)),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            if Instant::now() >= deadline {
+                return Ok(Settled::Ended);
+            }
+            std::thread::sleep(PORT_POLL);
+        }
+    }
+
+    fn writer(&self) -> std::io::Result<Box<dyn Write + Send>> {
+        Ok(Box::new(self.try_clone()?))
+    }
+}
+
+/// How often the reader looks at a port that reads as ended.
+const PORT_POLL: Duration = Duration::from_millis(20);
+
+/// How long a port must read as ended before the client it was serving counts as gone. The
+/// guest's word that a client went can trail its successor's first packets by a tenth of a
+/// second and more in a nested, emulated guest (see [`serve_device`]); a gone client's
+/// breakpoints are removed this much later.
+const END_GRACE: Duration = Duration::from_secs(1);
+
+/// A character device: data after the port reads as ended, after the session says its client
+/// is done, or from a `qSupported` packet on, is a new connection.
+///
+/// The port reads as ended while no client is connected at the other end, but a virtio-serial
+/// port can say so late, and say that a client came late too: the guest learns of a client's
+/// coming and going by control messages on a queue of their own, which its kernel handles apart
+/// from the data, and in a nested emulated guest a tenth of a second and more after it. When one
+/// client leaves and the next comes at once, the new client's first packets can be read before
+/// the port reads as ended for the one that left, or before it reads as connected again for
+/// the new one. Either way it reads as ended once in the middle of the new client's handshake.
+/// So while a connection, or the start of one, is in progress, an end counts only once the port
+/// has read as ended with nothing to read for [`END_GRACE`]; otherwise the connection goes on,
+/// and a client that did come in between starts its own at its `qSupported`.
+fn serve_device(mut port: impl Port, events: mpsc::Sender<Event>, listener: Listener) {
     let mut conn = 0;
     let mut connected = false;
     let mut starts = ClientStarts::default();
     let mut buf = [0u8; 4096];
+    // What the port brought while it was watched after reading as ended.
+    let mut brought = None;
     loop {
-        let result = (&file).read(&mut buf);
+        let result = brought.take().unwrap_or_else(|| port.read(&mut buf));
         let done = listener.client_done.swap(0, std::sync::atomic::Ordering::AcqRel);
         if connected && done == conn {
             log::debug!("gdb: the session is done with connection {conn}");
@@ -242,17 +328,31 @@ fn serve_device(file: std::fs::File, events: mpsc::Sender<Event>, listener: List
             }
         }
         match result {
-            Ok(0) => {
-                starts.forget();
-                if connected {
-                    log::debug!("gdb: the port read as ended; connection {conn} is closed");
-                    connected = false;
-                    if events.send(Event::Closed { conn }).is_err() {
-                        return;
+            Ok(0) if !connected && !starts.holds() => std::thread::sleep(PORT_POLL),
+            Ok(0) => match port.settle(&mut buf, END_GRACE) {
+                Ok(Settled::Ended) => {
+                    starts.forget();
+                    if connected {
+                        log::debug!("gdb: the port read as ended; connection {conn} is closed");
+                        connected = false;
+                        if events.send(Event::Closed { conn }).is_err() {
+                            return;
+                        }
                     }
                 }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+                settled => {
+                    if connected {
+                        log::debug!(
+                            "gdb: the port read as ended and has a client again: connection {conn} goes on"
+                        );
+                    }
+                    brought = match settled {
+                        Ok(Settled::Bytes(n)) => Some(Ok(n)),
+                        Err(e) => Some(Err(e)),
+                        _ => None,
+                    };
+                }
+            },
             Ok(n) => {
                 for piece in starts.feed(&buf[..n]) {
                     let bytes = match piece {
@@ -269,11 +369,11 @@ fn serve_device(file: std::fs::File, events: mpsc::Sender<Event>, listener: List
                         Piece::Bytes(bytes) => bytes,
                     };
                     if !connected {
-                        let Ok(writer) = file.try_clone() else { return };
+                        let Ok(writer) = port.writer() else { return };
                         conn += 1;
                         connected = true;
                         log::debug!("gdb: connection {conn} starts with {}", shown(&bytes));
-                        if events.send(Event::Connected { conn, writer: Box::new(writer) }).is_err() {
+                        if events.send(Event::Connected { conn, writer }).is_err() {
                             return;
                         }
                     }
@@ -285,7 +385,9 @@ fn serve_device(file: std::fs::File, events: mpsc::Sender<Event>, listener: List
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 log::warn!("gdb: reading the port: {e}");
-                let _ = events.send(Event::Closed { conn });
+                if connected {
+                    let _ = events.send(Event::Closed { conn });
+                }
                 return;
             }
         }
@@ -430,6 +532,144 @@ mod tests {
         while next(&rx) != "1:7" {}
         writer.write_all(b"+$qSupported#37").unwrap();
         assert_eq!([next(&rx), next(&rx), next(&rx), next(&rx)], ["1:+", "-1", "+2", "2:$"]);
+    }
+
+    /// A port that plays a script: what clients sent, and ends of the port.
+    struct Scripted(std::collections::VecDeque<Step>);
+
+    enum Step {
+        Bytes(&'static [u8]),
+        /// The port reads as ended, and has a client again at once.
+        Late,
+        /// The port reads as ended, and brings these bytes while it is watched.
+        LateThen(&'static [u8]),
+        /// The port reads as ended, and stays so.
+        Gone,
+    }
+
+    impl Port for Scripted {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match self.0.front() {
+                Some(Step::Bytes(bytes)) => {
+                    let n = bytes.len();
+                    buf[..n].copy_from_slice(bytes);
+                    self.0.pop_front();
+                    Ok(n)
+                }
+                Some(_) => Ok(0),
+                None => Err(std::io::Error::other("the script is over")),
+            }
+        }
+
+        fn settle(&mut self, buf: &mut [u8], _grace: Duration) -> std::io::Result<Settled> {
+            match self.0.pop_front() {
+                Some(Step::Late) => Ok(Settled::Client),
+                Some(Step::LateThen(bytes)) => {
+                    buf[..bytes.len()].copy_from_slice(bytes);
+                    Ok(Settled::Bytes(bytes.len()))
+                }
+                Some(Step::Gone) => Ok(Settled::Ended),
+                _ => Err(std::io::Error::other("nothing ended")),
+            }
+        }
+
+        fn writer(&self) -> std::io::Result<Box<dyn Write + Send>> {
+            Ok(Box::new(std::io::sink()))
+        }
+    }
+
+    /// Everything the reader reports for `steps`, each connection's bytes run together:
+    /// `+N` connected, `N:bytes`, `-N` closed.
+    fn transcript(steps: Vec<Step>) -> Vec<String> {
+        let (tx, rx) = mpsc::channel();
+        let port = Scripted(steps.into());
+        std::thread::spawn(move || serve_device(port, tx, Listener::default()));
+        let mut out: Vec<String> = Vec::new();
+        while let Ok(event) = rx.recv_timeout(Duration::from_secs(10)) {
+            match event {
+                Event::Connected { conn, .. } => out.push(format!("+{conn}")),
+                Event::Closed { conn } => out.push(format!("-{conn}")),
+                Event::Data { conn, byte } => match out.last_mut() {
+                    Some(last) if last.starts_with(&format!("{conn}:")) => last.push(byte as char),
+                    _ => out.push(format!("{conn}:{}", byte as char)),
+                },
+                _ => out.push("other".into()),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn an_end_the_port_reports_late_does_not_split_a_client() {
+        use Step::{Bytes, Gone, Late, LateThen};
+        // As gdb's packet log showed it: a client came as the last one went, its qSupported was
+        // read, and only then did the port read as ended, for the client that had gone. The new
+        // client's handshake goes on in the connection that saw its qSupported, whether its next
+        // packet comes after the port has a client again or while the port is watched.
+        for next in [vec![Late, Bytes(b"+$vMustReplyEmpty#3a")], vec![LateThen(b"+$vMustReplyEmpty#3a")]] {
+            let mut steps = vec![Bytes(b"$qSupported:multiprocess+#c6")];
+            steps.extend(next);
+            steps.push(Gone);
+            let late = transcript(steps);
+            assert_eq!(late, ["+1", "1:$qSupported:multiprocess+#c6+$vMustReplyEmpty#3a", "-1"]);
+        }
+        // The late end between the last client's bytes and the next one's: the next one starts
+        // at its qSupported all the same.
+        let between = transcript(vec![Bytes(b"$D#44"), Late, Bytes(b"+$qSupported#37"), Gone]);
+        assert_eq!(between, ["+1", "1:$D#44+", "-1", "+2", "2:$qSupported#37", "-2"]);
+        // The late end while part of a qSupported is held back: the rest completes it.
+        let held = transcript(vec![Bytes(b"$qSup"), Late, Bytes(b"ported:multiprocess+#c6"), Gone]);
+        assert_eq!(held, ["+1", "1:$qSupported:multiprocess+#c6", "-1"]);
+        // A port that stays ended has no client: what comes next is a new connection.
+        let gone =
+            transcript(vec![Bytes(b"$qSupported:multiprocess+#c6"), Gone, Bytes(b"+$vMustReplyEmpty#3a")]);
+        assert_eq!(
+            gone,
+            ["+1", "1:$qSupported:multiprocess+#c6", "-1", "+2", "2:+$vMustReplyEmpty#3a", "-2"]
+        );
+    }
+
+    #[test]
+    fn a_fifo_that_has_a_writer_again_settles_as_having_a_client() {
+        // A FIFO reads as ended and polls as hung up once its writer closed, until another opens
+        // it: as a virtio-serial port does between two clients.
+        let path = std::env::temp_dir().join(format!("accel-gdb-port-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: mkfifo reads the NUL-terminated path, which outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let open_writer = {
+            let path = path.clone();
+            move || std::fs::OpenOptions::new().write(true).open(&path).expect("writer")
+        };
+        let reader = std::thread::spawn({
+            let path = path.clone();
+            move || std::fs::File::open(path).expect("reader")
+        });
+        let writer = open_writer();
+        let mut port = reader.join().expect("reader thread");
+        drop(writer);
+        let mut buf = [0u8; 16];
+        assert_eq!(Port::read(&mut port, &mut buf).expect("read"), 0);
+        let started = Instant::now();
+        assert_eq!(port.settle(&mut buf, Duration::from_millis(200)).expect("settle"), Settled::Ended);
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        // The next writer comes while the port is watched, and sends a packet: the port has
+        // a client again, or brings the packet already.
+        let again = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            let mut writer = open_writer();
+            writer.write_all(b"$g#67").expect("write");
+            writer
+        });
+        let n = match port.settle(&mut buf, Duration::from_secs(10)).expect("settle") {
+            Settled::Client => Port::read(&mut port, &mut buf).expect("read"),
+            Settled::Bytes(n) => n,
+            Settled::Ended => 0,
+        };
+        assert_eq!(&buf[..n], b"$g#67");
+        drop(again.join().expect("writer thread"));
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

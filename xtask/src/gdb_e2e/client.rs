@@ -1,10 +1,12 @@
 //! One gdb client: gdb-multiarch on a script, with its output captured, signals sent to it when
-//! its output shows a marker (a Ctrl-C, or a `kill -9` as of a client that dies), and a limit
-//! on how long it may print nothing (a slow gdb that gets on is waited for). gdb runs in a process group of its own, and a kill takes the group: a `shell` command
-//! gdb was running dies with it rather than keep its output open, so the next client starts as
-//! soon as one dies, as a person who restarts gdb at once would. A script with `#expect TEXT` lines is typed into gdb's standard input instead of run in
-//! batch mode: gdb's event loop then runs between commands, so asynchronous stops (non-stop mode)
-//! are taken as they come, and each `#expect` holds the rest back until gdb has printed TEXT.
+//! its output shows a marker (a Ctrl-C, or a `kill -9` as of a client that dies), and a limit on
+//! how long it may print nothing (a slow gdb that gets on is waited for). gdb runs in a process
+//! group of its own, and a kill takes the group: a `shell` command gdb was running dies with it
+//! rather than keep its output open, so the next client starts as soon as one dies, as a person
+//! who restarts gdb at once would. A script with `#expect TEXT` lines is typed into gdb's standard
+//! input instead of run in batch mode: gdb's event loop then runs between commands, so
+//! asynchronous stops (non-stop mode) are taken as they come, and each `#expect` holds the rest
+//! back until gdb has printed TEXT.
 
 use std::{
     io::{BufRead, BufReader},

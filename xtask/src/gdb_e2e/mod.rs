@@ -119,14 +119,14 @@ fn run_sessions(
     std::fs::create_dir_all(&work).map_err(|e| Error(format!("creating {}: {e}", work.display())))?;
     let initrd = work.join("gdb-initrd.cpio");
     let sessions: Vec<Arc<Session>> = sessions.into_iter().map(Arc::new).collect();
-    // Each round's job, by its name: the session, and the round.
-    let mut round_jobs: HashMap<String, (Arc<Session>, u32)> = HashMap::new();
+    // The session of each round's job, by the job's name.
+    let mut round_jobs: HashMap<String, Arc<Session>> = HashMap::new();
     let mut all_jobs = jobs;
     for round in 1..=rounds {
         for session in &sessions {
             let name = round_name(&session.job.name, round, rounds);
             all_jobs.push(Job { name: name.clone(), ..session.job.clone() });
-            round_jobs.insert(name, (Arc::clone(session), round));
+            round_jobs.insert(name, Arc::clone(session));
         }
     }
     let mut all_files = vm_files()?;
@@ -166,7 +166,7 @@ fn run_sessions(
         }
         if line.contains(READY) {
             let name = current.lock().map(|c| c.clone()).unwrap_or_default();
-            let Some((session, _)) = round_jobs.get(&name).cloned() else { return };
+            let Some(session) = round_jobs.get(&name).cloned() else { return };
             let symbols = symbols.lock().map(|s| s.clone()).unwrap_or_default();
             let dir = work.clone();
             let driver_name = name.clone();
