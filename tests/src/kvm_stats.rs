@@ -68,29 +68,34 @@ impl Counters {
 }
 
 /// Makes the counters readable: mounts debugfs at [`DEBUGFS`] unless KVM's directory is there.
-#[cfg(target_os = "linux")]
 pub fn mount_debugfs() -> Result<(), String> {
-    if Path::new(DEBUGFS).join("kvm").is_dir() {
+    mount_unless("debugfs", DEBUGFS, "kvm")
+}
+
+/// Mounts the pseudo file system `kind` at `target` unless `target/sign` is already there.
+#[cfg(target_os = "linux")]
+fn mount_unless(kind: &str, target: &str, sign: &str) -> Result<(), String> {
+    if Path::new(target).join(sign).exists() {
         return Ok(());
     }
     let c = |s: &str| std::ffi::CString::new(s).unwrap_or_default();
-    let (source, target, kind) = (c("debugfs"), c(DEBUGFS), c("debugfs"));
+    let (source, at) = (c(kind), c(target));
     // SAFETY: the three strings are valid and NUL-terminated for the call; no data is passed.
-    let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), kind.as_ptr(), 0, std::ptr::null()) };
-    if rc == 0 && Path::new(DEBUGFS).join("kvm").is_dir() {
+    let rc = unsafe { libc::mount(source.as_ptr(), at.as_ptr(), source.as_ptr(), 0, std::ptr::null()) };
+    if rc == 0 && Path::new(target).join(sign).exists() {
         Ok(())
     } else {
         Err(format!(
-            "KVM's counters are not in {DEBUGFS}/kvm, and mounting debugfs there failed: {}",
+            "{target}/{sign} is not there, and mounting {kind} at {target} failed: {}",
             std::io::Error::last_os_error()
         ))
     }
 }
 
-/// KVM's counters live in Linux's debugfs.
+/// KVM's counters and tracepoints live in Linux's debugfs and tracefs.
 #[cfg(not(target_os = "linux"))]
-pub fn mount_debugfs() -> Result<(), String> {
-    Err("KVM's counters live in Linux's debugfs; this is not Linux".into())
+fn mount_unless(kind: &str, _: &str, _: &str) -> Result<(), String> {
+    Err(format!("{kind} is Linux's; this is not Linux"))
 }
 
 /// Where tracefs is mounted.
@@ -171,28 +176,8 @@ fn parse_hist(text: &str) -> Vec<(String, u64)> {
     kinds
 }
 
-#[cfg(target_os = "linux")]
 fn mount_tracefs() -> Result<(), String> {
-    if Path::new(TRACEFS).join("events").is_dir() {
-        return Ok(());
-    }
-    let c = |s: &str| std::ffi::CString::new(s).unwrap_or_default();
-    let (source, target, kind) = (c("tracefs"), c(TRACEFS), c("tracefs"));
-    // SAFETY: the three strings are valid and NUL-terminated for the call; no data is passed.
-    let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), kind.as_ptr(), 0, std::ptr::null()) };
-    if rc == 0 && Path::new(TRACEFS).join("events").is_dir() {
-        Ok(())
-    } else {
-        Err(format!(
-            "tracefs is not at {TRACEFS}, and mounting it failed: {}",
-            std::io::Error::last_os_error()
-        ))
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn mount_tracefs() -> Result<(), String> {
-    Err("KVM's tracepoints live in Linux's tracefs; this is not Linux".into())
+    mount_unless("tracefs", TRACEFS, "events")
 }
 
 #[cfg(test)]
