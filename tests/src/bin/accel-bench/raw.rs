@@ -8,8 +8,9 @@
 //! only way, and the fastest. With SVE on, KVM refuses the FP/SIMD `V` registers and V0–V31 are
 //! the low 128 bits of the Z registers, read as their 2048-bit slices, as accel reads them.
 
-use std::{mem::offset_of, ptr::NonNull};
+use std::mem::offset_of;
 
+use accel_host::vmm::host_mapping::HostMapping;
 use kvm_bindings::{
     kvm_guest_debug, kvm_regs, kvm_userspace_memory_region, kvm_vcpu_init, KVM_ARM_VCPU_PSCI_0_2,
     KVM_ARM_VCPU_SVE, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW, KVM_REG_ARM64,
@@ -145,51 +146,26 @@ const BCR_EL1_EXEC: u64 = 0x1e7;
 /// DBGWCR0_EL1 for 8 stored bytes at EL1 and EL0 (E, PAC = 0b11, LSC = store, BAS = 0xff).
 const WCR_STORE_8: u64 = 0x1ff7;
 
-/// Anonymous host memory for guest RAM, unmapped on drop.
-struct Ram {
-    at: NonNull<u8>,
-    size: usize,
-}
+/// Guest RAM in host memory laid out as accel-host lays its own ([`HostMapping`]: on a 2 MiB
+/// boundary, offered for huge pages), so that the baseline's stage-2 faults are the plugin's.
+struct Ram(HostMapping);
 
 impl Ram {
     fn new(size: usize) -> Result<Self, Error> {
-        // SAFETY: an anonymous private mapping at an address the kernel picks touches no
-        // existing memory; the result is checked before use.
-        let at = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if at == libc::MAP_FAILED {
-            return Err(format!("raw KVM: mapping {size} bytes of guest RAM failed"));
-        }
-        NonNull::new(at.cast())
-            .map(|at| Self { at, size })
-            .ok_or_else(|| "raw KVM: mmap returned null".into())
+        HostMapping::new(size)
+            .map(Ram)
+            .map_err(|e| format!("raw KVM: mapping {size} bytes of guest RAM: {e}"))
     }
 
     fn write_code(&self, offset: usize, code: &[u32]) -> Result<(), Error> {
         let bytes: Vec<u8> = code.iter().flat_map(|w| w.to_le_bytes()).collect();
-        if offset + bytes.len() > self.size {
+        if offset + bytes.len() > self.0.len() {
             return Err("raw KVM: the guest code does not fit its RAM".into());
         }
         // SAFETY: the range was checked to lie inside the mapping, which this process owns and
         // no vCPU runs on yet.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.at.as_ptr().add(offset), bytes.len()) };
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.0.addr().add(offset), bytes.len()) };
         Ok(())
-    }
-}
-
-impl Drop for Ram {
-    fn drop(&mut self) {
-        // SAFETY: the mapping was made in `Ram::new` with this size and is unmapped only here,
-        // after the VM that used it (dropped first, see `RawGuest`'s field order).
-        unsafe { libc::munmap(self.at.as_ptr().cast(), self.size) };
     }
 }
 
@@ -233,7 +209,7 @@ impl RawGuest {
             flags: 0,
             guest_phys_addr: ram_base,
             memory_size: ram_size as u64,
-            userspace_addr: ram.at.as_ptr() as u64,
+            userspace_addr: ram.0.addr() as u64,
         };
         // SAFETY: the region is this process's mapping in `ram`, which outlives the VM (field
         // order in `RawGuest`).
