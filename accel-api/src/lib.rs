@@ -1,6 +1,11 @@
 //! The accel contract: the stable plugin ABI, the AArch64 register model, exits, configuration
 //! and the one error type, shared by every backend and host.
 //!
+//! **This crate is what a plugin author reads.** Everything in it is part of the contract between
+//! a host and a plugin. Logic that backends may share but need not (PSCI, trap decoding, the
+//! debug pool, change-tracked puts) is in the backend kit, `accel-kit`; tools only hosts use
+//! (the stage-1 walk, the snapshot codec) are in `accel-host`.
+//!
 //! - Backends implement [`backend::Backend`] and friends and export them with [`export_plugin!`].
 //! - Hosts load plugins (see the `accel-host` crate) and drive them through [`client`].
 //! - [`abi`] states the compatibility contract between the two and how it is kept.
@@ -14,28 +19,18 @@ pub mod backend;
 pub mod client;
 pub mod config;
 pub mod debug;
-pub mod dirty;
 pub mod error;
 pub mod events;
-pub mod exception;
 pub mod exit;
 mod export;
 #[doc(hidden)]
 pub mod glue;
-pub mod hvf;
 pub mod idregs;
 pub mod irq;
 pub mod logging;
-pub mod memory;
-pub mod mmio;
-pub mod mmu;
-pub mod psci;
 pub mod regs;
-pub mod snapshot;
 pub mod sve;
 pub mod sysreg;
-pub mod systrap;
-pub mod timer;
 
 pub use abi_stable;
 pub use config::{Capabilities, MemoryRegion, ProbeInfo, VcpuConfig, VcpuFeatures, VmConfig};
@@ -44,6 +39,6 @@ pub use events::{MpState, VcpuEvents};
 pub use exit::{DebugExit, MmioAccess, SystemEventKind, VcpuExit};
 pub use idregs::IdRegisters;
 pub use irq::{GicConfig, IrqLine};
-pub use regs::{regs_to_put, CoreReg, CoreRegs, FpReg, FpRegs, PutLevel, RegisterFile, SyncCounters};
+pub use regs::{CoreReg, CoreRegs, FpReg, FpRegs, PutLevel, SyncCounters};
 pub use sve::{SveReg, SveRegs};
 pub use sysreg::{RegClass, RegId, RegValue};

@@ -177,56 +177,6 @@ impl FpRegs {
     }
 }
 
-/// A register file that a put can write in part: it names its registers and says which differ
-/// from an earlier copy.
-pub trait RegisterFile: Copy {
-    /// A register of the file.
-    type Reg: Copy;
-
-    /// Every register of the file, in order.
-    fn all_regs() -> Vec<Self::Reg>;
-
-    /// The registers whose value differs from `base`.
-    fn changed(&self, base: &Self) -> Vec<Self::Reg>;
-}
-
-impl RegisterFile for CoreRegs {
-    type Reg = CoreReg;
-
-    fn all_regs() -> Vec<CoreReg> {
-        CoreReg::all().collect()
-    }
-
-    fn changed(&self, base: &Self) -> Vec<CoreReg> {
-        self.changed_since(base).collect()
-    }
-}
-
-impl RegisterFile for FpRegs {
-    type Reg = FpReg;
-
-    fn all_regs() -> Vec<FpReg> {
-        FpReg::all().collect()
-    }
-
-    fn changed(&self, base: &Self) -> Vec<FpReg> {
-        self.changed_since(base).collect()
-    }
-}
-
-/// The registers a put at `level` has to write, given the values of the last get (`None` when
-/// there was none, or when a failed put left the vCPU's values unknown).
-///
-/// A [`PutLevel::FULL`] put, or one with nothing to compare against, writes the whole file; any
-/// other writes only what the host changed, so values the host never touched are never written
-/// back.
-pub fn regs_to_put<F: RegisterFile>(level: PutLevel, last_get: Option<&F>, new: &F) -> Vec<F::Reg> {
-    match last_get {
-        Some(last) if level < PutLevel::FULL => new.changed(last),
-        _ => F::all_regs(),
-    }
-}
-
 /// What a vCPU has asked of its accelerator so far: register accesses (one `KVM_GET_ONE_REG` or
 /// `KVM_SET_ONE_REG`, one `hv_vcpu_get_*`/`set_*` call) and guest entries. For measuring sync
 /// costs; backends count what they do, not what the host asked.
@@ -303,19 +253,6 @@ mod tests {
         assert_eq!(edited.v_u128(3), 0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10);
         let changed: Vec<_> = edited.changed_since(&base).collect();
         assert_eq!(changed, vec![FpReg::V(3), FpReg::Fpcr]);
-    }
-
-    #[test]
-    fn puts_write_changes_only_unless_full_or_unknown() {
-        let last = CoreRegs::default();
-        let mut new = last;
-        new.x[1] = 5;
-        assert_eq!(regs_to_put(PutLevel::RUNTIME, Some(&last), &new), vec![CoreReg::X(1)]);
-        assert_eq!(regs_to_put(PutLevel::RESET, Some(&last), &last), vec![]);
-        assert_eq!(regs_to_put(PutLevel::FULL, Some(&last), &last).len(), CoreReg::all().count());
-        assert_eq!(regs_to_put::<CoreRegs>(PutLevel::RUNTIME, None, &new).len(), CoreReg::all().count());
-        let fp = FpRegs::default();
-        assert_eq!(regs_to_put(PutLevel::RUNTIME, Some(&fp), &fp), vec![]);
     }
 
     #[test]

@@ -391,20 +391,6 @@ pub const fn dbgwcr(n: u8) -> RegId {
     RegId::sys(2, 0, 0, n & 15, 7)
 }
 
-/// The values a put at `level` has to write: those of `new` whose register may be written at
-/// that level and that differ from the last get (`last_get`), or all of them at
-/// [`PutLevel::FULL`]. A register with no value in the last get counts as changed.
-pub fn values_to_put<'a>(
-    level: PutLevel,
-    last_get: impl Fn(RegId) -> Option<u64> + 'a,
-    new: &'a [RegValue],
-) -> impl Iterator<Item = RegValue> + 'a {
-    new.iter()
-        .copied()
-        .filter(move |v| v.id.put_level() <= level)
-        .filter(move |v| level >= PutLevel::FULL || last_get(v.id) != Some(v.value))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -449,27 +435,5 @@ mod tests {
         assert_eq!(SCTLR_EL1.class(), RegClass::SYS);
         assert_eq!(RegId::firmware(1).class(), RegClass::FIRMWARE);
         assert_eq!(RegId::raw(0x6030_0000_0016_0000).space(), RegSpace::Raw);
-    }
-
-    #[test]
-    fn counters_are_written_only_at_full_level() {
-        let last = |id: RegId| match id {
-            x if x == CNTVCT_EL0 => Some(5),
-            x if x == TPIDR_EL1 => Some(7),
-            _ => None,
-        };
-        let new = [
-            RegValue { id: CNTVCT_EL0, value: 6 },
-            RegValue { id: TPIDR_EL1, value: 7 },
-            RegValue { id: ESR_EL1, value: 1 },
-        ];
-        let runtime: Vec<RegId> = values_to_put(PutLevel::RUNTIME, last, &new).map(|v| v.id).collect();
-        assert_eq!(
-            runtime,
-            vec![ESR_EL1],
-            "the counter waits for a full put; unchanged TPIDR_EL1 is skipped"
-        );
-        let full: Vec<RegId> = values_to_put(PutLevel::FULL, last, &new).map(|v| v.id).collect();
-        assert_eq!(full, vec![CNTVCT_EL0, TPIDR_EL1, ESR_EL1]);
     }
 }

@@ -3,11 +3,11 @@
 //! The backend is compiled on macOS on Apple silicon only, where Hypervisor.framework exists; on
 //! every other host the plugin still builds and loads, and its probe says why it cannot run.
 //!
-//! Everything that does not need the framework lives in `accel-api`, shared with KVM and tested
-//! on every host: the MMIO syndrome decode ([`accel_api::mmio`]), PSCI ([`accel_api::psci`]),
-//! trapped system registers ([`accel_api::systrap`]), the WFI deadline ([`accel_api::timer`]),
-//! the dirty bitmap ([`accel_api::dirty`]) and the framework's register numbers
-//! ([`accel_api::hvf`]). This crate is the thin layer that calls the framework through the
+//! Everything that does not need the framework lives in the backend kit, `accel-kit`, tested
+//! on every host: the MMIO syndrome decode ([`accel_kit::mmio`]), PSCI ([`accel_kit::psci`]),
+//! trapped system registers ([`accel_kit::systrap`]), the WFI deadline ([`accel_kit::timer`]),
+//! the dirty bitmap ([`accel_kit::dirty`]) and the framework's register numbers
+//! ([`accel_kit::hvf_regs`]). This crate is the thin layer that calls the framework through the
 //! `applevisor` crates. It was written and type-checked for `aarch64-apple-darwin`; it has not
 //! run on a Mac yet.
 

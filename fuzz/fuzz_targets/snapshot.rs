@@ -14,13 +14,9 @@
 //!   one byte changed, or cut short anywhere, is refused.
 #![no_main]
 
-use accel_api::{
-    events::{MpState, VcpuEvents},
-    regs::{CoreReg, CoreRegs, FpRegs},
-    snapshot::{VcpuSnapshot, MAGIC, VERSION},
-    sve::SveRegs,
-    RegId, RegValue, VcpuFeatures,
-};
+use accel_api::{events::{MpState, VcpuEvents}, regs::{CoreReg, CoreRegs, FpRegs}, sve::SveRegs, RegId, RegValue, VcpuFeatures};
+
+use accel_host::snapshot::{VcpuSnapshot, MAGIC, VERSION};
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 

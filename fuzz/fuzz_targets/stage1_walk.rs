@@ -18,10 +18,9 @@
 
 use std::collections::BTreeMap;
 
-use accel_api::{
-    mmu::{translate, TranslationRegs},
-    AccelError,
-};
+use accel_host::mmu::{translate, TranslationRegs};
+
+use accel_api::AccelError;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 

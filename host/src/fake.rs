@@ -10,7 +10,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use accel_api::{
     backend::{Backend, BackendDebug, BackendGic, BackendSve, BackendVcpu, BackendVm, Kick},
     client::Accelerator,
-    debug::{DebugCapacity, DebugEvent, DebugPool, DebugProgram, Watchpoint},
+    debug::{DebugCapacity, DebugEvent, DebugProgram, Watchpoint},
     events::MpState,
     regs::{CoreRegs, FpRegs, PutLevel, SyncCounters},
     sve::SveRegs,
@@ -18,6 +18,8 @@ use accel_api::{
     AccelError, Capabilities, DebugExit, ErrorKind, GicConfig, IrqLine, MemoryRegion, ProbeInfo, Result,
     VcpuConfig, VcpuExit, VcpuFeatures, VmConfig,
 };
+
+use accel_kit::debug_pool::DebugPool;
 
 /// The SVE vector length of the fake's vCPUs, in quadwords.
 pub const SVE_VQ: u32 = 2;

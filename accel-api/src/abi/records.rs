@@ -642,12 +642,17 @@ mod tests {
 
     #[test]
     fn debug_programs_round_trip() {
-        let mut pool = crate::debug::DebugPool::new(6, 4);
-        pool.insert_hw_breakpoint(0x4000_1000).unwrap();
-        pool.insert_watchpoint(Watchpoint { addr: 0x4001_0000, len: 8, kind: WatchKind::WRITE }).unwrap();
-        pool.insert_sw_breakpoint(0x4000_2000, 0x4000_2000, 0).unwrap();
-        pool.set_single_step(0, true);
-        let program = DebugProgram { setup: pool.setup_for(0), sw_breakpoints: pool.sw_addresses() };
+        let mut setup = crate::debug::DebugSetup {
+            sw_breakpoints: true,
+            hardware: true,
+            single_step: true,
+            ..Default::default()
+        };
+        setup.bcr[0] = 0x1e7;
+        setup.bvr[0] = 0x4000_1000;
+        setup.wcr[0] = 0x1f7 | 0xff << 5;
+        setup.wvr[0] = 0x4001_0000;
+        let program = DebugProgram { setup, sw_breakpoints: vec![0x4000_2000] };
         let record = DebugProgramRecord::from(&program);
         assert_eq!(record.flags, 7);
         assert_eq!(record.registers.len(), 4);

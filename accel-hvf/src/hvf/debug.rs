@@ -9,10 +9,11 @@ use std::sync::{
 
 use accel_api::{
     backend::BackendDebug,
-    debug::{DebugCapacity, DebugEvent, DebugPool, DebugSetup, Watchpoint, BRK_INSN},
-    memory::MemoryMap,
+    debug::{DebugCapacity, DebugEvent, DebugSetup, Watchpoint, BRK_INSN},
     AccelError, DebugExit, ErrorKind, Result,
 };
+
+use accel_kit::{debug_pool::DebugPool, memory_map::MemoryMap};
 
 /// A VM's debug pool.
 pub struct HvfDebug {

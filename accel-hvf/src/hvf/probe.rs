@@ -4,8 +4,9 @@
 
 use std::{ffi::CStr, sync::OnceLock};
 
+use accel_kit::hvf_regs::FEATURE_REGS;
+
 use accel_api::{
-    hvf::FEATURE_REGS,
     idregs::synthesize_dbgdidr,
     sysreg::{self, RegId},
     AccelError, Capabilities, ErrorKind, IdRegisters, ProbeInfo, RegValue, Result, VcpuFeatures,

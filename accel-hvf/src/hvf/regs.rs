@@ -1,4 +1,4 @@
-//! The thin match from the register numbers of [`accel_api::hvf`] (checked against Apple's
+//! The thin match from the register numbers of [`accel_kit::hvf_regs`] (checked against Apple's
 //! headers on every host) onto `applevisor`'s enums.
 
 use accel_api::RegId;

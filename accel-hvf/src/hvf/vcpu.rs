@@ -4,9 +4,9 @@
 //! the counters and the kicker need no message, and the kick is `hv_vcpus_exit`.
 //!
 //! The worker's run loop turns the framework's exits into accel's exits, with the shared code
-//! of `accel-api`: MMIO from data aborts ([`accel_api::mmio`]), PSCI and SMCCC
-//! ([`accel_api::psci`]), trapped system registers ([`accel_api::systrap`]), WFI until the
-//! virtual timer's deadline ([`accel_api::timer`]), dirty pages, and debug exceptions.
+//! of the backend kit: MMIO from data aborts ([`accel_kit::mmio`]), PSCI and SMCCC
+//! ([`accel_kit::psci`]), trapped system registers ([`accel_kit::systrap`]), WFI until the
+//! virtual timer's deadline ([`accel_kit::timer`]), dirty pages, and debug exceptions.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -22,20 +22,21 @@ use std::{
 use accel_api::{
     backend::{BackendEvents, BackendVcpu, Kick},
     debug::DebugSetup,
-    exception::{self, ec, esr_ec},
-    hvf::{self, core_location, debug_regs, fp_location, CoreLocation, FpLocation},
-    mmio::{self, DataAbort, MmioInstruction},
-    psci::{self, Call, Conduit, Outcome, PowerBoard, StartContext, Wake},
-    regs_to_put,
-    sysreg::{
-        values_to_put, RegSpace, CNTVCT_EL0, CNTV_CTL_EL0, CNTV_CVAL_EL0, FW_PSCI_VERSION, MDSCR_EL1,
-        VBAR_EL1,
-    },
-    systrap::{PmuAnswer, SysRegAccess, SysRegTraps, TrapOutcome},
-    timer::{self, WfiWait},
+    sysreg::{RegSpace, CNTVCT_EL0, CNTV_CTL_EL0, CNTV_CVAL_EL0, FW_PSCI_VERSION, MDSCR_EL1, VBAR_EL1},
     AccelError, CoreReg, CoreRegs, DebugExit, ErrorKind, FpReg, FpRegs, MmioAccess, MpState, PutLevel,
     RegClass, RegId, RegValue, Result, SyncCounters, SystemEventKind, VcpuConfig, VcpuEvents, VcpuExit,
     VcpuFeatures,
+};
+
+use accel_kit::{
+    exception::{self, ec, esr_ec},
+    hvf_regs::{self, core_location, debug_regs, fp_location, CoreLocation, FpLocation},
+    mmio::{self, DataAbort, MmioInstruction},
+    psci::{self, Call, Conduit, Outcome, PowerBoard, StartContext, Wake},
+    put::regs_to_put,
+    put::values_to_put,
+    systrap::{PmuAnswer, SysRegAccess, SysRegTraps, TrapOutcome},
+    timer::{self, WfiWait},
 };
 use applevisor::prelude::{ExitReason, SysReg, Vcpu, VcpuExitException};
 use applevisor_sys::{hv_vcpu_t, hv_vcpus_exit};
@@ -221,18 +222,18 @@ impl Worker {
             .instance()?
             .vcpu_create()
             .map_err(|e| hv_error(format!("hv_vcpu_create of vCPU {index}"), e))?;
-        let mpidr = hvf::mpidr(index);
+        let mpidr = hvf_regs::mpidr(index);
         vcpu.set_sys_reg(SysReg::MPIDR_EL1, mpidr)
             .map_err(|e| hv_error(format!("setting MPIDR_EL1 of vCPU {index}"), e))?;
         let vtimer_offset = vcpu
             .get_vtimer_offset()
             .map_err(|e| hv_error(format!("reading the vtimer offset of vCPU {index}"), e))?;
         let caps = vm.probed.caps;
-        let listed = hvf::SYS_REGS
+        let listed = hvf_regs::SYS_REGS
             .iter()
-            .chain(&hvf::SYS_REGS_EL0)
-            .chain(&hvf::DEBUG_CONTROL_REGS)
-            .chain(&hvf::TIMER_REGS)
+            .chain(&hvf_regs::SYS_REGS_EL0)
+            .chain(&hvf_regs::DEBUG_CONTROL_REGS)
+            .chain(&hvf_regs::TIMER_REGS)
             .copied()
             .chain(debug_regs(caps.hw_breakpoints, caps.hw_watchpoints))
             .collect();
@@ -274,9 +275,9 @@ impl Worker {
     fn snapshot_reset(&self) -> Result<ResetState> {
         let core = self.read_core()?;
         let mut sys = Vec::new();
-        let resettable = hvf::SYS_REGS
+        let resettable = hvf_regs::SYS_REGS
             .iter()
-            .chain(&hvf::SYS_REGS_EL0)
+            .chain(&hvf_regs::SYS_REGS_EL0)
             .copied()
             .filter(|id| id.fields().is_some_and(|(_, op1, crn, _, _)| crn != 0 || op1 != 0))
             .chain([CNTV_CTL_EL0, MDSCR_EL1]);
@@ -488,15 +489,15 @@ impl Worker {
         let values = match class {
             RegClass::SYS => sys(
                 self,
-                &mut hvf::SYS_REGS
+                &mut hvf_regs::SYS_REGS
                     .iter()
-                    .chain(&hvf::SYS_REGS_EL0)
-                    .chain(&hvf::DEBUG_CONTROL_REGS)
+                    .chain(&hvf_regs::SYS_REGS_EL0)
+                    .chain(&hvf_regs::DEBUG_CONTROL_REGS)
                     .copied()
                     .chain(debug_regs(caps.hw_breakpoints, caps.hw_watchpoints)),
             )?,
             RegClass::TIMER => {
-                let mut values = sys(self, &mut hvf::TIMER_REGS.iter().copied())?;
+                let mut values = sys(self, &mut hvf_regs::TIMER_REGS.iter().copied())?;
                 values.push(RegValue { id: CNTVCT_EL0, value: self.virtual_count() });
                 values
             }
@@ -702,7 +703,7 @@ impl Worker {
     fn apply_ppis(&mut self) -> Result<()> {
         let ppis = std::mem::take(&mut *locked(&self.kick.ppis));
         for (intid, level) in ppis {
-            let number = if level { hvf::GICR_ISPENDR0 } else { hvf::GICR_ICPENDR0 };
+            let number = if level { hvf_regs::GICR_ISPENDR0 } else { hvf_regs::GICR_ICPENDR0 };
             self.set_redistributor(number, 1 << intid)?;
         }
         Ok(())
@@ -778,7 +779,7 @@ impl Worker {
     fn vtimer_activated(&mut self) -> Result<()> {
         self.vtimer_masked = true;
         if self.vm.gic().is_some() {
-            self.set_redistributor(hvf::GICR_ISPENDR0, 1 << hvf::VTIMER_INTID)?;
+            self.set_redistributor(hvf_regs::GICR_ISPENDR0, 1 << hvf_regs::VTIMER_INTID)?;
         }
         Ok(())
     }

@@ -15,10 +15,13 @@ use std::{
 use accel_api::{
     backend::{BackendDebug, BackendDirtyLog, BackendGic, BackendVm},
     debug::DebugCapacity,
-    dirty::DirtyBitmap,
-    memory::MemoryMap,
-    psci::{Offer, PowerBoard},
     AccelError, ErrorKind, GicConfig, MemoryRegion, Result, VcpuConfig, VmConfig,
+};
+
+use accel_kit::{
+    dirty::DirtyBitmap,
+    memory_map::MemoryMap,
+    psci::{Offer, PowerBoard},
 };
 use applevisor::{
     prelude::VirtualMachineConfig,

@@ -10,10 +10,11 @@ use std::sync::{
 
 use accel_api::{
     backend::BackendDebug,
-    debug::{DebugCapacity, DebugEvent, DebugPool, DebugProgram, DebugSetup, Watchpoint, BRK_INSN},
-    memory::MemoryMap,
+    debug::{DebugCapacity, DebugEvent, DebugProgram, DebugSetup, Watchpoint, BRK_INSN},
     AccelError, DebugExit, ErrorKind, Result,
 };
+
+use accel_kit::{debug_pool::DebugPool, memory_map::MemoryMap};
 use kvm_bindings::{
     kvm_guest_debug, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW,
     KVM_GUESTDBG_USE_SW_BP,

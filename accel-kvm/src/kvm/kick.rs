@@ -13,7 +13,9 @@ use std::sync::{
     Arc, Mutex, MutexGuard, Once, PoisonError,
 };
 
-use accel_api::{backend::Kick, psci::PowerBoard};
+use accel_api::backend::Kick;
+
+use accel_kit::psci::PowerBoard;
 use kvm_bindings::kvm_run;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 

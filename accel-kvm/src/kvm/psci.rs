@@ -1,6 +1,6 @@
 //! PSCI in user space on KVM: the SMCCC filter (`KVM_ARM_VM_SMCCC_FILTER`, Linux 6.4) that
 //! forwards the PSCI function ranges to the plugin as `KVM_EXIT_HYPERCALL`, and the VM's power
-//! board, on which the shared [`accel_api::psci`] code answers them.
+//! board, on which the shared [`accel_kit::psci`] code answers them.
 //!
 //! KVM keeps the SMCCC architecture range (SMCCC_VERSION, the workarounds) to itself; only the
 //! PSCI ranges are forwarded. A vCPU created powered off is created runnable in KVM and kept
@@ -12,10 +12,9 @@ use std::{
     sync::{Arc, Mutex, Weak},
 };
 
-use accel_api::{
-    psci::{function, Offer, PowerBoard},
-    Result,
-};
+use accel_kit::psci::{function, Offer, PowerBoard};
+
+use accel_api::Result;
 use kvm_bindings::{
     kvm_device_attr, kvm_smccc_filter, kvm_smccc_filter_action_KVM_SMCCC_FILTER_FWD_TO_USER,
     KVM_ARM_VM_SMCCC_CTRL, KVM_ARM_VM_SMCCC_FILTER,

@@ -6,7 +6,9 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use accel_api::{backend::BackendDirtyLog, memory::MemoryMap, AccelError, ErrorKind, MemoryRegion, Result};
+use accel_api::{backend::BackendDirtyLog, AccelError, ErrorKind, MemoryRegion, Result};
+
+use accel_kit::memory_map::MemoryMap;
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY};
 use kvm_ioctls::VmFd;
 

@@ -10,13 +10,16 @@ use std::{cell::Cell, collections::HashMap, sync::Arc};
 
 use accel_api::{
     backend::{BackendEvents, BackendSve, BackendVcpu, Kick},
-    psci::{self, Call, Outcome, StartContext, Wake},
-    regs_to_put,
     sve::{vector_lengths_bits, SveReg, SveRegs, SVE_VQ_MAX},
-    sysreg::values_to_put,
     AccelError, Capabilities, CoreReg, CoreRegs, DebugExit, ErrorKind, FpReg, FpRegs, MmioAccess, MpState,
     PutLevel, RegClass, RegId, RegValue, Result, SyncCounters, SystemEventKind, VcpuConfig, VcpuEvents,
     VcpuExit, VcpuFeatures,
+};
+
+use accel_kit::{
+    psci::{self, Call, Outcome, StartContext, Wake},
+    put::regs_to_put,
+    put::values_to_put,
 };
 use kvm_bindings::{
     kvm_device_attr, kvm_mp_state, kvm_vcpu_events, kvm_vcpu_init, RegList, KVM_ARM_VCPU_PMU_V3_CTRL,

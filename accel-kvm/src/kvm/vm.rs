@@ -68,7 +68,7 @@ impl KvmVm {
         }
         let psci = if config.userspace_psci {
             super::psci::install_filter(&fd)?;
-            let offer = accel_api::psci::Offer { system_suspend: caps.system_suspend };
+            let offer = accel_kit::psci::Offer { system_suspend: caps.system_suspend };
             Some(Arc::new(UserPsci::new(offer)))
         } else {
             None

@@ -4,10 +4,11 @@ use std::sync::Mutex;
 
 use accel_api::{
     backend::{Backend, BackendVm},
-    memory::MemoryMap,
     AccelError, Capabilities, ErrorKind, IdRegisters, MemoryRegion, ProbeInfo, RegValue, Result, VcpuConfig,
     VcpuFeatures, VmConfig,
 };
+
+use accel_kit::memory_map::MemoryMap;
 use kvm_bindings::{
     kvm_enable_cap, kvm_userspace_memory_region, kvm_vcpu_init, KVM_ARM_VCPU_POWER_OFF,
     KVM_ARM_VCPU_PSCI_0_2, KVM_CAP_ARM_NISV_TO_USER,

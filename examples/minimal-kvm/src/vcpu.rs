@@ -5,11 +5,11 @@ use std::{cell::Cell, collections::HashMap, fmt::Display, sync::Arc};
 
 use accel_api::{
     backend::{BackendVcpu, Kick},
-    regs_to_put,
-    sysreg::values_to_put,
     AccelError, CoreReg, CoreRegs, ErrorKind, FpReg, FpRegs, MmioAccess, MpState, PutLevel, RegClass, RegId,
     RegValue, Result, SyncCounters, SystemEventKind, VcpuExit,
 };
+
+use accel_kit::{put::regs_to_put, put::values_to_put};
 use kvm_bindings::{kvm_mp_state, kvm_vcpu_init, RegList, KVM_EXIT_ARM_NISV};
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd, VmFd};
 

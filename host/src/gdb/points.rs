@@ -4,9 +4,11 @@
 //! debug-pool`.
 
 use accel_api::{
-    debug::{watch_pieces, WatchKind as AccelWatchKind, Watchpoint},
+    debug::{WatchKind as AccelWatchKind, Watchpoint},
     AccelError, ErrorKind, Result,
 };
+
+use accel_kit::debug_regs::watch_pieces;
 use gdbstub::target::{
     ext::breakpoints::{
         Breakpoints, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps, SwBreakpoint,

@@ -9,10 +9,11 @@ use std::{
 use accel_api::{
     client::{Debug, Vcpu},
     debug::{DebugEvent, WatchKind as AccelWatchKind},
-    mmu::{translate, TranslationRegs},
     sysreg::{self, RegId},
     AccelError, CoreRegs, ErrorKind, PutLevel, RegClass, RegValue, Result, VcpuFeatures,
 };
+
+use crate::mmu::{translate, TranslationRegs};
 use gdbstub::{
     common::{Signal, Tid},
     stub::MultiThreadStopReason,

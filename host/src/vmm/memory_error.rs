@@ -8,12 +8,9 @@
 
 use std::{cell::Cell, sync::Once};
 
-use accel_api::{
-    client::Vcpu,
-    exception::{enter_el1, Exception, ExceptionType},
-    sysreg::VBAR_EL1,
-    PutLevel, Result,
-};
+use accel_api::{client::Vcpu, sysreg::VBAR_EL1, PutLevel, Result};
+
+use accel_kit::exception::{enter_el1, Exception, ExceptionType};
 
 /// The kind of a memory error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,11 +1,9 @@
 //! Exceptions into the guest: architectural entry to EL1 done by the host through register sync,
 //! injected SErrors and external data aborts, and multiprocessing states.
 
-use accel_api::{
-    exception::{ec, enter_el1, esr_ec, Exception, ExceptionType},
-    sysreg::VBAR_EL1,
-    ErrorKind, MpState, PutLevel, VcpuConfig, VcpuEvents, VcpuFeatures,
-};
+use accel_kit::exception::{ec, enter_el1, esr_ec, Exception, ExceptionType};
+
+use accel_api::{sysreg::VBAR_EL1, ErrorKind, MpState, PutLevel, VcpuConfig, VcpuEvents, VcpuFeatures};
 
 use crate::{
     asm::{self, Size},

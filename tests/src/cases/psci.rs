@@ -5,11 +5,9 @@
 
 use std::{sync::mpsc, thread, time::Duration};
 
-use accel_api::{
-    psci::{self, function},
-    sysreg::MPIDR_EL1,
-    MpState, VcpuConfig, VcpuExit, VcpuFeatures, VmConfig,
-};
+use accel_kit::psci::{self, function};
+
+use accel_api::{sysreg::MPIDR_EL1, MpState, VcpuConfig, VcpuExit, VcpuFeatures, VmConfig};
 
 use crate::{
     asm::{self, Size},

@@ -1,8 +1,9 @@
 //! vCPU snapshots: a bit-exact round trip into a fresh VM (SVE included where offered), a guest
 //! that carries on after the restore, and damaged files refused with a clear error.
 
+use accel_host::snapshot::VcpuSnapshot;
+
 use accel_api::{
-    snapshot::VcpuSnapshot,
     sve::SveRegs,
     sysreg::{CNTPCT_EL0, CNTVCT_EL0, TPIDR_EL0, TPIDR_EL1},
     ErrorKind, PutLevel, RegClass, RegValue, VcpuConfig, VcpuFeatures, VmConfig,

@@ -1,7 +1,7 @@
 //! Bookkeeping of guest memory regions, shared by backends: slot allocation, validation, overlap
 //! rejection and address lookup in both directions.
 
-use crate::{config::MemoryRegion, error::AccelError, error::Result, ErrorKind};
+use accel_api::{config::MemoryRegion, error::AccelError, error::Result, ErrorKind};
 
 /// The regions of one VM, by slot.
 #[derive(Debug, Default, Clone)]

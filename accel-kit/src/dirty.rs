@@ -2,7 +2,7 @@
 //! (Hypervisor.framework): a per-region bitmap of pages, in the layout `take` returns (bit
 //! `n % 64` of word `n / 64` for page `n`), filled from write faults on write-protected pages.
 
-use crate::error::{AccelError, Result};
+use accel_api::error::{AccelError, Result};
 
 /// The dirty pages of one memory region.
 #[derive(Clone, Debug, PartialEq, Eq)]

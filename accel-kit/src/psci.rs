@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use crate::exit::SystemEventKind;
+use accel_api::exit::SystemEventKind;
 
 /// PSCI and SMCCC function ids (SMC32 ids have bit 30 clear, SMC64 ids have it set).
 pub mod function {

@@ -3,7 +3,7 @@
 //! 64K granules, with the TTBR0_EL1/TTBR1_EL1 split set by TCR_EL1.T0SZ/T1SZ, table, block and
 //! page descriptors. With SCTLR_EL1.M clear, addresses are physical.
 
-use crate::error::{AccelError, Result};
+use accel_api::error::{AccelError, Result};
 
 /// The registers that control stage-1 translation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

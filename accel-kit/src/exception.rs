@@ -7,7 +7,7 @@
 //! the PC moves to VBAR_EL1 plus the vector offset for where the exception was taken from and
 //! its type.
 
-use crate::{
+use accel_api::{
     regs::CoreRegs,
     sysreg::{ESR_EL1, FAR_EL1},
     RegValue,

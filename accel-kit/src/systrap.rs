@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::sysreg::{
+use accel_api::sysreg::{
     RegId, CNTPCT_EL0, DBGAUTHSTATUS_EL1, DBGCLAIMCLR_EL1, DBGCLAIMSET_EL1, DBGPRCR_EL1, MDCCINT_EL1,
     MDCCSR_EL0, MDSCR_EL1, OSDLR_EL1, OSLAR_EL1, OSLSR_EL1,
 };
@@ -166,7 +166,7 @@ impl SysRegTraps {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sysreg::{dbgbcr, dbgwvr, PMCCNTR_EL0, PMCR_EL0, SCTLR_EL1};
+    use accel_api::sysreg::{dbgbcr, dbgwvr, PMCCNTR_EL0, PMCR_EL0, SCTLR_EL1};
 
     /// The ISS of a trapped access to `reg` through Xt `rt`.
     fn iss(reg: RegId, rt: u64, read: bool) -> u64 {

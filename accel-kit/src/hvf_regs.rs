@@ -7,9 +7,9 @@
 //! macOS-only layer only matches these numbers onto that crate's enums.
 //!
 //! An `hv_sys_reg_t` value is the architectural encoding, the same packing as
-//! [`crate::RegId`]: op0 << 14 | op1 << 11 | CRn << 7 | CRm << 3 | op2.
+//! [`accel_api::RegId`]: op0 << 14 | op1 << 11 | CRn << 7 | CRm << 3 | op2.
 
-use crate::{
+use accel_api::{
     regs::{CoreReg, FpReg},
     sysreg::{self, RegId},
 };
@@ -107,7 +107,7 @@ pub const FEATURE_REGS: [(u32, RegId); 12] = [
 ];
 
 /// The EL1 and EL0 system registers HVF exposes (macOS 15.0) that the shared model syncs in
-/// [`RegClass::SYS`](crate::RegClass::SYS), in a stable order. Those the core registers hold
+/// [`RegClass::SYS`](accel_api::RegClass::SYS), in a stable order. Those the core registers hold
 /// (SP_EL0, SP_EL1, ELR_EL1, SPSR_EL1), the timer's, and the debug registers are elsewhere.
 pub const SYS_REGS: [RegId; 38] = [
     sysreg::MIDR_EL1,
@@ -150,7 +150,7 @@ pub const SYS_REGS: [RegId; 38] = [
     sysreg::CNTKCTL_EL1,
 ];
 
-/// The EL0 thread registers and CSSELR_EL1, also in [`RegClass::SYS`](crate::RegClass::SYS).
+/// The EL0 thread registers and CSSELR_EL1, also in [`RegClass::SYS`](accel_api::RegClass::SYS).
 pub const SYS_REGS_EL0: [RegId; 3] = [sysreg::CSSELR_EL1, sysreg::TPIDR_EL0, sysreg::TPIDRRO_EL0];
 
 /// The virtual timer's registers HVF exposes; CNTVCT_EL0 is the host counter less the vCPU's

@@ -1,7 +1,7 @@
 //! vCPU snapshots: the complete state of a vCPU in the shared register model, a versioned binary
 //! file format (`docs/snapshot-format.md`), and save/restore through any backend.
 
-use crate::{
+use accel_api::{
     client::{Vcpu, Vm},
     error::{AccelError, ErrorKind, Result},
     events::{MpState, VcpuEvents},
@@ -336,7 +336,7 @@ mod tests {
             fp,
             sve: sve_regs,
             regs: vec![
-                RegValue { id: crate::sysreg::TPIDR_EL1, value: 7 },
+                RegValue { id: accel_api::sysreg::TPIDR_EL1, value: 7 },
                 RegValue { id: RegId::ccsidr(1), value: 3 },
             ],
             events: VcpuEvents {
