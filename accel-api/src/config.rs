@@ -163,7 +163,7 @@ pub struct VmConfig {
     /// The guest physical address size in bits, or 0 for the backend's default.
     pub ipa_bits: u32,
     /// Answer the guest's PSCI and SMCCC calls inside the plugin, with the shared
-    /// [`crate::psci`] code, instead of leaving them to the hypervisor (ABI 2.2). The exits and
+    /// PSCI code of the backend kit (`accel_kit::psci`), instead of leaving them to the hypervisor (ABI 2.2). The exits and
     /// behaviour the host sees are the same either way. A backend that cannot is asked through
     /// [`Capabilities::userspace_psci`], and refuses the option as unsupported, by name.
     pub userspace_psci: bool,

@@ -98,7 +98,7 @@ macro_rules! export_plugin {
                 $crate::glue::guarded_probe($probe)
             },
             {
-                $crate::glue::guarded_open($open)
+                $crate::interface::accel::guarded_open($open)
             }
         }
     };

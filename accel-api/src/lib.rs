@@ -26,6 +26,7 @@ mod export;
 #[doc(hidden)]
 pub mod glue;
 pub mod idregs;
+pub mod interface;
 pub mod irq;
 pub mod logging;
 pub mod regs;

@@ -93,8 +93,7 @@ thread_local! {
 /// Opens the fake backend into `world`, through the ABI glue a plugin uses.
 pub fn accelerator(world: &Arc<World>) -> Result<Accelerator> {
     NEXT.with(|n| *n.borrow_mut() = Some(Arc::clone(world)));
-    let opened = accel_api::glue::guarded_open(open).into_result()?;
-    Ok(Accelerator::from_abi(opened))
+    Accelerator::in_process(open)
 }
 
 fn open() -> Result<FakeBackend> {

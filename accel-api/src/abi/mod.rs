@@ -48,10 +48,7 @@
 //! traits and export them with [`crate::export_plugin!`], which converts the records and contains
 //! panics. Hosts use them through [`crate::client`].
 
-// The `sabi_trait` expansion calls `VmOps::add_memory` from unsafe blocks of its own, which
-// cannot carry a comment; the caller's obligation is that method's `# Safety` section. The module
-// has no unsafe block of its own.
-#[allow(clippy::undocumented_unsafe_blocks)]
+pub mod cross;
 pub mod objects;
 pub mod records;
 
