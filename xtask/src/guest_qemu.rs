@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use crate::{
     debian::{self, Package},
+    error::{Error, Result},
     provision::CROSS_LIB,
     shlibs::{self, Closure},
     vm::VmFile,
-    Error, Result,
 };
 
 /// The Debian package that holds `qemu-system-aarch64`.

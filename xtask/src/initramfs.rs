@@ -9,7 +9,10 @@ use std::{
 
 use cpio::newc::{trailer, Builder};
 
-use crate::{vm::VmFile, Error, Result};
+use crate::{
+    error::{Error, Result},
+    vm::VmFile,
+};
 
 /// The file-type bits of a directory, a regular file and a symbolic link in a cpio mode.
 const S_IFDIR: u32 = 0o040000;

@@ -6,7 +6,7 @@ use std::{fmt, path::PathBuf};
 
 use crate::{
     debian::{self, Control, Extract},
-    Error, Result,
+    error::{Error, Result},
 };
 
 /// A Debian kernel series.
@@ -104,7 +104,7 @@ pub fn kernel(version: KernelVersion) -> Result<Kernel> {
         None => {
             eprintln!(
                 "xtask: fetching the arm64 Debian kernel {version} (once; cached in {})",
-                crate::provision::cache_dir().display()
+                crate::layout::cache_dir().display()
             );
             let mut found = None;
             for meta in metas {

@@ -6,10 +6,10 @@
 use std::{path::Path, process::Command};
 
 use crate::{
+    error::{Error, Result},
     linux_guest::{self, CheckInit, GuestEnd, MARKER},
     report::Tally,
     vm::{Job, JobResult, VmFile, VmRun},
-    Error, Result,
 };
 
 /// Where the guest files go in the VM.

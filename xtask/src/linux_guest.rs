@@ -3,7 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{debian, initramfs::Initramfs, vm::VmFile, Error, Result};
+use crate::{
+    debian,
+    error::{Error, Result},
+    initramfs::Initramfs,
+    vm::VmFile,
+};
 
 /// The Debian package that holds a static busybox.
 pub const BUSYBOX_PACKAGE: &str = "busybox-static";

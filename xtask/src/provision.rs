@@ -7,7 +7,10 @@ use std::{
     process::Command,
 };
 
-use crate::{cmd, Error, Result};
+use crate::{
+    cmd,
+    error::{Error, Result},
+};
 
 /// Debian packages the nested VM needs on the build host.
 pub const APT_PACKAGES: &[&str] = &[
@@ -158,18 +161,6 @@ pub fn rust_targets() -> Result<()> {
         cmd::run(Command::new("rustup").arg("component").arg("add").args(&missing))?;
     }
     Ok(())
-}
-
-/// The cache directory: `ACCEL_CACHE_DIR`, else `$XDG_CACHE_HOME/accel`, else `~/.cache/accel`.
-pub fn cache_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("ACCEL_CACHE_DIR") {
-        return PathBuf::from(dir);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
-    base.join("accel")
 }
 
 /// One Debian apt source: a URI, its suites and components, and its key.

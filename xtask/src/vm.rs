@@ -3,13 +3,21 @@
 
 use std::{
     io::{BufRead, BufReader},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
-use crate::{initramfs::Initramfs, provision::CROSS_LIB, Error, Result};
+use crate::{
+    error::{Error, Result},
+    initramfs::Initramfs,
+    provision::CROSS_LIB,
+};
+
+/// How long a nested VM's console may stay silent before the VM is stopped as stuck. No VM is
+/// judged by its total time: a slower machine takes longer and passes.
+pub const SILENCE: Duration = Duration::from_secs(20 * 60);
 
 /// A file to put into the initramfs.
 pub struct VmFile {
@@ -278,9 +286,4 @@ pub fn boot(
     run.qemu_status = status.code();
     run.elapsed = start.elapsed();
     Ok(run)
-}
-
-/// Where xtask keeps build products of its own.
-pub fn work_dir(root: &Path) -> PathBuf {
-    root.join("target").join("xtask")
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::{Action, Client, Outcome, Session};
-use crate::{guest_out, report::Tally, vm::VmFile, Result};
+use crate::{error::Result, guests, report::Tally, vm::VmFile};
 
 /// The session's accel-host job.
 pub const JOB: &str = "gdb-debuggee";
@@ -64,7 +64,7 @@ kill
 /// a local TCP port.
 /// The debuggee's file in the VM.
 pub fn files() -> Result<Vec<VmFile>> {
-    Ok(vec![VmFile::from_host(ELF, &guest_out("debuggee"), 0o644)?])
+    Ok(vec![VmFile::from_host(ELF, &guests::out("debuggee"), 0o644)?])
 }
 
 /// accel-host serving gdb on the debuggee, two vCPUs, SVE on; a malformed client comes first.
@@ -74,7 +74,7 @@ pub fn session() -> Session {
         clients: Box::new(|port, _| {
             vec![Client {
                 script: GDB_SCRIPT.replace("PORT", &port.to_string()),
-                program: Some(guest_out("debuggee")),
+                program: Some(guests::out("debuggee")),
                 actions: vec![("READY-FOR-CTRL-C", Action::Interrupt(Duration::from_secs(3)))],
                 limit_secs: 200,
             }]

@@ -19,11 +19,13 @@ use std::{
 pub use client::{Action, Client};
 
 use crate::{
-    cross_out,
+    build::cross_build,
+    error::{Error, Result},
+    layout::{cross_out, work_dir},
+    payload::vm_files,
+    provision,
     report::Tally,
-    root,
     vm::{self, Job, JobResult, VmFile},
-    vm_files, Error, Result, VM_SILENCE,
 };
 
 /// The job that runs accel-host on `elf` with `cpus` vCPUs and SVE on, serving gdb on the
@@ -115,7 +117,7 @@ fn run_sessions(
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| Error(format!("finding a free port: {e}")))?;
-    let work = vm::work_dir(&root());
+    let work = work_dir();
     std::fs::create_dir_all(&work).map_err(|e| Error(format!("creating {}: {e}", work.display())))?;
     let initrd = work.join("gdb-initrd.cpio");
     let sessions: Vec<Arc<Session>> = sessions.into_iter().map(Arc::new).collect();
@@ -149,7 +151,7 @@ fn run_sessions(
     // hit its time limit) may still have a client running when the next round's stub is ready.
     let port_turn = Arc::new(Mutex::new(()));
     println!("xtask: real gdb against accel-host in the nested VM (-cpu max)");
-    let run = vm::boot(kernel, &initrd, "max", VM_SILENCE, &vm::gdb_channel(port), &|line| {
+    let run = vm::boot(kernel, &initrd, "max", vm::SILENCE, &vm::gdb_channel(port), &|line| {
         println!("  vm[gdb]| {line}");
         if let Some(name) = line.strip_prefix("@@accel job-begin ") {
             if let Ok(mut c) = current.lock() {
@@ -309,4 +311,19 @@ pub fn gdb_sessions(tally: &mut Tally, kernel: &Path, only: &[&str], rounds: u32
         }
     }
     Ok(())
+}
+
+/// `cargo xtask gdb-e2e`: the sessions named in `sessions` (all of them when it is empty), each
+/// `rounds` times in one boot of the VM; true when every check passed.
+pub fn command(sessions: &[String], rounds: u32) -> Result<bool> {
+    provision::host_tools()?;
+    provision::rust_targets()?;
+    cross_build()?;
+    let kernel = provision::kernel()?;
+    let mut tally = Tally::default();
+    let only: Vec<&str> =
+        if sessions.is_empty() { SESSIONS.to_vec() } else { sessions.iter().map(String::as_str).collect() };
+    gdb_sessions(&mut tally, &kernel, &only, rounds)?;
+    println!("{} passed, {} failed", tally.passed, tally.failed);
+    Ok(tally.failed == 0)
 }

@@ -5,7 +5,7 @@
 //! markers, the sequences `accel-bench` replays to measure a stop as gdb sees it.
 
 use super::{Client, Outcome, Session};
-use crate::guest_out;
+use crate::guests;
 
 /// The session's accel-host job.
 pub const JOB: &str = "gdb-packets";
@@ -57,7 +57,7 @@ pub fn session() -> Session {
         clients: Box::new(|port, _| {
             vec![Client {
                 script: SCRIPT.replace("PORT", &port.to_string()),
-                program: Some(guest_out("debuggee")),
+                program: Some(guests::out("debuggee")),
                 actions: Vec::new(),
                 limit_secs: 200,
             }]

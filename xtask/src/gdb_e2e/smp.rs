@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use super::{Action, Client, Outcome, Session};
-use crate::{guest_out, report::Tally, vm::VmFile, Result};
+use crate::{error::Result, guests, report::Tally, vm::VmFile};
 
 /// The session's accel-host job.
 pub const JOB: &str = "gdb-smp";
@@ -130,13 +130,13 @@ kill
 
 /// The guest's file in the VM.
 pub fn files() -> Result<Vec<VmFile>> {
-    Ok(vec![VmFile::from_host(ELF, &guest_out("smp"), 0o644)?])
+    Ok(vec![VmFile::from_host(ELF, &guests::out("smp"), 0o644)?])
 }
 
 fn client(script: &str, port: u16, actions: Vec<(&'static str, Action)>) -> Client {
     Client {
         script: format!("{PROLOGUE}{}", script.replace("PORT", &port.to_string())),
-        program: Some(guest_out("smp")),
+        program: Some(guests::out("smp")),
         actions,
         limit_secs: 240,
     }
