@@ -7,7 +7,7 @@ use crate::{
     error::{Error, Result},
     layout::{cross_out, work_dir},
     payload::vm_files,
-    provision,
+    provision::{host, kernel},
     vm::{self, Job, VmRun},
 };
 
@@ -45,10 +45,10 @@ pub fn show(cpu: &str, run: &VmRun) {
 /// `cargo xtask bench`: accel-bench with `rounds` rounds, alone in one VM boot per CPU model;
 /// true when every run completed.
 pub fn bench(cpus: &[String], rounds: u32) -> Result<bool> {
-    provision::host_tools()?;
-    provision::rust_targets()?;
+    host::tools()?;
+    host::rust_targets()?;
     crate::build::cross_build()?;
-    let kernel = provision::kernel()?;
+    let kernel = kernel::default_image()?;
     let work = work_dir();
     std::fs::create_dir_all(&work).map_err(|e| Error(format!("creating {}: {e}", work.display())))?;
     let initrd = work.join("bench-initrd.cpio");

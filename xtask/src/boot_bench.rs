@@ -8,14 +8,16 @@ use std::path::Path;
 use crate::{
     build::cross_build,
     error::{Error, Result},
-    guest_qemu,
-    kernel::{self, KernelVersion},
     layout::{cross_out, work_dir},
-    linux_guest,
     payload::vm_files,
-    provision,
+    provision::{
+        guest_qemu, host,
+        initramfs::VmFile,
+        kernel::{self, KernelVersion},
+        linux_guest,
+    },
     report::Tally,
-    vm::{self, Job, VmFile, VmRun},
+    vm::{self, Job, VmRun},
 };
 
 /// The job's name.
@@ -63,10 +65,10 @@ pub fn job() -> Job {
 /// `cargo xtask boot-bench`: the benchmark alone, in one VM boot per CPU model, the VM's own
 /// kernel of the series `vm_kernel` (the guest that accel-host and QEMU boot is 6.12 always).
 pub fn run(cpus: &[String], rounds: u32, vm_kernel: KernelVersion) -> Result<bool> {
-    provision::host_tools()?;
-    provision::rust_targets()?;
+    host::tools()?;
+    host::rust_targets()?;
     cross_build()?;
-    let kernel = provision::kernel()?;
+    let kernel = kernel::default_image()?;
     let work = work_dir();
     std::fs::create_dir_all(&work).map_err(|e| Error(format!("creating {}: {e}", work.display())))?;
     let mut files = vm_files()?;

@@ -13,8 +13,9 @@ use crate::{
     error::{Error, Result},
     guests::DEMO_LINE,
     layout::{root, CROSS_TARGET},
+    provision::initramfs::VmFile,
     report::{summary_line, Tally},
-    vm::{Job, VmFile, VmRun},
+    vm::{Job, VmRun},
 };
 
 /// Today's KVM plugin in the VM.

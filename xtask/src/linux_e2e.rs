@@ -7,9 +7,12 @@ use std::{path::Path, process::Command};
 
 use crate::{
     error::{Error, Result},
-    linux_guest::{self, CheckInit, GuestEnd, MARKER},
+    provision::{
+        initramfs::VmFile,
+        linux_guest::{self, CheckInit, GuestEnd, MARKER},
+    },
     report::Tally,
-    vm::{Job, JobResult, VmFile, VmRun},
+    vm::{Job, JobResult, VmRun},
 };
 
 /// Where the guest files go in the VM.

@@ -13,7 +13,7 @@ use crate::{
     guests::{self, DEMO_LINE},
     host_checks::{lint, unit_tests},
     layout::root,
-    provision,
+    provision::host,
     report::{summary_line, Tally},
 };
 
@@ -45,7 +45,7 @@ fn sign(binary: &PathBuf, entitlements: &PathBuf) -> Result<()> {
 /// The whole macOS test; true when everything passed.
 pub fn test() -> Result<bool> {
     let start = Instant::now();
-    provision::rust_targets()?;
+    host::rust_targets()?;
     let mut tally = Tally::default();
     println!("xtask: formatting and lints");
     lint(&mut tally);

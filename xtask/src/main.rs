@@ -20,26 +20,19 @@ mod build;
 mod checks;
 mod cmd;
 mod compat;
-mod debian;
 mod error;
-mod fetch_debian;
 mod fuzz;
 mod gdb_e2e;
-mod guest_qemu;
 mod guests;
 mod host_checks;
-mod initramfs;
-mod kernel;
 mod layout;
 mod linux_e2e;
-mod linux_guest;
 mod macos;
 mod matrix;
 mod payload;
 mod provision;
 mod report;
 mod run_cmd;
-mod shlibs;
 mod soak;
 mod test_cmd;
 mod tracked;
@@ -49,8 +42,8 @@ mod vm_cmd;
 use std::{path::PathBuf, process::ExitCode};
 
 use error::Error;
-use kernel::KernelVersion;
 use matrix::Boot;
+use provision::{fetch_debian, kernel::KernelVersion};
 
 #[derive(clap::Parser)]
 #[command(name = "cargo xtask", about = "Build, provision and test accel")]

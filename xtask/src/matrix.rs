@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::{kernel::KernelVersion, report::Tally, vm::VmRun};
+use crate::{provision::kernel::KernelVersion, report::Tally, vm::VmRun};
 
 /// The test VM's job that prints the nested VM's kernel log.
 pub const KERNEL_LOG_JOB: &str = "kernel-log";

@@ -1,7 +1,7 @@
 //! The files every nested VM gets: our aarch64 binaries, the plugins, the fixtures and the demo
 //! guest.
 
-use crate::{error::Result, guests, layout::cross_out, vm::VmFile};
+use crate::{error::Result, guests, layout::cross_out, provision::initramfs::VmFile};
 
 /// The files every VM gets: our aarch64 binaries, plugins, fixtures and the demo guest.
 pub fn vm_files() -> Result<Vec<VmFile>> {

@@ -12,13 +12,16 @@ use crate::{
     cmd::{self, cargo},
     error::{Error, Result},
     guests,
-    kernel::KernelVersion,
     layout::{cross_out, root, work_dir},
-    linux_guest,
     matrix::Boot,
     payload::vm_files,
-    provision,
-    vm::{self, Job, VmFile},
+    provision::{
+        host,
+        initramfs::VmFile,
+        kernel::{self, KernelVersion},
+        linux_guest,
+    },
+    vm::{self, Job},
     vm_cmd::run_in_vm,
 };
 
@@ -35,7 +38,7 @@ pub fn run(image: Option<PathBuf>) -> Result<i32> {
         Some(i) => std::fs::canonicalize(&i).map_err(|e| Error(format!("{}: {e}", i.display())))?,
         None => {
             if cfg!(target_arch = "aarch64") {
-                provision::rust_targets()?;
+                host::rust_targets()?;
             }
             guests::demo()
         }
@@ -72,7 +75,7 @@ const SHELL_INITRD: &str = "/guests/linux/shell.cpio";
 /// Boots Linux to a busybox shell on this terminal: natively when this is an arm64 host with a
 /// usable `/dev/kvm`, otherwise inside the nested VM, whose console is this terminal too.
 pub fn run_linux(cpus: u32) -> Result<i32> {
-    let kernel = provision::kernel()?;
+    let kernel = kernel::default_image()?;
     let busybox = linux_guest::busybox()?;
     let work = work_dir();
     std::fs::create_dir_all(&work).map_err(|e| Error(format!("creating {}: {e}", work.display())))?;
@@ -101,8 +104,8 @@ pub fn run_linux(cpus: u32) -> Result<i32> {
         }
         println!("xtask: KVM is not usable natively here; using the nested VM");
     }
-    provision::host_tools()?;
-    provision::rust_targets()?;
+    host::tools()?;
+    host::rust_targets()?;
     cross_build()?;
     let initrd = work.join("shell-initrd.cpio");
     let mut files = vm_files()?;

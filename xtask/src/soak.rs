@@ -6,11 +6,10 @@ use std::collections::BTreeMap;
 
 use crate::{
     error::{Error, Result},
-    kernel,
     layout::{cross_out, work_dir},
     matrix::Boot,
     payload::vm_files,
-    provision,
+    provision::{host, kernel},
     vm::{self, Job},
 };
 
@@ -42,8 +41,8 @@ pub fn parse(lines: &[String]) -> SoakReport {
 /// Runs `rounds` rounds of the suite in each boot; true when every round of every boot ran and
 /// passed.
 pub fn soak(boots: &[Boot], rounds: u32) -> Result<bool> {
-    provision::host_tools()?;
-    provision::rust_targets()?;
+    host::tools()?;
+    host::rust_targets()?;
     crate::build::cross_build()?;
     let work = work_dir();
     std::fs::create_dir_all(&work).map_err(|e| Error(format!("creating {}: {e}", work.display())))?;

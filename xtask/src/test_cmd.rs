@@ -13,12 +13,14 @@ use crate::{
     gdb_e2e::gdb_end_to_end,
     guests,
     host_checks::{lint, unit_tests},
-    kernel::{self, KernelVersion},
     layout::{cross_out, work_dir, CROSS_TARGET},
     linux_e2e,
     matrix::{self, Boot, KERNEL_LOG_JOB},
     payload::vm_files,
-    provision,
+    provision::{
+        host,
+        kernel::{self, KernelVersion},
+    },
     report::Tally,
     vm::{self, Job},
 };
@@ -45,8 +47,8 @@ fn kernels_for(boots: &[Boot]) -> Result<Vec<(KernelVersion, kernel::Kernel)>> {
 /// Runs everything on the `boots` asked for; true when every check passed.
 pub fn test(boots: &[Boot]) -> Result<bool> {
     let start = Instant::now();
-    provision::host_tools()?;
-    provision::rust_targets()?;
+    host::tools()?;
+    host::rust_targets()?;
     let mut tally = Tally::default();
     println!("xtask: formatting and lints");
     lint(&mut tally);
@@ -65,7 +67,7 @@ pub fn test(boots: &[Boot]) -> Result<bool> {
     }
     let kernels = kernels_for(boots)?;
     // The Linux that accel-host boots in every VM (the nested guest), whatever the VM's own.
-    let kernel = provision::kernel()?;
+    let kernel = kernel::default_image()?;
     let work = work_dir();
     std::fs::create_dir_all(&work).map_err(|e| Error(format!("creating {}: {e}", work.display())))?;
     let initrd = work.join("test-initrd.cpio");

@@ -6,20 +6,19 @@ use std::path::Path;
 use crate::{
     build::cross_build,
     error::{Error, Result},
-    kernel,
     layout::{cross_out, work_dir},
     matrix::Boot,
     payload::vm_files,
-    provision,
-    vm::{self, Job, VmFile},
+    provision::{host, initramfs::VmFile, kernel},
+    vm::{self, Job},
 };
 
 /// Boots the nested VM (`boot`'s kernel and CPU model) with the usual files and `extra` host
 /// files, runs one command line in it with the console on this terminal, and returns its exit
 /// status.
 pub fn run_in_vm(boot: &Boot, extra: &[(&str, &Path)], argv: &[&str]) -> Result<i32> {
-    provision::host_tools()?;
-    provision::rust_targets()?;
+    host::tools()?;
+    host::rust_targets()?;
     cross_build()?;
     let kernel = kernel::kernel(boot.kernel)?.image;
     let work = work_dir();

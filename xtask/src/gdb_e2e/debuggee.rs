@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::{Action, Client, Outcome, Session};
-use crate::{error::Result, guests, report::Tally, vm::VmFile};
+use crate::{error::Result, guests, provision::initramfs::VmFile, report::Tally};
 
 /// The session's accel-host job.
 pub const JOB: &str = "gdb-debuggee";

@@ -10,9 +10,9 @@ use super::{Client, Outcome, Session, Symbols};
 use crate::{
     error::Result,
     layout::work_dir,
-    linux_guest,
+    provision::{initramfs::VmFile, linux_guest},
     report::Tally,
-    vm::{Job, VmFile},
+    vm::Job,
 };
 
 /// The session's accel-host job.

@@ -23,9 +23,9 @@ use crate::{
     error::{Error, Result},
     layout::{cross_out, work_dir},
     payload::vm_files,
-    provision,
+    provision::{host, initramfs::VmFile, kernel},
     report::Tally,
-    vm::{self, Job, JobResult, VmFile},
+    vm::{self, Job, JobResult},
 };
 
 /// The job that runs accel-host on `elf` with `cpus` vCPUs and SVE on, serving gdb on the
@@ -316,10 +316,10 @@ pub fn gdb_sessions(tally: &mut Tally, kernel: &Path, only: &[&str], rounds: u32
 /// `cargo xtask gdb-e2e`: the sessions named in `sessions` (all of them when it is empty), each
 /// `rounds` times in one boot of the VM; true when every check passed.
 pub fn command(sessions: &[String], rounds: u32) -> Result<bool> {
-    provision::host_tools()?;
-    provision::rust_targets()?;
+    host::tools()?;
+    host::rust_targets()?;
     cross_build()?;
-    let kernel = provision::kernel()?;
+    let kernel = kernel::default_image()?;
     let mut tally = Tally::default();
     let only: Vec<&str> =
         if sessions.is_empty() { SESSIONS.to_vec() } else { sessions.iter().map(String::as_str).collect() };

@@ -5,12 +5,14 @@
 use std::{path::Path, time::Instant};
 
 use crate::{
-    debian::human,
     error::{Error, Result},
-    guest_qemu::{self, QEMU_ARGS},
-    kernel::{self, KernelVersion},
     layout::work_dir,
-    linux_guest::{self, CheckInit, GuestEnd},
+    provision::{
+        debian::human,
+        guest_qemu::{self, QEMU_ARGS},
+        kernel::{self, KernelVersion},
+        linux_guest::{self, CheckInit, GuestEnd},
+    },
 };
 
 fn size_of(path: &Path) -> String {

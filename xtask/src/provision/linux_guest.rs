@@ -4,10 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use crate::{
-    debian,
     error::{Error, Result},
-    initramfs::Initramfs,
-    vm::VmFile,
+    provision::{
+        debian,
+        initramfs::{Initramfs, VmFile},
+    },
 };
 
 /// The Debian package that holds a static busybox.

@@ -19,7 +19,7 @@ use crate::{
     cmd,
     error::{Error, Result},
     layout::cache_dir,
-    provision::system_debian_sources,
+    provision::apt_sources::system_debian_sources,
 };
 
 /// Set once the private apt lists were refreshed by this process, so that it happens at most once.
