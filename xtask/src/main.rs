@@ -15,18 +15,16 @@
 //!   runs each of them briefly.
 
 mod bench;
-mod boot_bench;
 mod build;
 mod checks;
 mod cmd;
 mod compat;
+mod e2e;
 mod error;
 mod fuzz;
-mod gdb_e2e;
 mod guests;
 mod host_checks;
 mod layout;
-mod linux_e2e;
 mod macos;
 mod matrix;
 mod payload;
@@ -193,10 +191,10 @@ fn main() -> ExitCode {
             (None, false) => run_cmd::run_linux(cpus),
             (image, _) => run_cmd::run(image),
         },
-        Cli::GdbE2e { sessions, rounds } => gdb_e2e::command(&sessions, rounds).map(exit_code),
+        Cli::GdbE2e { sessions, rounds } => e2e::gdb::command(&sessions, rounds).map(exit_code),
         Cli::Bench { rounds, cpus } => bench::bench(&default_cpus(cpus), rounds).map(exit_code),
         Cli::BootBench { rounds, cpus, kernel } => {
-            boot_bench::run(&default_cpus(cpus), rounds, kernel).map(exit_code)
+            e2e::boot_bench::run(&default_cpus(cpus), rounds, kernel).map(exit_code)
         }
         Cli::Soak { rounds, matrix, kernels, cpus } => {
             soak::soak(&matrix::select(&kernels, &cpus, matrix), rounds).map(exit_code)

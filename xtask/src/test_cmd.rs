@@ -5,16 +5,13 @@
 use std::time::Instant;
 
 use crate::{
-    bench, boot_bench,
+    bench,
     build::cross_build,
-    checks, compat,
+    checks, compat, e2e,
     error::{Error, Result},
-    fuzz,
-    gdb_e2e::gdb_end_to_end,
-    guests,
+    fuzz, guests,
     host_checks::{lint, unit_tests},
     layout::{cross_out, work_dir, CROSS_TARGET},
-    linux_e2e,
     matrix::{self, Boot, KERNEL_LOG_JOB},
     payload::vm_files,
     provision::{
@@ -98,14 +95,14 @@ pub fn test(boots: &[Boot]) -> Result<bool> {
     for release in compat::RELEASES {
         jobs.extend(compat::jobs(release));
     }
-    jobs.extend(linux_e2e::jobs());
-    jobs.push(boot_bench::job());
+    jobs.extend(e2e::linux::jobs());
+    jobs.push(e2e::boot_bench::job());
     let mut files = vm_files()?;
     for release in compat::RELEASES {
         files.extend(compat::vm_files(release)?);
     }
-    files.extend(linux_e2e::files(&work, &kernel, &guests::out("dtbinfo"))?);
-    files.extend(boot_bench::files(&work)?);
+    files.extend(e2e::linux::files(&work, &kernel, &guests::out("dtbinfo"))?);
+    files.extend(e2e::boot_bench::files(&work)?);
     vm::initramfs(
         &initrd,
         &cross_out("accel-vm-init"),
@@ -139,10 +136,10 @@ pub fn test(boots: &[Boot]) -> Result<bool> {
         for release in compat::RELEASES {
             compat::check(&mut tally, &tag, &run, release);
         }
-        linux_e2e::check(&mut tally, &tag, &boot.file_stem(), &run, &work)?;
-        boot_bench::check(&mut tally, &tag, &run);
+        e2e::linux::check(&mut tally, &tag, &boot.file_stem(), &run, &work)?;
+        e2e::boot_bench::check(&mut tally, &tag, &run);
     }
-    gdb_end_to_end(&mut tally, &kernel)?;
+    e2e::gdb::gdb_end_to_end(&mut tally, &kernel)?;
     println!("xtask: total time {:.1} s", start.elapsed().as_secs_f64());
     for line in &recap {
         println!("xtask: {line}");

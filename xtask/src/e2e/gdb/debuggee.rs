@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use super::{Action, Client, Outcome, Session};
+use super::{
+    client::{Action, Client},
+    session::{host_under_gdb, Outcome, Session},
+};
 use crate::{error::Result, guests, provision::initramfs::VmFile, report::Tally};
 
 /// The session's accel-host job.
@@ -70,7 +73,7 @@ pub fn files() -> Result<Vec<VmFile>> {
 /// accel-host serving gdb on the debuggee, two vCPUs, SVE on; a malformed client comes first.
 pub fn session() -> Session {
     Session {
-        job: super::host_under_gdb(JOB, 2, ELF),
+        job: host_under_gdb(JOB, 2, ELF),
         clients: Box::new(|port, _| {
             vec![Client {
                 script: GDB_SCRIPT.replace("PORT", &port.to_string()),

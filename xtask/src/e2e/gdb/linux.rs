@@ -6,7 +6,10 @@
 //! `nokaslr` (Debian's image package carries no real `System.map`; its `-dbg` package does, at
 //! about 1 GB). The boot under gdb uses `nokaslr` too, so the addresses hold.
 
-use super::{Client, Outcome, Session, Symbols};
+use super::{
+    client::Client,
+    session::{Outcome, Session, Symbols},
+};
 use crate::{
     error::Result,
     layout::work_dir,

@@ -6,7 +6,10 @@
 
 use std::time::Duration;
 
-use super::{Action, Client, Outcome, Session};
+use super::{
+    client::{Action, Client},
+    session::{host_under_gdb, Outcome, Session},
+};
 use crate::{error::Result, guests, provision::initramfs::VmFile, report::Tally};
 
 /// The session's accel-host job.
@@ -145,7 +148,7 @@ fn client(script: &str, port: u16, actions: Vec<(&'static str, Action)>) -> Clie
 /// accel-host serving gdb on the two-vCPU guest, SVE on, waiting for the first client.
 pub fn session() -> Session {
     Session {
-        job: super::host_under_gdb(JOB, 2, ELF),
+        job: host_under_gdb(JOB, 2, ELF),
         clients: Box::new(|port, _| {
             vec![
                 client(THREADS, port, vec![("READY-FOR-CTRL-C", Action::Interrupt(Duration::from_secs(3)))]),
