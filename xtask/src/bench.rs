@@ -3,7 +3,13 @@
 //! for the figures to quote. Figures, not verdicts: a benchmark that does not finish is
 //! reported, not counted.
 
-use crate::{cross_out, provision, root, vm, vm::Job, vm::VmRun, vm_files, Error, Result, VM_SILENCE};
+use crate::{
+    error::{Error, Result},
+    layout::{cross_out, work_dir},
+    payload::vm_files,
+    provision::{host, kernel},
+    vm::{self, Job, VmRun},
+};
 
 /// The job's name.
 pub const JOB: &str = "bench";
@@ -14,7 +20,7 @@ pub const TEST_ROUNDS: u32 = 21;
 /// accel-bench on the KVM plugin with `rounds` rounds.
 pub fn job(rounds: u32) -> Job {
     let rounds = rounds.to_string();
-    crate::job(JOB, &["/bin/accel-bench", "--plugin", "/lib/accel/libaccel_kvm.so", "--rounds", &rounds])
+    Job::new(JOB, &["/bin/accel-bench", "--plugin", "/lib/accel/libaccel_kvm.so", "--rounds", &rounds])
 }
 
 /// Prints the bench job's table of a VM run, or why there is none.
@@ -39,11 +45,11 @@ pub fn show(cpu: &str, run: &VmRun) {
 /// `cargo xtask bench`: accel-bench with `rounds` rounds, alone in one VM boot per CPU model;
 /// true when every run completed.
 pub fn bench(cpus: &[String], rounds: u32) -> Result<bool> {
-    provision::host_tools()?;
-    provision::rust_targets()?;
-    crate::cross_build()?;
-    let kernel = provision::kernel()?;
-    let work = vm::work_dir(&root());
+    host::tools()?;
+    host::rust_targets()?;
+    crate::build::cross_build()?;
+    let kernel = kernel::default_image()?;
+    let work = work_dir();
     std::fs::create_dir_all(&work).map_err(|e| Error(format!("creating {}: {e}", work.display())))?;
     let initrd = work.join("bench-initrd.cpio");
     vm::initramfs(
@@ -56,7 +62,7 @@ pub fn bench(cpus: &[String], rounds: u32) -> Result<bool> {
     let mut all_ok = true;
     for cpu in cpus {
         println!("xtask: accel-bench, {rounds} rounds, on -cpu {cpu}");
-        let run = vm::boot(&kernel, &initrd, cpu, VM_SILENCE, &[], &|_| {})?;
+        let run = vm::boot(&kernel, &initrd, cpu, vm::SILENCE, &[], &|_| {})?;
         println!("xtask: [{cpu}] VM finished in {:.0} s", run.elapsed.as_secs_f64());
         show(cpu, &run);
         all_ok &= run.job(JOB).is_some_and(|j| j.status == Some(0));

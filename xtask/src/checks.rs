@@ -2,9 +2,9 @@
 //! accel-host's own commands, and the example plugin.
 
 use crate::{
+    guests::DEMO_LINE,
     report::{summary_line, Tally},
     vm::VmRun,
-    DEMO_LINE,
 };
 
 /// Checks the jobs of one boot, named `boot` (such as `6.1/a64fx`) in the tally; returns the

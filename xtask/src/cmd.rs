@@ -1,12 +1,22 @@
-//! Running commands: fail with the command line in the message, or capture output while echoing
-//! it.
+//! Running commands (cargo in the workspace, or any other): fail with the command line in the
+//! message, or capture output while echoing it.
 
 use std::{
     io::{BufRead, BufReader},
     process::{Command, Stdio},
 };
 
-use crate::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    layout::root,
+};
+
+/// `cargo` (the one running xtask, if known), in the workspace root.
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root());
+    c
+}
 
 fn describe(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();

@@ -9,11 +9,13 @@ use std::{path::PathBuf, process::Command};
 use accel_api::{abi::ExitRecord, VcpuExit};
 
 use crate::{
-    cargo, cmd,
+    cmd::{self, cargo},
+    error::{Error, Result},
+    guests::DEMO_LINE,
+    layout::{root, CROSS_TARGET},
+    provision::initramfs::VmFile,
     report::{summary_line, Tally},
-    root,
-    vm::{Job, VmFile, VmRun},
-    Error, Result, CROSS_TARGET, DEMO_LINE,
+    vm::{Job, VmRun},
 };
 
 /// Today's KVM plugin in the VM.
@@ -67,7 +69,7 @@ impl Release {
     /// Where its source is extracted and built: in the cache, since a pinned commit's build never
     /// changes (cargo rebuilds it when the toolchain does), so a later run skips it.
     fn work(&self) -> PathBuf {
-        crate::provision::cache_dir().join("abi-compat").join(&self.commit[..12])
+        crate::layout::cache_dir().join("abi-compat").join(&self.commit[..12])
     }
 
     fn out(&self, name: &str) -> PathBuf {

@@ -14,7 +14,12 @@ use std::{
     time::Instant,
 };
 
-use crate::{cmd, report::Tally, root, Error, Result};
+use crate::{
+    cmd,
+    error::{Error, Result},
+    layout::root,
+    report::Tally,
+};
 
 /// A fuzz target and how to run it.
 pub struct Target {

@@ -8,9 +8,13 @@
 use std::{path::PathBuf, process::Command, time::Instant};
 
 use crate::{
-    cargo, cmd, lint, provision,
+    cmd::{self, cargo},
+    error::{Error, Result},
+    guests::{self, DEMO_LINE},
+    host_checks::{lint, unit_tests},
+    layout::root,
+    provision::host,
     report::{summary_line, Tally},
-    root, unit_tests, Error, Result, DEMO_LINE,
 };
 
 /// The entitlements the two programs are signed with.
@@ -41,7 +45,7 @@ fn sign(binary: &PathBuf, entitlements: &PathBuf) -> Result<()> {
 /// The whole macOS test; true when everything passed.
 pub fn test() -> Result<bool> {
     let start = Instant::now();
-    provision::rust_targets()?;
+    host::rust_targets()?;
     let mut tally = Tally::default();
     println!("xtask: formatting and lints");
     lint(&mut tally);
@@ -59,7 +63,7 @@ pub fn test() -> Result<bool> {
         "-p",
         "accel-hvf",
     ]))?;
-    crate::cross_build_guest()?;
+    guests::build()?;
     let entitlements = root().join("target/hypervisor.entitlements");
     std::fs::write(&entitlements, ENTITLEMENTS)
         .map_err(|e| Error(format!("writing {}: {e}", entitlements.display())))?;

@@ -5,7 +5,10 @@
 
 use std::fmt;
 
-use crate::{kernel::KernelVersion, report::Tally, vm::VmRun};
+use crate::{provision::kernel::KernelVersion, report::Tally, vm::VmRun};
+
+/// The test VM's job that prints the nested VM's kernel log.
+pub const KERNEL_LOG_JOB: &str = "kernel-log";
 
 /// One boot of the nested VM: the kernel series it runs and the CPU model QEMU emulates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -284,7 +287,7 @@ pub fn probe_mismatches(boot: &Boot, model: &ModelFacts, table: &[String]) -> Ve
 /// kernel give. A model without recorded facts (another `--cpu`) is named, not checked.
 pub fn check(tally: &mut Tally, boot: &Boot, run: &VmRun, release: &str) {
     let tag = |what: &str| format!("[{boot}] {what}");
-    let log = run.job(crate::KERNEL_LOG_JOB).map(|j| j.output.clone()).unwrap_or_default();
+    let log = run.job(KERNEL_LOG_JOB).map(|j| j.output.clone()).unwrap_or_default();
     let banner = log.iter().find(|l| l.contains("Linux version ")).cloned().unwrap_or_default();
     tally.check(&tag(&format!("the nested VM ran kernel {release}")), banner.contains(release), || {
         format!("its log says {banner:?}")

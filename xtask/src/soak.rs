@@ -4,7 +4,14 @@
 
 use std::collections::BTreeMap;
 
-use crate::{cross_out, job, kernel, matrix::Boot, provision, root, vm, vm_files, Error, Result, VM_SILENCE};
+use crate::{
+    error::{Error, Result},
+    layout::{cross_out, work_dir},
+    matrix::Boot,
+    payload::vm_files,
+    provision::{host, kernel},
+    vm::{self, Job},
+};
 
 /// Failures per case over the rounds of one boot.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -34,10 +41,10 @@ pub fn parse(lines: &[String]) -> SoakReport {
 /// Runs `rounds` rounds of the suite in each boot; true when every round of every boot ran and
 /// passed.
 pub fn soak(boots: &[Boot], rounds: u32) -> Result<bool> {
-    provision::host_tools()?;
-    provision::rust_targets()?;
-    crate::cross_build()?;
-    let work = vm::work_dir(&root());
+    host::tools()?;
+    host::rust_targets()?;
+    crate::build::cross_build()?;
+    let work = work_dir();
     std::fs::create_dir_all(&work).map_err(|e| Error(format!("creating {}: {e}", work.display())))?;
     let initrd = work.join("soak-initrd.cpio");
     let repeat = rounds.to_string();
@@ -50,7 +57,7 @@ pub fn soak(boots: &[Boot], rounds: u32) -> Result<bool> {
         vm_files()?,
         &[("ACCEL_PLUGIN_PATH", "/lib/accel")],
         limit,
-        &[job(
+        &[Job::new(
             "soak",
             &[
                 "/bin/accel-conformance",
@@ -67,7 +74,7 @@ pub fn soak(boots: &[Boot], rounds: u32) -> Result<bool> {
     for boot in boots {
         let kernel = kernel::kernel(boot.kernel)?.image;
         println!("xtask: soak, {rounds} rounds of the suite in [{boot}]");
-        let run = vm::boot(&kernel, &initrd, &boot.cpu, VM_SILENCE, &[], &|line| {
+        let run = vm::boot(&kernel, &initrd, &boot.cpu, vm::SILENCE, &[], &|line| {
             if line.starts_with("round ") || line.starts_with("FAIL") || line.starts_with("AGAIN") {
                 println!("  vm[{boot}]| {line}");
             }

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::{report::Tally, root};
+use crate::{layout::root, report::Tally};
 
 /// The largest size a tracked file may have without being allowed by name.
 const LIMIT: u64 = 1 << 20;

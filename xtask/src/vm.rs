@@ -3,31 +3,23 @@
 
 use std::{
     io::{BufRead, BufReader},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
-use crate::{initramfs::Initramfs, provision::CROSS_LIB, Error, Result};
+use crate::{
+    error::{Error, Result},
+    provision::{
+        host::CROSS_LIB,
+        initramfs::{Initramfs, VmFile},
+    },
+};
 
-/// A file to put into the initramfs.
-pub struct VmFile {
-    /// Its absolute path inside the VM.
-    pub path: String,
-    /// Its contents.
-    pub data: Vec<u8>,
-    /// Permission bits.
-    pub perm: u32,
-}
-
-impl VmFile {
-    /// A file read from the host.
-    pub fn from_host(path: &str, host: &Path, perm: u32) -> Result<Self> {
-        let data = std::fs::read(host).map_err(|e| Error(format!("reading {}: {e}", host.display())))?;
-        Ok(Self { path: path.into(), data, perm })
-    }
-}
+/// How long a nested VM's console may stay silent before the VM is stopped as stuck. No VM is
+/// judged by its total time: a slower machine takes longer and passes.
+pub const SILENCE: Duration = Duration::from_secs(20 * 60);
 
 /// A job for the VM's init: a name and a command line.
 #[derive(Clone)]
@@ -278,9 +270,4 @@ pub fn boot(
     run.qemu_status = status.code();
     run.elapsed = start.elapsed();
     Ok(run)
-}
-
-/// Where xtask keeps build products of its own.
-pub fn work_dir(root: &Path) -> PathBuf {
-    root.join("target").join("xtask")
 }

@@ -8,7 +8,7 @@ use std::{
 
 use goblin::elf::{header::EM_AARCH64, Elf};
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// What the dynamic loader reads from one ELF file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

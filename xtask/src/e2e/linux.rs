@@ -6,10 +6,13 @@
 use std::{path::Path, process::Command};
 
 use crate::{
-    linux_guest::{self, CheckInit, GuestEnd, MARKER},
+    error::{Error, Result},
+    provision::{
+        initramfs::VmFile,
+        linux_guest::{self, CheckInit, GuestEnd, MARKER},
+    },
     report::Tally,
-    vm::{Job, JobResult, VmFile, VmRun},
-    Error, Result,
+    vm::{Job, JobResult, VmRun},
 };
 
 /// Where the guest files go in the VM.

@@ -5,11 +5,14 @@
 use std::{path::Path, time::Instant};
 
 use crate::{
-    debian::human,
-    guest_qemu::{self, QEMU_ARGS},
-    kernel::{self, KernelVersion},
-    linux_guest::{self, CheckInit, GuestEnd},
-    root, vm, Error, Result,
+    error::{Error, Result},
+    layout::work_dir,
+    provision::{
+        debian::human,
+        guest_qemu::{self, QEMU_ARGS},
+        kernel::{self, KernelVersion},
+        linux_guest::{self, CheckInit, GuestEnd},
+    },
 };
 
 fn size_of(path: &Path) -> String {
@@ -40,7 +43,7 @@ pub fn fetch_debian() -> Result<()> {
     let start = Instant::now();
     let busybox = linux_guest::busybox()?;
     println!("busybox: {} ({}) [{}]", busybox.display(), size_of(&busybox), took(start));
-    let work = vm::work_dir(&root());
+    let work = work_dir();
     std::fs::create_dir_all(&work).map_err(|e| Error(format!("creating {}: {e}", work.display())))?;
     let images = [
         ("linux-shell.cpio", linux_guest::shell_init()),

@@ -6,10 +6,18 @@
 use std::path::Path;
 
 use crate::{
-    guest_qemu, linux_guest,
+    build::cross_build,
+    error::{Error, Result},
+    layout::{cross_out, work_dir},
+    payload::vm_files,
+    provision::{
+        guest_qemu, host,
+        initramfs::VmFile,
+        kernel::{self, KernelVersion},
+        linux_guest,
+    },
     report::Tally,
-    vm::{self, Job, VmFile, VmRun},
-    Result,
+    vm::{self, Job, VmRun},
 };
 
 /// The job's name.
@@ -56,21 +64,21 @@ pub fn job() -> Job {
 
 /// `cargo xtask boot-bench`: the benchmark alone, in one VM boot per CPU model, the VM's own
 /// kernel of the series `vm_kernel` (the guest that accel-host and QEMU boot is 6.12 always).
-pub fn run(cpus: &[String], rounds: u32, vm_kernel: crate::kernel::KernelVersion) -> Result<bool> {
-    crate::provision::host_tools()?;
-    crate::provision::rust_targets()?;
-    crate::cross_build()?;
-    let kernel = crate::provision::kernel()?;
-    let work = vm::work_dir(&crate::root());
-    std::fs::create_dir_all(&work).map_err(|e| crate::Error(format!("creating {}: {e}", work.display())))?;
-    let mut files = crate::vm_files()?;
+pub fn run(cpus: &[String], rounds: u32, vm_kernel: KernelVersion) -> Result<bool> {
+    host::tools()?;
+    host::rust_targets()?;
+    cross_build()?;
+    let kernel = kernel::default_image()?;
+    let work = work_dir();
+    std::fs::create_dir_all(&work).map_err(|e| Error(format!("creating {}: {e}", work.display())))?;
+    let mut files = vm_files()?;
     files.push(VmFile::from_host(KERNEL, &kernel, 0o644)?);
     files.extend(self::files(&work)?);
     let initrd = work.join("boot-bench-initrd.cpio");
     let limit = u64::from(rounds) * 4 * 60;
     vm::initramfs_with_timeout(
         &initrd,
-        &crate::cross_out("accel-vm-init"),
+        &cross_out("accel-vm-init"),
         files,
         &[("ACCEL_PLUGIN_PATH", "/lib/accel")],
         limit,
@@ -79,7 +87,7 @@ pub fn run(cpus: &[String], rounds: u32, vm_kernel: crate::kernel::KernelVersion
     let mut tally = Tally::default();
     for cpu in cpus {
         println!("xtask: booting the nested arm64 VM (-cpu {cpu}) for the boot benchmark");
-        let l1 = crate::kernel::kernel(vm_kernel)?.image;
+        let l1 = kernel::kernel(vm_kernel)?.image;
         let run = vm::boot(&l1, &initrd, cpu, std::time::Duration::from_secs(limit + 300), &[], &|_| {})?;
         check(&mut tally, cpu, &run);
     }

@@ -4,8 +4,11 @@
 
 use std::time::Duration;
 
-use super::{Action, Client, Outcome, Session};
-use crate::{guest_out, report::Tally, vm::VmFile, Result};
+use super::{
+    client::{Action, Client},
+    session::{host_under_gdb, Outcome, Session},
+};
+use crate::{error::Result, guests, provision::initramfs::VmFile, report::Tally};
 
 /// The session's accel-host job.
 pub const JOB: &str = "gdb-debuggee";
@@ -64,17 +67,17 @@ kill
 /// a local TCP port.
 /// The debuggee's file in the VM.
 pub fn files() -> Result<Vec<VmFile>> {
-    Ok(vec![VmFile::from_host(ELF, &guest_out("debuggee"), 0o644)?])
+    Ok(vec![VmFile::from_host(ELF, &guests::out("debuggee"), 0o644)?])
 }
 
 /// accel-host serving gdb on the debuggee, two vCPUs, SVE on; a malformed client comes first.
 pub fn session() -> Session {
     Session {
-        job: super::host_under_gdb(JOB, 2, ELF),
+        job: host_under_gdb(JOB, 2, ELF),
         clients: Box::new(|port, _| {
             vec![Client {
                 script: GDB_SCRIPT.replace("PORT", &port.to_string()),
-                program: Some(guest_out("debuggee")),
+                program: Some(guests::out("debuggee")),
                 actions: vec![("READY-FOR-CTRL-C", Action::Interrupt(Duration::from_secs(3)))],
                 limit_secs: 200,
             }]

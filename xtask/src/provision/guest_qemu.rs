@@ -5,11 +5,13 @@
 use std::path::{Path, PathBuf};
 
 use crate::{
-    debian::{self, Package},
-    provision::CROSS_LIB,
-    shlibs::{self, Closure},
-    vm::VmFile,
-    Error, Result,
+    error::{Error, Result},
+    provision::{
+        debian::{self, Package},
+        host::CROSS_LIB,
+        initramfs::VmFile,
+        shlibs::{self, Closure},
+    },
 };
 
 /// The Debian package that holds `qemu-system-aarch64`.
@@ -145,7 +147,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::debian::Control;
+    use crate::provision::debian::Control;
 
     fn package(name: &str, depends: &[&str]) -> Package {
         Package {

@@ -9,7 +9,25 @@ use std::{
 
 use cpio::newc::{trailer, Builder};
 
-use crate::{vm::VmFile, Error, Result};
+use crate::error::{Error, Result};
+
+/// A file to put into the initramfs.
+pub struct VmFile {
+    /// Its absolute path inside the VM.
+    pub path: String,
+    /// Its contents.
+    pub data: Vec<u8>,
+    /// Permission bits.
+    pub perm: u32,
+}
+
+impl VmFile {
+    /// A file read from the host.
+    pub fn from_host(path: &str, host: &Path, perm: u32) -> Result<Self> {
+        let data = std::fs::read(host).map_err(|e| Error(format!("reading {}: {e}", host.display())))?;
+        Ok(Self { path: path.into(), data, perm })
+    }
+}
 
 /// The file-type bits of a directory, a regular file and a symbolic link in a cpio mode.
 const S_IFDIR: u32 = 0o040000;

@@ -6,12 +6,16 @@
 //! `nokaslr` (Debian's image package carries no real `System.map`; its `-dbg` package does, at
 //! about 1 GB). The boot under gdb uses `nokaslr` too, so the addresses hold.
 
-use super::{Client, Outcome, Session, Symbols};
+use super::{
+    client::Client,
+    session::{Outcome, Session, Symbols},
+};
 use crate::{
-    linux_guest,
+    error::Result,
+    layout::work_dir,
+    provision::{initramfs::VmFile, linux_guest},
     report::Tally,
-    vm::{self, Job, VmFile},
-    Result,
+    vm::Job,
 };
 
 /// The session's accel-host job.
@@ -30,7 +34,7 @@ const DRAIN: &str = "stty -F /dev/console \"$(stty -F /dev/console -g)\" 2>/dev/
 /// The kernel and the two initramfs images in the VM.
 pub fn files(kernel: &std::path::Path) -> Result<Vec<VmFile>> {
     let busybox = linux_guest::busybox()?;
-    let work = vm::work_dir(&crate::root());
+    let work = work_dir();
     let syms = linux_guest::init_script(&format!(
         "grep -E ' ({FUNCTION}|{VARIABLE})$' /proc/kallsyms | while read a t n; do echo \"@@linux sym $a $t $n\"; done\n\
          {DRAIN}poweroff -f\n"

@@ -3,7 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{debian, initramfs::Initramfs, vm::VmFile, Error, Result};
+use crate::{
+    error::{Error, Result},
+    provision::{
+        debian,
+        initramfs::{Initramfs, VmFile},
+    },
+};
 
 /// The Debian package that holds a static busybox.
 pub const BUSYBOX_PACKAGE: &str = "busybox-static";

@@ -6,8 +6,11 @@
 
 use std::time::Duration;
 
-use super::{Action, Client, Outcome, Session};
-use crate::{guest_out, report::Tally, vm::VmFile, Result};
+use super::{
+    client::{Action, Client},
+    session::{host_under_gdb, Outcome, Session},
+};
+use crate::{error::Result, guests, provision::initramfs::VmFile, report::Tally};
 
 /// The session's accel-host job.
 pub const JOB: &str = "gdb-smp";
@@ -130,13 +133,13 @@ kill
 
 /// The guest's file in the VM.
 pub fn files() -> Result<Vec<VmFile>> {
-    Ok(vec![VmFile::from_host(ELF, &guest_out("smp"), 0o644)?])
+    Ok(vec![VmFile::from_host(ELF, &guests::out("smp"), 0o644)?])
 }
 
 fn client(script: &str, port: u16, actions: Vec<(&'static str, Action)>) -> Client {
     Client {
         script: format!("{PROLOGUE}{}", script.replace("PORT", &port.to_string())),
-        program: Some(guest_out("smp")),
+        program: Some(guests::out("smp")),
         actions,
         limit_secs: 240,
     }
@@ -145,7 +148,7 @@ fn client(script: &str, port: u16, actions: Vec<(&'static str, Action)>) -> Clie
 /// accel-host serving gdb on the two-vCPU guest, SVE on, waiting for the first client.
 pub fn session() -> Session {
     Session {
-        job: super::host_under_gdb(JOB, 2, ELF),
+        job: host_under_gdb(JOB, 2, ELF),
         clients: Box::new(|port, _| {
             vec![
                 client(THREADS, port, vec![("READY-FOR-CTRL-C", Action::Interrupt(Duration::from_secs(3)))]),

@@ -4,8 +4,11 @@
 //! `cargo xtask gdb-e2e --session gdb-packets` prints the packets of each step between its
 //! markers, the sequences `accel-bench` replays to measure a stop as gdb sees it.
 
-use super::{Client, Outcome, Session};
-use crate::guest_out;
+use super::{
+    client::Client,
+    session::{host_under_gdb, Outcome, Session},
+};
+use crate::guests;
 
 /// The session's accel-host job.
 pub const JOB: &str = "gdb-packets";
@@ -53,11 +56,11 @@ kill
 /// accel-host serving gdb on the debuggee with one vCPU, SVE on, stopped at the start.
 pub fn session() -> Session {
     Session {
-        job: super::host_under_gdb(JOB, 1, ELF),
+        job: host_under_gdb(JOB, 1, ELF),
         clients: Box::new(|port, _| {
             vec![Client {
                 script: SCRIPT.replace("PORT", &port.to_string()),
-                program: Some(guest_out("debuggee")),
+                program: Some(guests::out("debuggee")),
                 actions: Vec::new(),
                 limit_secs: 200,
             }]

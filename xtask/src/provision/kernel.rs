@@ -5,8 +5,8 @@
 use std::{fmt, path::PathBuf};
 
 use crate::{
-    debian::{self, Control, Extract},
-    Error, Result,
+    error::{Error, Result},
+    provision::debian::{self, Control, Extract},
 };
 
 /// A Debian kernel series.
@@ -104,7 +104,7 @@ pub fn kernel(version: KernelVersion) -> Result<Kernel> {
         None => {
             eprintln!(
                 "xtask: fetching the arm64 Debian kernel {version} (once; cached in {})",
-                crate::provision::cache_dir().display()
+                crate::layout::cache_dir().display()
             );
             let mut found = None;
             for meta in metas {
@@ -161,6 +161,12 @@ fn banner_release(image: &[u8]) -> Option<String> {
     let release: Vec<u8> =
         image[at..].iter().take(64).take_while(|b| b.is_ascii_graphic()).copied().collect();
     (!release.is_empty()).then(|| String::from_utf8_lossy(&release).into_owned())
+}
+
+/// The arm64 kernel image of the default series: `ACCEL_KERNEL` if set, else the cached Debian
+/// kernel, fetched on first use through a private apt root (see [`crate::provision::debian`]).
+pub fn default_image() -> Result<PathBuf> {
+    kernel(KernelVersion::default()).map(|k| k.image)
 }
 
 #[cfg(test)]

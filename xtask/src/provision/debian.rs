@@ -17,8 +17,9 @@ use std::{
 
 use crate::{
     cmd,
-    provision::{cache_dir, system_debian_sources},
-    Error, Result,
+    error::{Error, Result},
+    layout::cache_dir,
+    provision::apt_sources::system_debian_sources,
 };
 
 /// Set once the private apt lists were refreshed by this process, so that it happens at most once.
