@@ -68,40 +68,32 @@ pub struct Capabilities {
     pub cpu_target: u32,
 }
 
-/// A set of vCPU features to enable at init, as a bit set.
-///
-/// A newtype over `u64` so that later API versions can add features without breaking plugins.
-#[repr(transparent)]
-#[derive(StableAbi, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct VcpuFeatures(pub u64);
+crate::numbered! {
+    /// A set of vCPU features to enable at init, as a bit set.
+    ///
+    /// A newtype over `u64` so that later API versions can add features without breaking plugins.
+    #[derive(StableAbi, Clone, Copy, Default, PartialEq, Eq, Hash)]
+    pub struct VcpuFeatures(u64) {
+        /// Start in the powered-off state (secondary CPUs waiting for PSCI CPU_ON).
+        POWER_OFF = 1 << 0 => "power-off",
+        /// AArch32 at EL1.
+        EL1_32BIT = 1 << 1 => "el1-32bit",
+        /// PSCI 0.2 or later, handled by the backend.
+        PSCI_0_2 = 1 << 2 => "psci-0.2",
+        /// The PMUv3 performance monitors.
+        PMU_V3 = 1 << 3 => "pmu-v3",
+        /// The Scalable Vector Extension.
+        SVE = 1 << 4 => "sve",
+        /// Pointer authentication, address keys.
+        PTRAUTH_ADDRESS = 1 << 5 => "ptrauth-address",
+        /// Pointer authentication, generic key.
+        PTRAUTH_GENERIC = 1 << 6 => "ptrauth-generic",
+    }
+}
 
 impl VcpuFeatures {
     /// No features.
     pub const NONE: Self = Self(0);
-    /// Start in the powered-off state (secondary CPUs waiting for PSCI CPU_ON).
-    pub const POWER_OFF: Self = Self(1 << 0);
-    /// AArch32 at EL1.
-    pub const EL1_32BIT: Self = Self(1 << 1);
-    /// PSCI 0.2 or later, handled by the backend.
-    pub const PSCI_0_2: Self = Self(1 << 2);
-    /// The PMUv3 performance monitors.
-    pub const PMU_V3: Self = Self(1 << 3);
-    /// The Scalable Vector Extension.
-    pub const SVE: Self = Self(1 << 4);
-    /// Pointer authentication, address keys.
-    pub const PTRAUTH_ADDRESS: Self = Self(1 << 5);
-    /// Pointer authentication, generic key.
-    pub const PTRAUTH_GENERIC: Self = Self(1 << 6);
-
-    const NAMES: [(VcpuFeatures, &'static str); 7] = [
-        (Self::POWER_OFF, "power-off"),
-        (Self::EL1_32BIT, "el1-32bit"),
-        (Self::PSCI_0_2, "psci-0.2"),
-        (Self::PMU_V3, "pmu-v3"),
-        (Self::SVE, "sve"),
-        (Self::PTRAUTH_ADDRESS, "ptrauth-address"),
-        (Self::PTRAUTH_GENERIC, "ptrauth-generic"),
-    ];
 
     /// True when every feature of `other` is in `self`.
     pub fn contains(self, other: Self) -> bool {
@@ -122,7 +114,7 @@ impl VcpuFeatures {
     pub fn names(self) -> Vec<String> {
         let mut out = Vec::new();
         let mut rest = self.0;
-        for (f, name) in Self::NAMES {
+        for &(f, name) in Self::NAMED {
             if self.contains(f) {
                 out.push(name.to_string());
                 rest &= !f.0;
@@ -134,7 +126,7 @@ impl VcpuFeatures {
 
     /// Parses one feature name as printed by [`names`](Self::names).
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::NAMES.iter().find(|(_, n)| *n == name).map(|(f, _)| *f)
+        Self::NAMED.iter().find(|(_, n)| *n == name).map(|(f, _)| *f)
     }
 }
 

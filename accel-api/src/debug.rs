@@ -10,27 +10,16 @@ pub const BRK_INSN: u32 = 0xd420_0000;
 /// The most breakpoints or watchpoints the architecture defines (BRPs/WRPs are 4-bit fields).
 pub const MAX_DEBUG_REGS: usize = 16;
 
-/// What a watchpoint watches, with the DBGWCR.LSC encoding.
-#[repr(transparent)]
-#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct WatchKind(pub u32);
-
-impl WatchKind {
-    /// Loads.
-    pub const READ: Self = Self(1);
-    /// Stores.
-    pub const WRITE: Self = Self(2);
-    /// Loads and stores.
-    pub const ACCESS: Self = Self(3);
-
-    /// A lower-case name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::READ => "read",
-            Self::WRITE => "write",
-            Self::ACCESS => "access",
-            _ => "unknown",
-        }
+crate::numbered! {
+    /// What a watchpoint watches, with the DBGWCR.LSC encoding.
+    #[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub struct WatchKind(u32) {
+        /// Loads.
+        READ = 1 => "read",
+        /// Stores.
+        WRITE = 2 => "write",
+        /// Loads and stores.
+        ACCESS = 3 => "access",
     }
 }
 

@@ -4,55 +4,36 @@ use std::fmt;
 
 use abi_stable::{std_types::RString, StableAbi};
 
-/// What went wrong, in categories a caller can act on.
-///
-/// A newtype over `u32` rather than an enum, so that a later API version can add kinds without
-/// breaking the layout check of plugins built against an earlier one. Unknown values print as
-/// `kind N`.
-#[repr(transparent)]
-#[derive(StableAbi, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ErrorKind(pub u32);
-
-impl ErrorKind {
-    /// The backend cannot run on this host (wrong OS or architecture, no device, no permission).
-    pub const UNAVAILABLE: Self = Self(1);
-    /// The host, the kernel or the backend does not support the requested feature or operation.
-    pub const UNSUPPORTED: Self = Self(2);
-    /// An argument is malformed or out of range.
-    pub const INVALID_ARGUMENT: Self = Self(3);
-    /// A bounded resource is exhausted (memory slots, vCPUs, debug registers).
-    pub const NO_RESOURCE: Self = Self(4);
-    /// The named object does not exist.
-    pub const NOT_FOUND: Self = Self(5);
-    /// The object is not in a state that allows the operation (for example, not initialised yet).
-    pub const BAD_STATE: Self = Self(6);
-    /// A system call failed; `errno` says how.
-    pub const OS: Self = Self(7);
-    /// A plugin could not be loaded: not a plugin, wrong ABI version or incompatible layout.
-    pub const PLUGIN_LOAD: Self = Self(8);
-    /// Code inside a plugin panicked; the panic was caught at the boundary.
-    pub const PANIC: Self = Self(9);
-    /// The guest did something the monitor cannot continue from.
-    pub const GUEST: Self = Self(10);
-    /// Reading or writing a file failed.
-    pub const IO: Self = Self(11);
-
-    /// A short lower-case name for messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::UNAVAILABLE => "unavailable",
-            Self::UNSUPPORTED => "unsupported",
-            Self::INVALID_ARGUMENT => "invalid argument",
-            Self::NO_RESOURCE => "no resource",
-            Self::NOT_FOUND => "not found",
-            Self::BAD_STATE => "bad state",
-            Self::OS => "os error",
-            Self::PLUGIN_LOAD => "plugin load",
-            Self::PANIC => "panic",
-            Self::GUEST => "guest",
-            Self::IO => "i/o",
-            _ => "unknown",
-        }
+crate::numbered! {
+    /// What went wrong, in categories a caller can act on.
+    ///
+    /// A newtype over `u32` rather than an enum, so that a later API version can add kinds without
+    /// breaking the layout check of plugins built against an earlier one. Unknown values print as
+    /// `kind N`.
+    #[derive(StableAbi, Clone, Copy, PartialEq, Eq, Hash)]
+    pub struct ErrorKind(u32) {
+        /// The backend cannot run on this host (wrong OS or architecture, no device, no permission).
+        UNAVAILABLE = 1 => "unavailable",
+        /// The host, the kernel or the backend does not support the requested feature or operation.
+        UNSUPPORTED = 2 => "unsupported",
+        /// An argument is malformed or out of range.
+        INVALID_ARGUMENT = 3 => "invalid argument",
+        /// A bounded resource is exhausted (memory slots, vCPUs, debug registers).
+        NO_RESOURCE = 4 => "no resource",
+        /// The named object does not exist.
+        NOT_FOUND = 5 => "not found",
+        /// The object is not in a state that allows the operation (for example, not initialised yet).
+        BAD_STATE = 6 => "bad state",
+        /// A system call failed; `errno` says how.
+        OS = 7 => "os error",
+        /// A plugin could not be loaded: not a plugin, wrong ABI version or incompatible layout.
+        PLUGIN_LOAD = 8 => "plugin load",
+        /// Code inside a plugin panicked; the panic was caught at the boundary.
+        PANIC = 9 => "panic",
+        /// The guest did something the monitor cannot continue from.
+        GUEST = 10 => "guest",
+        /// Reading or writing a file failed.
+        IO = 11 => "i/o",
     }
 }
 

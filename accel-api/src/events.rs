@@ -19,26 +19,15 @@ pub struct VcpuEvents {
     pub ext_dabt_pending: bool,
 }
 
-/// A vCPU's multiprocessing state, with KVM's `KVM_MP_STATE_*` numbering.
-#[repr(transparent)]
-#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct MpState(pub u32);
-
-impl MpState {
-    /// Running or ready to run.
-    pub const RUNNABLE: Self = Self(0);
-    /// Powered off (PSCI CPU_OFF, or created powered off); waits for CPU_ON.
-    pub const STOPPED: Self = Self(5);
-    /// Suspended (PSCI CPU_SUSPEND, WFI-like); waits for a wakeup event.
-    pub const SUSPENDED: Self = Self(10);
-
-    /// A lower-case name for messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::RUNNABLE => "runnable",
-            Self::STOPPED => "stopped",
-            Self::SUSPENDED => "suspended",
-            _ => "unknown",
-        }
+crate::numbered! {
+    /// A vCPU's multiprocessing state, with KVM's `KVM_MP_STATE_*` numbering.
+    #[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct MpState(u32) {
+        /// Running or ready to run.
+        RUNNABLE = 0 => "runnable",
+        /// Powered off (PSCI CPU_OFF, or created powered off); waits for CPU_ON.
+        STOPPED = 5 => "stopped",
+        /// Suspended (PSCI CPU_SUSPEND, WFI-like); waits for a wakeup event.
+        SUSPENDED = 10 => "suspended",
     }
 }

@@ -24,33 +24,20 @@ impl MmioAccess {
     }
 }
 
-/// The kind of a system event, with KVM's `KVM_SYSTEM_EVENT_*` numbering.
-#[repr(transparent)]
-#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SystemEventKind(pub u32);
-
-impl SystemEventKind {
-    /// PSCI SYSTEM_OFF.
-    pub const SHUTDOWN: Self = Self(1);
-    /// PSCI SYSTEM_RESET (and SYSTEM_RESET2).
-    pub const RESET: Self = Self(2);
-    /// The guest reported a crash.
-    pub const CRASH: Self = Self(3);
-    /// A vCPU in a suspended state is to be woken.
-    pub const WAKEUP: Self = Self(4);
-    /// PSCI SYSTEM_SUSPEND.
-    pub const SUSPEND: Self = Self(5);
-
-    /// A lower-case name for messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::SHUTDOWN => "shutdown",
-            Self::RESET => "reset",
-            Self::CRASH => "crash",
-            Self::WAKEUP => "wakeup",
-            Self::SUSPEND => "suspend",
-            _ => "unknown",
-        }
+crate::numbered! {
+    /// The kind of a system event, with KVM's `KVM_SYSTEM_EVENT_*` numbering.
+    #[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct SystemEventKind(u32) {
+        /// PSCI SYSTEM_OFF.
+        SHUTDOWN = 1 => "shutdown",
+        /// PSCI SYSTEM_RESET (and SYSTEM_RESET2).
+        RESET = 2 => "reset",
+        /// The guest reported a crash.
+        CRASH = 3 => "crash",
+        /// A vCPU in a suspended state is to be woken.
+        WAKEUP = 4 => "wakeup",
+        /// PSCI SYSTEM_SUSPEND.
+        SUSPEND = 5 => "suspend",
     }
 }
 

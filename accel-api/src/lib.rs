@@ -29,6 +29,7 @@ pub mod idregs;
 pub mod interface;
 pub mod irq;
 pub mod logging;
+mod numbered;
 pub mod regs;
 pub mod sve;
 pub mod sysreg;

@@ -191,25 +191,24 @@ pub struct SyncCounters {
     pub runs: u64,
 }
 
-/// How much state a put may write, as in QEMU's `KVM_PUT_*_STATE` levels.
-///
-/// - `Runtime`: state that changes while the guest runs (registers a debugger edits).
-/// - `Reset`: also state that only changes on reset.
-/// - `Full`: everything, including the virtual counter; used on restore from a snapshot.
-///
-/// A number rather than an enum, so that the set can grow without breaking plugins; a level a
-/// backend does not know is treated as [`PutLevel::FULL`].
-#[repr(transparent)]
-#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PutLevel(pub u32);
-
-impl PutLevel {
-    /// Registers that change while the guest runs.
-    pub const RUNTIME: Self = Self(1);
-    /// Also registers that change only on reset.
-    pub const RESET: Self = Self(2);
-    /// Everything, including the virtual counter.
-    pub const FULL: Self = Self(3);
+crate::numbered! {
+    /// How much state a put may write, as in QEMU's `KVM_PUT_*_STATE` levels.
+    ///
+    /// - `Runtime`: state that changes while the guest runs (registers a debugger edits).
+    /// - `Reset`: also state that only changes on reset.
+    /// - `Full`: everything, including the virtual counter; used on restore from a snapshot.
+    ///
+    /// A number rather than an enum, so that the set can grow without breaking plugins; a level a
+    /// backend does not know is treated as [`PutLevel::FULL`].
+    #[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub struct PutLevel(u32) {
+        /// Registers that change while the guest runs.
+        RUNTIME = 1 => "runtime",
+        /// Also registers that change only on reset.
+        RESET = 2 => "reset",
+        /// Everything, including the virtual counter.
+        FULL = 3 => "full",
+    }
 }
 
 #[cfg(test)]

@@ -188,22 +188,24 @@ impl std::fmt::Display for RegId {
     }
 }
 
-/// A class of registers synced together.
-#[repr(transparent)]
-#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct RegClass(pub u32);
+crate::numbered! {
+    /// A class of registers synced together.
+    #[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct RegClass(u32) {
+        /// Architectural system registers other than the generic timer's.
+        SYS = 1 => "sys",
+        /// The virtual and physical timer registers, counters included.
+        TIMER = 2 => "timer",
+        /// Hypervisor firmware registers.
+        FIRMWARE = 3 => "firmware",
+        /// Demultiplexed CCSIDR_EL1 values.
+        CCSIDR = 4 => "ccsidr",
+        /// Backend-specific registers.
+        RAW = 5 => "raw",
+    }
+}
 
 impl RegClass {
-    /// Architectural system registers other than the generic timer's.
-    pub const SYS: Self = Self(1);
-    /// The virtual and physical timer registers, counters included.
-    pub const TIMER: Self = Self(2);
-    /// Hypervisor firmware registers.
-    pub const FIRMWARE: Self = Self(3);
-    /// Demultiplexed CCSIDR_EL1 values.
-    pub const CCSIDR: Self = Self(4);
-    /// Backend-specific registers.
-    pub const RAW: Self = Self(5);
     /// Every class above.
     pub const ALL: [Self; 5] = [Self::SYS, Self::TIMER, Self::FIRMWARE, Self::CCSIDR, Self::RAW];
 }
