@@ -11,7 +11,7 @@ use std::{
 use abi_stable::std_types::{RErr, RResult};
 
 use crate::{
-    abi::ProbeRecord,
+    abi::records::ProbeRecord,
     config::ProbeInfo,
     error::{AccelError, ErrorKind, Result},
 };

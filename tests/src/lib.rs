@@ -74,10 +74,10 @@ macro_rules! ensure {
     };
 }
 
-/// Builds a case list from functions grouped by area: `cases![regs: a, b; timer: c]` names them
+/// Builds a case list from functions grouped by area: `case_list![regs: a, b; timer: c]` names them
 /// `regs::a`, `regs::b` and `timer::c`, so a name cannot drift from its function.
 #[macro_export]
-macro_rules! cases {
+macro_rules! case_list {
     ($($area:ident: $($f:ident),+);+ $(;)?) => {
         vec![$($($crate::Case {
             name: concat!(stringify!($area), "::", stringify!($f)),

@@ -35,7 +35,10 @@ use std::ops::Range;
 
 use thiserror::Error;
 
-use super::{fdt::MAX_FDT_SIZE, image::LoadedImage, ram::GuestRam, PSTATE_EL1H_DAIF};
+use super::{fdt::MAX_FDT_SIZE, image::LoadedImage, ram::GuestRam};
+
+/// PSTATE at entry: EL1h with D, A, I and F masked.
+pub const PSTATE_EL1H_DAIF: u64 = 0x3c5;
 
 /// The kernel's command line buffer, including the terminating NUL (arm64 `COMMAND_LINE_SIZE`).
 pub const COMMAND_LINE_SIZE: usize = 2048;

@@ -14,12 +14,9 @@ use std::{
 use accel_api::{client::Gic, IrqLine};
 
 use super::{
-    layout::UART_SPI,
+    layout::{UART_BASE, UART_SPI},
     pl011::{self, Pl011},
 };
-
-/// The guest physical address of the PL011 UART.
-pub const UART_BASE: u64 = 0x0900_0000;
 
 /// Counts of the exits the machine handled, by kind.
 #[derive(Debug, Default)]

@@ -9,7 +9,10 @@
 //! | `0x0900_0000 .. +0x1000` | PL011 UART, SPI 1 |
 //! | `0x4000_0000 .. +mem` | RAM |
 
-pub use super::{RAM_BASE, UART_BASE};
+/// The guest physical address of RAM.
+pub const RAM_BASE: u64 = 0x4000_0000;
+/// The guest physical address of the PL011 UART.
+pub const UART_BASE: u64 = 0x0900_0000;
 
 /// GICD: the distributor's base and size.
 pub const GIC_DIST_BASE: u64 = 0x0800_0000;

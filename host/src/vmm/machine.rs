@@ -19,16 +19,13 @@ use super::{
     bus::Bus,
     console::{spawn_reader, Escape, RawTerminal},
     fdt::{self, Chosen, MachineDescription},
-    image, layout,
+    image,
+    layout::{self, RAM_BASE},
     ram::GuestRam,
 };
 
-/// The guest physical address of RAM.
-pub const RAM_BASE: u64 = 0x4000_0000;
 /// The granule of RAM sizes.
 pub const MIN_RAM: u64 = 1 << 20;
-/// PSTATE at entry: EL1h with D, A, I and F masked.
-pub const PSTATE_EL1H_DAIF: u64 = 0x3c5;
 /// The IPA size a backend gives by default (KVM's 40 bits); RAM beyond asks for more.
 const DEFAULT_IPA_BITS: u32 = 40;
 

@@ -23,9 +23,9 @@ pub mod pl011;
 pub mod ram;
 pub mod run;
 
-pub use bus::{Bus, UART_BASE};
+pub use boot::PSTATE_EL1H_DAIF;
+pub use bus::Bus;
 pub use exits::{step, Step};
-pub use machine::{
-    vcpu_features, Machine, MachineConfig, Outcome, Payload, Plan, MIN_RAM, PSTATE_EL1H_DAIF, RAM_BASE,
-};
+pub use layout::{RAM_BASE, UART_BASE};
+pub use machine::{vcpu_features, Machine, MachineConfig, Outcome, Payload, Plan, MIN_RAM};
 pub use run::run;

@@ -17,7 +17,7 @@ use crate::{
 };
 
 pub fn cases() -> Vec<Case> {
-    crate::cases![debug: hw_breakpoint_stops_at_its_address, every_hw_breakpoint_then_no_resource, single_step_pc_sequence, watchpoint_stops_before_the_store, watchpoint_ranges_at_their_edges, inexact_watchpoints_are_refused, sw_breakpoint_in_a_loop, sw_breakpoint_restore_checks_memory, guest_brk_goes_to_the_guest, several_at_once, later_vcpus_get_the_pool, program_shows_what_is_set, mdccint_el1_while_the_host_debugs]
+    crate::case_list![debug: hw_breakpoint_stops_at_its_address, every_hw_breakpoint_then_no_resource, single_step_pc_sequence, watchpoint_stops_before_the_store, watchpoint_ranges_at_their_edges, inexact_watchpoints_are_refused, sw_breakpoint_in_a_loop, sw_breakpoint_restore_checks_memory, guest_brk_goes_to_the_guest, several_at_once, later_vcpus_get_the_pool, program_shows_what_is_set, mdccint_el1_while_the_host_debugs]
 }
 
 fn debug_of(g: &TestGuest) -> Result<Debug, Failure> {

@@ -13,7 +13,7 @@ use crate::{
 };
 
 pub fn cases() -> Vec<Case> {
-    crate::cases![exceptions: host_entered_exception_from_el1, host_entered_exception_from_el0, serror_injection, external_data_abort_injection; mp_state: states_round_trip]
+    crate::case_list![exceptions: host_entered_exception_from_el1, host_entered_exception_from_el0, serror_injection, external_data_abort_injection; mp_state: states_round_trip]
 }
 
 /// A guest stopped at an MMIO write, ready for the host to deliver an exception.

@@ -6,7 +6,7 @@ use accel_host::vmm::ram::GuestRam;
 use crate::{ensure, guest::RAM_BASE, Case, CaseResult, Context, Failure};
 
 pub fn cases() -> Vec<Case> {
-    crate::cases![lifecycle: vms_and_vcpus, every_probed_feature_inits, probed_features_show_in_the_vcpu, unsupported_vcpu_feature, memory_regions, read_only_memory]
+    crate::case_list![lifecycle: vms_and_vcpus, every_probed_feature_inits, probed_features_show_in_the_vcpu, unsupported_vcpu_feature, memory_regions, read_only_memory]
 }
 
 /// Several vCPUs in a VM, and a second VM at the same time; a backend that holds one VM per

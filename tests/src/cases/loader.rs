@@ -12,7 +12,7 @@ pub const WRONG_ABI_FIXTURE: &str = "libaccel_fixture_wrong_abi.so";
 pub const WRONG_LAYOUT_FIXTURE: &str = "libaccel_fixture_wrong_layout.so";
 
 pub fn cases() -> Vec<Case> {
-    crate::cases![loader: missing_file, not_a_plugin, wrong_abi_version, wrong_layout, loads_again_alongside_others]
+    crate::case_list![loader: missing_file, not_a_plugin, wrong_abi_version, wrong_layout, loads_again_alongside_others]
 }
 
 fn expect_load_error(path: &std::path::Path, kind: ErrorKind, words: &str) -> CaseResult {

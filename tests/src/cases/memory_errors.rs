@@ -4,7 +4,7 @@
 use crate::{Case, CaseResult, Context, Failure};
 
 pub fn cases() -> Vec<Case> {
-    crate::cases![memory_errors: poisoned_ram_becomes_an_sea]
+    crate::case_list![memory_errors: poisoned_ram_becomes_an_sea]
 }
 
 /// Only Linux poisons a page on request (`MADV_HWPOISON`) and reports the error as `SIGBUS`.

@@ -5,7 +5,7 @@ use accel_api::{idregs::synthesize_dbgdidr, sysreg, VcpuConfig, VcpuFeatures, Vm
 use crate::{ensure, Case, CaseResult, Context, Failure};
 
 pub fn cases() -> Vec<Case> {
-    crate::cases![probe: available_with_capabilities, id_registers_match_a_vcpu, descriptors_are_left_alone]
+    crate::case_list![probe: available_with_capabilities, id_registers_match_a_vcpu, descriptors_are_left_alone]
 }
 
 fn available_with_capabilities(ctx: &Context) -> CaseResult {

@@ -17,7 +17,7 @@ use crate::{
 };
 
 pub fn cases() -> Vec<Case> {
-    crate::cases![psci: queries, queries_in_plugin, cpu_off_stops_the_caller, cpu_off_stops_the_caller_in_plugin, system_off_stops_every_vcpu, system_off_stops_every_vcpu_in_plugin, userspace_option_follows_the_probe]
+    crate::case_list![psci: queries, queries_in_plugin, cpu_off_stops_the_caller, cpu_off_stops_the_caller_in_plugin, system_off_stops_every_vcpu, system_off_stops_every_vcpu_in_plugin, userspace_option_follows_the_probe]
 }
 
 /// Guest code: X0 = `function`, X1..X3 = `args`, HVC, then a store of X0 to MMIO_BASE + `slot`.

@@ -7,7 +7,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use crate::{asm, ensure, guest::TestGuest, Case, CaseResult, Context, Failure};
 
 pub fn cases() -> Vec<Case> {
-    crate::cases![regs: core_round_trip_random, fp_round_trip_random, host_edits_reach_the_vcpu, refused_write_is_named]
+    crate::case_list![regs: core_round_trip_random, fp_round_trip_random, host_edits_reach_the_vcpu, refused_write_is_named]
 }
 
 /// PSTATE values every AArch64 vCPU accepts: random NZCV and DAIF, mode EL0t, EL1t or EL1h.

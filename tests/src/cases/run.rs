@@ -11,7 +11,7 @@ use crate::{
 };
 
 pub fn cases() -> Vec<Case> {
-    crate::cases![run: guest_computes_known_values, mmio_writes_of_every_size, mmio_read_resumes_with_host_value, mmio_read_data_without_a_read, mmio_abort_without_syndrome, guest_exception_reaches_its_vectors, pc_after_mmio_exit, fresh_code_in_reused_memory, psci_system_off, psci_system_reset, psci_system_off_in_plugin, psci_system_reset_in_plugin]
+    crate::case_list![run: guest_computes_known_values, mmio_writes_of_every_size, mmio_read_resumes_with_host_value, mmio_read_data_without_a_read, mmio_abort_without_syndrome, guest_exception_reaches_its_vectors, pc_after_mmio_exit, fresh_code_in_reused_memory, psci_system_off, psci_system_reset, psci_system_off_in_plugin, psci_system_reset_in_plugin]
 }
 
 fn guest_computes_known_values(ctx: &Context) -> CaseResult {

@@ -19,7 +19,7 @@ use crate::{
 };
 
 pub fn cases() -> Vec<Case> {
-    crate::cases![snapshot: round_trip_into_a_fresh_vm, damaged_files_are_refused]
+    crate::case_list![snapshot: round_trip_into_a_fresh_vm, damaged_files_are_refused]
 }
 
 /// A guest stopped at its first MMIO write, with random state, and the features it has.

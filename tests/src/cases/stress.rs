@@ -29,7 +29,7 @@ use crate::{
 /// Each stress case runs in a process of its own: one that fails or stalls takes its threads and
 /// descriptors with it.
 pub fn cases() -> Vec<Case> {
-    crate::cases![stress: eight_vcpus_exits_kicks_debug_irqfd, create_destroy_loop]
+    crate::case_list![stress: eight_vcpus_exits_kicks_debug_irqfd, create_destroy_loop]
         .into_iter()
         .map(Case::in_own_process)
         .collect()

@@ -18,7 +18,7 @@ use crate::{
 };
 
 pub fn cases() -> Vec<Case> {
-    crate::cases![sve: offer_matches_the_id_registers, round_trip_random_at_max_length, vector_length_choice, guest_vector_length_follows_zcr, guest_sees_host_z_registers]
+    crate::case_list![sve: offer_matches_the_id_registers, round_trip_random_at_max_length, vector_length_choice, guest_vector_length_follows_zcr, guest_sees_host_z_registers]
 }
 
 fn sve_config(max_vq: u32) -> VcpuConfig {

@@ -18,7 +18,7 @@ use crate::{
 };
 
 pub fn cases() -> Vec<Case> {
-    crate::cases![sysregs: every_class_is_listed, host_writes_reach_the_guest, put_writes_only_what_changed, refused_id_register_write_is_named, unknown_register_is_not_found; timer: counter_is_written_only_at_full_level]
+    crate::case_list![sysregs: every_class_is_listed, host_writes_reach_the_guest, put_writes_only_what_changed, refused_id_register_write_is_named, unknown_register_is_not_found; timer: counter_is_written_only_at_full_level]
 }
 
 fn guest(ctx: &Context, code: &[u32]) -> Result<TestGuest, Failure> {

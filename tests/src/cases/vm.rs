@@ -18,7 +18,7 @@ use crate::{
 };
 
 pub fn cases() -> Vec<Case> {
-    crate::cases![vm: spi_and_ppi_reach_the_guest, gic_its, ipa_size_selection, timer_interrupt, irqfd_raises_an_spi, irqfd_before_the_first_run, ioeventfd_signals_without_an_exit, dirty_pages_are_the_written_ones, kick_from_another_thread, two_vcpus_with_psci_cpu_on, two_vcpus_with_psci_cpu_on_in_plugin, psci_system_suspend, psci_system_suspend_in_plugin]
+    crate::case_list![vm: spi_and_ppi_reach_the_guest, gic_its, ipa_size_selection, timer_interrupt, irqfd_raises_an_spi, irqfd_before_the_first_run, ioeventfd_signals_without_an_exit, dirty_pages_are_the_written_ones, kick_from_another_thread, two_vcpus_with_psci_cpu_on, two_vcpus_with_psci_cpu_on_in_plugin, psci_system_suspend, psci_system_suspend_in_plugin]
 }
 
 /// A guest that enables `intids`, says it is ready with a write to MMIO_BASE, runs `then`, and
