@@ -468,10 +468,17 @@ impl Engine {
             return Ok(None);
         }
         machine.stop_others(&events.channel, &mut events.deferred);
-        self.waiting = false;
-        let reason = StopReason::Signal { index: machine.waiting_on(), signal: SIGINT };
-        self.send_reply(false, stop_reply(&reason, self.multiprocess).as_bytes())?;
+        let index = machine.waiting_on();
+        self.report(machine, &StopReason::Signal { index, signal: SIGINT }, index)?;
         Ok(None)
+    }
+
+    /// The all-stop stop reply, for vCPU `index`. gdb takes the thread a stop names for the one
+    /// whose registers and memory it reads next (as `Hg` would pick it), and so does the stub.
+    fn report(&mut self, machine: &mut GdbTarget, reason: &StopReason, index: u32) -> Result<()> {
+        self.waiting = false;
+        machine.focus = Some(index);
+        self.send_reply(false, stop_reply(reason, self.multiprocess).as_bytes())
     }
 
     /// vCPU `index` stopped: in all-stop mode, when gdb waits for a stop, the others stop too and
@@ -496,7 +503,6 @@ impl Engine {
             return Ok(ended.map(Flow::Ended));
         }
         machine.stop_others(&events.channel, &mut events.deferred);
-        self.waiting = false;
         let reason = match machine.stop_reason(index, stop) {
             Ok(reason) => reason,
             Err(e) => {
@@ -504,7 +510,7 @@ impl Engine {
                 return Ok(Some(Flow::Ended(Outcome::Fault(e.to_string()))));
             }
         };
-        self.send_reply(false, stop_reply(&reason, self.multiprocess).as_bytes())?;
+        self.report(machine, &reason, index)?;
         Ok(ended.map(Flow::Ended))
     }
 

@@ -323,6 +323,24 @@ mod tests {
     }
 
     #[test]
+    fn non_stop_reports_one_stop_and_notifies_the_others() {
+        // Sent in one chunk: vCPU 1's stop, asked for by `vCont;t`, is seen while the
+        // breakpoint's insertion pauses the running vCPUs, and goes out as a notification.
+        let input =
+            script(&["QNonStop:1", "?", "vStopped", "vCont;t:2", "Z1,40000000,4", "vStopped", "QNonStop:0"]);
+        assert!(input.len() < CLIENT_CHUNK);
+        let (outcome, sent) = serve_fake(true, VcpuFeatures::NONE, &input);
+        assert_eq!(outcome.map_err(|e| e.to_string()), Ok(Outcome::Quit));
+        let replies = replies(&sent);
+        assert_eq!(replies, ["OK", "T00thread:1;", "OK", "OK", "OK", "OK", "OK"], "{sent}");
+        let note = String::from_utf8(packets::notification("Stop:T00thread:2;")).unwrap_or_default();
+        // After the reply to `vCont;t`, before the one to the breakpoint.
+        let at_note = sent.find(&note);
+        let reply_at = |n: usize| sent.match_indices('$').nth(n).map(|(i, _)| i);
+        assert!(reply_at(3) < at_note && at_note < reply_at(4), "{sent}");
+    }
+
+    #[test]
     fn a_continue_while_running_resumes_nothing_twice() {
         // A `c` while the guest runs, then an interrupt and a register read: the read waits on
         // vCPU 0's thread, which must be stopped, not running a second resume.
