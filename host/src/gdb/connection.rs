@@ -325,6 +325,9 @@ fn serve_device(mut port: impl Port, events: mpsc::SyncSender<Event>, listener: 
     }
 }
 
+/// How long a write to a TCP client may wait for the client to read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A TCP listener: each accepted client in turn, until it hangs up.
 fn serve_tcp(listener: TcpListener, events: mpsc::SyncSender<Event>) {
     let mut conn = 0;
@@ -339,6 +342,9 @@ fn serve_tcp(listener: TcpListener, events: mpsc::SyncSender<Event>) {
         };
         log::info!("gdb: connection from {peer}");
         let _ = stream.set_nodelay(true);
+        // A client that stops reading fails the session's next write in time, and counts as gone,
+        // rather than holding the session in a write for ever.
+        let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
         let Ok(writer) = stream.try_clone() else { continue };
         conn += 1;
         if events.send(Event::Connected { conn, writer: Box::new(writer) }).is_err() {
