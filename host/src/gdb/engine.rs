@@ -102,11 +102,18 @@ impl Engine {
         }
     }
 
-    /// The packet that carries `body`, after the acknowledgement when acknowledgements are on.
-    fn send_reply(&mut self, ack: bool, body: &[u8]) -> Result<()> {
-        let mut bytes = if ack && !self.no_ack { vec![b'+'] } else { Vec::new() };
-        bytes.extend(packet_bytes(body));
-        self.out.send(&bytes)
+    /// Sends the packet that carries `body`.
+    fn send_packet(&mut self, body: &[u8]) -> Result<()> {
+        self.out.send(&packet_bytes(body))
+    }
+
+    /// Acknowledges a packet, when acknowledgements are on: at once, before anything is sent
+    /// in answer to it (a `monitor` command's output comes before its reply).
+    fn acknowledge(&mut self) -> Result<()> {
+        if self.no_ack {
+            return Ok(());
+        }
+        self.out.send(b"+")
     }
 
     /// Takes a chunk of gdb's bytes: answers each packet it completes. Returns the connection's
@@ -130,7 +137,8 @@ impl Engine {
                     None
                 }
                 Frame::Dropped => {
-                    self.send_reply(true, error_body("packet longer than PacketSize").as_bytes())?;
+                    self.acknowledge()?;
+                    self.send_packet(error_body("packet longer than PacketSize").as_bytes())?;
                     None
                 }
                 // No `-` asks for it again: the stub's transports do not damage packets, so one
@@ -155,6 +163,7 @@ impl Engine {
 
     /// Answers one packet.
     fn packet(&mut self, body: &[u8], machine: &mut GdbTarget, events: &mut Events) -> Result<Option<Flow>> {
+        self.acknowledge()?;
         let answer = match self.answer(body, machine, events) {
             Ok(answer) => answer,
             Err(e) => {
@@ -163,14 +172,10 @@ impl Engine {
             }
         };
         match answer {
-            Answer::Reply(body) => self.send_reply(true, &body)?,
-            Answer::Resumed => {
-                if !self.no_ack {
-                    self.out.send(b"+")?;
-                }
-            }
+            Answer::Reply(body) => self.send_packet(&body)?,
+            Answer::Resumed => {}
             Answer::End(flow) => {
-                self.send_reply(true, b"OK")?;
+                self.send_packet(b"OK")?;
                 return Ok(Some(flow));
             }
         }
@@ -296,7 +301,7 @@ impl Engine {
             if !printed.is_empty() {
                 let mut console = b"O".to_vec();
                 console.extend(hex(printed.as_bytes()).bytes());
-                self.out.send(&packet_bytes(&console))?;
+                self.send_packet(&console)?;
             }
             return ok();
         }
@@ -483,7 +488,7 @@ impl Engine {
     fn report(&mut self, machine: &mut GdbTarget, reason: &StopReason, index: u32) -> Result<()> {
         self.waiting = false;
         machine.focus = Some(index);
-        self.send_reply(false, stop_reply(reason, self.multiprocess).as_bytes())
+        self.send_packet(stop_reply(reason, self.multiprocess).as_bytes())
     }
 
     /// vCPU `index` stopped: in all-stop mode, when gdb waits for a stop, the others stop too and

@@ -341,6 +341,23 @@ mod tests {
     }
 
     #[test]
+    fn a_packet_is_acknowledged_before_what_answers_it() {
+        // `monitor help`: its output, then its reply, both after the acknowledgement; none once
+        // acknowledgements are off.
+        let help = format!("qRcmd,{}", packets::hex(b"help"));
+        let input = script(&[&help, "QStartNoAckMode", &help]);
+        let (outcome, sent) = serve_fake(true, VcpuFeatures::NONE, &input);
+        assert_eq!(outcome.map_err(|e| e.to_string()), Ok(Outcome::Quit));
+        assert!(sent.starts_with("+$O"), "{sent}");
+        assert_eq!(sent.matches('+').count(), 2, "{sent}");
+        let replies = replies(&sent);
+        assert_eq!(replies.len(), 5, "{sent}");
+        assert_eq!([&replies[1], &replies[2], &replies[4]], ["OK", "OK", "OK"], "{sent}");
+        let text = packets::unhex(&replies[0].as_bytes()[1..]).unwrap_or_default();
+        assert!(String::from_utf8_lossy(&text).contains("debug-pool"), "{sent}");
+    }
+
+    #[test]
     fn a_continue_while_running_resumes_nothing_twice() {
         // A `c` while the guest runs, then an interrupt and a register read: the read waits on
         // vCPU 0's thread, which must be stopped, not running a second resume.
