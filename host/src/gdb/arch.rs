@@ -2,25 +2,9 @@
 //! features, or `sve` when the vCPU has SVE, plus the vCPU's system registers under their Arm
 //! ARM names, in a target description built for the actual vCPU.
 
-use std::{fmt::Write, num::NonZeroUsize};
+use std::fmt::Write;
 
 use accel_api::RegValue;
-use gdbstub::arch::{Arch, RegId, Registers};
-
-/// The architecture marker for gdbstub.
-pub enum AccelAArch64 {}
-
-impl Arch for AccelAArch64 {
-    type Usize = u64;
-    type Registers = GdbRegs;
-    type RegId = GdbRegId;
-    type BreakpointKind = usize;
-
-    fn target_description_xml() -> Option<&'static str> {
-        // Built per vCPU: see `target_xml`.
-        None
-    }
-}
 
 /// The registers of a `g` packet, in gdb's numbering: X0–X30 (0–30), SP (31), PC (32), CPSR (33),
 /// then either V0–V31 (34–65) or Z0–Z31 (34–65 with SVE), FPSR (66), FPCR (67), and with SVE
@@ -58,15 +42,11 @@ pub struct SveView {
     pub ffr: Vec<u8>,
 }
 
-impl Registers for GdbRegs {
-    type ProgramCounter = u64;
-
-    fn pc(&self) -> u64 {
-        self.pc
-    }
-
-    fn gdb_serialize(&self, mut write_byte: impl FnMut(Option<u8>)) {
-        let mut put = |bytes: &[u8]| bytes.iter().for_each(|b| write_byte(Some(*b)));
+impl GdbRegs {
+    /// The registers as a `g` packet's bytes.
+    pub fn serialize(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut put = |bytes: &[u8]| out.extend_from_slice(bytes);
         for x in &self.x {
             put(&x.to_le_bytes());
         }
@@ -90,12 +70,17 @@ impl Registers for GdbRegs {
                 put(&(u64::from(s.vq) * 2).to_le_bytes());
             }
         }
+        out
     }
 
-    fn gdb_deserialize(&mut self, bytes: &[u8]) -> Result<(), ()> {
+    /// Takes the registers from a `G` packet's bytes, in the shape these have (with or without
+    /// SVE, and at its vector length); `Err` when the bytes do not fit it.
+    pub fn deserialize(&mut self, bytes: &[u8]) -> accel_api::Result<()> {
+        let misfit =
+            || accel_api::AccelError::invalid(format!("{} bytes of registers do not fit", bytes.len()));
         let mut at = 0usize;
-        let mut take = |n: usize| -> Result<&[u8], ()> {
-            let s = bytes.get(at..at + n).ok_or(())?;
+        let mut take = |n: usize| -> accel_api::Result<&[u8]> {
+            let s = bytes.get(at..at + n).ok_or_else(misfit)?;
             at += n;
             Ok(s)
         };
@@ -155,23 +140,39 @@ pub enum GdbRegId {
     Sys(u16),
 }
 
-impl RegId for GdbRegId {
-    fn from_raw_id(id: usize) -> Option<(Self, Option<NonZeroUsize>)> {
-        let (reg, size) = match id {
-            0..=30 => (GdbRegId::X(id as u8), 8),
-            31 => (GdbRegId::Sp, 8),
-            32 => (GdbRegId::Pc, 8),
-            33 => (GdbRegId::Cpsr, 4),
-            34..=65 => return Some((GdbRegId::Vector((id - 34) as u8), None)),
-            66 => (GdbRegId::Fpsr, 4),
-            67 => (GdbRegId::Fpcr, 4),
-            68..=83 => return Some((GdbRegId::Pred((id - 68) as u8), None)),
-            84 => return Some((GdbRegId::Ffr, None)),
-            85 => (GdbRegId::Vg, 8),
-            0x8000..=0xffff => (GdbRegId::Sys(id as u16), 8),
+impl GdbRegId {
+    /// The register of gdb number `n`.
+    pub fn from_number(n: u64) -> Option<Self> {
+        Some(match n {
+            0..=30 => GdbRegId::X(n as u8),
+            31 => GdbRegId::Sp,
+            32 => GdbRegId::Pc,
+            33 => GdbRegId::Cpsr,
+            34..=65 => GdbRegId::Vector((n - 34) as u8),
+            66 => GdbRegId::Fpsr,
+            67 => GdbRegId::Fpcr,
+            68..=83 => GdbRegId::Pred((n - 68) as u8),
+            84 => GdbRegId::Ffr,
+            85 => GdbRegId::Vg,
+            0x8000..=0xffff => GdbRegId::Sys(n as u16),
             _ => return None,
-        };
-        Some((reg, NonZeroUsize::new(size)))
+        })
+    }
+
+    /// The register's size in bytes on a vCPU with SVE at `sve_vq` quadwords (or without);
+    /// `None` for an SVE register on a vCPU without SVE.
+    pub fn size(self, sve_vq: Option<u32>) -> Option<usize> {
+        let vq = sve_vq.map(|vq| vq as usize);
+        Some(match self {
+            GdbRegId::X(_) | GdbRegId::Sp | GdbRegId::Pc | GdbRegId::Sys(_) => 8,
+            GdbRegId::Cpsr | GdbRegId::Fpsr | GdbRegId::Fpcr => 4,
+            GdbRegId::Vector(_) => vq.map_or(16, |vq| vq * 16),
+            GdbRegId::Pred(_) | GdbRegId::Ffr => vq? * 2,
+            GdbRegId::Vg => {
+                vq?;
+                8
+            }
+        })
     }
 }
 
@@ -326,34 +327,36 @@ mod tests {
         let mut regs = GdbRegs { pc: 0x4000_1000, cpsr: 0x3c5, fpcr: 7, ..Default::default() };
         regs.x[30] = 0xdead;
         regs.v[31][15] = 0xaa;
-        let mut bytes = Vec::new();
-        regs.gdb_serialize(|b| bytes.push(b.unwrap_or(0)));
+        let bytes = regs.serialize();
         assert_eq!(bytes.len(), 31 * 8 + 8 + 8 + 4 + 32 * 16 + 4 + 4);
         let mut back = GdbRegs::default();
-        back.gdb_deserialize(&bytes).unwrap();
+        back.deserialize(&bytes).unwrap();
         assert_eq!(back, regs);
-        assert!(back.gdb_deserialize(&bytes[..100]).is_err());
+        assert!(back.deserialize(&bytes[..100]).is_err());
 
         let sve = SveView { vq: 2, z: vec![1; 32 * 32], p: vec![2; 16 * 4], ffr: vec![3; 4] };
         let regs = GdbRegs { sve: Some(sve), ..Default::default() };
-        let mut bytes = Vec::new();
-        regs.gdb_serialize(|b| bytes.push(b.unwrap_or(0)));
+        let bytes = regs.serialize();
         assert_eq!(bytes.len(), 31 * 8 + 20 + 32 * 32 + 8 + 16 * 4 + 4 + 8);
         assert_eq!(&bytes[bytes.len() - 8..], &4u64.to_le_bytes(), "VG in doublewords");
         let mut back = GdbRegs {
             sve: Some(SveView { vq: 2, z: vec![0; 1024], p: vec![0; 64], ffr: vec![0; 4] }),
             ..Default::default()
         };
-        back.gdb_deserialize(&bytes).unwrap();
+        back.deserialize(&bytes).unwrap();
         assert_eq!(back, regs);
     }
 
     #[test]
     fn register_numbers() {
-        assert_eq!(GdbRegId::from_raw_id(33).map(|r| r.0), Some(GdbRegId::Cpsr));
-        assert_eq!(GdbRegId::from_raw_id(65).map(|r| r.0), Some(GdbRegId::Vector(31)));
-        assert_eq!(GdbRegId::from_raw_id(0xc080).map(|r| r.0), Some(GdbRegId::Sys(0xc080)));
-        assert!(GdbRegId::from_raw_id(90).is_none());
+        assert_eq!(GdbRegId::from_number(33), Some(GdbRegId::Cpsr));
+        assert_eq!(GdbRegId::from_number(65), Some(GdbRegId::Vector(31)));
+        assert_eq!(GdbRegId::from_number(0xc080), Some(GdbRegId::Sys(0xc080)));
+        assert!(GdbRegId::from_number(90).is_none());
+        assert_eq!(GdbRegId::Vector(0).size(Some(16)), Some(256));
+        assert_eq!(GdbRegId::Vector(0).size(None), Some(16));
+        assert_eq!(GdbRegId::Ffr.size(None), None);
+        assert_eq!(GdbRegId::Cpsr.size(None), Some(4));
     }
 
     #[test]

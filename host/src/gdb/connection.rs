@@ -7,102 +7,31 @@ use std::{
     io::{Read, Write},
     net::TcpListener,
     os::fd::AsRawFd,
-    sync::{mpsc, Arc, Mutex},
+    sync::{mpsc, Arc},
     time::{Duration, Instant},
 };
 
 use accel_api::{AccelError, ErrorKind, Result};
-use gdbstub::conn::Connection;
 
-use super::{packets::ReplyPatch, vcpu_thread::Event, GdbOptions};
+use super::{vcpu_thread::Event, GdbOptions};
 
-/// Writes to one gdb connection. Shared, so that a protocol restarted on the same connection
-/// keeps writing to it, and the session's own replies go the same way as `gdbstub`'s.
-///
-/// `gdbstub` hands over its replies a byte at a time and flushes at the end of each packet, so
-/// a packet is gathered here and leaves in one write at the flush: a register packet is kilobytes
-/// long with SVE, and a write per byte made each one cost thousands of system calls. An
-/// acknowledgement (`+` or `-` outside a packet) goes out at once, since `gdbstub` does not flush
-/// it and gdb waits for it; inside a packet the same bytes are the packet's own.
-#[derive(Clone)]
+/// The most bytes one read of a connection takes, and so the largest chunk the session gets.
+const READ_CHUNK: usize = 4096;
+
+/// Writes to one gdb connection: each acknowledgement and reply leaves in one write.
 pub struct Conn {
-    out: Arc<Mutex<Out>>,
-}
-
-/// The connection's writer, the packet gathered so far, and the reply patch.
-struct Out {
     writer: Box<dyn Write + Send>,
-    gathered: Vec<u8>,
-    /// A packet (`$`) or notification (`%`) was started and not flushed yet. The reply patch
-    /// may hold its bytes back, so `gathered` being empty does not say that none was started.
-    open: bool,
-    patch: ReplyPatch,
 }
 
 impl Conn {
     /// A connection writing to `writer`.
     pub fn new(writer: Box<dyn Write + Send>) -> Self {
-        let out = Out { writer, gathered: Vec::new(), open: false, patch: ReplyPatch::default() };
-        Self { out: Arc::new(Mutex::new(out)) }
+        Self { writer }
     }
 
-    /// Extends the next reply packet with `suffix` (features `gdbstub` does not advertise).
-    pub fn patch_next_reply(&self, suffix: &'static str) {
-        if let Ok(mut out) = self.out.lock() {
-            out.patch.arm(suffix);
-        }
-    }
-
-    /// Cancels a patch not yet applied.
-    pub fn cancel_patch(&self) {
-        if let Ok(mut out) = self.out.lock() {
-            out.patch.disarm();
-        }
-    }
-
-    fn with<T>(&self, f: impl FnOnce(&mut Out) -> std::io::Result<T>) -> std::io::Result<T> {
-        let mut out =
-            self.out.lock().map_err(|_| std::io::Error::other("the gdb writer lock is poisoned"))?;
-        f(&mut out)
-    }
-}
-
-impl Out {
-    fn gather(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        if !self.open && matches!(bytes, [b'+' | b'-']) {
-            return self.writer.write_all(bytes).and_then(|()| self.writer.flush());
-        }
-        self.open |= bytes.iter().any(|b| matches!(b, b'$' | b'%'));
-        if self.patch.armed() {
-            let filtered = self.patch.filter(bytes);
-            self.gathered.extend_from_slice(&filtered);
-        } else {
-            self.gathered.extend_from_slice(bytes);
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        let result = self.writer.write_all(&self.gathered).and_then(|()| self.writer.flush());
-        self.gathered.clear();
-        self.open = false;
-        result
-    }
-}
-
-impl Connection for Conn {
-    type Error = std::io::Error;
-
-    fn write(&mut self, byte: u8) -> std::io::Result<()> {
-        self.with(|out| out.gather(&[byte]))
-    }
-
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.with(|out| out.gather(buf))
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.with(Out::flush)
+    /// Sends `bytes` now.
+    pub fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        self.writer.write_all(bytes).and_then(|()| self.writer.flush()).map_err(accel_err)
     }
 }
 
@@ -111,8 +40,10 @@ pub fn accel_err(e: impl std::fmt::Display) -> AccelError {
     AccelError::new(ErrorKind::IO, e.to_string())
 }
 
-fn send_bytes(events: &mpsc::Sender<Event>, conn: u64, bytes: &[u8]) -> bool {
-    bytes.iter().all(|b| events.send(Event::Data { conn, byte: *b }).is_ok())
+/// Hands a connection's bytes to the session, waiting while its queue is full (so a client
+/// that sends faster than the session serves it waits too); `false` once the session is gone.
+fn send_bytes(events: &mpsc::SyncSender<Event>, conn: u64, bytes: &[u8]) -> bool {
+    bytes.chunks(READ_CHUNK).all(|chunk| events.send(Event::Data { conn, bytes: chunk.to_vec() }).is_ok())
 }
 
 /// Reads and drops what a character device holds from before this process opened it: bytes a
@@ -310,11 +241,11 @@ const END_GRACE: Duration = Duration::from_secs(1);
 /// So while a connection, or the start of one, is in progress, an end counts only once the port
 /// has read as ended with nothing to read for [`END_GRACE`]; otherwise the connection goes on,
 /// and a client that did come in between starts its own at its `qSupported`.
-fn serve_device(mut port: impl Port, events: mpsc::Sender<Event>, listener: Listener) {
+fn serve_device(mut port: impl Port, events: mpsc::SyncSender<Event>, listener: Listener) {
     let mut conn = 0;
     let mut connected = false;
     let mut starts = ClientStarts::default();
-    let mut buf = [0u8; 4096];
+    let mut buf = [0u8; READ_CHUNK];
     // What the port brought while it was watched after reading as ended.
     let mut brought = None;
     loop {
@@ -394,8 +325,11 @@ fn serve_device(mut port: impl Port, events: mpsc::Sender<Event>, listener: List
     }
 }
 
+/// How long a write to a TCP client may wait for the client to read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A TCP listener: each accepted client in turn, until it hangs up.
-fn serve_tcp(listener: TcpListener, events: mpsc::Sender<Event>) {
+fn serve_tcp(listener: TcpListener, events: mpsc::SyncSender<Event>) {
     let mut conn = 0;
     loop {
         let (stream, peer) = match listener.accept() {
@@ -408,13 +342,16 @@ fn serve_tcp(listener: TcpListener, events: mpsc::Sender<Event>) {
         };
         log::info!("gdb: connection from {peer}");
         let _ = stream.set_nodelay(true);
+        // A client that stops reading fails the session's next write in time, and counts as gone,
+        // rather than holding the session in a write for ever.
+        let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
         let Ok(writer) = stream.try_clone() else { continue };
         conn += 1;
         if events.send(Event::Connected { conn, writer: Box::new(writer) }).is_err() {
             return;
         }
         let mut reader = stream;
-        let mut buf = [0u8; 4096];
+        let mut buf = [0u8; READ_CHUNK];
         loop {
             match reader.read(&mut buf) {
                 Ok(0) => break,
@@ -432,7 +369,7 @@ fn serve_tcp(listener: TcpListener, events: mpsc::Sender<Event>) {
 
 /// Starts listening where `options` says, with a thread that reports connections, their bytes
 /// and their ends on `events`.
-pub fn listen(options: &GdbOptions, events: mpsc::Sender<Event>) -> Result<Listener> {
+pub fn listen(options: &GdbOptions, events: mpsc::SyncSender<Event>) -> Result<Listener> {
     let listener = Listener::default();
     let address = &options.address;
     let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
@@ -462,36 +399,33 @@ mod tests {
 
     use super::*;
 
-    /// What the reader reported next, in short: `+N` connected, `N:x` a byte, `-N` closed.
-    fn next(rx: &mpsc::Receiver<Event>) -> String {
-        match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Event::Connected { conn, .. }) => format!("+{conn}"),
-            Ok(Event::Data { conn, byte }) => format!("{conn}:{}", byte as char),
-            Ok(Event::Closed { conn }) => format!("-{conn}"),
-            Ok(_) => "other".into(),
-            Err(e) => format!("nothing ({e})"),
-        }
+    /// What a reader reports, one byte of its chunks at a time.
+    struct Reported {
+        rx: mpsc::Receiver<Event>,
+        pending: std::collections::VecDeque<String>,
     }
 
-    /// What a connection wrote, and how many writes it took.
-    #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<(Vec<u8>, usize)>>);
-
-    impl Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            let mut s = self.0.lock().expect("sink");
-            s.0.extend_from_slice(buf);
-            s.1 += 1;
-            Ok(buf.len())
+    impl Reported {
+        fn new(rx: mpsc::Receiver<Event>) -> Self {
+            Self { rx, pending: Default::default() }
         }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
-    fn bytewise(conn: &mut Conn, bytes: &[u8]) {
-        for b in bytes {
-            conn.write(*b).expect("write");
+        /// What the reader reported next, in short: `+N` connected, `N:x` a byte, `-N` closed.
+        fn next(&mut self) -> String {
+            if let Some(byte) = self.pending.pop_front() {
+                return byte;
+            }
+            match self.rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(Event::Connected { conn, .. }) => format!("+{conn}"),
+                Ok(Event::Data { conn, bytes }) => {
+                    assert!(!bytes.is_empty() && bytes.len() <= READ_CHUNK, "a chunk of {}", bytes.len());
+                    self.pending.extend(bytes.iter().map(|b| format!("{conn}:{}", *b as char)));
+                    self.next()
+                }
+                Ok(Event::Closed { conn }) => format!("-{conn}"),
+                Ok(_) => "other".into(),
+                Err(e) => format!("nothing ({e})"),
+            }
         }
     }
 
@@ -525,13 +459,14 @@ mod tests {
         // SAFETY: both descriptors are new and owned by nothing else; each File takes one.
         let (reader, mut writer) =
             unsafe { (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1])) };
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(4);
         std::thread::spawn(move || serve_device(reader, tx, Listener::default()));
+        let mut rx = Reported::new(rx);
         writer.write_all(b"$qSupported#37").unwrap();
-        assert_eq!([next(&rx), next(&rx)], ["+1", "1:$"]);
-        while next(&rx) != "1:7" {}
+        assert_eq!([rx.next(), rx.next()], ["+1", "1:$"]);
+        while rx.next() != "1:7" {}
         writer.write_all(b"+$qSupported#37").unwrap();
-        assert_eq!([next(&rx), next(&rx), next(&rx), next(&rx)], ["1:+", "-1", "+2", "2:$"]);
+        assert_eq!([rx.next(), rx.next(), rx.next(), rx.next()], ["1:+", "-1", "+2", "2:$"]);
     }
 
     /// A port that plays a script: what clients sent, and ends of the port.
@@ -581,7 +516,7 @@ mod tests {
     /// Everything the reader reports for `steps`, each connection's bytes run together:
     /// `+N` connected, `N:bytes`, `-N` closed.
     fn transcript(steps: Vec<Step>) -> Vec<String> {
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(4);
         let port = Scripted(steps.into());
         std::thread::spawn(move || serve_device(port, tx, Listener::default()));
         let mut out: Vec<String> = Vec::new();
@@ -589,10 +524,13 @@ mod tests {
             match event {
                 Event::Connected { conn, .. } => out.push(format!("+{conn}")),
                 Event::Closed { conn } => out.push(format!("-{conn}")),
-                Event::Data { conn, byte } => match out.last_mut() {
-                    Some(last) if last.starts_with(&format!("{conn}:")) => last.push(byte as char),
-                    _ => out.push(format!("{conn}:{}", byte as char)),
-                },
+                Event::Data { conn, bytes } => {
+                    let text = String::from_utf8_lossy(&bytes);
+                    match out.last_mut() {
+                        Some(last) if last.starts_with(&format!("{conn}:")) => last.push_str(&text),
+                        _ => out.push(format!("{conn}:{text}")),
+                    }
+                }
                 _ => out.push("other".into()),
             }
         }
@@ -680,49 +618,24 @@ mod tests {
         // SAFETY: both descriptors are new and owned by nothing else; each File takes one.
         let (reader, mut writer) =
             unsafe { (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1])) };
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(4);
         let listener = Listener::default();
         let for_reader = listener.clone();
         std::thread::spawn(move || serve_device(reader, tx, for_reader));
+        let mut rx = Reported::new(rx);
 
         writer.write_all(b"a").unwrap();
-        assert_eq!([next(&rx), next(&rx)], ["+1", "1:a"]);
+        assert_eq!([rx.next(), rx.next()], ["+1", "1:a"]);
         // The session is done with client 1 while the port never read as ended: the next bytes
         // are client 2's.
         listener.client_done(1);
         writer.write_all(b"b").unwrap();
-        assert_eq!([next(&rx), next(&rx), next(&rx)], ["-1", "+2", "2:b"]);
+        assert_eq!([rx.next(), rx.next(), rx.next()], ["-1", "+2", "2:b"]);
         // A word about client 1 that comes when client 2 is already being served leaves it be.
         listener.client_done(1);
         writer.write_all(b"c").unwrap();
-        assert_eq!(next(&rx), "2:c");
+        assert_eq!(rx.next(), "2:c");
         drop(writer);
-        assert_eq!(next(&rx), "-2");
-    }
-
-    #[test]
-    fn a_packet_leaves_in_one_write_and_an_ack_at_once() {
-        let sink = Sink::default();
-        let mut conn = Conn::new(Box::new(sink.clone()));
-        conn.write(b'+').expect("ack");
-        assert_eq!(sink.0.lock().expect("sink").0, b"+");
-        bytewise(&mut conn, b"$swbreak+;hwbreak+#00");
-        assert_eq!(sink.0.lock().expect("sink").1, 1, "nothing of the packet before the flush");
-        conn.flush().expect("flush");
-        let (bytes, writes) = sink.0.lock().expect("sink").clone();
-        assert_eq!((bytes.as_slice(), writes), (&b"+$swbreak+;hwbreak+#00"[..], 2));
-    }
-
-    #[test]
-    fn a_patched_reply_keeps_its_plus_signs() {
-        let sink = Sink::default();
-        let mut conn = Conn::new(Box::new(sink.clone()));
-        conn.patch_next_reply(";QNonStop+");
-        conn.write(b'+').expect("ack");
-        bytewise(&mut conn, b"$swbreak+#00");
-        conn.flush().expect("flush");
-        let bytes = sink.0.lock().expect("sink").0.clone();
-        let text = String::from_utf8(bytes).expect("text");
-        assert!(text.starts_with("+$swbreak+;QNonStop+#"), "{text}");
+        assert_eq!(rx.next(), "-2");
     }
 }

@@ -1,15 +1,18 @@
-//! The gdb remote stub of `accel-host`: all-stop debugging of every vCPU through the `gdbstub`
-//! crate, over TCP or a character device.
+//! The gdb remote stub of `accel-host`: all-stop and non-stop debugging of every vCPU, over TCP
+//! or a character device, with one protocol engine (see `engine`) from gdb's bytes to the replies.
 //!
 //! Each vCPU keeps its own thread. While the guest runs, the threads run their vCPUs and report
-//! stops; while gdb has the machine stopped, they wait for commands, and register and memory
-//! access runs on the owning thread. The first vCPU to stop makes the stub kick the others.
+//! stops; while gdb has a vCPU stopped, its thread waits for commands, and register and memory
+//! access runs on it. In all-stop mode the first vCPU to stop makes the stub kick the others.
+//! gdb's bytes reach the session in chunks of a few KiB through a bounded queue, so a client
+//! that sends faster than it is served waits, and a packet longer than the advertised
+//! `PacketSize` is discarded as it comes.
 
 pub mod arch;
 mod connection;
-mod front;
+mod engine;
 mod monitor;
-// The protocol's byte-level front, public for the fuzz targets only.
+// The protocol's pure parts, public for the fuzz targets only.
 #[doc(hidden)]
 pub mod nonstop;
 #[doc(hidden)]
@@ -25,6 +28,13 @@ use accel_api::{AccelError, ErrorKind, Result};
 
 use crate::vmm::{console::Escape, machine::vcpu_features, memory_error, step, Machine, Outcome};
 use vcpu_thread::{vcpu_thread, VcpuHandle};
+
+/// How many events (each a vCPU's stop, or a chunk of at most a few KiB of a client's bytes)
+/// wait for the session at most; whoever sends more waits.
+const EVENT_QUEUE: usize = 64;
+
+/// The chunks an in-memory client's bytes arrive in, as a connection's reads would bring them.
+const CLIENT_CHUNK: usize = 1024;
 
 /// How to serve gdb.
 #[derive(Clone, Debug)]
@@ -46,7 +56,7 @@ pub fn serve(machine: Machine, options: &GdbOptions, console: Option<Escape>) ->
 
 /// Serves `machine` to one in-memory client, for the fuzz target of the protocol: the client
 /// connects, sends `input`, and hangs up, then the user quits. What the stub sends goes to
-/// `output`. Every event is queued before the session starts, so a run depends on `input` alone.
+/// `output`. The client's events are queued in order as the session takes them.
 #[doc(hidden)]
 pub fn serve_bytes(
     machine: Machine,
@@ -54,15 +64,24 @@ pub fn serve_bytes(
     input: &[u8],
     output: Box<dyn std::io::Write + Send>,
 ) -> Result<Outcome> {
-    serve_with(machine, options, None, |events| {
+    let input = input.to_vec();
+    serve_with(machine, options, None, move |events| {
         let mut queue = vec![vcpu_thread::Event::Connected { conn: 1, writer: output }];
-        queue.extend(input.iter().map(|&byte| vcpu_thread::Event::Data { conn: 1, byte }));
+        queue.extend(
+            input.chunks(CLIENT_CHUNK).map(|c| vcpu_thread::Event::Data { conn: 1, bytes: c.to_vec() }),
+        );
         queue.extend([vcpu_thread::Event::Closed { conn: 1 }, vcpu_thread::Event::Quit]);
-        for event in queue {
-            events
-                .send(event)
-                .map_err(|_| AccelError::bad_state("the session stopped listening before it started"))?;
-        }
+        // The queue is bounded: a thread of its own feeds it as the session takes it.
+        std::thread::Builder::new()
+            .name("gdb-bytes".into())
+            .spawn(move || {
+                for event in queue {
+                    if events.send(event).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| AccelError::new(ErrorKind::NO_RESOURCE, format!("spawning the client: {e}")))?;
         // No port reader to tell when the client is done: the queue ends with the client.
         Ok(connection::Listener::default())
     })
@@ -72,9 +91,9 @@ fn serve_with(
     machine: Machine,
     options: &GdbOptions,
     console: Option<Escape>,
-    connect: impl FnOnce(mpsc::Sender<vcpu_thread::Event>) -> Result<connection::Listener>,
+    connect: impl FnOnce(mpsc::SyncSender<vcpu_thread::Event>) -> Result<connection::Listener>,
 ) -> Result<Outcome> {
-    let (events_tx, events) = mpsc::channel();
+    let (events_tx, events) = mpsc::sync_channel(EVENT_QUEUE);
     let _terminal = match console {
         Some(escape) => {
             let quit = events_tx.clone();
@@ -171,47 +190,180 @@ mod tests {
         }
     }
 
+    /// A packet as gdb sends it: the body as it is, and its checksum.
+    fn sent(body: &str) -> Vec<u8> {
+        format!("${body}#{:02x}", packets::checksum(body.as_bytes())).into_bytes()
+    }
+
+    fn script(bodies: &[&str]) -> Vec<u8> {
+        bodies.iter().flat_map(|b| sent(b)).collect()
+    }
+
+    /// The bodies of the reply packets in what the stub sent, run-length encoding undone.
+    fn replies(sent: &str) -> Vec<String> {
+        sent.split('$')
+            .skip(1)
+            .map(|r| {
+                let body = r.split('#').next().unwrap_or("").as_bytes();
+                let mut out: Vec<u8> = Vec::new();
+                let mut at = 0;
+                while at < body.len() {
+                    match (body[at], out.last()) {
+                        (b'*', Some(&last)) if at + 1 < body.len() => {
+                            out.extend(std::iter::repeat_n(last, usize::from(body[at + 1]) - 29));
+                            at += 2;
+                        }
+                        (b, _) => {
+                            out.push(b);
+                            at += 1;
+                        }
+                    }
+                }
+                String::from_utf8_lossy(&out).into_owned()
+            })
+            .collect()
+    }
+
     #[test]
     fn a_thread_id_beyond_any_vcpu_is_refused() {
-        let input: Vec<u8> =
-            ["Hg100000000", "g", "Hg5", "g", "Hg2", "g"].iter().flat_map(|p| packets::packet(p)).collect();
+        let input = script(&["Hg100000000", "g", "Hg5", "g", "Hg2", "g"]);
         let (outcome, sent) = serve_fake(true, VcpuFeatures::NONE, &input);
         assert_eq!(outcome.map_err(|e| e.to_string()), Ok(Outcome::Quit));
-        let replies: Vec<&str> = sent.split('$').skip(1).map(|r| r.split('#').next().unwrap_or("")).collect();
+        let replies = replies(&sent);
         assert_eq!(replies.len(), 6, "{sent}");
         assert!(replies[1].starts_with('E') && replies[3].starts_with('E'), "no such vCPU: {sent}");
         assert!(!replies[5].is_empty() && !replies[5].starts_with('E'), "vCPU 1's registers: {sent}");
     }
 
     #[test]
-    fn only_the_reply_to_a_valid_qsupported_advertises_non_stop() {
-        // A damaged qSupported, and ones gdbstub does not parse as qSupported: none is answered.
-        let refused = [
-            b"$qSupported:multiprocess+#00".to_vec(),
-            packets::packet("qSupported-multiprocess+"),
-            packets::packet("qSupported:"),
+    fn only_the_reply_to_a_qsupported_advertises_non_stop() {
+        // A damaged qSupported is dropped unanswered; a packet that only starts like one gets
+        // the empty reply of a packet not supported.
+        let cases = [
+            (b"$qSupported:multiprocess+#00".to_vec(), None),
+            (sent("qSupported-multiprocess+"), Some("")),
+            (sent("qSupported:"), Some("PacketSize=10000;")),
         ];
-        for refused in refused {
-            let mut input = refused;
-            input.extend(["g", "qSupported:multiprocess+", "g"].iter().flat_map(|p| packets::packet(p)));
+        for (first, answer) in cases {
+            let mut input = first;
+            input.extend(script(&["g", "qSupported:multiprocess+", "g"]));
             let (outcome, sent) = serve_fake(true, VcpuFeatures::NONE, &input);
             assert_eq!(outcome.map_err(|e| e.to_string()), Ok(Outcome::Quit));
-            let replies: Vec<&str> =
-                sent.split('$').skip(1).map(|r| r.split('#').next().unwrap_or("")).collect();
-            assert_eq!(replies.len(), 3, "no reply to the refused packet: {sent}");
-            assert!(!replies[0].contains("QNonStop"), "the registers, unpatched: {sent}");
+            let mut replies = replies(&sent);
+            match answer {
+                None => assert!(sent.starts_with("+$"), "{sent}"),
+                Some(answer) => assert!(replies.remove(0).starts_with(answer), "{sent}"),
+            }
+            assert_eq!(replies.len(), 3, "{sent}");
+            assert!(!replies[0].contains("QNonStop"), "the registers: {sent}");
             assert!(replies[1].starts_with("PacketSize=") && replies[1].ends_with(";QNonStop+"), "{sent}");
             assert!(!replies[2].contains("QNonStop"), "{sent}");
         }
     }
 
     #[test]
+    fn a_p_packet_writes_its_register_alone() {
+        for (features, regs) in [
+            (VcpuFeatures::NONE, vec![("5", 8), ("1f", 8), ("22", 16), ("42", 4)]),
+            (VcpuFeatures::SVE, vec![("5", 8), ("22", 0), ("44", 0), ("54", 0)]),
+        ] {
+            for (number, size) in regs {
+                // Learn the register's size (with SVE, from the vector length), then write it.
+                let (_, sent) = serve_fake(true, features, &script(&[&format!("p{number}")]));
+                let size = if size == 0 { replies(&sent)[0].len() / 2 } else { size };
+                let value: String = (0..size).map(|i| format!("{:02x}", 0x11 + i % 0xee)).collect();
+                let input = script(&["g", &format!("P{number}={value}"), &format!("p{number}"), "g"]);
+                let (outcome, sent) = serve_fake(true, features, &input);
+                assert_eq!(outcome.map_err(|e| e.to_string()), Ok(Outcome::Quit));
+                let replies = replies(&sent);
+                assert_eq!(replies[1], "OK", "{features:?} P{number}: {sent}");
+                assert_eq!(replies[2], value, "{features:?} p{number} reads back");
+                let (before, after) = (replies[0].as_bytes(), replies[3].as_bytes());
+                assert_eq!(before.len(), after.len());
+                let changed: Vec<usize> = (0..before.len()).filter(|i| before[*i] != after[*i]).collect();
+                let (first, last) = (changed[0], changed[changed.len() - 1]);
+                assert!(last - first < value.len(), "{features:?} P{number}: only its bytes change");
+                assert!(after.windows(value.len()).any(|w| w == value.as_bytes()));
+            }
+        }
+    }
+
+    #[test]
+    fn an_overlong_packet_is_dropped_and_the_next_is_served() {
+        let mut input = b"$X1000,40000:".to_vec();
+        input.extend(std::iter::repeat_n(b'a', 4 * packets::PACKET_SIZE));
+        input.extend(b"#00");
+        input.extend(sent("g"));
+        // One that never ends, then another.
+        input.push(b'$');
+        input.extend(std::iter::repeat_n(b'a', 2 * packets::PACKET_SIZE));
+        input.extend(sent("qC"));
+        let (outcome, sent) = serve_fake(true, VcpuFeatures::NONE, &input);
+        assert_eq!(outcome.map_err(|e| e.to_string()), Ok(Outcome::Quit));
+        let replies = replies(&sent);
+        assert_eq!(replies.len(), 3, "{sent}");
+        assert!(replies[0].starts_with("E.01.packet longer than PacketSize"), "{sent}");
+        assert!(replies[1].len() > 100 && !replies[1].starts_with('E'), "{sent}");
+        assert_eq!(replies[2], "QC1");
+    }
+
+    #[test]
+    fn packets_split_across_chunks_are_each_answered_once() {
+        // Packets of assorted lengths, so that many straddle the chunks the client's bytes come in.
+        let bodies: Vec<String> = (0..400).map(|i| format!("m{:x},{}", 0x1000 + i, 1 + i % 7)).collect();
+        let input: Vec<u8> = bodies.iter().flat_map(|b| sent(b)).collect();
+        assert!(input.len() > 4 * CLIENT_CHUNK);
+        let (outcome, sent) = serve_fake(true, VcpuFeatures::NONE, &input);
+        assert_eq!(outcome.map_err(|e| e.to_string()), Ok(Outcome::Quit));
+        let replies = replies(&sent);
+        assert_eq!(replies.len(), bodies.len(), "{sent}");
+        for (i, reply) in replies.iter().enumerate() {
+            assert!(reply.len() == 2 * (1 + i % 7) || reply.starts_with('E'), "reply {i}: {reply}");
+        }
+    }
+
+    #[test]
+    fn non_stop_reports_one_stop_and_notifies_the_others() {
+        // Sent in one chunk: vCPU 1's stop, asked for by `vCont;t`, is seen while the
+        // breakpoint's insertion pauses the running vCPUs, and goes out as a notification.
+        let input =
+            script(&["QNonStop:1", "?", "vStopped", "vCont;t:2", "Z1,40000000,4", "vStopped", "QNonStop:0"]);
+        assert!(input.len() < CLIENT_CHUNK);
+        let (outcome, sent) = serve_fake(true, VcpuFeatures::NONE, &input);
+        assert_eq!(outcome.map_err(|e| e.to_string()), Ok(Outcome::Quit));
+        let replies = replies(&sent);
+        assert_eq!(replies, ["OK", "T00thread:1;", "OK", "OK", "OK", "OK", "OK"], "{sent}");
+        let note = String::from_utf8(packets::notification("Stop:T00thread:2;")).unwrap_or_default();
+        // After the reply to `vCont;t`, before the one to the breakpoint.
+        let at_note = sent.find(&note);
+        let reply_at = |n: usize| sent.match_indices('$').nth(n).map(|(i, _)| i);
+        assert!(reply_at(3) < at_note && at_note < reply_at(4), "{sent}");
+    }
+
+    #[test]
+    fn a_packet_is_acknowledged_before_what_answers_it() {
+        // `monitor help`: its output, then its reply, both after the acknowledgement; none once
+        // acknowledgements are off.
+        let help = format!("qRcmd,{}", packets::hex(b"help"));
+        let input = script(&[&help, "QStartNoAckMode", &help]);
+        let (outcome, sent) = serve_fake(true, VcpuFeatures::NONE, &input);
+        assert_eq!(outcome.map_err(|e| e.to_string()), Ok(Outcome::Quit));
+        assert!(sent.starts_with("+$O"), "{sent}");
+        assert_eq!(sent.matches('+').count(), 2, "{sent}");
+        let replies = replies(&sent);
+        assert_eq!(replies.len(), 5, "{sent}");
+        assert_eq!([&replies[1], &replies[2], &replies[4]], ["OK", "OK", "OK"], "{sent}");
+        let text = packets::unhex(&replies[0].as_bytes()[1..]).unwrap_or_default();
+        assert!(String::from_utf8_lossy(&text).contains("debug-pool"), "{sent}");
+    }
+
+    #[test]
     fn a_continue_while_running_resumes_nothing_twice() {
         // A `c` while the guest runs, then an interrupt and a register read: the read waits on
         // vCPU 0's thread, which must be stopped, not running a second resume.
-        let mut input: Vec<u8> = ["c", "c"].iter().flat_map(|p| packets::packet(p)).collect();
+        let mut input = script(&["c", "c"]);
         input.push(3);
-        input.extend(packets::packet("g"));
+        input.extend(sent("g"));
         let (done, finished) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let _ = done.send(serve_fake(true, VcpuFeatures::NONE, &input));
@@ -219,7 +371,7 @@ mod tests {
         let (outcome, sent) =
             finished.recv_timeout(std::time::Duration::from_secs(60)).expect("the session hung");
         assert_eq!(outcome.map_err(|e| e.to_string()), Ok(Outcome::Quit));
-        let replies: Vec<&str> = sent.split('$').skip(1).map(|r| r.split('#').next().unwrap_or("")).collect();
+        let replies = replies(&sent);
         assert!(replies.first().is_some_and(|r| r.starts_with('T')), "the interrupt's stop: {sent}");
         assert!(
             replies.get(1).is_some_and(|r| !r.is_empty() && !r.starts_with('E')),

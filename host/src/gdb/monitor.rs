@@ -4,8 +4,9 @@
 //! far, for measuring what a stop costs) and `reset` (the machine stops with the reset outcome,
 //! as on a guest's PSCI SYSTEM_RESET).
 
-use accel_api::{sysreg::MPIDR_EL1, AccelError, MpState};
-use gdbstub::target::ext::monitor_cmd::{outputln, ConsoleOutput, MonitorCmd};
+use std::fmt::Write;
+
+use accel_api::{sysreg::MPIDR_EL1, MpState};
 
 use super::target::GdbTarget;
 use crate::vmm::Outcome;
@@ -16,11 +17,11 @@ const HELP: &str = "monitor commands:\n  info        the backend, and each vCPU'
                     reset       stop the machine with the reset outcome (accel-host exits 0)";
 
 impl GdbTarget {
-    fn info(&mut self, out: &mut ConsoleOutput<'_>) {
-        outputln!(out, "backend: {}", self.about);
+    fn info(&mut self, out: &mut String) {
+        let _ = writeln!(out, "backend: {}", self.about);
         for index in 0..self.vcpus.len() as u32 {
             if self.running[index as usize] {
-                outputln!(out, "vCPU {index} (thread {}): running", index + 1);
+                let _ = writeln!(out, "vCPU {index} (thread {}): running", index + 1);
                 continue;
             }
             let state = self.exec(index, |v| {
@@ -32,31 +33,32 @@ impl GdbTarget {
             match state {
                 Ok((mp, pc, mpidr)) => {
                     let power = if mp == MpState::STOPPED { "powered off" } else { mp.name() };
-                    outputln!(
+                    let _ = writeln!(
                         out,
                         "vCPU {index} (thread {}): {power}, PC {pc:#x}, MPIDR_EL1 {mpidr:#x}",
                         index + 1
-                    )
+                    );
                 }
-                Err(e) => outputln!(out, "vCPU {index}: {e}"),
+                Err(e) => {
+                    let _ = writeln!(out, "vCPU {index}: {e}");
+                }
             }
         }
     }
 
-    fn debug_pool(&mut self, out: &mut ConsoleOutput<'_>) {
+    fn debug_pool(&mut self, out: &mut String) {
         let capacity = self.debug.capacity();
-        outputln!(
+        let _ = writeln!(
             out,
             "the pool holds up to {} hardware breakpoints and {} watchpoints",
-            capacity.breakpoints,
-            capacity.watchpoints
+            capacity.breakpoints, capacity.watchpoints
         );
         for index in 0..self.vcpus.len() as u32 {
             match self.debug.program(index) {
                 Ok(program) => {
                     let s = &program.setup;
                     let on = |b: bool| if b { "on" } else { "off" };
-                    outputln!(
+                    let _ = writeln!(
                         out,
                         "vCPU {index}: software breakpoints {}, hardware {}, single-step {}",
                         on(s.sw_breakpoints),
@@ -64,58 +66,68 @@ impl GdbTarget {
                         on(s.single_step)
                     );
                     for v in program.registers() {
-                        outputln!(out, "  {:<14} {:#018x}", v.id.name(), v.value);
+                        let _ = writeln!(out, "  {:<14} {:#018x}", v.id.name(), v.value);
                     }
                     if index == 0 {
                         for addr in &program.sw_breakpoints {
-                            outputln!(out, "  BRK #0 at {addr:#x}");
+                            let _ = writeln!(out, "  BRK #0 at {addr:#x}");
                         }
                     }
                 }
-                Err(e) => outputln!(out, "vCPU {index}: {e}"),
+                Err(e) => {
+                    let _ = writeln!(out, "vCPU {index}: {e}");
+                }
             }
         }
         if let Some(why) = &self.last_refusal {
-            outputln!(out, "last refused: {why}");
+            let _ = writeln!(out, "last refused: {why}");
         }
     }
 }
 
 impl GdbTarget {
     /// One line per vCPU: `vCPU N: R reads, W writes, E runs` (its backend's sync counters).
-    fn counters(&mut self, out: &mut ConsoleOutput<'_>) {
+    fn counters(&mut self, out: &mut String) {
         for index in 0..self.vcpus.len() as u32 {
             if self.running[index as usize] {
-                outputln!(out, "vCPU {index}: running");
+                let _ = writeln!(out, "vCPU {index}: running");
                 continue;
             }
             match self.exec(index, |v| Ok(v.counters())) {
-                Ok(c) => outputln!(
-                    out,
-                    "vCPU {index}: {} reads, {} writes, {} runs",
-                    c.reg_reads,
-                    c.reg_writes,
-                    c.runs
-                ),
-                Err(e) => outputln!(out, "vCPU {index}: {e}"),
+                Ok(c) => {
+                    let _ = writeln!(
+                        out,
+                        "vCPU {index}: {} reads, {} writes, {} runs",
+                        c.reg_reads, c.reg_writes, c.runs
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "vCPU {index}: {e}");
+                }
             }
         }
     }
 }
 
-impl MonitorCmd for GdbTarget {
-    fn handle_monitor_cmd(&mut self, cmd: &[u8], mut out: ConsoleOutput<'_>) -> Result<(), AccelError> {
+impl GdbTarget {
+    /// Runs the `monitor` command `cmd`; returns what it prints.
+    pub(super) fn monitor(&mut self, cmd: &[u8]) -> String {
+        let mut out = String::new();
         match String::from_utf8_lossy(cmd).trim() {
             "info" => self.info(&mut out),
             "debug-pool" => self.debug_pool(&mut out),
             "counters" => self.counters(&mut out),
             "reset" => {
-                outputln!(out, "resetting: the machine stops, and accel-host exits with the reset outcome");
+                out.push_str("resetting: the machine stops, and accel-host exits with the reset outcome\n");
                 self.ended = Some(Outcome::Reset);
             }
-            "" | "help" => outputln!(out, "{HELP}"),
-            other => outputln!(out, "unknown monitor command '{other}'\n{HELP}"),
+            "" | "help" => {
+                let _ = writeln!(out, "{HELP}");
+            }
+            other => {
+                let _ = writeln!(out, "unknown monitor command '{other}'\n{HELP}");
+            }
         }
-        Ok(())
+        out
     }
 }

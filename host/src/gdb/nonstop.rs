@@ -1,10 +1,44 @@
-//! gdb's non-stop protocol, which `gdbstub` does not speak: stop replies written out, `vCont`
-//! actions per thread (`c`, `s`, `t`), and the queue of stops that go to gdb as `%Stop`
+//! Threads and stops as the protocol writes them: thread ids, `vCont` actions per thread (`c`,
+//! `s`, `t`), stop replies, and for non-stop mode the queue of stops that go to gdb as `%Stop`
 //! notifications and are collected with `vStopped`.
 
 use std::collections::VecDeque;
 
-use gdbstub::{common::Tid, stub::MultiThreadStopReason, target::ext::breakpoints::WatchKind};
+use super::points::WatchKind;
+
+/// gdb's number for SIGINT: an interrupt.
+pub const SIGINT: u8 = 2;
+/// gdb's number for SIGTRAP: a breakpoint or a step.
+pub const SIGTRAP: u8 = 5;
+/// gdb's number for SIGSTOP (17 in gdb's own numbering): a thread that cannot run.
+pub const SIGSTOP: u8 = 17;
+
+/// Why a vCPU stopped, as gdb is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// vCPU `index` stopped with `signal` (gdb's numbering).
+    Signal {
+        /// The vCPU.
+        index: u32,
+        /// The signal.
+        signal: u8,
+    },
+    /// vCPU `index` hit a hardware breakpoint.
+    HwBreak(u32),
+    /// vCPU `index` hit a software breakpoint.
+    SwBreak(u32),
+    /// vCPU `index` hit a watchpoint at `addr`.
+    Watch {
+        /// The vCPU.
+        index: u32,
+        /// The watchpoint's kind.
+        kind: WatchKind,
+        /// The address accessed.
+        addr: u64,
+    },
+    /// The machine ended with this exit code.
+    Exited(u8),
+}
 
 /// Which threads a thread id names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,7 +64,11 @@ impl Threads {
         match tid {
             "-1" => Some(Threads::All),
             "0" => Some(Threads::Any),
-            hex => u32::from_str_radix(hex, 16).ok().filter(|t| *t > 0).map(|t| Threads::One(t - 1)),
+            // A thread id beyond any vCPU's names none: `u32::MAX`, which no vCPU has.
+            hex => u64::from_str_radix(hex, 16)
+                .ok()
+                .filter(|t| *t > 0)
+                .map(|t| Threads::One(u32::try_from(t - 1).unwrap_or(u32::MAX))),
         }
     }
 
@@ -80,36 +118,34 @@ pub fn action_for(actions: &[(ThreadAction, Threads)], index: u32) -> Option<Thr
     actions.iter().find(|(_, t)| t.contains(index)).map(|(a, _)| *a)
 }
 
-/// A thread id as gdb expects it in a reply.
-fn thread_id(tid: Tid, multiprocess: bool) -> String {
+/// vCPU `index`'s thread id as gdb expects it in a reply (thread ids count from 1).
+pub fn thread_id(index: u32, multiprocess: bool) -> String {
+    let tid = u64::from(index) + 1;
     if multiprocess {
-        format!("p1.{:x}", tid.get())
+        format!("p1.{tid:x}")
     } else {
-        format!("{:x}", tid.get())
+        format!("{tid:x}")
     }
 }
 
 /// A stop reply: `T` with the signal, the thread and what stopped it, or `W` for the end.
-pub fn stop_reply(reason: &MultiThreadStopReason<u64>, multiprocess: bool) -> String {
-    let t =
-        |sig: u8, tid: Tid, extra: &str| format!("T{sig:02x}thread:{};{extra}", thread_id(tid, multiprocess));
-    match reason {
-        MultiThreadStopReason::SignalWithThread { tid, signal } => t(signal.0, *tid, ""),
-        MultiThreadStopReason::HwBreak(tid) => t(5, *tid, "hwbreak:;"),
-        MultiThreadStopReason::SwBreak(tid) => t(5, *tid, "swbreak:;"),
-        MultiThreadStopReason::Watch { tid, kind, addr } => {
+pub fn stop_reply(reason: &StopReason, multiprocess: bool) -> String {
+    let t = |sig: u8, index: u32, extra: &str| {
+        format!("T{sig:02x}thread:{};{extra}", thread_id(index, multiprocess))
+    };
+    match *reason {
+        StopReason::Signal { index, signal } => t(signal, index, ""),
+        StopReason::HwBreak(index) => t(SIGTRAP, index, "hwbreak:;"),
+        StopReason::SwBreak(index) => t(SIGTRAP, index, "swbreak:;"),
+        StopReason::Watch { index, kind, addr } => {
             let name = match kind {
                 WatchKind::Write => "watch",
                 WatchKind::Read => "rwatch",
                 WatchKind::ReadWrite => "awatch",
             };
-            t(5, *tid, &format!("{name}:{addr:x};"))
+            t(SIGTRAP, index, &format!("{name}:{addr:x};"))
         }
-        MultiThreadStopReason::DoneStep => "S05".into(),
-        MultiThreadStopReason::Signal(s) => format!("S{:02x}", s.0),
-        MultiThreadStopReason::Exited(code) => format!("W{code:02x}"),
-        MultiThreadStopReason::Terminated(s) => format!("X{:02x}", s.0),
-        _ => "S05".into(),
+        StopReason::Exited(code) => format!("W{code:02x}"),
     }
 }
 
@@ -145,7 +181,6 @@ impl StopQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gdbstub::common::Signal;
 
     #[test]
     fn thread_ids() {
@@ -155,6 +190,7 @@ mod tests {
         assert_eq!(Threads::parse("a"), Some(Threads::One(9)));
         assert_eq!(Threads::parse("0"), Some(Threads::Any));
         assert_eq!(Threads::parse("zz"), None);
+        assert_eq!(Threads::parse("100000000"), Some(Threads::One(u32::MAX)));
     }
 
     #[test]
@@ -172,15 +208,12 @@ mod tests {
 
     #[test]
     fn stop_replies_name_their_thread() {
-        let tid = Tid::new(2).unwrap();
-        assert_eq!(stop_reply(&MultiThreadStopReason::HwBreak(tid), true), "T05thread:p1.2;hwbreak:;");
-        assert_eq!(
-            stop_reply(&MultiThreadStopReason::SignalWithThread { tid, signal: Signal::SIGINT }, false),
-            "T02thread:2;"
-        );
-        let watch = MultiThreadStopReason::Watch { tid, kind: WatchKind::Read, addr: 0x1000 };
+        assert_eq!(stop_reply(&StopReason::HwBreak(1), true), "T05thread:p1.2;hwbreak:;");
+        assert_eq!(stop_reply(&StopReason::Signal { index: 1, signal: SIGINT }, false), "T02thread:2;");
+        let watch = StopReason::Watch { index: 1, kind: WatchKind::Read, addr: 0x1000 };
         assert_eq!(stop_reply(&watch, true), "T05thread:p1.2;rwatch:1000;");
-        assert_eq!(stop_reply(&MultiThreadStopReason::Exited(3), true), "W03");
+        assert_eq!(stop_reply(&StopReason::Exited(3), true), "W03");
+        assert_eq!(stop_reply(&StopReason::Signal { index: 15, signal: SIGSTOP }, true), "T11thread:p1.10;");
     }
 
     #[test]

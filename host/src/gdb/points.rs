@@ -3,21 +3,23 @@
 //! as gdbserver does. A refusal keeps its reason, for gdb's error reply and `monitor
 //! debug-pool`.
 
+use super::target::GdbTarget;
 use accel_api::{
     debug::{WatchKind as AccelWatchKind, Watchpoint},
     AccelError, ErrorKind, Result,
 };
-
 use accel_kit::debug_regs::watch_pieces;
-use gdbstub::target::{
-    ext::breakpoints::{
-        Breakpoints, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps, SwBreakpoint,
-        SwBreakpointOps, WatchKind,
-    },
-    TargetError, TargetResult,
-};
 
-use super::target::GdbTarget;
+/// What a watchpoint watches for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchKind {
+    /// `Z2`: writes.
+    Write,
+    /// `Z3`: reads.
+    Read,
+    /// `Z4`: reads and writes.
+    ReadWrite,
+}
 
 /// What a `Z`/`z` packet sets or clears.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,62 +110,6 @@ impl GdbTarget {
             self.last_refusal = Some(e.message.to_string());
         }
         result
-    }
-}
-
-/// gdbstub's view of a result: refusals that gdb reports as its own "cannot insert" are
-/// `Ok(false)`, the rest errors.
-fn done(result: Result<()>) -> TargetResult<bool, GdbTarget> {
-    match result {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind == ErrorKind::NO_RESOURCE || e.kind == ErrorKind::INVALID_ARGUMENT => Ok(false),
-        Err(_) => Err(TargetError::NonFatal),
-    }
-}
-
-// The session answers `Z` and `z` itself (with the reason of a refusal); these let gdbstub
-// advertise `swbreak+` and `hwbreak+`, and serve the packets should one reach it.
-impl Breakpoints for GdbTarget {
-    fn support_sw_breakpoint(&mut self) -> Option<SwBreakpointOps<'_, Self>> {
-        Some(self)
-    }
-
-    fn support_hw_breakpoint(&mut self) -> Option<HwBreakpointOps<'_, Self>> {
-        Some(self)
-    }
-
-    fn support_hw_watchpoint(&mut self) -> Option<HwWatchpointOps<'_, Self>> {
-        Some(self)
-    }
-}
-
-impl SwBreakpoint for GdbTarget {
-    fn add_sw_breakpoint(&mut self, addr: u64, kind: usize) -> TargetResult<bool, Self> {
-        done(self.set_point(true, Point::Software, addr, kind as u64))
-    }
-
-    fn remove_sw_breakpoint(&mut self, addr: u64, kind: usize) -> TargetResult<bool, Self> {
-        done(self.set_point(false, Point::Software, addr, kind as u64))
-    }
-}
-
-impl HwBreakpoint for GdbTarget {
-    fn add_hw_breakpoint(&mut self, addr: u64, kind: usize) -> TargetResult<bool, Self> {
-        done(self.set_point(true, Point::Hardware, addr, kind as u64))
-    }
-
-    fn remove_hw_breakpoint(&mut self, addr: u64, kind: usize) -> TargetResult<bool, Self> {
-        done(self.set_point(false, Point::Hardware, addr, kind as u64))
-    }
-}
-
-impl HwWatchpoint for GdbTarget {
-    fn add_hw_watchpoint(&mut self, addr: u64, len: u64, kind: WatchKind) -> TargetResult<bool, Self> {
-        done(self.set_point(true, Point::Watch(kind), addr, len))
-    }
-
-    fn remove_hw_watchpoint(&mut self, addr: u64, len: u64, kind: WatchKind) -> TargetResult<bool, Self> {
-        done(self.set_point(false, Point::Watch(kind), addr, len))
     }
 }
 

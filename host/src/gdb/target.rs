@@ -1,5 +1,6 @@
-//! The machine as gdb sees it: the `gdbstub` target over the vCPU threads, the debug pool and
-//! guest RAM, with memory read and written by virtual address through the guest's stage-1 tables.
+//! The machine as gdb sees it: the vCPU threads, the debug pool and guest RAM, with registers
+//! read and written by gdb's numbers and memory by virtual address through the guest's stage-1
+//! tables.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -10,34 +11,15 @@ use accel_api::{
     client::{Debug, Vcpu},
     debug::{DebugEvent, WatchKind as AccelWatchKind},
     sysreg::{self, RegId},
-    AccelError, CoreRegs, ErrorKind, PutLevel, RegClass, RegValue, Result, VcpuFeatures,
+    AccelError, CoreRegs, ErrorKind, PutLevel, RegClass, RegValue, Result,
 };
 
 use crate::mmu::{translate, TranslationRegs};
-use gdbstub::{
-    common::{Signal, Tid},
-    stub::MultiThreadStopReason,
-    target::{
-        ext::{
-            base::{
-                multithread::{
-                    MultiThreadBase, MultiThreadResume, MultiThreadResumeOps, MultiThreadSchedulerLocking,
-                    MultiThreadSchedulerLockingOps, MultiThreadSingleStep, MultiThreadSingleStepOps,
-                },
-                single_register_access::{SingleRegisterAccess, SingleRegisterAccessOps},
-                BaseOps,
-            },
-            breakpoints::{BreakpointsOps, WatchKind},
-            target_description_xml_override::{
-                TargetDescriptionXmlOverride, TargetDescriptionXmlOverrideOps,
-            },
-        },
-        Target, TargetError, TargetResult,
-    },
-};
 
 use super::{
-    arch::{AccelAArch64, GdbRegId, GdbRegs, SveView, CORE_SYSREGS},
+    arch::{GdbRegId, GdbRegs, SveView, CORE_SYSREGS},
+    nonstop::{StopReason, SIGINT, SIGSTOP, SIGTRAP},
+    points::WatchKind,
     vcpu_thread::{Command, Event, Stop, VcpuHandle},
 };
 use crate::vmm::ram::GuestRam;
@@ -54,11 +36,13 @@ pub struct GdbTarget {
     pub(super) vcpus: Vec<VcpuHandle>,
     pub(super) debug: Debug,
     ram: Arc<GuestRam>,
+    /// What each vCPU does in the next all-stop resume; one without an action stays stopped.
     pub(super) actions: HashMap<u32, Action>,
-    scheduler_locked: bool,
     pub(super) running: Vec<bool>,
     translation: HashMap<u32, TranslationRegs>,
     pub(super) xml: Option<String>,
+    /// The vector length of the vCPUs' SVE in quadwords, when they have SVE.
+    pub(super) sve_vq: Option<u32>,
     /// The thread gdb waits on in the current round.
     waiting_on: Option<u32>,
     /// Each stopped vCPU's system registers, read once per stop.
@@ -110,17 +94,6 @@ fn core_sysreg(encoding: u16) -> Option<CoreSysreg> {
     [CoreSysreg::SpEl0, CoreSysreg::SpEl1, CoreSysreg::ElrEl1, CoreSysreg::SpsrEl1].get(at).copied()
 }
 
-/// The vCPU index of a gdb thread id (thread ids count from 1). A thread id beyond any index
-/// gdb can name (it parses up to `usize`) maps to `u32::MAX`, which no vCPU has.
-pub fn tid_index(tid: Tid) -> u32 {
-    u32::try_from(tid.get() - 1).unwrap_or(u32::MAX)
-}
-
-/// The gdb thread id of vCPU `index`.
-pub fn index_tid(index: u32) -> Tid {
-    Tid::new(index as usize + 1).unwrap_or(Tid::MIN)
-}
-
 impl GdbTarget {
     /// The target over the vCPU threads behind `vcpus`, all stopped.
     pub fn new(vcpus: Vec<VcpuHandle>, debug: Debug, ram: Arc<GuestRam>) -> Self {
@@ -131,10 +104,10 @@ impl GdbTarget {
             debug,
             ram,
             actions: HashMap::new(),
-            scheduler_locked: false,
             running,
             translation: HashMap::new(),
             xml: None,
+            sve_vq: None,
             waiting_on: None,
             sysregs: HashMap::new(),
             about: String::new(),
@@ -235,12 +208,7 @@ impl GdbTarget {
     pub(super) fn resume_all(&mut self) -> Result<()> {
         let (mut first_step, mut first) = (None, None);
         for index in 0..self.vcpus.len() as u32 {
-            // With scheduler locking, threads without an action of their own stay stopped.
-            let action = match self.actions.get(&index) {
-                Some(a) => *a,
-                None if self.scheduler_locked => continue,
-                None => Action::Continue,
-            };
+            let Some(&action) = self.actions.get(&index) else { continue };
             let step = action == Action::Step;
             self.resume_thread(index, step)?;
             first_step = first_step.or(step.then_some(index));
@@ -256,7 +224,7 @@ impl GdbTarget {
     /// Resumes vCPU `index`, for one instruction if `step`.
     /// A vCPU already running is left as it is: a second `Resume` would wait in its thread's queue
     /// and run it again after its next stop, while the session took it for stopped and waited on
-    /// it forever (gdbstub resumes every thread for a `c` that arrives while the guest runs).
+    /// it forever (gdb can send a `c` while the guest runs).
     pub(super) fn resume_thread(&mut self, index: u32, step: bool) -> Result<()> {
         let handle = self
             .vcpus
@@ -346,9 +314,9 @@ impl GdbTarget {
         Ok(())
     }
 
-    /// The thread gdb waits on this round: where an interrupt is reported.
-    pub(super) fn waiting_on(&self) -> Tid {
-        index_tid(self.waiting_on.unwrap_or(0))
+    /// The vCPU gdb waits on this round: where an interrupt is reported.
+    pub(super) fn waiting_on(&self) -> u32 {
+        self.waiting_on.unwrap_or(0)
     }
 
     /// Stops every vCPU still running, waits until they have, and returns why each stopped
@@ -388,21 +356,20 @@ impl GdbTarget {
         }
     }
 
-    pub(super) fn stop_reason(&mut self, index: u32, stop: Stop) -> Result<MultiThreadStopReason<u64>> {
-        let tid = index_tid(index);
+    /// Why vCPU `index` stopped, as gdb is told; `Err` when it failed.
+    pub(super) fn stop_reason(&mut self, index: u32, stop: Stop) -> Result<StopReason> {
+        let signal = |signal| StopReason::Signal { index, signal };
         Ok(match stop {
             // A step names its thread: gdb files the registers it reads next under it.
-            Stop::Debug(DebugEvent::Step) => {
-                MultiThreadStopReason::SignalWithThread { tid, signal: Signal::SIGTRAP }
-            }
+            Stop::Debug(DebugEvent::Step) => signal(SIGTRAP),
             Stop::PoweredOff => {
                 log::info!("gdb: vCPU {index} is powered off; it cannot step until PSCI CPU_ON starts it");
-                MultiThreadStopReason::SignalWithThread { tid, signal: Signal::SIGSTOP }
+                signal(SIGSTOP)
             }
-            Stop::Debug(DebugEvent::HwBreakpoint { .. }) => MultiThreadStopReason::HwBreak(tid),
-            Stop::Debug(DebugEvent::SwBreakpoint { .. }) => MultiThreadStopReason::SwBreak(tid),
-            Stop::Debug(DebugEvent::Watchpoint { watch, accessed }) => MultiThreadStopReason::Watch {
-                tid,
+            Stop::Debug(DebugEvent::HwBreakpoint { .. }) => StopReason::HwBreak(index),
+            Stop::Debug(DebugEvent::SwBreakpoint { .. }) => StopReason::SwBreak(index),
+            Stop::Debug(DebugEvent::Watchpoint { watch, accessed }) => StopReason::Watch {
+                index,
                 kind: match watch.kind {
                     AccelWatchKind::READ => WatchKind::Read,
                     AccelWatchKind::WRITE => WatchKind::Write,
@@ -410,266 +377,190 @@ impl GdbTarget {
                 },
                 addr: accessed,
             },
-            Stop::Debug(DebugEvent::Guest | DebugEvent::Unknown { .. }) | Stop::Kicked => {
-                MultiThreadStopReason::SignalWithThread { tid, signal: Signal::SIGINT }
-            }
-            Stop::Exited(outcome) => MultiThreadStopReason::Exited(outcome.exit_code() as u8),
+            Stop::Debug(DebugEvent::Guest | DebugEvent::Unknown { .. }) | Stop::Kicked => signal(SIGINT),
+            Stop::Exited(outcome) => StopReason::Exited(outcome.exit_code() as u8),
             Stop::Failed(e) => return Err(e),
         })
     }
-}
 
-impl Target for GdbTarget {
-    type Arch = AccelAArch64;
-    type Error = AccelError;
-
-    fn base_ops(&mut self) -> BaseOps<'_, AccelAArch64, AccelError> {
-        BaseOps::MultiThread(self)
+    /// The registers of a `g` packet of vCPU `index`.
+    pub(super) fn read_registers(&mut self, index: u32) -> Result<GdbRegs> {
+        let sve = self.sve_vq.is_some();
+        self.exec(index, move |v| {
+            let core = v.get_core()?;
+            let fp = v.get_fp()?;
+            let mut r = GdbRegs {
+                x: core.x,
+                sp: *sp_of(&core),
+                pc: core.pc,
+                cpsr: core.pstate as u32,
+                v: fp.v,
+                fpsr: fp.fpsr,
+                fpcr: fp.fpcr,
+                sve: None,
+            };
+            if sve {
+                let s = v.get_sve()?;
+                r.sve = Some(SveView { vq: s.vq, z: s.z.to_vec(), p: s.p.to_vec(), ffr: s.ffr.to_vec() });
+            }
+            Ok(r)
+        })
     }
 
-    fn support_breakpoints(&mut self) -> Option<BreakpointsOps<'_, Self>> {
-        Some(self)
-    }
-
-    fn support_target_description_xml_override(
-        &mut self,
-    ) -> Option<TargetDescriptionXmlOverrideOps<'_, Self>> {
-        Some(self)
-    }
-
-    fn support_monitor_cmd(&mut self) -> Option<gdbstub::target::ext::monitor_cmd::MonitorCmdOps<'_, Self>> {
-        Some(self)
-    }
-
-    fn guard_rail_implicit_sw_breakpoints(&self) -> bool {
-        true
-    }
-}
-
-fn nonfatal(e: AccelError) -> TargetError<AccelError> {
-    // gdb reads past what is mapped all the time (a backtrace, `x` at a bad address) and shows
-    // the failure itself: not worth a line among the guest's console output.
-    log::debug!("gdb: {e}");
-    TargetError::NonFatal
-}
-
-impl MultiThreadBase for GdbTarget {
-    fn read_registers(&mut self, regs: &mut GdbRegs, tid: Tid) -> TargetResult<(), Self> {
-        let index = tid_index(tid);
-        let sve = self.vcpus.get(index as usize).is_some_and(|h| h.features.contains(VcpuFeatures::SVE));
-        *regs = self
-            .exec(index, move |v| {
-                let core = v.get_core()?;
-                let fp = v.get_fp()?;
-                let mut r = GdbRegs {
-                    x: core.x,
-                    sp: if core.pstate & 1 == 1 { core.sp_el1 } else { core.sp_el0 },
-                    pc: core.pc,
-                    cpsr: core.pstate as u32,
-                    v: fp.v,
-                    fpsr: fp.fpsr,
-                    fpcr: fp.fpcr,
-                    sve: None,
-                };
-                if sve {
-                    let s = v.get_sve()?;
-                    r.sve = Some(SveView { vq: s.vq, z: s.z.to_vec(), p: s.p.to_vec(), ffr: s.ffr.to_vec() });
-                }
-                Ok(r)
-            })
-            .map_err(nonfatal)?;
-        Ok(())
-    }
-
-    fn write_registers(&mut self, regs: &GdbRegs, tid: Tid) -> TargetResult<(), Self> {
-        let regs = regs.clone();
-        self.exec(tid_index(tid), move |v| {
+    /// Writes the registers of a `G` packet (bytes in the shape of [`GdbRegs::serialize`]) to
+    /// vCPU `index`.
+    pub(super) fn write_registers(&mut self, index: u32, bytes: &[u8]) -> Result<()> {
+        let mut regs = GdbRegs::default();
+        if let Some(vq) = self.sve_vq {
+            let (z, p) = (vq as usize * 16, vq as usize * 2);
+            regs.sve = Some(SveView { vq, z: vec![0; 32 * z], p: vec![0; 16 * p], ffr: vec![0; p] });
+        }
+        regs.deserialize(bytes)?;
+        self.exec(index, move |v| {
             let mut core = v.get_core()?;
             core.x = regs.x;
-            if core.pstate & 1 == 1 {
-                core.sp_el1 = regs.sp;
-            } else {
-                core.sp_el0 = regs.sp;
-            }
+            *sp_of_mut(&mut core) = regs.sp;
             core.pc = regs.pc;
             core.pstate = (core.pstate & !0xffff_ffff) | u64::from(regs.cpsr);
             v.put_core(&core, PutLevel::RUNTIME)?;
-            match &regs.sve {
-                Some(s) => {
-                    let mut sve = v.get_sve()?;
-                    sve.z = s.z.clone().into();
-                    sve.p = s.p.clone().into();
-                    sve.ffr = s.ffr.clone().into();
-                    v.put_sve(&sve, PutLevel::RUNTIME)?;
-                    let mut fp = v.get_fp()?;
-                    fp.fpsr = regs.fpsr;
-                    fp.fpcr = regs.fpcr;
-                    v.put_fp(&fp, PutLevel::RUNTIME)
+            if let Some(s) = &regs.sve {
+                let mut sve = v.get_sve()?;
+                sve.z = s.z.clone().into();
+                sve.p = s.p.clone().into();
+                sve.ffr = s.ffr.clone().into();
+                v.put_sve(&sve, PutLevel::RUNTIME)?;
+            }
+            let mut fp = v.get_fp()?;
+            if regs.sve.is_none() {
+                fp.v = regs.v;
+            }
+            fp.fpsr = regs.fpsr;
+            fp.fpcr = regs.fpcr;
+            v.put_fp(&fp, PutLevel::RUNTIME)
+        })
+    }
+
+    /// One register of vCPU `index` (a `p` packet), read through its own class alone.
+    pub(super) fn read_register(&mut self, index: u32, reg: GdbRegId) -> Result<Vec<u8>> {
+        let size = self.register_size(reg)?;
+        let zl = size;
+        Ok(match reg {
+            GdbRegId::Sys(encoding) => self.read_sysreg(index, encoding)?.to_le_bytes().to_vec(),
+            GdbRegId::X(_) | GdbRegId::Sp | GdbRegId::Pc | GdbRegId::Cpsr => {
+                let core = self.exec(index, |v| v.get_core())?;
+                let value = match reg {
+                    GdbRegId::X(n) => core.x[usize::from(n)],
+                    GdbRegId::Sp => *sp_of(&core),
+                    GdbRegId::Pc => core.pc,
+                    _ => core.pstate,
+                };
+                value.to_le_bytes()[..size].to_vec()
+            }
+            GdbRegId::Vector(n) if self.sve_vq.is_some() => {
+                let sve = self.exec(index, |v| v.get_sve())?;
+                sve.z[usize::from(n) * zl..][..zl].to_vec()
+            }
+            GdbRegId::Vector(_) | GdbRegId::Fpsr | GdbRegId::Fpcr => {
+                let fp = self.exec(index, |v| v.get_fp())?;
+                match reg {
+                    GdbRegId::Vector(n) => fp.v[usize::from(n)].to_vec(),
+                    GdbRegId::Fpsr => fp.fpsr.to_le_bytes().to_vec(),
+                    _ => fp.fpcr.to_le_bytes().to_vec(),
                 }
-                None => {
-                    let mut fp = v.get_fp()?;
-                    fp.v = regs.v;
-                    fp.fpsr = regs.fpsr;
-                    fp.fpcr = regs.fpcr;
-                    v.put_fp(&fp, PutLevel::RUNTIME)
+            }
+            GdbRegId::Pred(_) | GdbRegId::Ffr | GdbRegId::Vg => {
+                let sve = self.exec(index, |v| v.get_sve())?;
+                match reg {
+                    GdbRegId::Pred(n) => sve.p[usize::from(n) * size..][..size].to_vec(),
+                    GdbRegId::Ffr => sve.ffr.to_vec(),
+                    _ => (u64::from(sve.vq) * 2).to_le_bytes().to_vec(),
                 }
             }
         })
-        .map_err(nonfatal)
     }
 
-    fn support_single_register_access(&mut self) -> Option<SingleRegisterAccessOps<'_, Tid, Self>> {
-        Some(self)
-    }
-
-    fn read_addrs(&mut self, start: u64, data: &mut [u8], tid: Tid) -> TargetResult<usize, Self> {
-        let len = data.len();
-        let result =
-            self.access(tid_index(tid), start, len, |ram, pa, off, n| ram.read(pa, &mut data[off..off + n]));
-        result.map(|()| len).map_err(nonfatal)
-    }
-
-    fn write_addrs(&mut self, start: u64, data: &[u8], tid: Tid) -> TargetResult<(), Self> {
-        let result = self
-            .access(tid_index(tid), start, data.len(), |ram, pa, off, n| ram.write(pa, &data[off..off + n]));
-        result.map_err(nonfatal)
-    }
-
-    fn list_active_threads(&mut self, thread_is_active: &mut dyn FnMut(Tid)) -> Result<()> {
-        for i in 0..self.vcpus.len() {
-            thread_is_active(index_tid(i as u32));
+    /// Writes one register of vCPU `index` (a `P` packet): its class is read and only this
+    /// register put back, so the backend writes this register alone.
+    pub(super) fn write_register(&mut self, index: u32, reg: GdbRegId, bytes: &[u8]) -> Result<()> {
+        let size = self.register_size(reg)?;
+        if bytes.len() != size {
+            return Err(AccelError::invalid(format!("{reg:?} takes {size} bytes, not {}", bytes.len())));
         }
-        Ok(())
-    }
-
-    fn support_resume(&mut self) -> Option<MultiThreadResumeOps<'_, Self>> {
-        Some(self)
-    }
-}
-
-impl SingleRegisterAccess<Tid> for GdbTarget {
-    fn read_register(&mut self, tid: Tid, reg: GdbRegId, buf: &mut [u8]) -> TargetResult<usize, Self> {
-        let mut regs = GdbRegs::default();
+        let mut b = [0u8; 8];
+        b[..size.min(8)].copy_from_slice(&bytes[..size.min(8)]);
+        let value = u64::from_le_bytes(b);
+        let bytes = bytes.to_vec();
         match reg {
-            GdbRegId::Sys(encoding) => {
-                let value = self.read_sysreg(tid_index(tid), encoding).map_err(nonfatal)?;
-                let bytes = value.to_le_bytes();
-                let n = buf.len().min(8);
-                buf[..n].copy_from_slice(&bytes[..n]);
-                Ok(n)
-            }
-            other => {
-                self.read_registers(&mut regs, tid)?;
-                let mut all = Vec::new();
-                gdbstub::arch::Registers::gdb_serialize(&regs, |b| all.push(b.unwrap_or(0)));
-                let (offset, size) = reg_span(&regs, other).ok_or(TargetError::NonFatal)?;
-                let n = size.min(buf.len());
-                buf[..n].copy_from_slice(&all[offset..offset + n]);
-                Ok(n)
-            }
-        }
-    }
-
-    fn write_register(&mut self, tid: Tid, reg: GdbRegId, val: &[u8]) -> TargetResult<(), Self> {
-        match reg {
-            GdbRegId::Sys(encoding) => {
-                let mut b = [0u8; 8];
-                let n = val.len().min(8);
-                b[..n].copy_from_slice(&val[..n]);
-                self.write_sysreg(tid_index(tid), encoding, u64::from_le_bytes(b)).map_err(nonfatal)
-            }
-            other => {
-                let mut regs = GdbRegs::default();
-                self.read_registers(&mut regs, tid)?;
-                let mut all = Vec::new();
-                gdbstub::arch::Registers::gdb_serialize(&regs, |b| all.push(b.unwrap_or(0)));
-                let (offset, size) = reg_span(&regs, other).ok_or(TargetError::NonFatal)?;
-                if val.len() != size {
-                    return Err(TargetError::NonFatal);
+            GdbRegId::Sys(encoding) => self.write_sysreg(index, encoding, value),
+            GdbRegId::X(_) | GdbRegId::Sp | GdbRegId::Pc | GdbRegId::Cpsr => self.exec(index, move |v| {
+                let mut core = v.get_core()?;
+                match reg {
+                    GdbRegId::X(n) => core.x[usize::from(n)] = value,
+                    GdbRegId::Sp => *sp_of_mut(&mut core) = value,
+                    GdbRegId::Pc => core.pc = value,
+                    _ => core.pstate = (core.pstate & !0xffff_ffff) | value,
                 }
-                all[offset..offset + size].copy_from_slice(val);
-                gdbstub::arch::Registers::gdb_deserialize(&mut regs, &all)
-                    .map_err(|()| TargetError::NonFatal)?;
-                self.write_registers(&regs, tid)
-            }
+                v.put_core(&core, PutLevel::RUNTIME)
+            }),
+            GdbRegId::Vector(n) if self.sve_vq.is_some() => self.exec(index, move |v| {
+                let mut sve = v.get_sve()?;
+                sve.z[usize::from(n) * size..][..size].copy_from_slice(&bytes);
+                v.put_sve(&sve, PutLevel::RUNTIME)
+            }),
+            GdbRegId::Vector(_) | GdbRegId::Fpsr | GdbRegId::Fpcr => self.exec(index, move |v| {
+                let mut fp = v.get_fp()?;
+                match reg {
+                    GdbRegId::Vector(n) => fp.v[usize::from(n)].copy_from_slice(&bytes),
+                    GdbRegId::Fpsr => fp.fpsr = value as u32,
+                    _ => fp.fpcr = value as u32,
+                }
+                v.put_fp(&fp, PutLevel::RUNTIME)
+            }),
+            GdbRegId::Pred(_) | GdbRegId::Ffr => self.exec(index, move |v| {
+                let mut sve = v.get_sve()?;
+                match reg {
+                    GdbRegId::Pred(n) => sve.p[usize::from(n) * size..][..size].copy_from_slice(&bytes),
+                    _ => sve.ffr.copy_from_slice(&bytes),
+                }
+                v.put_sve(&sve, PutLevel::RUNTIME)
+            }),
+            GdbRegId::Vg if Some(value) == self.sve_vq.map(|vq| u64::from(vq) * 2) => Ok(()),
+            GdbRegId::Vg => Err(AccelError::invalid("the SVE vector length (VG) cannot be changed")),
         }
     }
-}
 
-/// Where register `reg` sits in the `g` packet of `regs`, and its size.
-fn reg_span(regs: &GdbRegs, reg: GdbRegId) -> Option<(usize, usize)> {
-    let (zl, pl) = regs.sve.as_ref().map_or((16, 0), |s| (s.vq as usize * 16, s.vq as usize * 2));
-    let vec_base = 31 * 8 + 8 + 8 + 4;
-    let after_vec = vec_base + 32 * zl;
-    Some(match reg {
-        GdbRegId::X(n) => (8 * n as usize, 8),
-        GdbRegId::Sp => (31 * 8, 8),
-        GdbRegId::Pc => (32 * 8, 8),
-        GdbRegId::Cpsr => (33 * 8, 4),
-        GdbRegId::Vector(n) => (vec_base + n as usize * zl, zl),
-        GdbRegId::Fpsr => (after_vec, 4),
-        GdbRegId::Fpcr => (after_vec + 4, 4),
-        GdbRegId::Pred(n) if pl > 0 => (after_vec + 8 + n as usize * pl, pl),
-        GdbRegId::Ffr if pl > 0 => (after_vec + 8 + 16 * pl, pl),
-        GdbRegId::Vg if pl > 0 => (after_vec + 8 + 17 * pl, 8),
-        _ => return None,
-    })
-}
-
-impl MultiThreadResume for GdbTarget {
-    fn resume(&mut self) -> Result<()> {
-        self.resume_all()
+    fn register_size(&self, reg: GdbRegId) -> Result<usize> {
+        reg.size(self.sve_vq)
+            .ok_or_else(|| AccelError::new(ErrorKind::NOT_FOUND, format!("{reg:?} needs SVE, which is off")))
     }
 
-    fn clear_resume_actions(&mut self) -> Result<()> {
-        self.actions.clear();
-        self.scheduler_locked = false;
-        Ok(())
+    /// Reads `len` bytes of guest memory at virtual address `addr`, through vCPU `index`'s
+    /// tables.
+    pub(super) fn read_memory(&mut self, index: u32, addr: u64, len: usize) -> Result<Vec<u8>> {
+        let mut data = vec![0u8; len];
+        self.access(index, addr, len, |ram, pa, off, n| ram.read(pa, &mut data[off..off + n]))?;
+        Ok(data)
     }
 
-    fn set_resume_action_continue(&mut self, tid: Tid, _signal: Option<Signal>) -> Result<()> {
-        self.actions.insert(tid_index(tid), Action::Continue);
-        Ok(())
-    }
-
-    fn support_single_step(&mut self) -> Option<MultiThreadSingleStepOps<'_, Self>> {
-        Some(self)
-    }
-
-    fn support_scheduler_locking(&mut self) -> Option<MultiThreadSchedulerLockingOps<'_, Self>> {
-        Some(self)
+    /// Writes `data` to guest memory at virtual address `addr`, through vCPU `index`'s tables.
+    pub(super) fn write_memory(&mut self, index: u32, addr: u64, data: &[u8]) -> Result<()> {
+        self.access(index, addr, data.len(), |ram, pa, off, n| ram.write(pa, &data[off..off + n]))
     }
 }
 
-impl MultiThreadSchedulerLocking for GdbTarget {
-    fn set_resume_action_scheduler_lock(&mut self) -> Result<()> {
-        self.scheduler_locked = true;
-        Ok(())
+/// The stack pointer gdb calls SP: SP_EL1 when PSTATE.SP selects it (at EL1), else SP_EL0.
+fn sp_of(core: &CoreRegs) -> &u64 {
+    if core.pstate & 1 == 1 {
+        &core.sp_el1
+    } else {
+        &core.sp_el0
     }
 }
 
-impl MultiThreadSingleStep for GdbTarget {
-    fn set_resume_action_step(&mut self, tid: Tid, _signal: Option<Signal>) -> Result<()> {
-        self.actions.insert(tid_index(tid), Action::Step);
-        Ok(())
-    }
-}
-
-impl TargetDescriptionXmlOverride for GdbTarget {
-    fn target_description_xml(
-        &self,
-        annex: &[u8],
-        offset: u64,
-        length: usize,
-        buf: &mut [u8],
-    ) -> TargetResult<usize, Self> {
-        if annex != b"target.xml" {
-            return Err(TargetError::NonFatal);
-        }
-        let xml = self.xml.as_deref().unwrap_or("").as_bytes();
-        let start = (offset as usize).min(xml.len());
-        let n = length.min(buf.len()).min(xml.len() - start);
-        buf[..n].copy_from_slice(&xml[start..start + n]);
-        Ok(n)
+fn sp_of_mut(core: &mut CoreRegs) -> &mut u64 {
+    if core.pstate & 1 == 1 {
+        &mut core.sp_el1
+    } else {
+        &mut core.sp_el0
     }
 }

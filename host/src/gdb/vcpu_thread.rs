@@ -47,12 +47,12 @@ pub enum Event {
         /// Its writer.
         writer: Box<dyn std::io::Write + Send>,
     },
-    /// A byte from connection `conn`.
+    /// Bytes from connection `conn`, as they were read (a few KiB at most).
     Data {
         /// The connection's number.
         conn: u64,
-        /// The byte.
-        byte: u8,
+        /// The bytes.
+        bytes: Vec<u8>,
     },
     /// Connection `conn` closed.
     Closed {
@@ -96,7 +96,7 @@ pub struct VcpuHandle {
 pub fn vcpu_thread(
     mut vcpu: Vcpu,
     commands: mpsc::Receiver<Command>,
-    events: mpsc::Sender<Event>,
+    events: mpsc::SyncSender<Event>,
     debug: Debug,
     mut step_exit: impl FnMut(&mut Vcpu) -> Result<Step>,
 ) {
