@@ -13,7 +13,7 @@ use std::{
 
 use accel_api::{AccelError, ErrorKind, Result};
 
-use super::{vcpu_thread::Event, GdbOptions};
+use super::{options::GdbOptions, vcpu_thread::Event};
 
 /// The most bytes one read of a connection takes, and so the largest chunk the session gets.
 const READ_CHUNK: usize = 4096;

@@ -19,9 +19,9 @@ use super::{
     nonstop::{action_for, parse_vcont, stop_reply, thread_id, StopQueue, StopReason, ThreadAction, Threads},
     nonstop::{SIGINT, SIGTRAP},
     packets::{error_body, hex, notification, packet_bytes, unhex, Frame, Framer, PACKET_SIZE},
-    points::Point,
     target::{Action, GdbTarget},
     vcpu_thread::{Event, Events, Stop},
+    z_packet::Point,
 };
 use crate::vmm::Outcome;
 

@@ -12,6 +12,7 @@ pub mod arch;
 mod connection;
 mod engine;
 mod monitor;
+mod options;
 // The protocol's pure parts, public for the fuzz targets only.
 #[doc(hidden)]
 pub mod nonstop;
@@ -21,12 +22,14 @@ mod points;
 mod session;
 mod target;
 mod vcpu_thread;
+mod z_packet;
 
 use std::sync::{mpsc, Arc};
 
 use accel_api::{AccelError, ErrorKind, Result};
 
 use crate::vmm::{console::Escape, machine::vcpu_features, memory_error, step, Machine, Outcome};
+pub use options::GdbOptions;
 use vcpu_thread::{vcpu_thread, VcpuHandle};
 
 /// How many events (each a vCPU's stop, or a chunk of at most a few KiB of a client's bytes)
@@ -35,17 +38,6 @@ const EVENT_QUEUE: usize = 64;
 
 /// The chunks an in-memory client's bytes arrive in, as a connection's reads would bring them.
 const CLIENT_CHUNK: usize = 1024;
-
-/// How to serve gdb.
-#[derive(Clone, Debug)]
-pub struct GdbOptions {
-    /// `HOST:PORT` to listen on, or the path of a character device to talk over.
-    pub address: String,
-    /// Start with every vCPU stopped, waiting for gdb.
-    pub wait: bool,
-    /// What `monitor info` says about the backend: its name, ABI and file.
-    pub about: String,
-}
 
 /// Runs `machine` under gdb's control: each vCPU on its own thread, driven by the session.
 /// Returns when the guest ends, gdb kills it, or the user quits from the console (when `console`

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use super::points::WatchKind;
+use super::z_packet::WatchKind;
 
 /// gdb's number for SIGINT: an interrupt.
 pub const SIGINT: u8 = 2;

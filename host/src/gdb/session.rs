@@ -16,9 +16,9 @@ use super::{
     arch::target_xml,
     connection::{Conn, Listener},
     engine::{Engine, Flow},
+    options::GdbOptions,
     target::GdbTarget,
     vcpu_thread::{Event, Events, Stop, VcpuHandle},
-    GdbOptions,
 };
 use crate::vmm::{ram::GuestRam, Outcome};
 

@@ -19,8 +19,8 @@ use crate::mmu::{translate, TranslationRegs};
 use super::{
     arch::{GdbRegId, GdbRegs, SveView, CORE_SYSREGS},
     nonstop::{StopReason, SIGINT, SIGSTOP, SIGTRAP},
-    points::WatchKind,
     vcpu_thread::{Command, Event, Stop, VcpuHandle},
+    z_packet::WatchKind,
 };
 use crate::vmm::ram::GuestRam;
 
