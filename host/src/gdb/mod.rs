@@ -22,7 +22,7 @@ mod points;
 mod session;
 mod target;
 mod vcpu_thread;
-mod z_packet;
+pub mod z_packet;
 
 use std::sync::{mpsc, Arc};
 
