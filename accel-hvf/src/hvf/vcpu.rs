@@ -9,7 +9,7 @@
 //! virtual timer's deadline ([`accel_kit::timer`]), dirty pages, and debug exceptions.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     panic::{catch_unwind, AssertUnwindSafe},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -33,8 +33,7 @@ use accel_kit::{
     hvf_regs::{self, core_location, debug_regs, fp_location, CoreLocation, FpLocation},
     mmio::{self, DataAbort, MmioInstruction},
     psci::{self, Call, Conduit, Outcome, PowerBoard, StartContext, Wake},
-    put::regs_to_put,
-    put::values_to_put,
+    put::{LastGet, LastValues},
     systrap::{PmuAnswer, SysRegAccess, SysRegTraps, TrapOutcome},
     timer::{self, WfiWait},
 };
@@ -189,9 +188,9 @@ struct Worker {
     counters: Arc<Counters>,
     /// The registers of the SYS and TIMER classes.
     listed: HashSet<RegId>,
-    last_core: Option<CoreRegs>,
-    last_fp: Option<FpRegs>,
-    last_sys: HashMap<RegId, u64>,
+    last_core: LastGet<CoreRegs>,
+    last_fp: LastGet<FpRegs>,
+    last_sys: LastValues,
     /// An MMIO read waiting for its data.
     pending_read: Option<MmioInstruction>,
     traps: SysRegTraps,
@@ -249,9 +248,9 @@ impl Worker {
             kick,
             counters,
             listed,
-            last_core: None,
-            last_fp: None,
-            last_sys: HashMap::new(),
+            last_core: LastGet::default(),
+            last_fp: LastGet::default(),
+            last_sys: LastValues::default(),
             pending_read: None,
             traps: SysRegTraps::new(pmu),
             pmu,
@@ -404,19 +403,16 @@ impl Worker {
     fn get_core(&mut self) -> Result<CoreRegs> {
         self.no_pending_read()?;
         let regs = self.read_core()?;
-        self.last_core = Some(regs);
+        self.last_core.got(&regs);
         Ok(regs)
     }
 
     fn put_core(&mut self, regs: &CoreRegs, level: PutLevel) -> Result<()> {
         self.no_pending_read()?;
-        for reg in regs_to_put(level, self.last_core.as_ref(), regs) {
-            if let Err(e) = self.write_core_reg(reg, regs.get(reg)) {
-                self.last_core = None;
-                return Err(e);
-            }
+        for reg in self.last_core.to_write(level, regs) {
+            self.write_core_reg(reg, regs.get(reg))?;
         }
-        self.last_core = Some(*regs);
+        self.last_core.got(regs);
         Ok(())
     }
 
@@ -442,7 +438,7 @@ impl Worker {
                 }
             }
         }
-        self.last_fp = Some(regs);
+        self.last_fp.got(&regs);
         Ok(regs)
     }
 
@@ -466,13 +462,10 @@ impl Worker {
 
     fn put_fp(&mut self, regs: &FpRegs, level: PutLevel) -> Result<()> {
         self.no_pending_read()?;
-        for reg in regs_to_put(level, self.last_fp.as_ref(), regs) {
-            if let Err(e) = self.write_fp_reg(regs, reg) {
-                self.last_fp = None;
-                return Err(e);
-            }
+        for reg in self.last_fp.to_write(level, regs) {
+            self.write_fp_reg(regs, reg)?;
         }
-        self.last_fp = Some(*regs);
+        self.last_fp.got(regs);
         Ok(())
     }
 
@@ -505,7 +498,7 @@ impl Worker {
             RegClass::CCSIDR => self.vm.probed.ccsidr.clone(),
             _ => Vec::new(),
         };
-        self.last_sys.extend(values.iter().map(|v| (v.id, v.value)));
+        self.last_sys.got(&values);
         Ok(values)
     }
 
@@ -550,11 +543,9 @@ impl Worker {
 
     fn put_regs(&mut self, values: &[RegValue], level: PutLevel) -> Result<()> {
         self.no_pending_read()?;
-        let plan: Vec<RegValue> =
-            values_to_put(level, |id| self.last_sys.get(&id).copied(), values).collect();
-        for v in plan {
+        for v in self.last_sys.to_write(level, values) {
             self.put_one(v)?;
-            self.last_sys.insert(v.id, v.value);
+            self.last_sys.wrote(v);
         }
         Ok(())
     }
@@ -692,9 +683,9 @@ impl Worker {
             self.set_sys(id, value)?;
         }
         self.traps = SysRegTraps::new(self.pmu);
-        self.last_core = None;
-        self.last_fp = None;
-        self.last_sys.clear();
+        self.last_core.forget();
+        self.last_fp.forget();
+        self.last_sys.forget();
         self.debugging = false;
         self.debug_applied = None;
         Ok(())
