@@ -32,7 +32,7 @@ use applevisor_sys::{
 };
 
 use super::{
-    debug::HvfDebug,
+    debug::{GuestText, HvfDebug},
     gic::HvfGic,
     hv_check, hv_error,
     probe::{Probed, PAGE_SIZE},
@@ -215,7 +215,7 @@ impl HvfVm {
             vcpus: Mutex::new(BTreeMap::new()),
             psci: Arc::new(PowerBoard::default()),
             offer: Offer { system_suspend: caps.system_suspend },
-            debug: Arc::new(HvfDebug::new(capacity, memory)),
+            debug: Arc::new(HvfDebug::new(capacity, GuestText(memory))),
             slot: Some(slot),
         });
         Ok(Self { gic: Arc::new(HvfGic::new(Arc::clone(&shared))), shared })

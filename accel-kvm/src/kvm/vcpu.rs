@@ -27,7 +27,7 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd, VmFd};
 
 use super::{
-    debug::KvmDebug,
+    debug::{to_kvm, KvmDebug},
     gic::Gic,
     ioctl_error,
     kick::{self, KickShared},
@@ -614,7 +614,7 @@ impl BackendVcpu for KvmVcpu {
         }
         if let Some(debug) = &self.debug {
             if let Some(setup) = debug.setup_if_changed(self.index, &mut self.debug_applied)? {
-                if let Err(e) = self.fd.set_guest_debug(&setup) {
+                if let Err(e) = self.fd.set_guest_debug(&to_kvm(&setup)) {
                     self.debug_applied = None;
                     return Err(ioctl_error(format!("KVM_SET_GUEST_DEBUG of vCPU {}", self.index), e));
                 }
