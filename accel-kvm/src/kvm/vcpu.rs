@@ -28,8 +28,8 @@ use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd, VmFd};
 
 use super::{
     debug::{to_kvm, KvmDebug},
+    error::ioctl_error,
     gic::Gic,
-    ioctl_error,
     kick::{self, KickShared},
     psci::UserPsci,
 };
@@ -177,7 +177,8 @@ impl KvmVcpu {
             psci.board.lock().add(index, u64::from_le_bytes(mpidr), on);
         }
         kick::install_handler();
-        let kick = Arc::new(KickShared::new(fd.get_kvm_run(), psci.clone()));
+        let board = psci.as_ref().map(|p| Arc::clone(&p.board));
+        let kick = Arc::new(KickShared::new(fd.get_kvm_run(), board));
         if let Some(psci) = &psci {
             psci.register(index, &kick);
         }

@@ -13,9 +13,9 @@ use kvm_ioctls::{Kvm, VmFd};
 
 use super::{
     debug::{GuestText, KvmDebug},
+    error::ioctl_error,
     eventfd::EventFds,
     gic::Gic,
-    ioctl_error,
     psci::UserPsci,
     slots::Slots,
     vcpu::KvmVcpu,

@@ -14,7 +14,7 @@ use kvm_bindings::{kvm_mp_state, kvm_vcpu_init, RegList, KVM_EXIT_ARM_NISV};
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd, VmFd};
 
 use crate::{
-    backend::os_error,
+    error::os_error,
     ids,
     kick::{KickState, Kicker},
 };
