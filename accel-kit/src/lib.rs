@@ -12,6 +12,8 @@
 //!   exception entry ([`exception`]) and dirty-page bitmaps ([`dirty`]).
 //! - Bookkeeping of guest memory slots ([`memory_map`]), and Hypervisor.framework's register
 //!   numbering ([`hvf_regs`]).
+//! - A value on a thread of its own, driven by calls sent to it ([`thread_proxy`]), for vCPUs
+//!   bound to the thread that created them.
 
 #![deny(missing_docs)]
 
@@ -27,4 +29,5 @@ pub mod pool_debug;
 pub mod psci;
 pub mod put;
 pub mod systrap;
+pub mod thread_proxy;
 pub mod timer;
