@@ -1,6 +1,7 @@
 //! An HVF vCPU as the host holds it. The framework binds a vCPU to the thread that creates it, so
-//! each vCPU has a thread of its own (the worker) that creates it, owns it and destroys it; the
-//! handle here sends each ABI call to that thread as one message and waits for the answer. The
+//! each vCPU has a thread of its own (the worker, behind the kit's [`ThreadProxy`]) that creates
+//! it, owns it and destroys it; the handle here sends each ABI call to that thread as one message
+//! and waits for the answer. The
 //! index, the counters and the kicker need no message, and the kick is `hv_vcpus_exit`.
 //!
 //! The worker's state and registers are in [`registers`], its run loop in [`exits`], and what
@@ -10,42 +11,25 @@ mod exits;
 mod kick;
 mod registers;
 
-use std::{
-    panic::{catch_unwind, AssertUnwindSafe},
-    sync::{atomic::Ordering, mpsc, Arc},
-    thread::{self, JoinHandle},
-};
+use std::sync::{atomic::Ordering, Arc};
 
 use accel_api::{
     backend::{BackendEvents, BackendVcpu, Kick},
-    AccelError, CoreRegs, ErrorKind, FpRegs, MpState, PutLevel, RegClass, RegValue, Result, SyncCounters,
-    VcpuConfig, VcpuEvents, VcpuExit, VcpuFeatures,
+    CoreRegs, FpRegs, MpState, PutLevel, RegClass, RegValue, Result, SyncCounters, VcpuConfig, VcpuEvents,
+    VcpuExit, VcpuFeatures,
 };
 
-use crate::hvf::{shared::VmShared, sync::locked};
+use accel_kit::thread_proxy::ThreadProxy;
+
+use crate::hvf::shared::VmShared;
 use kick::HvfKicker;
 pub use kick::KickState;
 use registers::{Counters, Worker};
 
-/// A call sent to the worker.
-type Job = Box<dyn FnOnce(&mut Worker) + Send>;
-
-/// Serves the handle's calls until it goes, then destroys the vCPU on this thread.
-fn serve(mut worker: Worker, jobs: mpsc::Receiver<Job>) {
-    for job in jobs {
-        if catch_unwind(AssertUnwindSafe(|| job(&mut worker))).is_err() {
-            log::error!("vCPU {}: a call panicked on the vCPU's thread", worker.index);
-        }
-    }
-    *locked(&worker.kick.vcpu) = None;
-    worker.vm.remove_vcpu(worker.index);
-}
-
 /// An HVF vCPU, as the host holds it: a handle to its thread.
 pub struct HvfVcpu {
     index: u32,
-    jobs: Option<mpsc::Sender<Job>>,
-    thread: Option<JoinHandle<()>>,
+    worker: ThreadProxy<Worker>,
     kick: Arc<KickState>,
     counters: Arc<Counters>,
 }
@@ -58,38 +42,18 @@ impl HvfVcpu {
         vm.add_vcpu(index, Arc::clone(&kick))?;
         let on = !config.features.contains(VcpuFeatures::POWER_OFF);
         let counters = Arc::new(Counters::default());
-        let (jobs, inbox) = mpsc::channel::<Job>();
-        let (ready_tx, ready) = mpsc::sync_channel(1);
         let (worker_vm, worker_kick, worker_counters) =
             (Arc::clone(&vm), Arc::clone(&kick), Arc::clone(&counters));
-        let spawned =
-            thread::Builder::new().name(format!("hvf-vcpu-{index}")).spawn(move || {
-                match Worker::new(worker_vm, index, worker_kick, worker_counters, on) {
-                    Ok(worker) => {
-                        let _ = ready_tx.send(Ok(()));
-                        serve(worker, inbox);
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                    }
-                }
-            });
-        let thread = match spawned {
-            Ok(thread) => thread,
+        let worker = ThreadProxy::spawn(format!("hvf-vcpu-{index}"), move || {
+            Worker::new(worker_vm, index, worker_kick, worker_counters, on)
+        });
+        match worker {
+            Ok(worker) => Ok(Self { index, worker, kick, counters }),
             Err(e) => {
                 vm.remove_vcpu(index);
-                return Err(AccelError::from(e).context(format!("starting the thread of vCPU {index}")));
+                Err(e.context(format!("creating vCPU {index}")))
             }
-        };
-        let started = ready.recv().unwrap_or_else(|_| {
-            Err(AccelError::bad_state(format!("the thread of vCPU {index} ended early")))
-        });
-        if let Err(e) = started {
-            let _ = thread.join();
-            vm.remove_vcpu(index);
-            return Err(e);
         }
-        Ok(Self { index, jobs: Some(jobs), thread: Some(thread), kick, counters })
     }
 
     /// Runs `f` on the vCPU's thread: one message there, one answer back.
@@ -98,31 +62,7 @@ impl HvfVcpu {
         op: &'static str,
         f: impl FnOnce(&mut Worker) -> Result<R> + Send + 'static,
     ) -> Result<R> {
-        let gone = || AccelError::bad_state(format!("{op}: the thread of vCPU {} is gone", self.index));
-        let jobs = self.jobs.as_ref().ok_or_else(gone)?;
-        let (answer, answered) = mpsc::sync_channel(1);
-        jobs.send(Box::new(move |w: &mut Worker| {
-            let _ = answer.send(f(w));
-        }))
-        .map_err(|_| gone())?;
-        answered.recv().map_err(|_| {
-            AccelError::new(
-                ErrorKind::PANIC,
-                format!("{op} of vCPU {}: the call failed on the vCPU's thread", self.index),
-            )
-        })?
-    }
-}
-
-impl Drop for HvfVcpu {
-    fn drop(&mut self) {
-        // Closing the channel ends the thread, which destroys the framework's vCPU itself.
-        drop(self.jobs.take());
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                log::error!("the thread of vCPU {} panicked while ending", self.index);
-            }
-        }
+        self.worker.call(f).map_err(|e| e.context(format!("{op} of vCPU {}", self.index)))?
     }
 }
 

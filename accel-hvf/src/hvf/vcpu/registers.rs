@@ -82,6 +82,15 @@ pub(super) struct Worker {
     pub(super) reset: ResetState,
 }
 
+impl Drop for Worker {
+    /// On the vCPU's thread, as the handle goes: kickers stop reaching the vCPU, and the VM
+    /// forgets it, before the framework's vCPU is destroyed with `vcpu`.
+    fn drop(&mut self) {
+        *locked(&self.kick.vcpu) = None;
+        self.vm.remove_vcpu(self.index);
+    }
+}
+
 impl Worker {
     pub(super) fn new(
         vm: Arc<VmShared>,
