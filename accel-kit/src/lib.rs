@@ -1,7 +1,7 @@
 //! The backend kit: logic that accel backends may share, so that each writes only what is its own.
 //!
 //! Nothing here is part of the plugin contract (`accel-api`): a plugin author may use any of it,
-//! or none. It makes no OS calls and builds on every host, so it is tested everywhere.
+//! or none. It calls no hypervisor and builds on every host, so it is tested everywhere.
 //!
 //! - Puts that write only what changed: [`put`].
 //! - Guest debug: the debug-register encodings ([`debug_regs`]), the per-VM pool
