@@ -28,7 +28,7 @@ pub struct KickState {
     /// PPI levels to apply on the vCPU's thread.
     pub(super) ppis: Mutex<Vec<(u32, bool)>>,
     /// The VM's power board, on which a stopped vCPU waits.
-    pub(super) board: Arc<PowerBoard>,
+    board: Arc<PowerBoard>,
 }
 
 impl KickState {

@@ -1,8 +1,8 @@
 //! An HVF vCPU as the host holds it. The framework binds a vCPU to the thread that creates it, so
 //! each vCPU has a thread of its own (the worker, behind the kit's [`ThreadProxy`]) that creates
 //! it, owns it and destroys it; the handle here sends each ABI call to that thread as one message
-//! and waits for the answer. The
-//! index, the counters and the kicker need no message, and the kick is `hv_vcpus_exit`.
+//! and waits for the answer. The index, the counters and the kicker need no message, and the
+//! kick is `hv_vcpus_exit`.
 //!
 //! The worker's state and registers are in [`registers`], its run loop in [`exits`], and what
 //! kickers share with it in [`kick`].
