@@ -1,7 +1,7 @@
 //! "A put writes only what changed", written once for every backend: the record of a vCPU's
 //! last get ([`LastGet`] for a register file, [`LastValues`] for listed registers), which says
-//! what a put at a level has to write and which a failed put leaves so that the next put writes
-//! what it could not.
+//! what a put at a level has to write, and which a failed put leaves so that the next put writes
+//! whatever may not have reached the vCPU.
 //!
 //! A put runs in three steps: ask the record what to write (`to_write`), write it, and tell the
 //! record what the vCPU now holds. A register file's record is forgotten when it is asked, so a
