@@ -1,16 +1,19 @@
 //! The backend kit: logic that accel backends may share, so that each writes only what is its own.
 //!
 //! Nothing here is part of the plugin contract (`accel-api`): a plugin author may use any of it,
-//! or none. It makes no OS calls and builds on every host, so it is tested everywhere.
+//! or none. It calls no hypervisor and builds on every host, so it is tested everywhere.
 //!
 //! - Puts that write only what changed: [`put`].
 //! - Guest debug: the debug-register encodings ([`debug_regs`]), the per-VM pool
-//!   ([`debug_pool`]) and a guest's own debug exceptions ([`guest_debug`]).
+//!   ([`debug_pool`]) and the backend's `BackendDebug` over it ([`pool_debug`]), and a guest's
+//!   own debug exceptions ([`guest_debug`]).
 //! - For hypervisors that hand traps to user space: PSCI and SMCCC ([`psci`]), MMIO data aborts
 //!   ([`mmio`]), trapped system registers ([`systrap`]), the generic timer ([`timer`]),
 //!   exception entry ([`exception`]) and dirty-page bitmaps ([`dirty`]).
 //! - Bookkeeping of guest memory slots ([`memory_map`]), and Hypervisor.framework's register
 //!   numbering ([`hvf_regs`]).
+//! - A value on a thread of its own, driven by calls sent to it ([`thread_proxy`]), for vCPUs
+//!   bound to the thread that created them.
 
 #![deny(missing_docs)]
 
@@ -22,7 +25,9 @@ pub mod guest_debug;
 pub mod hvf_regs;
 pub mod memory_map;
 pub mod mmio;
+pub mod pool_debug;
 pub mod psci;
 pub mod put;
 pub mod systrap;
+pub mod thread_proxy;
 pub mod timer;

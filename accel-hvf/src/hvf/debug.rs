@@ -1,27 +1,21 @@
-//! The VM's guest-debug pool on HVF: the shared [`DebugPool`], software breakpoints written into
-//! guest memory, and the set-up each vCPU applies on its own thread before it next enters the
-//! guest (the debug traps, the hardware registers, MDSCR_EL1).
+//! The VM's guest-debug pool on HVF: the kit's [`PoolDebug`], with software breakpoints written
+//! into guest memory. Each vCPU applies the pool's set-up on its own thread before it next enters
+//! the guest (the debug traps, the hardware registers, MDSCR_EL1).
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc, Mutex, MutexGuard,
+use std::sync::{Arc, Mutex};
+
+use accel_api::{AccelError, Result};
+
+use accel_kit::{
+    memory_map::MemoryMap,
+    pool_debug::{DebugTarget, PoolDebug},
 };
-
-use accel_api::{
-    backend::BackendDebug,
-    debug::{DebugCapacity, DebugEvent, DebugSetup, Watchpoint, BRK_INSN},
-    AccelError, DebugExit, ErrorKind, Result,
-};
-
-use accel_kit::{debug_pool::DebugPool, memory_map::MemoryMap};
 
 /// A VM's debug pool.
-pub struct HvfDebug {
-    pool: Mutex<DebugPool>,
-    generation: AtomicU64,
-    capacity: DebugCapacity,
-    memory: Arc<Mutex<MemoryMap>>,
-}
+pub type HvfDebug = PoolDebug<GuestText>;
+
+/// The guest's instructions, through the VM's memory map.
+pub struct GuestText(pub Arc<Mutex<MemoryMap>>);
 
 /// Makes the instruction at `host` visible to instruction fetch: clean the data cache line to the
 /// point of unification and invalidate the instruction cache line (Arm ARM D7.5.9).
@@ -33,36 +27,20 @@ fn sync_icache(host: u64) {
     }
 }
 
-impl HvfDebug {
-    /// A pool with the host's breakpoint and watchpoint counts, writing through `memory`.
-    pub fn new(capacity: DebugCapacity, memory: Arc<Mutex<MemoryMap>>) -> Self {
-        Self {
-            pool: Mutex::new(DebugPool::new(capacity.breakpoints, capacity.watchpoints)),
-            generation: AtomicU64::new(0),
-            capacity,
-            memory,
-        }
-    }
-
-    fn pool(&self) -> Result<MutexGuard<'_, DebugPool>> {
-        self.pool.lock().map_err(|_| AccelError::bad_state("the debug pool lock is poisoned"))
-    }
-
-    fn changed(&self, pool: &DebugPool) {
-        self.generation.store(pool.generation(), Ordering::Release);
-    }
-
+impl GuestText {
     /// The host address of the 4 bytes at guest physical `pa`.
     fn host_word(&self, pa: u64) -> Result<u64> {
         if pa & 3 != 0 {
             return Err(AccelError::invalid(format!("instruction address {pa:#x} is not 4-byte aligned")));
         }
-        let map = self.memory.lock().map_err(|_| AccelError::bad_state("the memory map lock is poisoned"))?;
+        let map = self.0.lock().map_err(|_| AccelError::bad_state("the memory map lock is poisoned"))?;
         map.guest_to_host(pa)
             .filter(|_| map.guest_to_host(pa + 3).is_some())
             .ok_or_else(|| AccelError::invalid(format!("guest physical address {pa:#x} is not in guest RAM")))
     }
+}
 
+impl DebugTarget for GuestText {
     fn read_insn(&self, pa: u64) -> Result<u32> {
         let host = self.host_word(pa)?;
         // SAFETY: `host` is inside a region the host registered as guest RAM, which stays mapped
@@ -77,104 +55,5 @@ impl HvfDebug {
         unsafe { (host as *mut u32).write_volatile(insn) };
         sync_icache(host);
         Ok(())
-    }
-
-    /// The set-up for vCPU `index`, if the pool changed since `applied`.
-    pub fn setup_if_changed(&self, index: u32, applied: &mut Option<u64>) -> Result<Option<DebugSetup>> {
-        if *applied == Some(self.generation.load(Ordering::Acquire)) {
-            return Ok(None);
-        }
-        let pool = self.pool()?;
-        *applied = Some(pool.generation());
-        Ok(Some(pool.setup_for(index)))
-    }
-}
-
-impl BackendDebug for HvfDebug {
-    fn capacity(&self) -> DebugCapacity {
-        self.capacity
-    }
-
-    fn insert_hw_breakpoint(&self, addr: u64) -> Result<()> {
-        let mut pool = self.pool()?;
-        pool.insert_hw_breakpoint(addr)?;
-        self.changed(&pool);
-        Ok(())
-    }
-
-    fn remove_hw_breakpoint(&self, addr: u64) -> Result<()> {
-        let mut pool = self.pool()?;
-        pool.remove_hw_breakpoint(addr)?;
-        self.changed(&pool);
-        Ok(())
-    }
-
-    fn insert_watchpoint(&self, watch: &Watchpoint) -> Result<()> {
-        let mut pool = self.pool()?;
-        pool.insert_watchpoint(*watch)?;
-        self.changed(&pool);
-        Ok(())
-    }
-
-    fn remove_watchpoint(&self, watch: &Watchpoint) -> Result<()> {
-        let mut pool = self.pool()?;
-        pool.remove_watchpoint(*watch)?;
-        self.changed(&pool);
-        Ok(())
-    }
-
-    fn insert_sw_breakpoint(&self, va: u64, pa: u64) -> Result<()> {
-        let mut pool = self.pool()?;
-        let current = self.read_insn(pa)?;
-        if pool.insert_sw_breakpoint(va, pa, current)? {
-            if let Err(e) = self.write_insn(pa, BRK_INSN) {
-                let _ = pool.remove_sw_breakpoint(va, BRK_INSN);
-                return Err(e);
-            }
-        }
-        self.changed(&pool);
-        Ok(())
-    }
-
-    fn remove_sw_breakpoint(&self, va: u64) -> Result<()> {
-        let mut pool = self.pool()?;
-        let bp = pool.sw_breakpoint(va).ok_or_else(|| {
-            AccelError::new(ErrorKind::NOT_FOUND, format!("no software breakpoint at {va:#x}"))
-        })?;
-        let current = self.read_insn(bp.pa)?;
-        if let Some((pa, saved)) = pool.remove_sw_breakpoint(va, current)? {
-            self.write_insn(pa, saved)?;
-        }
-        self.changed(&pool);
-        Ok(())
-    }
-
-    fn set_single_step(&self, index: u32, on: bool) -> Result<()> {
-        let mut pool = self.pool()?;
-        pool.set_single_step(index, on);
-        self.changed(&pool);
-        Ok(())
-    }
-
-    fn remove_all(&self) -> Result<()> {
-        let mut pool = self.pool()?;
-        for (pa, saved) in pool.remove_all() {
-            match self.read_insn(pa) {
-                Ok(BRK_INSN) => self.write_insn(pa, saved)?,
-                Ok(other) => log::warn!(
-                    "software breakpoint at {pa:#x} was overwritten (now {other:#010x}); not restoring {saved:#010x}"
-                ),
-                Err(e) => log::warn!("software breakpoint at {pa:#x} cannot be restored: {e}"),
-            }
-        }
-        self.changed(&pool);
-        Ok(())
-    }
-
-    fn classify(&self, index: u32, exit: &DebugExit) -> DebugEvent {
-        match self.pool() {
-            Ok(pool) => pool.classify(index, exit.esr, exit.far, exit.pc),
-            Err(_) => DebugEvent::Guest,
-        }
     }
 }

@@ -11,7 +11,10 @@ use applevisor_sys::{
     hv_gic_create, hv_gic_set_spi, os_release,
 };
 
-use super::{hv_check, hv_error, vm::VmShared};
+use super::{
+    error::{hv_check, hv_error},
+    shared::VmShared,
+};
 
 /// A VM's GIC.
 pub struct HvfGic {

@@ -5,47 +5,20 @@
 //! ABI calls are sent to ([`vcpu`]).
 
 mod debug;
+mod error;
 mod gic;
 mod probe;
 mod regs;
+mod shared;
+mod slot;
+mod sync;
 mod vcpu;
 mod vm;
 
-use std::fmt::Display;
-
 use accel_api::{backend::Backend, AccelError, ErrorKind, ProbeInfo, Result, VmConfig};
-use applevisor::error::HypervisorError;
-use applevisor_sys::hv_return_t;
 
 pub use vcpu::HvfVcpu;
 pub use vm::HvfVm;
-
-/// The HVF error of a failed call, as an OS error with the nearest errno and the operation's
-/// name; `HV_UNSUPPORTED` is an unsupported error.
-pub(crate) fn hv_error(op: impl Display, e: HypervisorError) -> AccelError {
-    let errno = match e {
-        HypervisorError::BadArgument | HypervisorError::IllegalState => libc::EINVAL,
-        HypervisorError::Busy => libc::EBUSY,
-        HypervisorError::Denied => libc::EPERM,
-        HypervisorError::Fault => libc::EFAULT,
-        HypervisorError::NoDevice => libc::ENODEV,
-        HypervisorError::NoResources => libc::ENOMEM,
-        HypervisorError::Unsupported => {
-            return AccelError::unsupported(format!("{op}: Hypervisor.framework does not support it"))
-        }
-        HypervisorError::Error | HypervisorError::Unknown(_) => libc::EIO,
-    };
-    AccelError::os(errno, format!("{op} failed ({e:?})"))
-}
-
-/// Checks the return code of a raw `applevisor-sys` call.
-pub(crate) fn hv_check(op: impl Display, ret: hv_return_t) -> Result<()> {
-    if ret == 0 {
-        Ok(())
-    } else {
-        Err(hv_error(op, HypervisorError::from(ret)))
-    }
-}
 
 /// The opened backend: what the probe found.
 pub struct HvfBackend {

@@ -16,7 +16,11 @@ use applevisor_sys::{
     hv_cache_type_t, hv_vcpu_config_create, hv_vcpu_config_get_ccsidr_el1_sys_reg_values, os_release,
 };
 
-use super::{hv_check, hv_error, regs::feature_reg, vm::VmSlot};
+use super::{
+    error::{hv_check, hv_error},
+    regs::feature_reg,
+    slot::VmSlot,
+};
 
 /// The granule of guest memory: Apple silicon's 16 KiB pages.
 pub const PAGE_SIZE: u64 = 16 * 1024;

@@ -1,21 +1,18 @@
-//! An HVF VM: the process's one VM slot, guest memory through `hv_vm_map`/`hv_vm_unmap`/
-//! `hv_vm_protect` in 16 KiB pages, the power board PSCI answers on, the vCPUs' kick states, and
-//! the extensions: the GIC (macOS 15), guest debug, and dirty logging by write protection.
+//! An HVF VM: guest memory through `hv_vm_map`/`hv_vm_unmap`/`hv_vm_protect` in 16 KiB pages,
+//! vCPUs, and the extensions: the GIC (macOS 15), guest debug, and dirty logging by write
+//! protection. What its vCPU threads share with it is in [`super::shared`].
 //!
 //! Linux eventfds are not offered: macOS has none, so `support_linux_eventfd` stays `None`.
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex, MutexGuard,
-    },
+    sync::{Arc, Mutex},
 };
 
 use accel_api::{
     backend::{BackendDebug, BackendDirtyLog, BackendGic, BackendVm},
     debug::DebugCapacity,
-    AccelError, ErrorKind, GicConfig, MemoryRegion, Result, VcpuConfig, VmConfig,
+    AccelError, ErrorKind, MemoryRegion, Result, VcpuConfig, VmConfig,
 };
 
 use accel_kit::{
@@ -23,86 +20,22 @@ use accel_kit::{
     memory_map::MemoryMap,
     psci::{Offer, PowerBoard},
 };
-use applevisor::{
-    prelude::VirtualMachineConfig,
-    vm::{GicDisabled, VirtualMachine, VirtualMachineInstance},
-};
-use applevisor_sys::{
-    hv_vm_map, hv_vm_protect, hv_vm_unmap, HV_MEMORY_EXEC, HV_MEMORY_READ, HV_MEMORY_WRITE,
-};
+use applevisor::{prelude::VirtualMachineConfig, vm::VirtualMachine};
+use applevisor_sys::{hv_vm_map, hv_vm_unmap, HV_MEMORY_EXEC, HV_MEMORY_READ, HV_MEMORY_WRITE};
 
 use super::{
-    debug::HvfDebug,
+    debug::{GuestText, HvfDebug},
+    error::{hv_check, hv_error},
     gic::HvfGic,
-    hv_check, hv_error,
     probe::{Probed, PAGE_SIZE},
-    vcpu::{HvfVcpu, KickState},
+    shared::{protect, VmShared},
+    slot::VmSlot,
+    sync::locked,
+    vcpu::HvfVcpu,
 };
 
 /// The most memory regions a VM takes (a bookkeeping bound; HVF itself sets none).
 const MAX_SLOTS: u32 = 512;
-
-/// Whether this process holds its one HVF VM.
-static VM_HELD: AtomicBool = AtomicBool::new(false);
-
-/// The process's one VM slot, held while a VM (or the probe's scratch VM) exists.
-pub struct VmSlot(());
-
-impl VmSlot {
-    /// Claims the slot, or refuses as no resource: HVF allows one VM per process.
-    pub fn claim() -> Result<Self> {
-        if VM_HELD.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_err() {
-            return Err(AccelError::new(
-                ErrorKind::NO_RESOURCE,
-                "Hypervisor.framework allows one VM per process, and this process has one already",
-            ));
-        }
-        Ok(Self(()))
-    }
-}
-
-impl Drop for VmSlot {
-    fn drop(&mut self) {
-        VM_HELD.store(false, Ordering::SeqCst);
-    }
-}
-
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// What a VM's vCPU threads and extensions share.
-pub struct VmShared {
-    /// The framework's VM; `None` only while it is destroyed. Its last holder destroys it once
-    /// every vCPU is gone.
-    instance: Option<VirtualMachineInstance<GicDisabled>>,
-    /// The probe's findings.
-    pub probed: &'static Probed,
-    /// The guest memory regions.
-    pub memory: Arc<Mutex<MemoryMap>>,
-    /// The dirty bitmaps of logged regions, by slot.
-    dirty: Mutex<HashMap<u32, DirtyBitmap>>,
-    /// The GIC, once created.
-    gic: Mutex<Option<GicConfig>>,
-    /// The kick states of the vCPUs, by index.
-    vcpus: Mutex<BTreeMap<u32, Arc<KickState>>>,
-    /// The vCPUs' power states, for PSCI.
-    pub psci: Arc<PowerBoard>,
-    /// What PSCI offers.
-    pub offer: Offer,
-    /// The debug pool.
-    pub debug: Arc<HvfDebug>,
-    /// Released last, after the framework's VM is destroyed.
-    slot: Option<VmSlot>,
-}
-
-impl Drop for VmShared {
-    fn drop(&mut self) {
-        // Destroy the framework's VM before another can be claimed.
-        drop(self.instance.take());
-        drop(self.slot.take());
-    }
-}
 
 /// The memory permissions of a region: read-only regions fault on writes, which exit as MMIO.
 fn permissions(region: &MemoryRegion) -> u64 {
@@ -110,71 +43,6 @@ fn permissions(region: &MemoryRegion) -> u64 {
         HV_MEMORY_READ | HV_MEMORY_EXEC
     } else {
         HV_MEMORY_READ | HV_MEMORY_WRITE | HV_MEMORY_EXEC
-    }
-}
-
-fn protect(ipa: u64, size: u64, flags: u64) -> Result<()> {
-    let len =
-        usize::try_from(size).map_err(|_| AccelError::invalid(format!("{size:#x} bytes is too large")))?;
-    // SAFETY: hv_vm_protect changes the guest's stage-2 permissions of a mapped range; it touches
-    // no host memory.
-    let rc = unsafe { hv_vm_protect(ipa, len, flags) };
-    hv_check(format!("hv_vm_protect of {ipa:#x}+{size:#x}"), rc)
-}
-
-impl VmShared {
-    /// The framework's VM.
-    pub fn instance(&self) -> Result<&VirtualMachineInstance<GicDisabled>> {
-        self.instance.as_ref().ok_or_else(|| AccelError::bad_state("the VM is being destroyed"))
-    }
-
-    /// The GIC's configuration, if it was created.
-    pub fn gic(&self) -> Option<GicConfig> {
-        *locked(&self.gic)
-    }
-
-    /// Records the GIC, once created.
-    pub fn set_gic(&self, config: GicConfig) {
-        *locked(&self.gic) = Some(config);
-    }
-
-    /// The kick state of vCPU `index`.
-    pub fn vcpu(&self, index: u32) -> Option<Arc<KickState>> {
-        locked(&self.vcpus).get(&index).cloned()
-    }
-
-    /// Every vCPU's kick state.
-    pub fn vcpus(&self) -> Vec<Arc<KickState>> {
-        locked(&self.vcpus).values().cloned().collect()
-    }
-
-    /// Registers vCPU `index`; a second vCPU with the same index is refused.
-    pub fn add_vcpu(&self, index: u32, kick: Arc<KickState>) -> Result<()> {
-        let mut vcpus = locked(&self.vcpus);
-        if vcpus.contains_key(&index) {
-            return Err(AccelError::invalid(format!("the VM already has a vCPU {index}")));
-        }
-        vcpus.insert(index, kick);
-        Ok(())
-    }
-
-    /// Forgets vCPU `index`.
-    pub fn remove_vcpu(&self, index: u32) {
-        locked(&self.vcpus).remove(&index);
-        self.psci.lock().remove(index);
-    }
-
-    /// A guest write faulted at `ipa`: if the page is in a logged region, marks it dirty, gives
-    /// the page its write permission back and returns true (the instruction runs again).
-    pub fn log_write(&self, ipa: u64) -> Result<bool> {
-        let mut dirty = locked(&self.dirty);
-        for log in dirty.values_mut() {
-            if let Some(page) = log.mark(ipa) {
-                protect(page, PAGE_SIZE, HV_MEMORY_READ | HV_MEMORY_WRITE | HV_MEMORY_EXEC)?;
-                return Ok(true);
-            }
-        }
-        Ok(false)
     }
 }
 
@@ -215,7 +83,7 @@ impl HvfVm {
             vcpus: Mutex::new(BTreeMap::new()),
             psci: Arc::new(PowerBoard::default()),
             offer: Offer { system_suspend: caps.system_suspend },
-            debug: Arc::new(HvfDebug::new(capacity, memory)),
+            debug: Arc::new(HvfDebug::new(capacity, GuestText(memory))),
             slot: Some(slot),
         });
         Ok(Self { gic: Arc::new(HvfGic::new(Arc::clone(&shared))), shared })

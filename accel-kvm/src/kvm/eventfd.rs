@@ -11,7 +11,7 @@ use accel_api::{backend::BackendLinuxEventFd, AccelError, ErrorKind, Result};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{gic::Gic, ioctl_error};
+use super::{error::ioctl_error, gic::Gic};
 
 /// What an eventfd was registered for, to find it again on unregister.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -14,7 +14,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{DeviceFd, VmFd};
 
-use super::ioctl_error;
+use super::error::ioctl_error;
 
 /// The VM's GIC, once created.
 pub struct Gic {

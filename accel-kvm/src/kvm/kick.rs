@@ -19,8 +19,6 @@ use accel_kit::psci::PowerBoard;
 use kvm_bindings::kvm_run;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
-use super::psci::UserPsci;
-
 /// The signal that interrupts `KVM_RUN`.
 pub fn kick_signal() -> i32 {
     SIGRTMIN()
@@ -49,7 +47,7 @@ pub struct KickShared {
     nudged: AtomicBool,
     inner: Mutex<Inner>,
     /// With PSCI in the plugin, the VM's power board, on which a stopped vCPU's `run` waits.
-    psci: Option<Arc<UserPsci>>,
+    board: Option<Arc<PowerBoard>>,
 }
 
 struct Inner {
@@ -73,18 +71,15 @@ pub struct Interruption {
 }
 
 impl KickShared {
-    /// Shared state for a vCPU whose `kvm_run` is at `run`, and the VM's PSCI in the plugin.
-    pub fn new(run: *mut kvm_run, psci: Option<Arc<UserPsci>>) -> Self {
+    /// Shared state for a vCPU whose `kvm_run` is at `run`, and the power board of the VM's PSCI
+    /// in the plugin.
+    pub fn new(run: *mut kvm_run, board: Option<Arc<PowerBoard>>) -> Self {
         Self {
             requested: AtomicBool::new(false),
             nudged: AtomicBool::new(false),
             inner: Mutex::new(Inner { run, thread: None }),
-            psci,
+            board,
         }
-    }
-
-    fn board(&self) -> Option<&PowerBoard> {
-        self.psci.as_deref().map(|p| &p.board)
     }
 
     /// The lock; what it guards stays consistent even if a holder panicked.
@@ -186,7 +181,7 @@ impl Kick for Kicker {
             signal_out(&inner);
         }
         // A stopped vCPU waits on the power board, not in KVM_RUN.
-        if let Some(board) = self.0.board() {
+        if let Some(board) = &self.0.board {
             board.wake_all();
         }
     }

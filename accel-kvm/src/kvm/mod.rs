@@ -1,6 +1,7 @@
 //! KVM arm64 through `kvm-ioctls`: opening `/dev/kvm`, probing, and creating VMs.
 
 mod debug;
+mod error;
 mod eventfd;
 mod gic;
 mod kick;
@@ -12,18 +13,13 @@ mod vm;
 
 use std::sync::Arc;
 
-use accel_api::{backend::Backend, AccelError, ProbeInfo, Result, VmConfig};
+use accel_api::{backend::Backend, ProbeInfo, Result, VmConfig};
 use kvm_ioctls::Kvm;
 
 use self::probe::Probed;
 
 pub use vcpu::KvmVcpu;
 pub use vm::KvmVm;
-
-/// Wraps a failed ioctl into the shared error type, naming the operation.
-pub(crate) fn ioctl_error(op: impl std::fmt::Display, e: kvm_ioctls::Error) -> AccelError {
-    AccelError::os(e.errno(), format!("{op} failed"))
-}
 
 /// An opened `/dev/kvm`.
 pub struct KvmBackend {

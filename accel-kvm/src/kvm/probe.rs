@@ -17,7 +17,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Cap, Kvm, VcpuFd};
 
-use super::{ioctl_error, vm::page_size};
+use super::{error::ioctl_error, vm::page_size};
 use crate::reg_ids::{kvm_id_of, KVM_REG_ARM64_SVE_VLS};
 
 /// The KVM API version this backend speaks (`KVM_GET_API_VERSION`).

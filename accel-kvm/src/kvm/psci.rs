@@ -21,13 +21,13 @@ use kvm_bindings::{
 };
 use kvm_ioctls::VmFd;
 
-use super::{ioctl_error, kick::KickShared};
+use super::{error::ioctl_error, kick::KickShared};
 
 /// A VM's PSCI in user space: its power board, what it offers, and its vCPUs' kick states.
 #[derive(Default)]
 pub struct UserPsci {
-    /// The vCPUs' power states.
-    pub board: PowerBoard,
+    /// The vCPUs' power states, which their kickers wake too.
+    pub board: Arc<PowerBoard>,
     /// What the answers offer beyond the mandatory calls.
     pub offer: Offer,
     /// The vCPUs, to bring out of the guest when a system event stops them all.

@@ -12,7 +12,7 @@ use accel_kit::memory_map::MemoryMap;
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY};
 use kvm_ioctls::VmFd;
 
-use super::ioctl_error;
+use super::error::ioctl_error;
 
 /// The memory slots of one VM.
 pub struct Slots {

@@ -18,8 +18,7 @@ use accel_api::{
 
 use accel_kit::{
     psci::{self, Call, Outcome, StartContext, Wake},
-    put::regs_to_put,
-    put::values_to_put,
+    put::{LastGet, LastValues},
 };
 use kvm_bindings::{
     kvm_device_attr, kvm_mp_state, kvm_vcpu_events, kvm_vcpu_init, RegList, KVM_ARM_VCPU_PMU_V3_CTRL,
@@ -28,9 +27,9 @@ use kvm_bindings::{
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd, VmFd};
 
 use super::{
-    debug::KvmDebug,
+    debug::{to_kvm, KvmDebug},
+    error::ioctl_error,
     gic::Gic,
-    ioctl_error,
     kick::{self, KickShared},
     psci::UserPsci,
 };
@@ -110,10 +109,10 @@ pub struct KvmVcpu {
     caps: Capabilities,
     listed: Vec<Listed>,
     by_id: HashMap<RegId, usize>,
-    last_core: Option<CoreRegs>,
-    last_fp: Option<FpRegs>,
-    last_sve: Option<SveRegs>,
-    last_listed: HashMap<RegId, u64>,
+    last_core: LastGet<CoreRegs>,
+    last_fp: LastGet<FpRegs>,
+    last_sve: LastGet<SveRegs>,
+    last_listed: LastValues,
     /// The MMIO exit KVM has yet to complete (it does so on the next KVM_RUN).
     pending: Pending,
     reads: Cell<u64>,
@@ -178,7 +177,8 @@ impl KvmVcpu {
             psci.board.lock().add(index, u64::from_le_bytes(mpidr), on);
         }
         kick::install_handler();
-        let kick = Arc::new(KickShared::new(fd.get_kvm_run(), psci.clone()));
+        let board = psci.as_ref().map(|p| Arc::clone(&p.board));
+        let kick = Arc::new(KickShared::new(fd.get_kvm_run(), board));
         if let Some(psci) = &psci {
             psci.register(index, &kick);
         }
@@ -211,10 +211,10 @@ impl KvmVcpu {
             caps: *caps,
             listed,
             by_id,
-            last_core: None,
-            last_fp: None,
-            last_sve: None,
-            last_listed: HashMap::new(),
+            last_core: LastGet::default(),
+            last_fp: LastGet::default(),
+            last_sve: LastGet::default(),
+            last_listed: LastValues::default(),
             pending: Pending::None,
             reads: Cell::new(0),
             writes: Cell::new(0),
@@ -238,10 +238,10 @@ impl KvmVcpu {
         })?;
         self.set_bytes(core_reg_id(CoreReg::Pc), &start.entry.to_le_bytes(), || "PC".into())?;
         self.set_x(0, start.context_id)?;
-        self.last_core = None;
-        self.last_fp = None;
-        self.last_sve = None;
-        self.last_listed.clear();
+        self.last_core.forget();
+        self.last_fp.forget();
+        self.last_sve.forget();
+        self.last_listed.forget();
         self.debug_applied = None;
         Ok(())
     }
@@ -450,21 +450,16 @@ impl BackendVcpu for KvmVcpu {
         for reg in CoreReg::all() {
             regs.set(reg, self.get_u64(core_reg_id(reg), || reg.name())?);
         }
-        self.last_core = Some(regs);
+        self.last_core.got(&regs);
         Ok(regs)
     }
 
     fn put_core(&mut self, regs: &CoreRegs, level: PutLevel) -> Result<()> {
         self.complete_pending()?;
-        for reg in regs_to_put(level, self.last_core.as_ref(), regs) {
-            let result = self.set_bytes(core_reg_id(reg), &regs.get(reg).to_le_bytes(), || reg.name());
-            if let Err(e) = result {
-                // What reached the vCPU is unknown now: the next put writes everything.
-                self.last_core = None;
-                return Err(e);
-            }
+        for reg in self.last_core.to_write(level, regs) {
+            self.set_bytes(core_reg_id(reg), &regs.get(reg).to_le_bytes(), || reg.name())?;
         }
-        self.last_core = Some(*regs);
+        self.last_core.got(regs);
         Ok(())
     }
 
@@ -485,33 +480,29 @@ impl BackendVcpu for KvmVcpu {
             self.get_bytes(fp_reg_id(reg), &mut buf, || reg.name())?;
             *slot = u32::from_le_bytes(buf);
         }
-        self.last_fp = Some(regs);
+        self.last_fp.got(&regs);
         Ok(regs)
     }
 
     fn put_fp(&mut self, regs: &FpRegs, level: PutLevel) -> Result<()> {
         self.complete_pending()?;
         let (fpsr, fpcr) = (regs.fpsr.to_le_bytes(), regs.fpcr.to_le_bytes());
-        for reg in regs_to_put(level, self.last_fp.as_ref(), regs) {
+        for reg in self.last_fp.to_write(level, regs) {
             let bytes: &[u8] = match reg {
                 FpReg::V(n) => &regs.v[usize::from(n)],
                 FpReg::Fpsr => &fpsr,
                 FpReg::Fpcr => &fpcr,
             };
-            let result = match reg {
+            match reg {
                 // A write to Vn zeroes the rest of Zn, as an AdvSIMD write does.
                 FpReg::V(n) if self.sve_vq.is_some() => {
-                    self.last_sve = None;
-                    self.write_sve(SveReg::Z(n), bytes)
+                    self.last_sve.forget();
+                    self.write_sve(SveReg::Z(n), bytes)?;
                 }
-                _ => self.set_bytes(fp_reg_id(reg), bytes, || reg.name()),
-            };
-            if let Err(e) = result {
-                self.last_fp = None;
-                return Err(e);
+                _ => self.set_bytes(fp_reg_id(reg), bytes, || reg.name())?,
             }
         }
-        self.last_fp = Some(*regs);
+        self.last_fp.got(regs);
         Ok(())
     }
 
@@ -521,15 +512,13 @@ impl BackendVcpu for KvmVcpu {
         for reg in self.listed.iter().filter(|r| r.id.class() == class) {
             values.push(RegValue { id: reg.id, value: self.get_listed(reg)? });
         }
-        self.last_listed.extend(values.iter().map(|v| (v.id, v.value)));
+        self.last_listed.got(&values);
         Ok(values)
     }
 
     fn put_regs(&mut self, values: &[RegValue], level: PutLevel) -> Result<()> {
         self.complete_pending()?;
-        let plan: Vec<RegValue> =
-            values_to_put(level, |id| self.last_listed.get(&id).copied(), values).collect();
-        for v in plan {
+        for v in self.last_listed.to_write(level, values) {
             let reg = self.by_id.get(&v.id).map(|&i| self.listed[i]).ok_or_else(|| {
                 AccelError::new(
                     ErrorKind::NOT_FOUND,
@@ -537,7 +526,7 @@ impl BackendVcpu for KvmVcpu {
                 )
             })?;
             self.set_listed(&reg, v.value)?;
-            self.last_listed.insert(v.id, v.value);
+            self.last_listed.wrote(v);
         }
         Ok(())
     }
@@ -626,7 +615,7 @@ impl BackendVcpu for KvmVcpu {
         }
         if let Some(debug) = &self.debug {
             if let Some(setup) = debug.setup_if_changed(self.index, &mut self.debug_applied)? {
-                if let Err(e) = self.fd.set_guest_debug(&setup) {
+                if let Err(e) = self.fd.set_guest_debug(&to_kvm(&setup)) {
                     self.debug_applied = None;
                     return Err(ioctl_error(format!("KVM_SET_GUEST_DEBUG of vCPU {}", self.index), e));
                 }
@@ -722,7 +711,7 @@ impl BackendSve for KvmVcpu {
         for reg in SveReg::all() {
             self.read_sve(reg, regs.reg_mut(reg))?;
         }
-        self.last_sve = Some(regs.clone());
+        self.last_sve.got(&regs);
         Ok(regs)
     }
 
@@ -737,20 +726,15 @@ impl BackendSve for KvmVcpu {
                 vq * 128
             )));
         }
-        let plan: Vec<SveReg> = match &self.last_sve {
-            Some(last) if level < PutLevel::FULL => regs.changed_since(last).collect(),
-            _ => SveReg::all().collect(),
-        };
+        let plan = self.last_sve.to_write(level, regs);
         if !plan.is_empty() {
-            self.last_fp = None;
+            // Zn holds Vn: the FP/SIMD record no longer says what the vCPU holds.
+            self.last_fp.forget();
         }
         for reg in plan {
-            if let Err(e) = self.write_sve(reg, regs.reg(reg)) {
-                self.last_sve = None;
-                return Err(e);
-            }
+            self.write_sve(reg, regs.reg(reg))?;
         }
-        self.last_sve = Some(regs.clone());
+        self.last_sve.got(regs);
         Ok(())
     }
 }

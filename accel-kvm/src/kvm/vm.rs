@@ -12,7 +12,13 @@ use kvm_bindings::{kvm_enable_cap, kvm_vcpu_init, KVM_CAP_ARM_NISV_TO_USER, KVM_
 use kvm_ioctls::{Kvm, VmFd};
 
 use super::{
-    debug::KvmDebug, eventfd::EventFds, gic::Gic, ioctl_error, psci::UserPsci, slots::Slots, vcpu::KvmVcpu,
+    debug::{GuestText, KvmDebug},
+    error::ioctl_error,
+    eventfd::EventFds,
+    gic::Gic,
+    psci::UserPsci,
+    slots::Slots,
+    vcpu::KvmVcpu,
 };
 
 /// A KVM VM.
@@ -83,7 +89,7 @@ impl KvmVm {
             debug: guest_debug.then(|| {
                 let capacity =
                     DebugCapacity { breakpoints: caps.hw_breakpoints, watchpoints: caps.hw_watchpoints };
-                Arc::new(KvmDebug::new(capacity, slots.map()))
+                Arc::new(KvmDebug::new(capacity, GuestText(slots.map())))
             }),
             eventfds: Arc::new(EventFds::new(Arc::clone(&fd), Arc::clone(&gic))),
             fd,

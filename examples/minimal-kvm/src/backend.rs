@@ -15,16 +15,11 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
 
-use crate::{ids, vcpu::MinimalVcpu};
+use crate::{error::os_error, ids, vcpu::MinimalVcpu};
 
 /// The vCPU features this plugin implements. It reports exactly these on probe and refuses the
 /// others by name.
 const FEATURES: VcpuFeatures = VcpuFeatures(VcpuFeatures::POWER_OFF.0 | VcpuFeatures::PSCI_0_2.0);
-
-/// Turns a failed ioctl into the shared error type: kind `OS`, the errno, and what failed.
-pub(crate) fn os_error(what: impl std::fmt::Display, e: kvm_ioctls::Error) -> AccelError {
-    AccelError::os(e.errno(), format!("{what} failed"))
-}
 
 /// The plugin's probe: can it run here, and what can it do.
 pub fn probe() -> ProbeInfo {

@@ -23,6 +23,8 @@ mod ids;
 #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
 pub mod backend;
 #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
+mod error;
+#[cfg(all(target_os = "linux", target_arch = "aarch64"))]
 mod kick;
 #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
 pub mod vcpu;

@@ -1,7 +1,7 @@
 //! A KVM vCPU: register sync through `KVM_GET_ONE_REG`/`KVM_SET_ONE_REG`, multiprocessing state,
 //! kicks, and `KVM_RUN` with the MMIO completion the contract asks for.
 
-use std::{cell::Cell, collections::HashMap, fmt::Display, sync::Arc};
+use std::{cell::Cell, fmt::Display, sync::Arc};
 
 use accel_api::{
     backend::{BackendVcpu, Kick},
@@ -9,12 +9,12 @@ use accel_api::{
     RegValue, Result, SyncCounters, SystemEventKind, VcpuExit,
 };
 
-use accel_kit::{put::regs_to_put, put::values_to_put};
+use accel_kit::put::{LastGet, LastValues};
 use kvm_bindings::{kvm_mp_state, kvm_vcpu_init, RegList, KVM_EXIT_ARM_NISV};
 use kvm_ioctls::{VcpuExit as KvmExit, VcpuFd, VmFd};
 
 use crate::{
-    backend::os_error,
+    error::os_error,
     ids,
     kick::{KickState, Kicker},
 };
@@ -35,9 +35,9 @@ pub struct MinimalVcpu {
     index: u32,
     /// The 64-bit system registers `KVM_GET_REG_LIST` names, in its order.
     sysregs: Vec<RegId>,
-    last_core: Option<CoreRegs>,
-    last_fp: Option<FpRegs>,
-    last_sys: HashMap<RegId, u64>,
+    last_core: LastGet<CoreRegs>,
+    last_fp: LastGet<FpRegs>,
+    last_sys: LastValues,
     pending: Pending,
     kick: Arc<KickState>,
     reads: Cell<u64>,
@@ -67,9 +67,9 @@ impl MinimalVcpu {
             sysregs: sysregs.collect(),
             fd,
             index,
-            last_core: None,
-            last_fp: None,
-            last_sys: HashMap::new(),
+            last_core: LastGet::default(),
+            last_fp: LastGet::default(),
+            last_sys: LastValues::default(),
             pending: Pending::Nothing,
             kick,
             reads: Cell::new(0),
@@ -156,22 +156,19 @@ impl BackendVcpu for MinimalVcpu {
         for reg in CoreReg::all() {
             regs.set(reg, self.read_u64(ids::core_reg(reg), reg.name())?);
         }
-        self.last_core = Some(regs);
+        self.last_core.got(&regs);
         Ok(regs)
     }
 
     /// Contract, puts: only the registers that differ from the last get are written (all of them
-    /// at `PutLevel::FULL`, with no earlier get, or after a failed put): `regs_to_put` decides.
+    /// at `PutLevel::FULL`, with no earlier get, or after a failed put): the kit's `LastGet`
+    /// decides, and forgets the last get until the put has written everything it named.
     fn put_core(&mut self, regs: &CoreRegs, level: PutLevel) -> Result<()> {
         self.complete_pending()?;
-        for reg in regs_to_put(level, self.last_core.as_ref(), regs) {
-            if let Err(e) = self.write(ids::core_reg(reg), &regs.get(reg).to_le_bytes(), reg.name()) {
-                // What reached the vCPU is unknown now: the next put writes everything.
-                self.last_core = None;
-                return Err(e);
-            }
+        for reg in self.last_core.to_write(level, regs) {
+            self.write(ids::core_reg(reg), &regs.get(reg).to_le_bytes(), reg.name())?;
         }
-        self.last_core = Some(*regs);
+        self.last_core.got(regs);
         Ok(())
     }
 
@@ -187,25 +184,22 @@ impl BackendVcpu for MinimalVcpu {
         self.read(ids::fp_reg(FpReg::Fpsr), &mut fpsr, "FPSR")?;
         self.read(ids::fp_reg(FpReg::Fpcr), &mut fpcr, "FPCR")?;
         (regs.fpsr, regs.fpcr) = (u32::from_le_bytes(fpsr), u32::from_le_bytes(fpcr));
-        self.last_fp = Some(regs);
+        self.last_fp.got(&regs);
         Ok(regs)
     }
 
     /// Contract, puts: as `put_core`.
     fn put_fp(&mut self, regs: &FpRegs, level: PutLevel) -> Result<()> {
         self.complete_pending()?;
-        for reg in regs_to_put(level, self.last_fp.as_ref(), regs) {
+        for reg in self.last_fp.to_write(level, regs) {
             let bytes = match reg {
                 FpReg::V(n) => regs.v[usize::from(n)].to_vec(),
                 FpReg::Fpsr => regs.fpsr.to_le_bytes().to_vec(),
                 FpReg::Fpcr => regs.fpcr.to_le_bytes().to_vec(),
             };
-            if let Err(e) = self.write(ids::fp_reg(reg), &bytes, reg.name()) {
-                self.last_fp = None;
-                return Err(e);
-            }
+            self.write(ids::fp_reg(reg), &bytes, reg.name())?;
         }
-        self.last_fp = Some(*regs);
+        self.last_fp.got(regs);
         Ok(())
     }
 
@@ -223,24 +217,23 @@ impl BackendVcpu for MinimalVcpu {
         for &id in &self.sysregs {
             values.push(RegValue { id, value: self.read_u64(ids::sysreg(id), id)? });
         }
-        self.last_sys.extend(values.iter().map(|v| (v.id, v.value)));
+        self.last_sys.got(&values);
         Ok(values)
     }
 
-    /// Contract, puts: `values_to_put` keeps the values that differ from the last get and that
-    /// `level` allows. A register this vCPU does not have is `not found`.
+    /// Contract, puts: the kit's `LastValues` keeps the values that differ from the last get and
+    /// that `level` allows. A register this vCPU does not have is `not found`.
     fn put_regs(&mut self, values: &[RegValue], level: PutLevel) -> Result<()> {
         self.complete_pending()?;
-        let plan: Vec<RegValue> =
-            values_to_put(level, |id| self.last_sys.get(&id).copied(), values).collect();
-        for RegValue { id, value } in plan {
+        for v in self.last_sys.to_write(level, values) {
+            let RegValue { id, value } = v;
             if !self.sysregs.contains(&id) {
                 let kind =
                     if id.class() == RegClass::SYS { ErrorKind::NOT_FOUND } else { ErrorKind::UNSUPPORTED };
                 return Err(AccelError::new(kind, format!("{id} is not a register of vCPU {}", self.index)));
             }
             self.write(ids::sysreg(id), &value.to_le_bytes(), id)?;
-            self.last_sys.insert(id, value);
+            self.last_sys.wrote(v);
         }
         Ok(())
     }
