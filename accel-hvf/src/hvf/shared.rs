@@ -23,7 +23,7 @@ use super::{
     probe::{Probed, PAGE_SIZE},
     slot::VmSlot,
     sync::locked,
-    vcpu::KickState,
+    vcpu::kick::KickState,
 };
 
 /// What a VM's vCPU threads and extensions share.

@@ -8,7 +8,7 @@
 //! kickers share with it in [`kick`].
 
 mod exits;
-mod kick;
+pub(super) mod kick;
 mod registers;
 
 use std::sync::{atomic::Ordering, Arc};
@@ -22,8 +22,7 @@ use accel_api::{
 use accel_kit::thread_proxy::ThreadProxy;
 
 use crate::hvf::shared::VmShared;
-use kick::HvfKicker;
-pub use kick::KickState;
+use kick::{HvfKicker, KickState};
 use registers::{Counters, Worker};
 
 /// An HVF vCPU, as the host holds it: a handle to its thread.
