@@ -19,9 +19,18 @@
 //!   only from a lower-EL debug class to its current-EL one.
 #![no_main]
 
-use accel_api::{abi::{debug_event_kind, exit_kind, DebugEventRecord, ExitRecord}, abi_stable::std_types::RVec, debug::DebugEvent, DebugExit, MmioAccess, SystemEventKind, VcpuExit};
+use accel_api::{
+    abi::{debug_event_kind, exit_kind, DebugEventRecord, ExitRecord},
+    abi_stable::std_types::RVec,
+    debug::DebugEvent,
+    DebugExit, MmioAccess, SystemEventKind, VcpuExit,
+};
 
-use accel_kit::{guest_debug::guest_syndrome, mmio::{DataAbort, MmioInstruction}, systrap::SysRegAccess};
+use accel_kit::{
+    guest_debug::guest_syndrome,
+    mmio::{DataAbort, MmioInstruction},
+    systrap::SysRegAccess,
+};
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 

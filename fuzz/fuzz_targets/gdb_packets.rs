@@ -102,8 +102,7 @@ fn model(limit: usize, input: &[u8]) -> Vec<Frame> {
             frames.push(Frame::Dropped);
         } else {
             let body = &input[start..hash];
-            let sent =
-                std::str::from_utf8(digits).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+            let sent = std::str::from_utf8(digits).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
             frames.push(Frame::Packet { body: unescape(body), valid: sent == Some(checksum(body)) });
         }
         i = hash + 3;

@@ -14,7 +14,12 @@
 //!   one byte changed, or cut short anywhere, is refused.
 #![no_main]
 
-use accel_api::{events::{MpState, VcpuEvents}, regs::{CoreReg, CoreRegs, FpRegs}, sve::SveRegs, RegId, RegValue, VcpuFeatures};
+use accel_api::{
+    events::{MpState, VcpuEvents},
+    regs::{CoreReg, CoreRegs, FpRegs},
+    sve::SveRegs,
+    RegId, RegValue, VcpuFeatures,
+};
 
 use accel_host::snapshot::{VcpuSnapshot, MAGIC, VERSION};
 use arbitrary::{Arbitrary, Unstructured};

@@ -18,9 +18,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use accel_api::{abi::DebugProgramRecord, debug::{DebugEvent, DebugProgram, WatchKind, Watchpoint, BRK_INSN, MAX_DEBUG_REGS}, ErrorKind};
+use accel_api::{
+    abi::DebugProgramRecord,
+    debug::{DebugEvent, DebugProgram, WatchKind, Watchpoint, BRK_INSN, MAX_DEBUG_REGS},
+    ErrorKind,
+};
 
-use accel_kit::{debug_regs::breakpoint_control, debug_regs::sign_extend_va, debug_regs::watch_pieces, debug_regs::watchpoint_registers, debug_pool::DebugPool};
+use accel_kit::{
+    debug_pool::DebugPool, debug_regs::breakpoint_control, debug_regs::sign_extend_va,
+    debug_regs::watch_pieces, debug_regs::watchpoint_registers,
+};
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 
