@@ -29,8 +29,9 @@ use std::sync::{mpsc, Arc};
 use accel_api::{AccelError, ErrorKind, Result};
 
 use crate::vmm::{console::Escape, machine::vcpu_features, memory_error, step, Machine, Outcome};
+use accel_kit::thread_proxy::ThreadProxy;
 pub use options::GdbOptions;
-use vcpu_thread::{vcpu_thread, VcpuHandle};
+use vcpu_thread::{Runner, VcpuHandle};
 
 /// How many events (each a vCPU's stop, or a chunk of at most a few KiB of a client's bytes)
 /// wait for the session at most; whoever sends more waits.
@@ -100,20 +101,15 @@ fn serve_with(
     let debug = vm.debug().ok_or_else(no_debug)?;
     let mut handles = Vec::new();
     for (i, vcpu) in vcpus.into_iter().enumerate() {
-        let (commands_tx, commands) = mpsc::channel();
         let features = vcpu_features(&config, i as u32);
-        handles.push(VcpuHandle { commands: commands_tx, kicker: vcpu.kicker(), features });
+        let kicker = vcpu.kicker();
         let (bus, ram, events_tx) = (Arc::clone(&bus), Arc::clone(&ram), events_tx.clone());
         let debug = vm.debug().ok_or_else(no_debug)?;
-        std::thread::Builder::new()
-            .name(format!("vcpu{i}"))
-            .spawn(move || {
-                memory_error::install();
-                vcpu_thread(vcpu, commands, events_tx, debug, |v| step(v, &bus, &ram));
-            })
-            .map_err(|e| {
-                AccelError::new(ErrorKind::NO_RESOURCE, format!("spawning the thread of vCPU {i}: {e}"))
-            })?;
+        let thread = ThreadProxy::spawn(format!("vcpu{i}"), move || {
+            memory_error::install();
+            Ok(Runner::new(vcpu, events_tx, debug, Box::new(move |v| step(v, &bus, &ram))))
+        })?;
+        handles.push(VcpuHandle { thread, kicker, features });
     }
     let outcome =
         session::serve_session(options, handles, debug, Arc::clone(&ram), events_tx, events, connect);

@@ -19,7 +19,7 @@ use crate::mmu::{translate, TranslationRegs};
 use super::{
     arch::{GdbRegId, GdbRegs, SveView, CORE_SYSREGS},
     nonstop::{StopReason, SIGINT, SIGSTOP, SIGTRAP},
-    vcpu_thread::{Command, Event, Stop, VcpuHandle},
+    vcpu_thread::{Event, Stop, VcpuHandle},
     z_packet::WatchKind,
 };
 use crate::vmm::ram::GuestRam;
@@ -132,14 +132,7 @@ impl GdbTarget {
             // Its thread is inside the guest: the request would wait for the next stop.
             return Err(AccelError::bad_state(format!("vCPU {index} is running")));
         }
-        let (tx, rx) = mpsc::channel();
-        handle
-            .commands
-            .send(Command::Exec(Box::new(move |v| {
-                let _ = tx.send(f(v));
-            })))
-            .map_err(|_| AccelError::bad_state(format!("vCPU {index}'s thread is gone")))?;
-        rx.recv().map_err(|_| AccelError::bad_state(format!("vCPU {index} did not answer")))?
+        handle.thread.call(move |runner| f(runner.vcpu()))?
     }
 
     /// vCPU `index`'s translation registers, read once per stop. A running vCPU's are those of
@@ -234,10 +227,7 @@ impl GdbTarget {
             return Ok(());
         }
         self.debug.set_single_step(index, step)?;
-        handle
-            .commands
-            .send(Command::Resume { step })
-            .map_err(|_| AccelError::bad_state(format!("vCPU {index}'s thread is gone")))?;
+        handle.thread.post(move |runner| runner.resume(step))?;
         self.running[index as usize] = true;
         self.stepping[index as usize] = step;
         Ok(())

@@ -1,5 +1,6 @@
-//! The vCPU threads under the debugger: each runs its vCPU when told, reports why it stopped, and
-//! runs register accesses for the session while stopped, since a vCPU is driven from one thread.
+//! The vCPU threads under the debugger: each vCPU lives on a thread of its own (the backend
+//! kit's [`ThreadProxy`]), runs when told, reports why it stopped, and runs register accesses for
+//! the session while stopped, since a vCPU is driven from one thread.
 
 use std::{collections::VecDeque, sync::mpsc};
 
@@ -8,19 +9,9 @@ use accel_api::{
     debug::DebugEvent,
     AccelError, MpState, Result, VcpuFeatures,
 };
+use accel_kit::thread_proxy::ThreadProxy;
 
 use crate::vmm::{guest_debug::deliver_to_guest, Outcome, Step};
-
-/// A command for a vCPU thread.
-pub enum Command {
-    /// Run until the next stop; `step` when the debugger asked this vCPU for one instruction.
-    Resume {
-        /// A single step was asked for.
-        step: bool,
-    },
-    /// Run a closure on the vCPU (only while stopped).
-    Exec(Box<dyn FnOnce(&mut Vcpu) + Send>),
-}
 
 /// Why a vCPU stopped.
 #[derive(Debug)]
@@ -80,55 +71,73 @@ impl Events {
     }
 }
 
+/// How a vCPU makes one step of its run: one exit handled (MMIO, system events) by the machine.
+pub type StepExit = Box<dyn FnMut(&mut Vcpu) -> Result<Step> + Send>;
+
+/// A vCPU under the debugger, as it lives on its thread.
+pub struct Runner {
+    vcpu: Vcpu,
+    index: u32,
+    events: mpsc::SyncSender<Event>,
+    debug: Debug,
+    step_exit: StepExit,
+}
+
+impl Runner {
+    /// A runner for `vcpu`, reporting its stops on `events`.
+    pub fn new(vcpu: Vcpu, events: mpsc::SyncSender<Event>, debug: Debug, step_exit: StepExit) -> Self {
+        let index = vcpu.index();
+        Self { vcpu, index, events, debug, step_exit }
+    }
+
+    /// The vCPU, for a register access while it is stopped.
+    pub fn vcpu(&mut self) -> &mut Vcpu {
+        &mut self.vcpu
+    }
+
+    /// Runs (with `step_exit` handling MMIO and system events) until a stop the host owns,
+    /// delivering the guest's own debug exceptions to it on the way, and reports the stop;
+    /// `step` when the debugger asked this vCPU for one instruction.
+    pub fn resume(&mut self, step: bool) {
+        let powered_off = step && self.vcpu.get_mp_state().is_ok_and(|s| s == MpState::STOPPED);
+        let stop = loop {
+            if powered_off {
+                break Stop::PoweredOff;
+            }
+            match (self.step_exit)(&mut self.vcpu) {
+                Ok(Step::Continue) => {}
+                Ok(Step::Ended(outcome)) => break Stop::Exited(outcome),
+                Ok(Step::Interrupted) => break Stop::Kicked,
+                Ok(Step::Debug(exit)) => match self.debug.classify(self.index, &exit) {
+                    DebugEvent::Guest => {
+                        if let Err(e) = deliver_to_guest(&mut self.vcpu, &exit) {
+                            break Stop::Failed(e);
+                        }
+                    }
+                    event => break Stop::Debug(event),
+                },
+                Err(e) => break Stop::Failed(e),
+            }
+        };
+        // A session that has ended no longer listens.
+        let _ = self.events.send(Event::Vcpu(self.index, stop));
+    }
+}
+
 /// The session's handle on one vCPU thread.
 pub struct VcpuHandle {
-    /// Commands to the thread.
-    pub commands: mpsc::Sender<Command>,
+    /// The vCPU's thread.
+    pub thread: ThreadProxy<Runner>,
     /// Kicks the vCPU out of `run`.
     pub kicker: Kicker,
     /// The features it was created with.
     pub features: VcpuFeatures,
 }
 
-/// Runs one vCPU under the debugger's control: waits for commands, and on `Resume` runs (with
-/// `step_exit` handling MMIO and system events) until a stop the host owns, delivering the
-/// guest's own debug exceptions to it on the way.
-pub fn vcpu_thread(
-    mut vcpu: Vcpu,
-    commands: mpsc::Receiver<Command>,
-    events: mpsc::SyncSender<Event>,
-    debug: Debug,
-    mut step_exit: impl FnMut(&mut Vcpu) -> Result<Step>,
-) {
-    let index = vcpu.index();
-    for command in commands {
-        match command {
-            Command::Exec(f) => f(&mut vcpu),
-            Command::Resume { step } => {
-                let powered_off = step && vcpu.get_mp_state().is_ok_and(|s| s == MpState::STOPPED);
-                let stop = loop {
-                    if powered_off {
-                        break Stop::PoweredOff;
-                    }
-                    match step_exit(&mut vcpu) {
-                        Ok(Step::Continue) => {}
-                        Ok(Step::Ended(outcome)) => break Stop::Exited(outcome),
-                        Ok(Step::Interrupted) => break Stop::Kicked,
-                        Ok(Step::Debug(exit)) => match debug.classify(index, &exit) {
-                            DebugEvent::Guest => {
-                                if let Err(e) = deliver_to_guest(&mut vcpu, &exit) {
-                                    break Stop::Failed(e);
-                                }
-                            }
-                            event => break Stop::Debug(event),
-                        },
-                        Err(e) => break Stop::Failed(e),
-                    }
-                };
-                if events.send(Event::Vcpu(index, stop)).is_err() {
-                    return;
-                }
-            }
-        }
+impl Drop for VcpuHandle {
+    /// A vCPU still in the guest is kicked out, so that its thread, joined as the proxy goes,
+    /// ends.
+    fn drop(&mut self) {
+        self.kicker.kick();
     }
 }
