@@ -28,41 +28,24 @@ pub trait RegisterFile: Clone {
     fn changed(&self, base: &Self) -> Vec<Self::Reg>;
 }
 
-impl RegisterFile for CoreRegs {
-    type Reg = CoreReg;
+/// `RegisterFile` for a file whose registers `Reg::all()` lists and whose `changed_since` compares.
+macro_rules! register_file {
+    ($($file:ty => $reg:ty),* $(,)?) => {$(
+        impl RegisterFile for $file {
+            type Reg = $reg;
 
-    fn all_regs() -> Vec<CoreReg> {
-        CoreReg::all().collect()
-    }
+            fn all_regs() -> Vec<$reg> {
+                <$reg>::all().collect()
+            }
 
-    fn changed(&self, base: &Self) -> Vec<CoreReg> {
-        self.changed_since(base).collect()
-    }
+            fn changed(&self, base: &Self) -> Vec<$reg> {
+                self.changed_since(base).collect()
+            }
+        }
+    )*};
 }
 
-impl RegisterFile for FpRegs {
-    type Reg = FpReg;
-
-    fn all_regs() -> Vec<FpReg> {
-        FpReg::all().collect()
-    }
-
-    fn changed(&self, base: &Self) -> Vec<FpReg> {
-        self.changed_since(base).collect()
-    }
-}
-
-impl RegisterFile for SveRegs {
-    type Reg = SveReg;
-
-    fn all_regs() -> Vec<SveReg> {
-        SveReg::all().collect()
-    }
-
-    fn changed(&self, base: &Self) -> Vec<SveReg> {
-        self.changed_since(base).collect()
-    }
-}
+register_file!(CoreRegs => CoreReg, FpRegs => FpReg, SveRegs => SveReg);
 
 /// The values of a register file as the vCPU last reported or took them, against which a put
 /// finds what the host changed.
