@@ -20,6 +20,7 @@ mod checks;
 mod cmd;
 mod compat;
 mod e2e;
+mod edges;
 mod error;
 mod fuzz;
 mod guests;

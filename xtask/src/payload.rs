@@ -10,6 +10,7 @@ pub fn vm_files() -> Result<Vec<VmFile>> {
         VmFile::from_host("/bin/accel-conformance", &cross_out("accel-conformance"), 0o755)?,
         VmFile::from_host("/bin/accel-bench", &cross_out("accel-bench"), 0o755)?,
         VmFile::from_host("/bin/accel-boot-bench", &cross_out("accel-boot-bench"), 0o755)?,
+        VmFile::from_host("/bin/accel-edges", &cross_out("accel-edges"), 0o755)?,
         VmFile::from_host("/guests/demo.elf", &guests::demo(), 0o644)?,
         VmFile {
             path: "/lib/accel/not-a-plugin.so".into(),

@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::{
     bench,
     build::cross_build,
-    checks, compat, e2e,
+    checks, compat, e2e, edges,
     error::{Error, Result},
     fuzz, guests,
     host_checks::{lint, unit_tests},
@@ -53,6 +53,9 @@ pub fn test(boots: &[Boot]) -> Result<bool> {
     println!("xtask: host unit tests");
     unit_tests(&mut tally, &[])?;
 
+    println!("xtask: the hardened edges on this host");
+    edges::host(&mut tally)?;
+
     println!("xtask: fuzz targets, {} runs each", fuzz::SMOKE_RUNS);
     fuzz::smoke(&mut tally);
 
@@ -79,6 +82,7 @@ pub fn test(boots: &[Boot]) -> Result<bool> {
             "example-plugin",
             &["/bin/accel-conformance", "--plugin", "/lib/accel/libaccel_example.so", "--allow-not-run"],
         ),
+        edges::job(),
         Job::new("host-list", &["/bin/accel-host", "list"]),
         Job::new("host-probe", &["/bin/accel-host", "probe", "--accel", "kvm"]),
         Job::new("host-probe-json", &["/bin/accel-host", "probe", "--accel", "kvm", "--json"]),
@@ -138,6 +142,7 @@ pub fn test(boots: &[Boot]) -> Result<bool> {
         }
         e2e::linux::check(&mut tally, &tag, &boot.file_stem(), &run, &work)?;
         e2e::boot_bench::check(&mut tally, &tag, &run);
+        edges::check(&mut tally, &tag, &run);
     }
     e2e::gdb::gdb_end_to_end(&mut tally, &kernel)?;
     println!("xtask: total time {:.1} s", start.elapsed().as_secs_f64());

@@ -1,0 +1,8 @@
+//! The files edges.
+
+use crate::check::Check;
+
+/// The checks of this area.
+pub fn checks() -> Vec<Check> {
+    vec![]
+}

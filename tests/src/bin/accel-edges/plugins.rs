@@ -1,0 +1,8 @@
+//! The plugins edges.
+
+use crate::check::Check;
+
+/// The checks of this area.
+pub fn checks() -> Vec<Check> {
+    vec![]
+}
