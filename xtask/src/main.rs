@@ -19,6 +19,7 @@ mod build;
 mod checks;
 mod cmd;
 mod compat;
+mod deny;
 mod e2e;
 mod edges;
 mod error;

@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::{
     bench,
     build::cross_build,
-    checks, compat, e2e, edges,
+    checks, compat, deny, e2e, edges,
     error::{Error, Result},
     fuzz, guests,
     host_checks::{lint, unit_tests},
@@ -49,6 +49,9 @@ pub fn test(boots: &[Boot]) -> Result<bool> {
     let mut tally = Tally::default();
     println!("xtask: formatting and lints");
     lint(&mut tally);
+
+    println!("xtask: dependency policy (cargo deny)");
+    deny::check(&mut tally)?;
 
     println!("xtask: host unit tests");
     unit_tests(&mut tally, &[])?;
