@@ -9,7 +9,11 @@
 //! than this host knows, an older one fewer, and everything else must match. Several plugins load
 //! side by side in one process.
 
-use std::path::{Path, PathBuf};
+use std::{
+    ffi::OsStr,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
 
 use abi_stable::{
     abi_stability::abi_checking::{check_layout_compatibility, AbiInstabilityErrors},
@@ -231,19 +235,26 @@ pub fn open_checked(path: &Path, policy: trust::Policy) -> Result<PluginFile> {
 }
 
 /// Loads the checked file with the dynamic loader through its open descriptor, and returns its
-/// abi_stable header. The library stays loaded for the life of the process, as abi_stable's own
-/// loading does: its root module is `'static`.
-fn open_library(path: &Path, file: &PluginFile) -> Result<&'static LibHeader> {
+/// abi_stable header. The library, and the descriptor it was loaded by, stay for the life of the
+/// process, as abi_stable's own loading keeps the library: its root module is `'static`.
+fn open_library(path: &Path, file: PluginFile) -> Result<&'static LibHeader> {
     let load_path = file.load_path();
     let shown = |text: String| text.replace(&*load_path.to_string_lossy(), &path.display().to_string());
     // SAFETY: the file was checked to be an ELF shared object for this machine that exports
     // abi_stable's root module; loading it runs its initializers, as loading any plugin must.
     let library = unsafe {
-        libloading::os::unix::Library::open(Some(&load_path), libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL)
+        libloading::os::unix::Library::open(
+            Some(&load_path),
+            libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL,
+        )
     }
     .map_err(|e| {
-        load_error(path, format_args!("not a loadable shared library ({})", shown(first_line(&e.to_string()))))
+        load_error(
+            path,
+            format_args!("not a loadable shared library ({})", shown(first_line(&e.to_string()))),
+        )
     })?;
+    file.keep_open();
     // SAFETY: abi_stable exports its root module loader under this name as an `AbiHeaderRef`,
     // a `'static` reference, valid while the library stays loaded, which it does: it is never
     // unloaded (see below).
@@ -262,8 +273,7 @@ fn open_library(path: &Path, file: &PluginFile) -> Result<&'static LibHeader> {
 /// routes its logs to this process's logger.
 pub fn load_with(path: &Path, policy: trust::Policy) -> Result<Plugin> {
     let file = open_checked(path, policy)?;
-    let header = open_library(path, &file)?;
-    drop(file);
+    let header = open_library(path, file)?;
     let version = VersionNumber::new(header.version_strings())
         .map_err(|e| load_error(path, format_args!("its ABI version does not parse: {e}")))?;
     let expected = VersionNumber::new(<PluginRef as abi_stable::library::RootModule>::VERSION_STRINGS)
@@ -301,8 +311,10 @@ pub fn check_name(plugin: &Plugin, path: &Path, name: &str) -> Result<()> {
 
 /// Whether `spec` (an `--accel` value) is a plugin file path rather than a backend name: it
 /// contains a path separator or ends with the shared-library suffix.
-pub fn is_path(spec: &str) -> bool {
-    spec.contains(std::path::MAIN_SEPARATOR) || spec.ends_with(std::env::consts::DLL_SUFFIX)
+pub fn is_path(spec: impl AsRef<OsStr>) -> bool {
+    let bytes = spec.as_ref().as_bytes();
+    bytes.contains(&(std::path::MAIN_SEPARATOR as u8))
+        || bytes.ends_with(std::env::consts::DLL_SUFFIX.as_bytes())
 }
 
 /// The plugin directories, in search order: `ACCEL_PLUGIN_PATH`'s entries, which must be
@@ -375,7 +387,8 @@ pub fn discover() -> Result<Vec<PathBuf>> {
 /// Finds the plugin file `--accel` names: a path when [`is_path`], otherwise a backend name
 /// looked up in the plugin directories. A path without a separator is in the current directory:
 /// the dynamic loader's own search is never used. The file is not loaded.
-pub fn find(spec: &str) -> Result<PathBuf> {
+pub fn find(spec: impl AsRef<OsStr>) -> Result<PathBuf> {
+    let spec = spec.as_ref();
     if is_path(spec) {
         let path = PathBuf::from(spec);
         if path.symlink_metadata().is_err() {
@@ -386,6 +399,12 @@ pub fn find(spec: &str) -> Result<PathBuf> {
         }
         return Ok(path);
     }
+    let Some(spec) = spec.to_str() else {
+        return Err(AccelError::invalid(format!(
+            "'{}' is neither a backend name nor a plugin file path",
+            Path::new(spec).display()
+        )));
+    };
     let file = plugin_file_name(spec);
     let dirs = plugin_dirs()?;
     if let Some(path) = dirs.iter().map(|d| d.join(&file)).find(|p| p.symlink_metadata().is_ok()) {

@@ -1,7 +1,7 @@
 //! `accel-host`: list and probe accel plugins, and run an AArch64 guest image on one.
 
 use std::{
-    ffi::OsStr,
+    ffi::{OsStr, OsString},
     io::Write,
     path::{Path, PathBuf},
     process::ExitCode,
@@ -38,7 +38,7 @@ enum Command {
     Probe {
         /// A backend name (looked up in the plugin directories) or a plugin file path.
         #[arg(long)]
-        accel: String,
+        accel: OsString,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -158,14 +158,14 @@ fn list(policy: trust::Policy) -> Result<i32, String> {
 }
 
 /// `accel-host probe`: the plugin is loaded and probed in a child process.
-fn probe(accel: &str, json: bool, policy: trust::Policy) -> Result<i32, String> {
+fn probe(accel: &OsStr, json: bool, policy: trust::Policy) -> Result<i32, String> {
     let path = loader::find(accel).map_err(|e| e.to_string())?;
     let mut args = vec![OsStr::new("probe"), path.as_os_str()];
     if json {
         args.push(OsStr::new("--json"));
     }
     if !loader::is_path(accel) {
-        args.extend([OsStr::new("--name"), OsStr::new(accel)]);
+        args.extend([OsStr::new("--name"), accel]);
     }
     let child = isolate::run_child(&path, policy, &args)?;
     if let Some(reason) = isolate::crash_reason(&path, child.status) {

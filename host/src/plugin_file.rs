@@ -75,7 +75,8 @@ impl PluginFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(OpenError::NotFound),
             Err(e) => return Err(OpenError::Other(format!("cannot open it: {e}"))),
         };
-        let meta = file.metadata().map_err(|e| OpenError::Other(format!("cannot stat the open file: {e}")))?;
+        let meta =
+            file.metadata().map_err(|e| OpenError::Other(format!("cannot stat the open file: {e}")))?;
         if !meta.file_type().is_file() {
             return Err(OpenError::Other(format!("not a regular file ({})", kind(&meta))));
         }
@@ -97,6 +98,15 @@ impl PluginFile {
             .read_to_end(&mut bytes)
             .map_err(|e| format!("reading it: {e}"))?;
         check_elf(&bytes)
+    }
+
+    /// Keeps the descriptor open for the life of the process, once the dynamic loader has loaded
+    /// the library through [`PluginFile::load_path`]: the loader knows a library by the name it
+    /// was opened by, and would hand back this one for a later `/proc/self/fd/N` of the same
+    /// number.
+    pub fn keep_open(self) {
+        use std::os::fd::IntoRawFd;
+        let _ = self.file.into_raw_fd();
     }
 
     /// The path the dynamic loader opens to load this very file: the open descriptor's
@@ -193,9 +203,8 @@ pub fn check_elf(bytes: &[u8]) -> Result<(), String> {
         head.endianness().map_err(|e| format!("not a loadable shared library ({e})"))?,
     );
     let offset = usize::try_from(head.e_phoff).map_err(|_| "its program header offset is out of range")?;
-    let phdrs = ProgramHeader::parse(bytes, offset, usize::from(head.e_phnum), ctx).map_err(|_| {
-        format!("truncated: its program headers lie past its end ({} bytes)", bytes.len())
-    })?;
+    let phdrs = ProgramHeader::parse(bytes, offset, usize::from(head.e_phnum), ctx)
+        .map_err(|_| format!("truncated: its program headers lie past its end ({} bytes)", bytes.len()))?;
     for ph in &phdrs {
         let end = ph.p_offset.checked_add(ph.p_filesz);
         if end.is_none_or(|end| end > bytes.len() as u64) {
@@ -209,9 +218,8 @@ pub fn check_elf(bytes: &[u8]) -> Result<(), String> {
     }
     let elf = Elf::parse(bytes).map_err(|e| format!("not a loadable shared library (malformed ELF: {e})"))?;
     let name = abi_stable::library::ROOT_MODULE_LOADER_NAME;
-    let exported = elf.dynsyms.iter().any(|sym| {
-        sym.st_shndx != 0 && elf.dynstrtab.get_at(sym.st_name) == Some(name)
-    });
+    let exported =
+        elf.dynsyms.iter().any(|sym| sym.st_shndx != 0 && elf.dynstrtab.get_at(sym.st_name) == Some(name));
     if !exported {
         return Err("not an accel plugin: it exports no abi_stable root module".into());
     }

@@ -41,7 +41,7 @@ fn untrusted(meta: &Metadata, dir: bool) -> Option<&'static str> {
     if uid != 0 && uid != euid() {
         return Some("owned by another user");
     }
-    if dir && uid == 0 && mode & libc::S_ISVTX as u32 != 0 {
+    if dir && uid == 0 && mode & 0o1000 != 0 {
         // Root's sticky directory: no one else can replace what is ours in it.
         return None;
     }
@@ -143,11 +143,18 @@ mod tests {
         let strict = Policy::default();
         let scope = Scope::PluginDir(dir.clone());
         assert_eq!(check(&file, &meta(), &scope, strict), Ok(()));
-        assert_eq!(check(&file, &meta(), &Scope::WholePath, strict), Ok(()), "/tmp is root's sticky directory");
+        assert_eq!(
+            check(&file, &meta(), &Scope::WholePath, strict),
+            Ok(()),
+            "/tmp is root's sticky directory"
+        );
 
         set(&dir, 0o777);
         let err = check(&file, &meta(), &scope, strict).expect_err("a world-writable directory");
-        assert!(err.contains("world-writable") && err.contains("0777") && err.contains("--allow-untrusted"), "{err}");
+        assert!(
+            err.contains("world-writable") && err.contains("0777") && err.contains("--allow-untrusted"),
+            "{err}"
+        );
         assert!(err.starts_with(&*dir.to_string_lossy()), "{err}");
         assert_eq!(check(&file, &meta(), &scope, Policy { allow_untrusted: true }), Ok(()));
 
