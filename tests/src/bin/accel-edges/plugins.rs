@@ -23,6 +23,8 @@ const MARKER_ENV: &str = "ACCEL_FIXTURE_MARKER";
 const ALLOW: &str = "--allow-untrusted-plugins";
 /// A real plugin that loads and probes (as unavailable) on every host.
 const HVF: &str = "libaccel_hvf.so";
+/// The fixture whose probe never returns, named so that no search finds it.
+const HANGING: &str = "libfixture_hanging.so";
 /// A real plugin that calls itself `example`.
 const EXAMPLE: &str = "libaccel_example.so";
 
@@ -61,6 +63,10 @@ pub fn checks() -> Vec<Check> {
         Check::host(
             "a plugin found by name that calls itself by another name is refused in one line by probe and run",
             name_mismatch_refused,
+        ),
+        Check::host(
+            "a plugin whose probe never returns is killed at the time limit and reported in one line by probe, list and run",
+            hanging_probe_killed,
         ),
         Check::kvm(
             "the kvm plugin, checked and loaded through its open descriptor, runs the demo guest by name, by choice and when allowed from an untrusted directory",
@@ -356,6 +362,25 @@ fn name_mismatch_refused(env: &Env) -> Result<(), String> {
     let image = raw_image(env)?;
     let ran = host(env, &["run", "--accel", "kvm", &image.display().to_string()], Some(&dir))?;
     refused_with_all(&ran, 1, &[&shown, "calls itself 'example'"]).map_err(|e| format!("run: {e}"))
+}
+
+fn hanging_probe_killed(env: &Env) -> Result<(), String> {
+    let dir = env.dir("hanging");
+    let plugin = dir.join("libaccel_hanging.so");
+    copy(env, HANGING, &plugin, 0o755)?;
+    let shown = plugin.display().to_string();
+    let said = "did not load and answer its probe within";
+    let ran = host(env, &["probe", "--accel", "hanging"], Some(&dir))?;
+    refused_with_all(&ran, 1, &[&shown, said]).map_err(|e| format!("probe: {e}"))?;
+    let image = raw_image(env)?;
+    let ran = host(env, &["run", "--accel", "hanging", &image.display().to_string()], Some(&dir))?;
+    refused_with_all(&ran, 1, &[&shown, said]).map_err(|e| format!("run: {e}"))?;
+    let ran = host(env, &["list"], Some(&dir))?;
+    succeeded(&ran, "list")?;
+    if !ran.stdout.lines().any(|l| l.contains(&shown) && l.contains(said)) {
+        return Err(format!("list does not report the hanging plugin: {:?}", ran.stdout));
+    }
+    Ok(())
 }
 
 fn kvm_runs_after_the_checks(env: &Env) -> Result<(), String> {
