@@ -87,8 +87,12 @@ impl PluginFile {
         Ok(PluginFile { file, path: path.to_path_buf(), meta })
     }
 
-    /// Reads the whole file and checks it is a plugin for this machine (see [`check_elf`]).
+    /// Reads the whole file and checks it is a plugin for this machine (see [`check_elf`]). Only
+    /// on Linux, whose plugins are ELF; elsewhere the dynamic loader's own checks apply.
     pub fn check(&mut self) -> Result<(), String> {
+        if !cfg!(target_os = "linux") {
+            return Ok(());
+        }
         if self.meta.len() > MAX_PLUGIN_SIZE {
             return Err(format!("{} bytes is larger than any plugin", self.meta.len()));
         }
