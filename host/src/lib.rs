@@ -9,8 +9,10 @@ pub mod gdb;
 pub mod isolate;
 pub mod loader;
 pub mod mmu;
+pub mod plugin_file;
 pub mod report;
 pub mod snapshot;
+pub mod trust;
 pub mod vmm;
 
 /// Parses a memory size such as `512M`, `1G`, `65536` or `64k` (binary units).

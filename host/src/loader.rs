@@ -1,17 +1,23 @@
 //! Finding and loading plugins: by explicit path, or by name in the plugin directories
 //! (`ACCEL_PLUGIN_PATH`, then the directory of the running executable).
 //!
-//! Each file is loaded with abi_stable's `lib_header_from_path`. Its ABI version must have this
+//! Each file is opened once and checked before any of its code runs (see [`crate::plugin_file`] and
+//! [`trust`]), then loaded through its open descriptor with libloading, and its abi_stable header
+//! read. Its ABI version must have this
 //! host's major version; its root module's layout is then checked in the direction the versions
 //! call for (see [`accel_api::abi`]): a newer plugin may have more trailing methods and fields
 //! than this host knows, an older one fewer, and everything else must match. Several plugins load
 //! side by side in one process.
 
-use std::path::{Path, PathBuf};
+use std::{
+    ffi::OsStr,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
 
 use abi_stable::{
     abi_stability::abi_checking::{check_layout_compatibility, AbiInstabilityErrors},
-    library::{lib_header_from_path, LibHeader, LibraryError},
+    library::{AbiHeaderRef, LibHeader, LibraryError},
     sabi_types::VersionNumber,
     type_layout::{TLFieldOrFunction, TypeLayout},
     StableAbi,
@@ -20,6 +26,11 @@ use accel_api::{
     abi::{PluginRef, ABI_VERSION},
     client::Accelerator,
     logging, AccelError, ErrorKind, ProbeInfo, Result,
+};
+
+use crate::{
+    plugin_file::{OpenError, PluginFile},
+    trust,
 };
 
 /// The environment variable holding extra plugin directories, separated by `:`.
@@ -185,15 +196,84 @@ fn check_layout(path: &Path, header: &LibHeader, plugin_version: VersionNumber) 
     }
 }
 
-/// Loads the plugin at `path`, checks its ABI, and routes its logs to this process's logger.
+/// Loads the plugin at `path` under the default (strict) trust policy; see [`load_with`].
 pub fn load(path: &Path) -> Result<Plugin> {
-    if !path.exists() {
-        return Err(AccelError::new(
-            ErrorKind::NOT_FOUND,
-            format!("{}: no such plugin file", path.display()),
-        ));
+    load_with(path, trust::Policy::default())
+}
+
+/// How far up the directories above `path` are checked: a file directly in a plugin directory
+/// is checked up to that directory, any other path from `/` down.
+fn trust_scope(path: &Path) -> trust::Scope {
+    let dirs = plugin_dirs().unwrap_or_default();
+    match path.parent() {
+        Some(parent) if dirs.iter().any(|d| d == parent) => trust::Scope::PluginDir(parent.to_path_buf()),
+        _ => trust::Scope::WholePath,
     }
-    let header = lib_header_from_path(path).map_err(|e| describe(path, e))?;
+}
+
+/// Opens the plugin file at `path` and checks it, all before any of its code runs: a regular
+/// file, not a symbolic link, trusted under `policy` (see [`trust`]), and an ELF shared object
+/// for this machine exporting abi_stable's root module (see [`crate::plugin_file`]).
+pub fn open_checked(path: &Path, policy: trust::Policy) -> Result<PluginFile> {
+    let mut file = match PluginFile::open(path, policy.allow_untrusted) {
+        Ok(file) => file,
+        Err(OpenError::NotFound) => {
+            return Err(AccelError::new(
+                ErrorKind::NOT_FOUND,
+                format!("{}: no such plugin file", path.display()),
+            ))
+        }
+        Err(OpenError::Symlink) => {
+            return Err(AccelError::new(ErrorKind::PLUGIN_LOAD, trust::symlink_refusal(path)))
+        }
+        Err(OpenError::Other(why)) => return Err(load_error(path, why)),
+    };
+    trust::check(path, &file.meta, &trust_scope(path), policy)
+        .map_err(|why| AccelError::new(ErrorKind::PLUGIN_LOAD, why))?;
+    file.check().map_err(|why| load_error(path, why))?;
+    Ok(file)
+}
+
+/// Loads the checked file with the dynamic loader through its open descriptor, and returns its
+/// abi_stable header. The library, and the descriptor it was loaded by, stay for the life of the
+/// process, as abi_stable's own loading keeps the library: its root module is `'static`.
+fn open_library(path: &Path, file: PluginFile) -> Result<&'static LibHeader> {
+    let load_path = file.load_path();
+    let shown = |text: String| text.replace(&*load_path.to_string_lossy(), &path.display().to_string());
+    // SAFETY: the file was checked to be an ELF shared object for this machine that exports
+    // abi_stable's root module; loading it runs its initializers, as loading any plugin must.
+    let library = unsafe {
+        libloading::os::unix::Library::open(
+            Some(&load_path),
+            libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL,
+        )
+    }
+    .map_err(|e| {
+        load_error(
+            path,
+            format_args!("not a loadable shared library ({})", shown(first_line(&e.to_string()))),
+        )
+    })?;
+    file.keep_open();
+    // SAFETY: abi_stable exports its root module loader under this name as an `AbiHeaderRef`,
+    // a `'static` reference, valid while the library stays loaded, which it does: it is never
+    // unloaded (see below).
+    let header = unsafe {
+        library.get::<AbiHeaderRef>(abi_stable::library::ROOT_MODULE_LOADER_NAME_WITH_NUL.as_bytes())
+    }
+    .map(|symbol| *symbol)
+    .map_err(|_| load_error(path, "not an accel plugin: it exports no abi_stable root module"));
+    // The library is never unloaded: the `'static` references into it live as long as the
+    // process, and so must it.
+    std::mem::forget(library);
+    header?.upgrade().map_err(|e| describe(path, e))
+}
+
+/// Opens and checks the plugin at `path` (see [`open_checked`]), loads it, checks its ABI, and
+/// routes its logs to this process's logger.
+pub fn load_with(path: &Path, policy: trust::Policy) -> Result<Plugin> {
+    let file = open_checked(path, policy)?;
+    let header = open_library(path, file)?;
     let version = VersionNumber::new(header.version_strings())
         .map_err(|e| load_error(path, format_args!("its ABI version does not parse: {e}")))?;
     let expected = VersionNumber::new(<PluginRef as abi_stable::library::RootModule>::VERSION_STRINGS)
@@ -217,15 +297,55 @@ pub fn load(path: &Path) -> Result<Plugin> {
     Ok(Plugin { root, version })
 }
 
-/// The plugin directories, in search order.
-pub fn plugin_dirs() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os(PLUGIN_PATH_ENV)
-        .map(|v| std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect())
-        .unwrap_or_default();
+/// Checks that the plugin loaded from `path` for `--accel NAME` calls itself `name`.
+pub fn check_name(plugin: &Plugin, path: &Path, name: &str) -> Result<()> {
+    let own = plugin.name();
+    if own == name {
+        return Ok(());
+    }
+    Err(load_error(
+        path,
+        format_args!("asked for backend '{name}', but this plugin calls itself '{own}'; refusing to use it as '{name}'"),
+    ))
+}
+
+/// Whether `spec` (an `--accel` value) is a plugin file path rather than a backend name: it
+/// contains a path separator or ends with the shared-library suffix.
+pub fn is_path(spec: impl AsRef<OsStr>) -> bool {
+    let bytes = spec.as_ref().as_bytes();
+    bytes.contains(&(std::path::MAIN_SEPARATOR as u8))
+        || bytes.ends_with(std::env::consts::DLL_SUFFIX.as_bytes())
+}
+
+/// The plugin directories, in search order: `ACCEL_PLUGIN_PATH`'s entries, which must be
+/// absolute (ignored when the process runs setuid or setgid), then the directory of the running
+/// executable.
+pub fn plugin_dirs() -> Result<Vec<PathBuf>> {
+    let mut dirs = Vec::new();
+    match std::env::var_os(PLUGIN_PATH_ENV) {
+        Some(_) if trust::secure_execution() => {
+            log::debug!("{PLUGIN_PATH_ENV} is ignored: accel-host runs setuid or setgid");
+        }
+        Some(value) => {
+            for dir in std::env::split_paths(&value).filter(|p| !p.as_os_str().is_empty()) {
+                if dir.is_relative() {
+                    return Err(AccelError::new(
+                        ErrorKind::INVALID_ARGUMENT,
+                        format!(
+                            "{PLUGIN_PATH_ENV} entry '{}' is a relative path; plugin directories must be absolute",
+                            dir.display()
+                        ),
+                    ));
+                }
+                dirs.push(dir);
+            }
+        }
+        None => {}
+    }
     if let Some(dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)) {
         dirs.push(dir);
     }
-    dirs
+    Ok(dirs)
 }
 
 /// The file name a plugin called `name` has on this OS.
@@ -233,18 +353,19 @@ pub fn plugin_file_name(name: &str) -> String {
     format!("{}accel_{name}{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX)
 }
 
-/// Every plugin file in the plugin directories (`libaccel_*.so` and the like), in search order.
-pub fn discover() -> Vec<PathBuf> {
+/// Every plugin file in the plugin directories (`libaccel_*.so` and the like, symbolic links
+/// included so that loading them refuses them in words), in search order.
+pub fn discover() -> Result<Vec<PathBuf>> {
     let prefix = format!("{}accel_", std::env::consts::DLL_PREFIX);
     let mut found = Vec::new();
-    for dir in plugin_dirs() {
+    for dir in plugin_dirs()? {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
-                p.is_file()
+                (p.is_file() || p.is_symlink())
                     && p.file_name()
                         .and_then(|n| n.to_str())
                         .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(std::env::consts::DLL_SUFFIX))
@@ -260,16 +381,17 @@ pub fn discover() -> Vec<PathBuf> {
             }
         }
     }
-    found
+    Ok(found)
 }
 
-/// Finds the plugin file `--accel` names: a path when it contains a path separator or ends with
-/// the shared-library suffix, otherwise a backend name looked up in the plugin directories. The
-/// file is not loaded.
-pub fn find(spec: &str) -> Result<PathBuf> {
-    if spec.contains(std::path::MAIN_SEPARATOR) || spec.ends_with(std::env::consts::DLL_SUFFIX) {
+/// Finds the plugin file `--accel` names: a path when [`is_path`], otherwise a backend name
+/// looked up in the plugin directories. A path without a separator is in the current directory:
+/// the dynamic loader's own search is never used. The file is not loaded.
+pub fn find(spec: impl AsRef<OsStr>) -> Result<PathBuf> {
+    let spec = spec.as_ref();
+    if is_path(spec) {
         let path = PathBuf::from(spec);
-        if !path.exists() {
+        if path.symlink_metadata().is_err() {
             return Err(AccelError::new(
                 ErrorKind::NOT_FOUND,
                 format!("{}: no such plugin file", path.display()),
@@ -277,9 +399,15 @@ pub fn find(spec: &str) -> Result<PathBuf> {
         }
         return Ok(path);
     }
+    let Some(spec) = spec.to_str() else {
+        return Err(AccelError::invalid(format!(
+            "'{}' is neither a backend name nor a plugin file path",
+            Path::new(spec).display()
+        )));
+    };
     let file = plugin_file_name(spec);
-    let dirs = plugin_dirs();
-    if let Some(path) = dirs.iter().map(|d| d.join(&file)).find(|p| p.is_file()) {
+    let dirs = plugin_dirs()?;
+    if let Some(path) = dirs.iter().map(|d| d.join(&file)).find(|p| p.symlink_metadata().is_ok()) {
         return Ok(path);
     }
     let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
@@ -292,10 +420,20 @@ pub fn find(spec: &str) -> Result<PathBuf> {
     ))
 }
 
-/// Finds and loads the plugin `--accel` names (see [`find`]).
-pub fn resolve(spec: &str) -> Result<(PathBuf, Plugin)> {
+/// Finds and loads the plugin `--accel` names (see [`find`]) under `policy`; a plugin found by
+/// name must call itself by that name.
+pub fn resolve_with(spec: &str, policy: trust::Policy) -> Result<(PathBuf, Plugin)> {
     let path = find(spec)?;
-    load(&path).map(|p| (path, p))
+    let plugin = load_with(&path, policy)?;
+    if !is_path(spec) {
+        check_name(&plugin, &path, spec)?;
+    }
+    Ok((path, plugin))
+}
+
+/// [`resolve_with`] under the default (strict) trust policy.
+pub fn resolve(spec: &str) -> Result<(PathBuf, Plugin)> {
+    resolve_with(spec, trust::Policy::default())
 }
 
 #[cfg(test)]

@@ -1,12 +1,17 @@
 //! `accel-host`: list and probe accel plugins, and run an AArch64 guest image on one.
 
-use std::{io::Write, path::PathBuf, process::ExitCode};
+use std::{
+    ffi::{OsStr, OsString},
+    io::Write,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use accel_api::VcpuFeatures;
 use accel_host::{
     choose,
     gdb::GdbOptions,
-    isolate, loader, parse_size, report,
+    isolate, loader, parse_size, report, trust,
     vmm::{self, console::Escape, image},
 };
 use clap::{Parser, Subcommand};
@@ -17,6 +22,10 @@ struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Load plugins even from files or directories that others can write, that another user
+    /// owns, or that are symbolic links (see "Plugin trust" in the README).
+    #[arg(long, global = true)]
+    allow_untrusted_plugins: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -29,7 +38,7 @@ enum Command {
     Probe {
         /// A backend name (looked up in the plugin directories) or a plugin file path.
         #[arg(long)]
-        accel: String,
+        accel: OsString,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -98,6 +107,9 @@ enum ChildCommand {
         path: PathBuf,
         #[arg(long)]
         json: bool,
+        /// The backend name the plugin was asked for by, which it must call itself.
+        #[arg(long)]
+        name: Option<String>,
     },
 }
 
@@ -115,16 +127,22 @@ fn emit(text: &str) {
 }
 
 /// `accel-host list`: each plugin is loaded and probed in a child process.
-fn list() -> Result<i32, String> {
-    let files = loader::discover();
+fn list(policy: trust::Policy) -> Result<i32, String> {
+    let files = loader::discover().map_err(|e| e.to_string())?;
     if files.is_empty() {
-        let dirs: Vec<String> = loader::plugin_dirs().iter().map(|d| d.display().to_string()).collect();
+        let dirs = loader::plugin_dirs().map_err(|e| e.to_string())?;
+        let dirs: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
         emit(&format!("no plugins found in {}", dirs.join(", ")));
         return Ok(0);
     }
     for path in files {
-        let shown = path.to_string_lossy();
-        let child = isolate::run_child(&["list-one", &shown])?;
+        let child = match isolate::run_child(&path, policy, &[OsStr::new("list-one"), path.as_os_str()]) {
+            Ok(child) => child,
+            Err(why) => {
+                emit(&format!("{:<8} {:<12} {why}", "?", "not loaded"));
+                continue;
+            }
+        };
         match isolate::crash_reason(&path, child.status) {
             Some(reason) => {
                 log::debug!("{}: what the crashed child printed:\n{}", path.display(), child.stderr);
@@ -140,14 +158,16 @@ fn list() -> Result<i32, String> {
 }
 
 /// `accel-host probe`: the plugin is loaded and probed in a child process.
-fn probe(accel: &str, json: bool) -> Result<i32, String> {
+fn probe(accel: &OsStr, json: bool, policy: trust::Policy) -> Result<i32, String> {
     let path = loader::find(accel).map_err(|e| e.to_string())?;
-    let shown = path.to_string_lossy();
-    let mut args = vec!["probe", &*shown];
+    let mut args = vec![OsStr::new("probe"), path.as_os_str()];
     if json {
-        args.push("--json");
+        args.push(OsStr::new("--json"));
     }
-    let child = isolate::run_child(&args)?;
+    if !loader::is_path(accel) {
+        args.extend([OsStr::new("--name"), accel]);
+    }
+    let child = isolate::run_child(&path, policy, &args)?;
     if let Some(reason) = isolate::crash_reason(&path, child.status) {
         log::debug!("{}: what the crashed child printed:\n{}", path.display(), child.stderr);
         return Err(reason);
@@ -159,18 +179,27 @@ fn probe(accel: &str, json: bool) -> Result<i32, String> {
     Ok(child.status.code().unwrap_or(1))
 }
 
+/// Loads the plugin at `path` under `policy`, checking it calls itself `name` when given.
+fn load_plugin(path: &Path, name: Option<&str>, policy: trust::Policy) -> Result<loader::Plugin, String> {
+    let plugin = loader::load_with(path, policy).map_err(|e| e.to_string())?;
+    if let Some(name) = name {
+        loader::check_name(&plugin, path, name).map_err(|e| e.to_string())?;
+    }
+    Ok(plugin)
+}
+
 /// The child's side of `list` and `probe`.
-fn child(command: &ChildCommand) -> Result<i32, String> {
+fn child(command: &ChildCommand, policy: trust::Policy) -> Result<i32, String> {
     match command {
         ChildCommand::ListOne { path } => {
-            match loader::load(path) {
+            match load_plugin(path, None, policy) {
                 Ok(plugin) => emit(&report::list_line(&plugin, path, &plugin.probe())),
                 Err(e) => emit(&format!("{:<8} {:<12} {e}", "?", "not loaded")),
             }
             Ok(0)
         }
-        ChildCommand::Probe { path, json } => {
-            let plugin = loader::load(path).map_err(|e| e.to_string())?;
+        ChildCommand::Probe { path, json, name } => {
+            let plugin = load_plugin(path, name.as_deref(), policy)?;
             let info = plugin.probe();
             if *json {
                 let value = report::probe_json(&plugin, path, &info);
@@ -198,6 +227,7 @@ struct RunArgs {
     dump_dtb: Option<PathBuf>,
     escape: Escape,
     stats: bool,
+    trust: trust::Policy,
 }
 
 fn run(args: RunArgs) -> Result<i32, String> {
@@ -211,8 +241,8 @@ fn run(args: RunArgs) -> Result<i32, String> {
         (None, Some(image)) => vmm::Payload::Image(read(image, "image")?),
         (None, None) => return Err("give an image or --kernel".into()),
     };
-    let choice = choose::choose(args.accel.as_deref())?;
-    let plugin = loader::load(&choice.path).map_err(|e| e.to_string())?;
+    let choice = choose::choose(args.accel.as_deref(), args.trust)?;
+    let plugin = load_plugin(&choice.path, choice.name.as_deref(), args.trust)?;
     let info = plugin.probe();
     if !info.available {
         return Err(format!("{}: {}", plugin.name(), info.reason));
@@ -284,10 +314,11 @@ fn main() -> ExitCode {
         _ => "trace",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level)).init();
+    let trust = trust::Policy { allow_untrusted: cli.allow_untrusted_plugins };
     let result = match &cli.command {
-        Command::List => list(),
-        Command::Probe { accel, json } => probe(accel, *json),
-        Command::Child { command } => child(command),
+        Command::List => list(trust),
+        Command::Probe { accel, json } => probe(accel, *json, trust),
+        Command::Child { command } => child(command, trust),
         Command::Run {
             accel,
             cpus,
@@ -314,6 +345,7 @@ fn main() -> ExitCode {
                 dump_dtb: dump_dtb.clone(),
                 escape: *escape,
                 stats: *stats,
+                trust,
             })
         }
     };

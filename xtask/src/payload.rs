@@ -25,6 +25,8 @@ pub fn vm_files() -> Result<Vec<VmFile>> {
         "libaccel_fixture_wrong_layout.so",
         "libaccel_fixture_panicking.so",
         "libaccel_fixture_segfaulting.so",
+        "libaccel_fixture_constructor.so",
+        "libfixture_hanging.so",
         "libaccel_example.so",
     ] {
         files.push(VmFile::from_host(&format!("/lib/accel/{lib}"), &cross_out(lib), 0o755)?);
