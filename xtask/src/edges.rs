@@ -41,7 +41,17 @@ pub fn host(tally: &mut Tally) -> Result<()> {
     let debug = root().join("target/debug");
     let (lines, ok) = cmd::tee(
         cargo()
-            .args(["run", "--quiet", "-p", "accel-conformance", "--bin", "accel-edges", "--", "--place", "host"])
+            .args([
+                "run",
+                "--quiet",
+                "-p",
+                "accel-conformance",
+                "--bin",
+                "accel-edges",
+                "--",
+                "--place",
+                "host",
+            ])
             .arg("--accel-host")
             .arg(debug.join("accel-host"))
             .arg("--plugins")

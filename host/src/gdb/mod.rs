@@ -366,4 +366,21 @@ mod tests {
             "the registers: {sent}"
         );
     }
+    #[test]
+    fn a_write_that_crosses_the_end_of_ram_writes_nothing() {
+        // RAM is 1 MiB at 0x4000_0000, and the MMU is off: its last two bytes, then past it.
+        let mut input = script(&["m400ffffe,2", "M400ffffe,4:11223344", "m400ffffe,2"]);
+        let mut x = b"X400ffffe,4:".to_vec();
+        x.extend([0x55, 0x66, 0x77, 0x78]);
+        input.extend(format!("${}#{:02x}", String::from_utf8_lossy(&x), packets::checksum(&x)).into_bytes());
+        input.extend(script(&["m400ffffe,2", "M400ffffe,2:abcd", "m400ffffe,2"]));
+        let (outcome, sent) = serve_fake(true, VcpuFeatures::NONE, &input);
+        assert_eq!(outcome.map_err(|e| e.to_string()), Ok(Outcome::Quit));
+        let replies = replies(&sent);
+        assert_eq!(replies.len(), 7, "{sent}");
+        assert_eq!(replies[0].len(), 4, "{sent}");
+        assert!(replies[1].starts_with('E') && replies[3].starts_with('E'), "{sent}");
+        assert_eq!([&replies[2], &replies[4]], [&replies[0], &replies[0]], "RAM unchanged: {sent}");
+        assert_eq!([replies[5].as_str(), replies[6].as_str()], ["OK", "abcd"], "{sent}");
+    }
 }

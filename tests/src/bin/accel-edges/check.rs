@@ -90,13 +90,18 @@ impl Ran {
 
 impl Env {
     /// Makes the environment and its scratch directory.
-    pub fn new(place: Place, accel_host: PathBuf, plugins: PathBuf, guest: Option<PathBuf>) -> Result<Env, String> {
+    pub fn new(
+        place: Place,
+        accel_host: PathBuf,
+        plugins: PathBuf,
+        guest: Option<PathBuf>,
+    ) -> Result<Env, String> {
         use std::os::unix::fs::DirBuilderExt;
         if place == Place::Kvm && guest.is_none() {
             return Err("--place kvm needs --guest".into());
         }
-        let accel_host = std::fs::canonicalize(&accel_host)
-            .map_err(|e| format!("{}: {e}", accel_host.display()))?;
+        let accel_host =
+            std::fs::canonicalize(&accel_host).map_err(|e| format!("{}: {e}", accel_host.display()))?;
         let plugins = std::fs::canonicalize(&plugins).map_err(|e| format!("{}: {e}", plugins.display()))?;
         let scratch = std::env::temp_dir().join(format!("accel-edges-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&scratch);
@@ -123,7 +128,12 @@ impl Env {
 
     /// `accel-host ARGS` with the environment changes `env` (a `None` value removes the
     /// variable), killed after `limit`.
-    pub fn accel_host(&self, args: &[&str], env: &[(&str, Option<&str>)], limit: Duration) -> Result<Ran, String> {
+    pub fn accel_host(
+        &self,
+        args: &[&str],
+        env: &[(&str, Option<&str>)],
+        limit: Duration,
+    ) -> Result<Ran, String> {
         let mut command = Command::new(&self.accel_host);
         command.args(args);
         for (key, value) in env {
