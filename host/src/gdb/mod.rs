@@ -1,5 +1,7 @@
 //! The gdb remote stub of `accel-host`: all-stop and non-stop debugging of every vCPU, over TCP
-//! or a character device, with one protocol engine (see `engine`) from gdb's bytes to the replies.
+//! a Unix socket or a character device, with one protocol engine (see `engine`) from gdb's bytes
+//! to the replies. One client at a time: another is refused, and one that sends nothing for the
+//! idle timeout while the guest is stopped is disconnected.
 //!
 //! Each vCPU keeps its own thread. While the guest runs, the threads run their vCPUs and report
 //! stops; while gdb has a vCPU stopped, its thread waits for commands, and register and memory
@@ -30,7 +32,7 @@ use accel_api::{AccelError, ErrorKind, Result};
 
 use crate::vmm::{console::Escape, machine::vcpu_features, memory_error, step, Machine, Outcome};
 use accel_kit::thread_proxy::ThreadProxy;
-pub use options::GdbOptions;
+pub use options::{GdbAddress, GdbOptions, DEFAULT_IDLE_TIMEOUT};
 use vcpu_thread::{Runner, VcpuHandle};
 
 /// How many events (each a vCPU's stop, or a chunk of at most a few KiB of a client's bytes)
@@ -155,7 +157,8 @@ mod tests {
         let config = MachineConfig { cpus: 2, mem_size: 1 << 20, features, cmdline: String::new() };
         let plan = Plan::new(config, Payload::Image(vec![0; 8]), &accel.probe().caps).expect("planning");
         let machine = Machine::build(&accel, plan, Box::new(std::io::sink())).expect("building");
-        let options = GdbOptions { address: String::new(), wait, about: String::new() };
+        let address = GdbAddress::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        let options = GdbOptions { address, wait, about: String::new(), idle_timeout: None };
         let sink = Sink::default();
         let outcome = serve_bytes(machine, &options, input, Box::new(sink.clone()));
         world.end();
