@@ -99,12 +99,16 @@ pub struct Listener {
 type HangUp = Box<dyn Fn() + Send>;
 
 impl Listener {
-    /// Connection `conn`'s client is done: a socket client's connection is hung up.
+    /// Connection `conn`'s client is done: a socket client's connection is hung up, and the
+    /// next client may come at once (what the session gets of this one from now on is taken for
+    /// a gone connection's, by its number).
     pub fn client_done(&self, conn: u64) {
         self.client_done.store(conn, std::sync::atomic::Ordering::Release);
-        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, hang_up)) = current.as_ref().filter(|(c, _)| *c == conn) {
-            hang_up();
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_ref().is_some_and(|(c, _)| *c == conn) {
+            if let Some((_, hang_up)) = current.take() {
+                hang_up();
+            }
         }
     }
 }
@@ -464,7 +468,7 @@ fn serve_sockets<S: Stream>(
             }
             let _ = events.send(Event::Closed { conn });
             // Only once its end is queued may the next client come, so that the session sees
-            // them in order.
+            // them in order (unless the session was done with it first).
             let mut current = listener.current.lock().unwrap_or_else(|p| p.into_inner());
             if current.as_ref().is_some_and(|(c, _)| *c == conn) {
                 *current = None;
