@@ -354,6 +354,10 @@ fn serve_device(mut port: impl Port, events: mpsc::SyncSender<Event>, listener: 
 /// How long a write to a socket client may wait for the client to read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a client that comes while another is attached waits for that one to go before it
+/// is refused.
+const HANDOVER: Duration = Duration::from_millis(500);
+
 /// How long a refused client is given to read its refusal before its socket closes.
 const REFUSAL_GRACE: Duration = Duration::from_secs(2);
 
@@ -432,7 +436,15 @@ fn serve_sockets<S: Stream>(
                 continue;
             }
         };
+        // A client that comes as the last one goes (gdb run again at once) is served: the last
+        // one's reader is given a moment to see it gone.
+        let started = Instant::now();
         let mut current = listener.current.lock().unwrap_or_else(|p| p.into_inner());
+        while current.is_some() && started.elapsed() < HANDOVER {
+            drop(current);
+            std::thread::sleep(Duration::from_millis(10));
+            current = listener.current.lock().unwrap_or_else(|p| p.into_inner());
+        }
         if current.is_some() {
             log::warn!("gdb: a client came while another is attached; it is refused");
             drop(current);
