@@ -29,6 +29,19 @@ impl GdbAddress {
     /// and `PORT` for 127.0.0.1:PORT. Paths are checked here: a socket's must not exist yet,
     /// a device's must be a character device.
     pub fn parse(text: &str) -> Result<GdbAddress, String> {
+        // The refusal quotes what it was given, which can hold any character: it stays one line.
+        Self::parse_checked(text).map_err(|e| {
+            e.chars()
+                .flat_map(|c| {
+                    c.escape_default()
+                        .filter(move |_| c.is_control())
+                        .chain(Some(c).filter(|c| !c.is_control()))
+                })
+                .collect()
+        })
+    }
+
+    fn parse_checked(text: &str) -> Result<GdbAddress, String> {
         if let Some(path) = text.strip_prefix("unix:") {
             return Self::unix(Path::new(path));
         }
@@ -135,7 +148,9 @@ mod tests {
 
     #[test]
     fn nonsense_is_refused_in_one_line() {
-        for text in ["", ":", "70000", ":70000", "nonsense", "host:port", "1.2.3.4:", "unix:", "-1"] {
+        for text in
+            ["", ":", "70000", ":70000", "nonsense", "host:port", "1.2.3.4:", "unix:", "-1", "\n\n", "/a\n/b"]
+        {
             let e = GdbAddress::parse(text).expect_err(text);
             assert!(!e.is_empty() && !e.contains('\n'), "{text}: {e}");
         }
