@@ -2,7 +2,8 @@
 //! the machine runs. A new client finds the machine stopped (it is stopped when the client
 //! connects, as QEMU does). A client that detaches leaves it running without breakpoints; one
 //! whose connection just ends (it died, or never spoke the protocol) leaves it as it was, running
-//! or stopped, without its breakpoints; `kill` ends it.
+//! or stopped, without its breakpoints; `kill` ends it. A client that sends nothing for the idle
+//! timeout while the guest is stopped is disconnected, and counts as one whose connection ended.
 
 use std::{
     collections::VecDeque,
