@@ -135,7 +135,7 @@ fn memory_writes(ops: &[u8], page: &mut [u8]) -> (Vec<u8>, Vec<bool>) {
         out.extend(&body);
         out.extend(format!("#{:02x}", checksum(&body)).bytes());
         let inside = len == 0 || addr + len as u64 <= end;
-        if inside {
+        if inside && len > 0 {
             let at = (addr - page_at) as usize;
             page[at..at + len].copy_from_slice(&data);
         }
