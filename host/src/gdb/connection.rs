@@ -403,10 +403,21 @@ impl Stream for UnixStream {
     }
 }
 
+/// How many refused clients are told why at once, at most; more are closed at once.
+const REFUSING: usize = 8;
+
+/// The refused clients being told why.
+static REFUSED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Tells a client that came while another is attached so, and closes its connection once it
 /// has read that (or after a short grace), on a thread of its own.
 fn refuse<S: Stream>(mut stream: S) {
-    let _ = std::thread::Builder::new().name("gdb-refuse".into()).spawn(move || {
+    use std::sync::atomic::Ordering;
+    if REFUSED.fetch_add(1, Ordering::AcqRel) >= REFUSING {
+        REFUSED.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let spawned = std::thread::Builder::new().name("gdb-refuse".into()).spawn(move || {
         let _ = stream.set_timeouts(Some(REFUSAL_GRACE), Some(REFUSAL_GRACE));
         let packet = format!("${REFUSAL}#{:02x}", super::packets::checksum(REFUSAL.as_bytes()));
         let _ = stream.write_all(packet.as_bytes());
@@ -416,7 +427,11 @@ fn refuse<S: Stream>(mut stream: S) {
         let started = Instant::now();
         let mut buf = [0u8; 256];
         while started.elapsed() < REFUSAL_GRACE && matches!(stream.read(&mut buf), Ok(1..)) {}
+        REFUSED.fetch_sub(1, Ordering::AcqRel);
     });
+    if spawned.is_err() {
+        REFUSED.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Socket clients, one at a time: each accepted client is served by a reader thread of its own
