@@ -1,5 +1,5 @@
 //! The gdb stub's byte-level pieces: the `Framer` that cuts gdb's bytes into packets, the packet
-//! encoders, `parse_vcont`, `Threads::parse`, `StopQueue` and `stop_reply`.
+//! encoders, `parse_vcont`, `Threads::parse`, `StopQueue`, `stop_reply`, and `GdbAddress::parse`.
 //!
 //! Invariants, for any input:
 //! - nothing panics;
@@ -13,7 +13,10 @@
 //! - a parsed `vCont` or thread id, written out again, parses to the same actions or threads;
 //! - the stop queue notifies exactly when nothing is outstanding, and hands out stops in order,
 //!   as a plain queue does;
-//! - a stop reply is printable text that names its thread.
+//! - a stop reply is printable text that names its thread;
+//! - an address is parsed or refused in one line: a bare `PORT` or `:PORT` is 127.0.0.1, a
+//!   `unix:` one is a socket at its path, and one with a `/` otherwise is a device at it. (Host
+//!   names, which would be looked up, are left out.)
 #![no_main]
 
 use std::collections::VecDeque;
@@ -22,6 +25,7 @@ use accel_host::gdb::{
     nonstop::{action_for, parse_vcont, stop_reply, thread_id, StopQueue, StopReason, ThreadAction, Threads},
     packets::{checksum, error_reply, notification, packet, Frame, Framer},
     z_packet::WatchKind,
+    GdbAddress,
 };
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
@@ -51,6 +55,7 @@ struct Input {
     thread: String,
     queue: Vec<QueueOp>,
     stop: Stop,
+    address: String,
 }
 
 /// `body` with its `}` escapes undone; a `}` at the very end escapes nothing.
@@ -241,6 +246,32 @@ fn check_stop_reply(s: &Stop) {
     }
 }
 
+fn check_address(text: &str) {
+    let host =
+        text.rsplit_once(':').map_or("", |(host, _)| host.trim_start_matches('[').trim_end_matches(']'));
+    if !text.starts_with("unix:")
+        && !text.contains('/')
+        && !host.is_empty()
+        && host.parse::<std::net::IpAddr>().is_err()
+    {
+        return;
+    }
+    match GdbAddress::parse(text) {
+        Err(e) => assert!(!e.is_empty() && !e.contains('\n'), "{text:?}: {e:?}"),
+        Ok(GdbAddress::Unix(path)) => {
+            assert_eq!(Some(path.as_os_str()), text.strip_prefix("unix:").map(std::ffi::OsStr::new))
+        }
+        Ok(GdbAddress::Device(path)) => assert_eq!(path.as_os_str(), text),
+        Ok(GdbAddress::Tcp(addr)) => {
+            let port = text.strip_prefix(':').unwrap_or(text);
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                assert_eq!(addr, std::net::SocketAddr::from(([127, 0, 0, 1], addr.port())), "{text:?}");
+                assert_eq!(port.parse::<u16>().ok(), Some(addr.port()), "{text:?}");
+            }
+        }
+    }
+}
+
 fuzz_target!(|input: Input| {
     check_framer(usize::from(input.limit), &input.stream);
     check_encoders(&input.body);
@@ -248,4 +279,5 @@ fuzz_target!(|input: Input| {
     check_vcont(&input.vcont);
     check_queue(input.queue);
     check_stop_reply(&input.stop);
+    check_address(&input.address);
 });

@@ -10,7 +10,7 @@ use std::{
 use accel_api::VcpuFeatures;
 use accel_host::{
     choose,
-    gdb::GdbOptions,
+    gdb::{GdbAddress, GdbOptions, DEFAULT_IDLE_TIMEOUT},
     isolate, loader, parse_size, report, trust,
     vmm::{self, console::Escape, image},
 };
@@ -60,12 +60,18 @@ enum Command {
         /// ptrauth-generic.
         #[arg(long, value_delimiter = ',', value_parser = parse_feature)]
         features: Vec<VcpuFeatures>,
-        /// Serve the gdb remote protocol: HOST:PORT to listen on, or a character device path.
-        #[arg(long, value_name = "ADDR")]
-        gdb: Option<String>,
+        /// Serve the gdb remote protocol, to one client at a time: HOST:PORT to listen on (:PORT
+        /// or PORT for 127.0.0.1:PORT), unix:PATH for a new owner-only Unix socket, or a
+        /// character device's path. Whoever reaches it can read and write guest memory.
+        #[arg(long, value_name = "ADDR", value_parser = GdbAddress::parse)]
+        gdb: Option<GdbAddress>,
         /// With --gdb: start with every vCPU stopped until gdb continues them.
         #[arg(long, requires = "gdb")]
         gdb_wait: bool,
+        /// With --gdb: disconnect a client that sends nothing for SECS while the guest is
+        /// stopped (0: never).
+        #[arg(long, value_name = "SECS", default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs(), requires = "gdb")]
+        gdb_idle_timeout: u64,
         /// A Linux arm64 Image to boot.
         #[arg(long, conflicts_with = "image")]
         kernel: Option<PathBuf>,
@@ -326,6 +332,7 @@ fn main() -> ExitCode {
             image,
             gdb,
             gdb_wait,
+            gdb_idle_timeout,
             features,
             kernel,
             initrd,
@@ -338,7 +345,13 @@ fn main() -> ExitCode {
             run(RunArgs {
                 accel: accel.clone(),
                 config: vmm::MachineConfig { cpus: *cpus, mem_size: *mem, features, cmdline: append.clone() },
-                gdb: gdb.clone().map(|address| GdbOptions { address, wait: *gdb_wait, about: String::new() }),
+                gdb: gdb.clone().map(|address| GdbOptions {
+                    address,
+                    wait: *gdb_wait,
+                    about: String::new(),
+                    idle_timeout: Some(std::time::Duration::from_secs(*gdb_idle_timeout))
+                        .filter(|t| !t.is_zero()),
+                }),
                 kernel: kernel.clone(),
                 initrd: initrd.clone(),
                 image: image.clone(),

@@ -1,19 +1,29 @@
-//! The connections to gdb, one after another: a TCP listener, or a character device (a
-//! virtio-serial port), and the reader thread that turns each connection's bytes into session
+//! The connections to gdb, one after another: a TCP listener, an owner-only Unix socket, or a
+//! character device (a virtio-serial port), and the reader thread that turns each connection's bytes into session
 //! events. Every connection gets a number, so that what a dead client left behind is never taken
 //! for the next one's.
 
 use std::{
     io::{Read, Write},
-    net::TcpListener,
-    os::fd::AsRawFd,
-    sync::{mpsc, Arc},
+    net::{TcpListener, TcpStream},
+    os::{
+        fd::AsRawFd,
+        unix::{
+            fs::{FileTypeExt, MetadataExt},
+            net::{UnixListener, UnixStream},
+        },
+    },
+    path::{Path, PathBuf},
+    sync::{mpsc, Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use accel_api::{AccelError, ErrorKind, Result};
 
-use super::{options::GdbOptions, vcpu_thread::Event};
+use super::{
+    options::{GdbAddress, GdbOptions},
+    vcpu_thread::Event,
+};
 
 /// The most bytes one read of a connection takes, and so the largest chunk the session gets.
 const READ_CHUNK: usize = 4096;
@@ -74,16 +84,32 @@ fn drain(file: &std::fs::File) {
 /// ended in between (a client that left and one that came faster than the port said so). The
 /// word names its connection: by the time the session says it, the reader may already have seen
 /// the port end and started the next client's connection, which must not be ended for it.
+/// A socket client's connection is hung up at the session's word.
 #[derive(Clone, Default)]
 pub struct Listener {
     /// The number of the connection whose client is done; 0 for none (numbers start at 1).
     client_done: Arc<std::sync::atomic::AtomicU64>,
+    /// The socket client being served: its connection's number, and what hangs it up.
+    current: Arc<Mutex<Option<(u64, HangUp)>>>,
+    /// The Unix socket made for the stub, removed once the last clone of this is gone.
+    socket_file: Option<Arc<SocketFile>>,
 }
 
+/// Hangs up a socket client's connection.
+type HangUp = Box<dyn Fn() + Send>;
+
 impl Listener {
-    /// Connection `conn`'s client is done.
+    /// Connection `conn`'s client is done: a socket client's connection is hung up, and the
+    /// next client may come at once (what the session gets of this one from now on is taken for
+    /// a gone connection's, by its number).
     pub fn client_done(&self, conn: u64) {
         self.client_done.store(conn, std::sync::atomic::Ordering::Release);
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_ref().is_some_and(|(c, _)| *c == conn) {
+            if let Some((_, hang_up)) = current.take() {
+                hang_up();
+            }
+        }
     }
 }
 
@@ -325,69 +351,268 @@ fn serve_device(mut port: impl Port, events: mpsc::SyncSender<Event>, listener: 
     }
 }
 
-/// How long a write to a TCP client may wait for the client to read.
+/// How long a write to a socket client may wait for the client to read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A TCP listener: each accepted client in turn, until it hangs up.
-fn serve_tcp(listener: TcpListener, events: mpsc::SyncSender<Event>) {
+/// How long a client that comes while another is attached waits for that one to go before it
+/// is refused.
+const HANDOVER: Duration = Duration::from_millis(500);
+
+/// How long a refused client is given to read its refusal before its socket closes.
+const REFUSAL_GRACE: Duration = Duration::from_secs(2);
+
+/// What a client that comes while another is attached reads before its connection closes: an
+/// error reply to the `qSupported` it sends first, which gdb shows.
+const REFUSAL: &str = "E.another gdb client is attached";
+
+/// A connected socket client: TCP or Unix.
+trait Stream: Read + Write + Send + Sized + 'static {
+    fn clone_stream(&self) -> std::io::Result<Self>;
+    fn shutdown(&self, how: std::net::Shutdown) -> std::io::Result<()>;
+    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> std::io::Result<()>;
+}
+
+impl Stream for TcpStream {
+    fn clone_stream(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+
+    fn shutdown(&self, how: std::net::Shutdown) -> std::io::Result<()> {
+        TcpStream::shutdown(self, how)
+    }
+
+    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> std::io::Result<()> {
+        let _ = self.set_nodelay(true);
+        self.set_read_timeout(read)?;
+        self.set_write_timeout(write)
+    }
+}
+
+impl Stream for UnixStream {
+    fn clone_stream(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+
+    fn shutdown(&self, how: std::net::Shutdown) -> std::io::Result<()> {
+        UnixStream::shutdown(self, how)
+    }
+
+    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> std::io::Result<()> {
+        self.set_read_timeout(read)?;
+        self.set_write_timeout(write)
+    }
+}
+
+/// How many refused clients are told why at once, at most; more are closed at once.
+const REFUSING: usize = 8;
+
+/// The refused clients being told why.
+static REFUSED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Tells a client that came while another is attached so, and closes its connection once it
+/// has read that (or after a short grace), on a thread of its own.
+fn refuse<S: Stream>(mut stream: S) {
+    use std::sync::atomic::Ordering;
+    if REFUSED.fetch_add(1, Ordering::AcqRel) >= REFUSING {
+        REFUSED.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    let spawned = std::thread::Builder::new().name("gdb-refuse".into()).spawn(move || {
+        let _ = stream.set_timeouts(Some(REFUSAL_GRACE), Some(REFUSAL_GRACE));
+        let packet = format!("${REFUSAL}#{:02x}", super::packets::checksum(REFUSAL.as_bytes()));
+        let _ = stream.write_all(packet.as_bytes());
+        // Closing with the client's bytes unread would reset the connection, and could lose the
+        // reply: the client's end is read until it closes, or the grace is over.
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let started = Instant::now();
+        let mut buf = [0u8; 256];
+        while started.elapsed() < REFUSAL_GRACE && matches!(stream.read(&mut buf), Ok(1..)) {}
+        REFUSED.fetch_sub(1, Ordering::AcqRel);
+    });
+    if spawned.is_err() {
+        REFUSED.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Socket clients, one at a time: each accepted client is served by a reader thread of its own
+/// until it hangs up or the session is done with it; one that comes meanwhile is refused.
+fn serve_sockets<S: Stream>(
+    mut accept: impl FnMut() -> std::io::Result<S>,
+    events: mpsc::SyncSender<Event>,
+    listener: Listener,
+) {
     let mut conn = 0;
     loop {
-        let (stream, peer) = match listener.accept() {
-            Ok(accepted) => accepted,
+        let stream = match accept() {
+            Ok(stream) => stream,
             Err(e) => {
                 log::warn!("gdb: accepting a connection: {e}");
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
         };
-        log::info!("gdb: connection from {peer}");
-        let _ = stream.set_nodelay(true);
+        // A client that comes as the last one goes (gdb run again at once) is served: the last
+        // one's reader is given a moment to see it gone.
+        let started = Instant::now();
+        let mut current = listener.current.lock().unwrap_or_else(|p| p.into_inner());
+        while current.is_some() && started.elapsed() < HANDOVER {
+            drop(current);
+            std::thread::sleep(Duration::from_millis(10));
+            current = listener.current.lock().unwrap_or_else(|p| p.into_inner());
+        }
+        if current.is_some() {
+            log::warn!("gdb: a client came while another is attached; it is refused");
+            drop(current);
+            refuse(stream);
+            continue;
+        }
         // A client that stops reading fails the session's next write in time, and counts as gone,
         // rather than holding the session in a write for ever.
-        let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-        let Ok(writer) = stream.try_clone() else { continue };
+        let (Ok(()), Ok(writer), Ok(hang_up)) =
+            (stream.set_timeouts(None, Some(WRITE_TIMEOUT)), stream.clone_stream(), stream.clone_stream())
+        else {
+            continue;
+        };
         conn += 1;
+        log::info!("gdb: connection {conn}");
+        *current = Some((conn, Box::new(move || drop(hang_up.shutdown(std::net::Shutdown::Both)))));
+        drop(current);
         if events.send(Event::Connected { conn, writer: Box::new(writer) }).is_err() {
             return;
         }
-        let mut reader = stream;
-        let mut buf = [0u8; READ_CHUNK];
-        loop {
-            match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) if send_bytes(&events, conn, &buf[..n]) => {}
-                Ok(_) => return,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break,
+        let (events, listener) = (events.clone(), listener.clone());
+        let reader = move || {
+            let mut reader = stream;
+            let mut buf = [0u8; READ_CHUNK];
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) if send_bytes(&events, conn, &buf[..n]) => {}
+                    Ok(_) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
             }
-        }
-        if events.send(Event::Closed { conn }).is_err() {
+            let _ = events.send(Event::Closed { conn });
+            // Only once its end is queued may the next client come, so that the session sees
+            // them in order (unless the session was done with it first).
+            let mut current = listener.current.lock().unwrap_or_else(|p| p.into_inner());
+            if current.as_ref().is_some_and(|(c, _)| *c == conn) {
+                *current = None;
+            }
+        };
+        if std::thread::Builder::new().name(format!("gdb-conn{conn}")).spawn(reader).is_err() {
+            log::warn!("gdb: no thread to read connection {conn}");
             return;
         }
     }
 }
 
-/// Starts listening where `options` says, with a thread that reports connections, their bytes
+/// A Unix socket this process made, removed when the stub ends (if it is still the one made).
+struct SocketFile {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if self.path.symlink_metadata().is_ok_and(|m| (m.dev(), m.ino()) == self.id) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Makes a Unix socket at `path` that only this user can reach, with no moment when anyone
+/// else could: it is bound in a new owner-only directory next to `path`, made owner-only,
+/// then linked to `path` (which fails if anything is there) and its first name removed.
+fn bind_unix(path: &Path) -> Result<(UnixListener, SocketFile)> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let shown = path.display();
+    let name = path.file_name().ok_or_else(|| accel_err(format!("unix:{shown} names no file")))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut private_name = std::ffi::OsString::from(".");
+    private_name.push(name);
+    private_name.push(format!(".{}.tmp", std::process::id()));
+    let private = parent.join(private_name);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|e| accel_err(format!("making {}: {e}", private.display())))?;
+    let inner = private.join("gdb");
+    let made = (|| {
+        let socket = UnixListener::bind(&inner).map_err(|e| format!("listening on unix:{shown}: {e}"))?;
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("unix:{shown}: {e}"))?;
+        std::fs::hard_link(&inner, path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => {
+                format!("{shown} already exists; give unix: a path where nothing is")
+            }
+            _ => format!("unix:{shown}: {e}"),
+        })?;
+        Ok::<_, String>(socket)
+    })();
+    let _ = std::fs::remove_file(&inner);
+    let _ = std::fs::remove_dir(&private);
+    let socket = made.map_err(accel_err)?;
+    let meta = path.symlink_metadata().map_err(|e| accel_err(format!("unix:{shown}: {e}")))?;
+    let file = SocketFile { path: path.to_path_buf(), id: (meta.dev(), meta.ino()) };
+    if !meta.file_type().is_socket() || meta.mode() & 0o077 != 0 {
+        return Err(accel_err(format!(
+            "unix:{shown} is not an owner-only socket (mode {:o})",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok((socket, file))
+}
+
+/// Starts listening where `options` say, with a thread that reports connections, their bytes
 /// and their ends on `events`.
 pub fn listen(options: &GdbOptions, events: mpsc::SyncSender<Event>) -> Result<Listener> {
-    let listener = Listener::default();
+    let mut listener = Listener::default();
     let address = &options.address;
     let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new().name(name.into()).spawn(body).map(drop).map_err(accel_err)
     };
-    if address.contains('/') {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(address)
-            .map_err(|e| accel_err(format!("opening {address}: {e}")))?;
-        drain(&file);
-        let for_reader = listener.clone();
-        spawn("gdb-port", Box::new(move || serve_device(file, events, for_reader)))?;
-    } else {
-        let listener =
-            TcpListener::bind(address).map_err(|e| accel_err(format!("listening on {address}: {e}")))?;
-        spawn("gdb-listener", Box::new(move || serve_tcp(listener, events)))?;
+    let for_reader = listener.clone();
+    match address {
+        GdbAddress::Device(path) => {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|e| accel_err(format!("opening {}: {e}", path.display())))?;
+            if !file.metadata().map_err(accel_err)?.file_type().is_char_device() {
+                return Err(accel_err(format!("{} is not a character device", path.display())));
+            }
+            drain(&file);
+            spawn("gdb-port", Box::new(move || serve_device(file, events, for_reader)))?;
+        }
+        GdbAddress::Tcp(addr) => {
+            let socket =
+                TcpListener::bind(addr).map_err(|e| accel_err(format!("listening on {addr}: {e}")))?;
+            if !addr.ip().is_loopback() {
+                eprintln!(
+                    "accel-host: warning: the gdb stub listens on {addr}, which is not loopback, with no \
+                     authentication: anyone who can reach it can read and write guest memory and end \
+                     the VM (use :PORT or unix:PATH to keep it to this user)"
+                );
+            }
+            spawn(
+                "gdb-listener",
+                Box::new(move || serve_sockets(|| socket.accept().map(|a| a.0), events, for_reader)),
+            )?;
+        }
+        GdbAddress::Unix(path) => {
+            let (socket, file) = bind_unix(path)?;
+            listener.socket_file = Some(Arc::new(file));
+            spawn(
+                "gdb-listener",
+                Box::new(move || serve_sockets(|| socket.accept().map(|a| a.0), events, for_reader)),
+            )?;
+        }
     }
     eprintln!("accel-host: gdb stub ready on {address}");
     Ok(listener)

@@ -1,5 +1,7 @@
 //! The gdb remote stub of `accel-host`: all-stop and non-stop debugging of every vCPU, over TCP
-//! or a character device, with one protocol engine (see `engine`) from gdb's bytes to the replies.
+//! a Unix socket or a character device, with one protocol engine (see `engine`) from gdb's bytes
+//! to the replies. One client at a time: another is refused, and one that sends nothing for the
+//! idle timeout while the guest is stopped is disconnected.
 //!
 //! Each vCPU keeps its own thread. While the guest runs, the threads run their vCPUs and report
 //! stops; while gdb has a vCPU stopped, its thread waits for commands, and register and memory
@@ -30,7 +32,7 @@ use accel_api::{AccelError, ErrorKind, Result};
 
 use crate::vmm::{console::Escape, machine::vcpu_features, memory_error, step, Machine, Outcome};
 use accel_kit::thread_proxy::ThreadProxy;
-pub use options::GdbOptions;
+pub use options::{GdbAddress, GdbOptions, DEFAULT_IDLE_TIMEOUT};
 use vcpu_thread::{Runner, VcpuHandle};
 
 /// How many events (each a vCPU's stop, or a chunk of at most a few KiB of a client's bytes)
@@ -155,7 +157,8 @@ mod tests {
         let config = MachineConfig { cpus: 2, mem_size: 1 << 20, features, cmdline: String::new() };
         let plan = Plan::new(config, Payload::Image(vec![0; 8]), &accel.probe().caps).expect("planning");
         let machine = Machine::build(&accel, plan, Box::new(std::io::sink())).expect("building");
-        let options = GdbOptions { address: String::new(), wait, about: String::new() };
+        let address = GdbAddress::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        let options = GdbOptions { address, wait, about: String::new(), idle_timeout: None };
         let sink = Sink::default();
         let outcome = serve_bytes(machine, &options, input, Box::new(sink.clone()));
         world.end();
@@ -365,5 +368,126 @@ mod tests {
             replies.get(1).is_some_and(|r| !r.is_empty() && !r.starts_with('E')),
             "the registers: {sent}"
         );
+    }
+    #[test]
+    fn a_write_that_crosses_the_end_of_ram_writes_nothing() {
+        // RAM is 1 MiB at 0x4000_0000, and the MMU is off: its last two bytes, then past it.
+        let mut input = script(&["m400ffffe,2", "M400ffffe,4:11223344", "m400ffffe,2"]);
+        let mut x = b"X400ffffe,4:".to_vec();
+        x.extend([0x55, 0x66, 0x77, 0x78]);
+        input.extend(format!("${}#{:02x}", String::from_utf8_lossy(&x), packets::checksum(&x)).into_bytes());
+        input.extend(script(&["m400ffffe,2", "M400ffffe,2:abcd", "m400ffffe,2"]));
+        let (outcome, sent) = serve_fake(true, VcpuFeatures::NONE, &input);
+        assert_eq!(outcome.map_err(|e| e.to_string()), Ok(Outcome::Quit));
+        let replies = replies(&sent);
+        assert_eq!(replies.len(), 7, "{sent}");
+        assert_eq!(replies[0].len(), 4, "{sent}");
+        assert!(replies[1].starts_with('E') && replies[3].starts_with('E'), "{sent}");
+        assert_eq!([&replies[2], &replies[4]], [&replies[0], &replies[0]], "RAM unchanged: {sent}");
+        assert_eq!([replies[5].as_str(), replies[6].as_str()], ["OK", "abcd"], "{sent}");
+    }
+    /// Serves a fake machine, stopped, on a new Unix socket in a fresh directory, on a thread of
+    /// its own: the socket's path, and what the session comes to.
+    fn serve_unix(
+        name: &str,
+        idle_timeout: Option<std::time::Duration>,
+    ) -> (std::path::PathBuf, std::sync::mpsc::Receiver<Result<Outcome>>) {
+        let dir = std::env::temp_dir().join(format!("accel-gdb-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("gdb.sock");
+        let address = GdbAddress::parse(&format!("unix:{}", path.display())).expect("address");
+        let (done, outcome) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let world = Arc::new(World::default());
+            let accel = accelerator(&world).expect("opening the fake backend");
+            let config = MachineConfig {
+                cpus: 1,
+                mem_size: 1 << 20,
+                features: VcpuFeatures::NONE,
+                cmdline: String::new(),
+            };
+            let plan = Plan::new(config, Payload::Image(vec![0; 8]), &accel.probe().caps).expect("planning");
+            let machine = Machine::build(&accel, plan, Box::new(std::io::sink())).expect("building");
+            let options = GdbOptions { address, wait: true, about: String::new(), idle_timeout };
+            let _ = done.send(serve(machine, &options, None));
+            world.end();
+        });
+        (path, outcome)
+    }
+
+    /// Connects to the stub's socket once it is there.
+    fn connect(path: &std::path::Path) -> std::os::unix::net::UnixStream {
+        let started = std::time::Instant::now();
+        loop {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(stream) => {
+                    let limit = Some(std::time::Duration::from_secs(30));
+                    stream.set_read_timeout(limit).expect("timeout");
+                    return stream;
+                }
+                Err(e) if started.elapsed() > std::time::Duration::from_secs(30) => panic!("connecting: {e}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// Sends `body` as a packet and reads until its reply is complete.
+    fn ask(stream: &mut std::os::unix::net::UnixStream, body: &str) -> String {
+        use std::io::Read;
+        stream.write_all(&sent(body)).expect("send");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while got.iter().rposition(|b| *b == b'#').is_none_or(|at| got.len() < at + 3) {
+            let n = stream.read(&mut buf).expect("a reply");
+            assert!(n > 0, "the stub hung up: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        replies(&String::from_utf8_lossy(&got)).pop().unwrap_or_default()
+    }
+
+    /// Everything the stub sends until it hangs up.
+    fn rest(stream: &mut std::os::unix::net::UnixStream) -> String {
+        use std::io::Read;
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got).expect("the stub hangs up");
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    #[test]
+    fn a_unix_socket_is_owner_only_takes_one_client_and_is_removed_at_the_end() {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let (path, outcome) = serve_unix("one", None);
+        let mut first = connect(&path);
+        let meta = path.symlink_metadata().expect("the socket");
+        assert!(meta.file_type().is_socket(), "{meta:?}");
+        assert_eq!(meta.mode() & 0o077, 0, "mode {:o}", meta.mode());
+        assert!(ask(&mut first, "qSupported:multiprocess+").starts_with("PacketSize="));
+        // A second client is told why, and its connection ends; the first is served on.
+        let mut second = connect(&path);
+        second.write_all(&sent("qSupported:multiprocess+")).expect("send");
+        let refused = rest(&mut second);
+        assert!(refused.contains("$E.another gdb client is attached#"), "{refused}");
+        assert!(ask(&mut first, "?").starts_with('T'));
+        first.write_all(&sent("k")).expect("kill");
+        let outcome = outcome.recv_timeout(std::time::Duration::from_secs(60)).expect("the session ends");
+        assert_eq!(outcome.map_err(|e| e.to_string()), Ok(Outcome::Killed));
+        assert!(path.symlink_metadata().is_err(), "the socket is removed");
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
+    }
+
+    #[test]
+    fn an_idle_client_is_disconnected_and_the_next_is_served() {
+        let (path, outcome) = serve_unix("idle", Some(std::time::Duration::from_secs(1)));
+        let mut idle = connect(&path);
+        assert!(ask(&mut idle, "?").starts_with('T'));
+        // It says nothing more: the stub hangs up on it.
+        assert_eq!(rest(&mut idle), "");
+        let mut next = connect(&path);
+        assert!(ask(&mut next, "?").starts_with('T'), "the guest is still stopped");
+        next.write_all(&sent("k")).expect("kill");
+        let outcome = outcome.recv_timeout(std::time::Duration::from_secs(60)).expect("the session ends");
+        assert_eq!(outcome.map_err(|e| e.to_string()), Ok(Outcome::Killed));
+        let _ = std::fs::remove_dir_all(path.parent().expect("dir"));
     }
 }

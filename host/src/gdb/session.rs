@@ -2,12 +2,14 @@
 //! the machine runs. A new client finds the machine stopped (it is stopped when the client
 //! connects, as QEMU does). A client that detaches leaves it running without breakpoints; one
 //! whose connection just ends (it died, or never spoke the protocol) leaves it as it was, running
-//! or stopped, without its breakpoints; `kill` ends it.
+//! or stopped, without its breakpoints; `kill` ends it. A client that sends nothing for the idle
+//! timeout while the guest is stopped is disconnected, and counts as one whose connection ended.
 
 use std::{
     collections::VecDeque,
     io::Write,
     sync::{mpsc, Arc},
+    time::{Duration, Instant},
 };
 
 use accel_api::{client::Debug, AccelError, ErrorKind, RegClass, Result, VcpuFeatures};
@@ -55,7 +57,7 @@ pub fn serve_session(
                 log::info!("gdb: client {conn} connected");
                 // The client finds the machine stopped.
                 machine.stop_others(&events.channel, &mut events.deferred);
-                let flow = serve_client(&mut machine, conn, writer, &mut events)?;
+                let flow = serve_client(&mut machine, conn, writer, &mut events, options.idle_timeout)?;
                 listener.client_done(conn);
                 match flow {
                     Some(Flow::Ended(outcome)) => return Ok(outcome),
@@ -102,16 +104,40 @@ fn forget(machine: &mut GdbTarget, events: &mut Events) -> Result<()> {
 
 /// Serves one client until it ends the guest or detaches (`Some`), or goes away (`None`).
 /// Nothing it sends ends the connection otherwise: a packet the engine cannot make sense of is
-/// refused, and the next is served.
+/// refused, and the next is served. A client that sends nothing for `idle` while every vCPU is
+/// stopped counts as gone (the guest stays as it is, for the next client).
 fn serve_client(
     machine: &mut GdbTarget,
     conn: u64,
     writer: Box<dyn Write + Send>,
     events: &mut Events,
+    idle: Option<Duration>,
 ) -> Result<Option<Flow>> {
     let mut engine = Engine::new(Conn::new(writer));
+    let mut last = Instant::now();
     loop {
-        let flow = match events.next() {
+        // While a vCPU runs, the client may wait for its stop as long as it takes.
+        let waiting = idle.filter(|_| !machine.running.iter().any(|r| *r));
+        let event = match waiting {
+            Some(idle) => match events.next_within(idle.saturating_sub(last.elapsed())) {
+                Ok(event) => Some(event),
+                Err(true) => {
+                    log::warn!(
+                        "gdb: client {conn} sent nothing for {} s; it is disconnected",
+                        idle.as_secs()
+                    );
+                    return Ok(None);
+                }
+                Err(false) => None,
+            },
+            None => events.next(),
+        };
+        if matches!(&event, Some(Event::Data { conn: c, .. }) if *c == conn)
+            || machine.running.iter().any(|r| *r)
+        {
+            last = Instant::now();
+        }
+        let flow = match event {
             Some(Event::Data { conn: c, bytes }) if c == conn => engine.data(&bytes, machine, events),
             Some(Event::Closed { conn: c }) if c == conn => return Ok(None),
             Some(Event::Quit) => return Ok(Some(Flow::Ended(Outcome::Quit))),

@@ -533,8 +533,27 @@ impl GdbTarget {
     }
 
     /// Writes `data` to guest memory at virtual address `addr`, through vCPU `index`'s tables.
+    /// Every page is translated, and found in RAM, before any byte is written: a write that
+    /// fails anywhere leaves memory as it was.
     pub(super) fn write_memory(&mut self, index: u32, addr: u64, data: &[u8]) -> Result<()> {
-        self.access(index, addr, data.len(), |ram, pa, off, n| ram.write(pa, &data[off..off + n]))
+        let mut pieces = Vec::new();
+        self.access(index, addr, data.len(), |ram, pa, off, n| {
+            if !ram.contains(pa, n as u64) {
+                return Err(AccelError::new(
+                    ErrorKind::NOT_FOUND,
+                    format!(
+                        "{n} bytes at physical {pa:#x} (virtual {:#x}) are outside RAM",
+                        addr.wrapping_add(off as u64)
+                    ),
+                ));
+            }
+            pieces.push((pa, off, n));
+            Ok(())
+        })?;
+        for (pa, off, n) in pieces {
+            self.ram.write(pa, &data[off..off + n])?;
+        }
+        Ok(())
     }
 }
 

@@ -69,6 +69,15 @@ impl Events {
     pub fn next(&mut self) -> Option<Event> {
         self.deferred.pop_front().or_else(|| self.channel.recv().ok())
     }
+
+    /// The next event, waiting at most `limit`: `Err(true)` when none came in time, `Err(false)`
+    /// once every sender is gone.
+    pub fn next_within(&mut self, limit: std::time::Duration) -> std::result::Result<Event, bool> {
+        if let Some(event) = self.deferred.pop_front() {
+            return Ok(event);
+        }
+        self.channel.recv_timeout(limit).map_err(|e| e == mpsc::RecvTimeoutError::Timeout)
+    }
 }
 
 /// How a vCPU makes one step of its run: one exit handled (MMIO, system events) by the machine.

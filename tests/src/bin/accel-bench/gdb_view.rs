@@ -14,7 +14,7 @@ use std::{net::TcpListener, thread::JoinHandle, time::Duration};
 use accel_api::{client::Accelerator, VcpuFeatures};
 use accel_conformance::asm::{self, Size};
 use accel_host::{
-    gdb::{serve, GdbOptions},
+    gdb::{serve, GdbAddress, GdbOptions},
     vmm::{Machine, MachineConfig, Outcome, Payload, Plan, RAM_BASE},
 };
 
@@ -140,7 +140,12 @@ impl Stub {
             .map_err(|e| format!("finding a free port: {e}"))?
             .port();
         let address = format!("127.0.0.1:{port}");
-        let options = GdbOptions { address: address.clone(), wait: true, about: String::new() };
+        let options = GdbOptions {
+            address: GdbAddress::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+            wait: true,
+            about: String::new(),
+            idle_timeout: None,
+        };
         let served = std::thread::spawn(move || serve(machine, &options, None));
         let mut gdb = GdbClient::connect(&address, Duration::from_secs(30))?;
         gdb.ask("qSupported:multiprocess+;swbreak+;hwbreak+;vContSupported+")?;
