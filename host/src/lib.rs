@@ -57,7 +57,7 @@ mod tests {
     #[test]
     fn ram_sizes_state_the_rule() {
         assert_eq!(super::parse_ram_size("128M"), Ok(128 << 20));
-        for bad in ["0", "1000k", "1048577", "8192G"] {
+        for bad in ["0", "1000k", "1048577", "8388608G"] {
             let message = super::parse_ram_size(bad).expect_err(bad);
             assert!(message.contains("must be a non-zero multiple of 1 MiB"), "{bad}: {message}");
         }
