@@ -48,10 +48,10 @@ fn not_restorable(message: impl Into<String>) -> AccelError {
     AccelError::unsupported(format!("vCPU snapshot not restorable here: {}", message.into()))
 }
 
-/// The width of the syndrome an injected SError carries: ESR_EL1.ISS, bits [24:0] (Arm ARM,
+/// The width of the syndrome an injected SError carries: ESR_EL1.ISS, bits `[24:0]` (Arm ARM,
 /// "ESR_EL1, Exception Syndrome Register (EL1)"); EC and IL are the hypervisor's.
 pub const SERROR_ESR_MASK: u64 = (1 << 25) - 1;
-/// The bits of a CSSELR_EL1 value that select a cache: TnD [4], Level [3:1], InD [0]; the rest
+/// The bits of a CSSELR_EL1 value that select a cache: TnD `[4]`, Level `[3:1]`, InD `[0]`; the rest
 /// are RES0 (Arm ARM, "CSSELR_EL1, Cache Size Selection Register").
 pub const CSSELR_MASK: u64 = 0x1f;
 
