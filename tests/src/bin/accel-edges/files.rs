@@ -150,7 +150,8 @@ fn dump_dtb(env: &Env) -> Result<(), String> {
     std::fs::write(&target, b"keep me").map_err(|e| e.to_string())?;
     let link = dir.join("machine.dtb");
     std::os::unix::fs::symlink(&target, &link).map_err(|e| e.to_string())?;
-    let ran = env.accel_host(&["run", "--dump-dtb", &path(&link), &guest], &[], LIMIT)?;
+    // A named backend: no note on which was chosen, so standard error stays empty.
+    let ran = env.accel_host(&["run", "--accel", "kvm", "--dump-dtb", &path(&link), &guest], &[], LIMIT)?;
     if ran.code != Some(0) || !ran.error_lines().is_empty() {
         return Err(format!("exit code {:?}, stderr {:?}", ran.code, ran.stderr));
     }
@@ -178,5 +179,6 @@ fn dump_dtb(env: &Env) -> Result<(), String> {
     }
     // A destination in a directory that does not exist: one line.
     let nowhere = path(&dir.join("no-such-dir").join("machine.dtb"));
-    env.accel_host(&["run", "--dump-dtb", &nowhere, &guest], &[], LIMIT)?.refused_with(1, &nowhere)
+    env.accel_host(&["run", "--accel", "kvm", "--dump-dtb", &nowhere, &guest], &[], LIMIT)?
+        .refused_with(1, &nowhere)
 }
