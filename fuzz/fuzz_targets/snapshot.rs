@@ -9,7 +9,12 @@
 //! - an accepted file describes a snapshot that restore can take as it is: SVE registers exactly
 //!   when the features have SVE, well-formed at the vector length CONF names (0 without SVE), V
 //!   registers that are the low bits of the Z registers, no external abort pending;
-//! - an accepted file re-encodes to a file that decodes to the same snapshot;
+//! - an accepted file re-encodes to a file that decodes to the same snapshot, and passes
+//!   `validate`;
+//! - a snapshot that `validate` refuses (unknown feature bits, an MP state outside the defined
+//!   set, a register id twice or outside every space, an SError ESR wider than ESR_EL1.ISS) is
+//!   refused by the decoder for the same reason, in one line;
+//! - `check_restorable` against any capabilities answers in one line;
 //! - a well-formed snapshot round-trips through its encoding unchanged, and the encoding with any
 //!   one byte changed, or cut short anywhere, is refused.
 #![no_main]
@@ -18,16 +23,17 @@ use accel_api::{
     events::{MpState, VcpuEvents},
     regs::{CoreReg, CoreRegs, FpRegs},
     sve::SveRegs,
-    RegId, RegValue, VcpuFeatures,
+    Capabilities, RegId, RegValue, VcpuFeatures,
 };
 
-use accel_host::snapshot::{VcpuSnapshot, MAGIC, VERSION};
+use accel_host::snapshot::{VcpuSnapshot, MAGIC, SERROR_ESR_MASK, VERSION};
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 
-/// The parts of a well-formed snapshot.
+/// The parts of a snapshot: well-formed unless `wild`, when the raw values may be impossible.
 #[derive(Arbitrary, Debug)]
 struct SnapSpec {
+    wild: bool,
     index: u32,
     features: u64,
     vq: u8,
@@ -44,6 +50,15 @@ struct SnapSpec {
     serror_has_esr: bool,
     serror_esr: u64,
     mp_state: u32,
+}
+
+/// A backend's capabilities, as far as restore checks them.
+#[derive(Arbitrary, Debug)]
+struct CapsSpec {
+    max_vcpus: u32,
+    vcpu_features: u64,
+    sve_vqs: u32,
+    serror_esr: bool,
 }
 
 /// How a well-formed snapshot's encoding is damaged.
@@ -129,7 +144,8 @@ fn build(spec: SnapSpec) -> VcpuSnapshot {
     };
     let mut fp = FpRegs { fpsr: spec.fpsr, fpcr: spec.fpcr, ..FpRegs::default() };
     fill(fp.v.as_flattened_mut(), &spec.v);
-    let features = VcpuFeatures(spec.features);
+    let known = VcpuFeatures::NAMED.iter().fold(0, |all, (f, _)| all | f.0);
+    let features = VcpuFeatures(if spec.wild { spec.features } else { spec.features & known });
     let sve = features.contains(VcpuFeatures::SVE).then(|| {
         let mut sve = SveRegs::zeroed(u32::from(spec.vq % 16) + 1);
         let fill = |buf: &mut [u8]| fill(buf, &spec.sve_bytes);
@@ -149,14 +165,32 @@ fn build(spec: SnapSpec) -> VcpuSnapshot {
         core,
         fp,
         sve,
-        regs: spec.regs.iter().map(|&(id, value)| RegValue { id: RegId(id), value }).collect(),
+        regs: if spec.wild {
+            spec.regs.iter().map(|&(id, value)| RegValue { id: RegId(id), value }).collect()
+        } else {
+            // System register ids, each once.
+            let mut seen = std::collections::BTreeSet::new();
+            spec.regs
+                .iter()
+                .filter(|(id, _)| seen.insert(id & 0xffff))
+                .map(|&(id, value)| RegValue { id: RegId(id & 0xffff), value })
+                .collect()
+        },
         events: VcpuEvents {
             serror_pending: spec.serror_pending,
             serror_has_esr: spec.serror_has_esr,
-            serror_esr: spec.serror_esr,
+            serror_esr: match (spec.wild, spec.serror_has_esr) {
+                (true, _) => spec.serror_esr,
+                (false, true) => spec.serror_esr & SERROR_ESR_MASK,
+                (false, false) => 0,
+            },
             ext_dabt_pending: false,
         },
-        mp_state: MpState(spec.mp_state),
+        mp_state: if spec.wild {
+            MpState(spec.mp_state)
+        } else {
+            MpState::NAMED[spec.mp_state as usize % MpState::NAMED.len()].0
+        },
     }
 }
 
@@ -181,6 +215,7 @@ fn check_restorable(s: &VcpuSnapshot) {
 fn check_accepted(bytes: &[u8]) {
     if let Ok(snapshot) = VcpuSnapshot::from_bytes(bytes) {
         check_restorable(&snapshot);
+        assert_eq!(snapshot.validate(), Ok(()), "an accepted file holds a valid snapshot");
         let again = VcpuSnapshot::from_bytes(&snapshot.to_bytes());
         assert_eq!(again.as_ref(), Ok(&snapshot), "an accepted file re-encodes to the same snapshot");
     }
@@ -202,10 +237,30 @@ fuzz_target!(|data: &[u8]| {
     check_accepted(&framed(data));
 
     let mut u = Unstructured::new(data);
-    let (Ok(spec), Ok(damage)) = (SnapSpec::arbitrary(&mut u), Damage::arbitrary(&mut u)) else { return };
+    let (Ok(spec), Ok(caps), Ok(damage)) =
+        (SnapSpec::arbitrary(&mut u), CapsSpec::arbitrary(&mut u), Damage::arbitrary(&mut u))
+    else {
+        return;
+    };
     let snapshot = build(spec);
-    check_restorable(&snapshot);
     let bytes = snapshot.to_bytes();
+    let caps = Capabilities {
+        max_vcpus: caps.max_vcpus,
+        vcpu_features: VcpuFeatures(caps.vcpu_features),
+        sve_vqs: caps.sve_vqs,
+        serror_esr: caps.serror_esr,
+        ..Capabilities::default()
+    };
+    if let Err(e) = snapshot.check_restorable(&caps) {
+        assert!(!e.message.contains('\n'), "one line: {}", e.message);
+    }
+    if let Err(refused) = snapshot.validate() {
+        assert!(!refused.message.contains('\n'), "one line: {}", refused.message);
+        let decoded = VcpuSnapshot::from_bytes(&bytes).map_err(|e| e.message);
+        assert_eq!(decoded, Err(refused.message), "the decoder refuses what validate refuses");
+        return;
+    }
+    check_restorable(&snapshot);
     assert_eq!(VcpuSnapshot::from_bytes(&bytes).as_ref(), Ok(&snapshot), "a snapshot round-trips");
     let mut sections = sections_of(&bytes);
     for e in std::iter::from_fn(|| Edit::arbitrary(&mut u).ok()).take(4) {

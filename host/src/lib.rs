@@ -1,5 +1,6 @@
 //! The accel host: finds and loads backend plugins, and runs guests on them with a small VMM.
 
+pub mod atomic_file;
 pub mod choose;
 /// An in-process fake machine for the host's own tests and the fuzz targets: not part of the
 /// host's API, so it is built only for tests and with the `test-util` feature.
@@ -34,6 +35,14 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     n.checked_shl(shift).filter(|v| v >> shift == n).ok_or_else(|| format!("'{text}' is too large"))
 }
 
+/// Parses a RAM size (as [`parse_size`]) and checks it against the machine's rules
+/// ([`vmm::layout::check_ram_size`]), so that a bad size is refused before any file is read.
+pub fn parse_ram_size(text: &str) -> Result<u64, String> {
+    let size = parse_size(text)?;
+    vmm::layout::check_ram_size(size)?;
+    Ok(size)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -45,5 +54,14 @@ mod tests {
         assert!(super::parse_size("12Q").is_err());
         assert!(super::parse_size("M").is_err());
         assert!(super::parse_size("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn ram_sizes_state_the_rule() {
+        assert_eq!(super::parse_ram_size("128M"), Ok(128 << 20));
+        for bad in ["0", "1000k", "1048577", "8388608G"] {
+            let message = super::parse_ram_size(bad).expect_err(bad);
+            assert!(message.contains("must be a non-zero multiple of 1 MiB"), "{bad}: {message}");
+        }
     }
 }

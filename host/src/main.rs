@@ -9,9 +9,9 @@ use std::{
 
 use accel_api::VcpuFeatures;
 use accel_host::{
-    choose,
+    atomic_file, choose,
     gdb::{GdbAddress, GdbOptions, DEFAULT_IDLE_TIMEOUT},
-    isolate, loader, parse_size, report, trust,
+    isolate, loader, parse_ram_size, report, trust,
     vmm::{self, console::Escape, image},
 };
 use clap::{Parser, Subcommand};
@@ -53,8 +53,8 @@ enum Command {
         /// Number of vCPUs.
         #[arg(long, default_value_t = 1)]
         cpus: u32,
-        /// RAM size, e.g. 128M or 1G.
-        #[arg(long, default_value = "128M", value_parser = parse_size)]
+        /// RAM size, e.g. 128M or 1G: a non-zero multiple of 1 MiB.
+        #[arg(long, default_value = "128M", value_parser = parse_ram_size)]
         mem: u64,
         /// Extra vCPU features, comma-separated: sve, pmu-v3, el1-32bit, ptrauth-address,
         /// ptrauth-generic.
@@ -75,13 +75,14 @@ enum Command {
         /// A Linux arm64 Image to boot.
         #[arg(long, conflicts_with = "image")]
         kernel: Option<PathBuf>,
-        /// An initrd for the kernel.
-        #[arg(long, requires = "kernel")]
+        /// An initrd for the kernel (only with --kernel).
+        #[arg(long)]
         initrd: Option<PathBuf>,
         /// The kernel command line (or a bare-metal image's /chosen/bootargs).
         #[arg(long, default_value = "")]
         append: String,
-        /// Write the machine's device tree to FILE and exit, as QEMU's `-machine dumpdtb`.
+        /// Write the machine's device tree to FILE and exit, as QEMU's `-machine dumpdtb`. FILE is
+        /// replaced atomically with mode 0644; a symlink there is replaced, not followed.
         #[arg(long, value_name = "FILE")]
         dump_dtb: Option<PathBuf>,
         /// The console's escape key (^A to ^Z, ^], ^\\, ^^, ^_, or none): ESC x quits, ESC h helps.
@@ -237,6 +238,15 @@ struct RunArgs {
 }
 
 fn run(args: RunArgs) -> Result<i32, String> {
+    // Every argument and file is checked before any plugin is loaded. The RAM size's rules were
+    // checked as the argument was parsed (`parse_ram_size`).
+    if args.initrd.is_some() && args.kernel.is_none() {
+        // Not even for a raw image that turns out to carry the arm64 Image header: its initrd
+        // would be silently left out.
+        return Err("--initrd needs --kernel: an initrd is only loaded beside a Linux kernel given with \
+                    --kernel"
+            .into());
+    }
     let limit = args.config.mem_size;
     let read = |path: &PathBuf, what| image::read_capped(path, limit, what).map_err(|e| e.to_string());
     let payload = match (&args.kernel, &args.image) {
@@ -271,7 +281,8 @@ fn run(args: RunArgs) -> Result<i32, String> {
     let machine =
         vmm::Machine::build(&accelerator, plan, Box::new(std::io::stdout())).map_err(|e| e.to_string())?;
     if let Some(path) = &args.dump_dtb {
-        std::fs::write(path, &machine.dtb).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        atomic_file::write(path, &machine.dtb, 0o644)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
         return Ok(0);
     }
     let bus = std::sync::Arc::clone(&machine.bus);
@@ -298,6 +309,12 @@ fn run(args: RunArgs) -> Result<i32, String> {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // No command: the help, on standard error, and the exit code of a usage error. It is
+            // not an error line.
+            let _ = e.print();
+            return ExitCode::from(1);
+        }
         Err(e) if !e.use_stderr() => {
             // --help and --version.
             let _ = e.print();

@@ -3,11 +3,12 @@
 
 use accel_api::{
     client::{Vcpu, Vm},
+    config::Capabilities,
     error::{AccelError, ErrorKind, Result},
     events::{MpState, VcpuEvents},
     regs::{CoreReg, CoreRegs, FpRegs, PutLevel},
     sve::{SveRegs, SVE_VQ_MAX},
-    sysreg::{RegClass, RegId, RegValue},
+    sysreg::{RegClass, RegId, RegSpace, RegValue},
     VcpuConfig, VcpuFeatures,
 };
 
@@ -43,6 +44,17 @@ fn corrupt(message: impl Into<String>) -> AccelError {
     AccelError::new(ErrorKind::INVALID_ARGUMENT, format!("corrupt vCPU snapshot: {}", message.into()))
 }
 
+fn not_restorable(message: impl Into<String>) -> AccelError {
+    AccelError::unsupported(format!("vCPU snapshot not restorable here: {}", message.into()))
+}
+
+/// The width of the syndrome an injected SError carries: ESR_EL1.ISS, bits `[24:0]` (Arm ARM,
+/// "ESR_EL1, Exception Syndrome Register (EL1)"); EC and IL are the hypervisor's.
+pub const SERROR_ESR_MASK: u64 = (1 << 25) - 1;
+/// The bits of a CSSELR_EL1 value that select a cache: TnD `[4]`, Level `[3:1]`, InD `[0]`; the rest
+/// are RES0 (Arm ARM, "CSSELR_EL1, Cache Size Selection Register").
+pub const CSSELR_MASK: u64 = 0x1f;
+
 impl VcpuSnapshot {
     /// Reads the whole state of `vcpu`, created with `features` (and `sve_vq` quadwords of SVE).
     pub fn save(vcpu: &mut Vcpu, features: VcpuFeatures) -> Result<Self> {
@@ -69,10 +81,140 @@ impl VcpuSnapshot {
         })
     }
 
+    /// Checks that the snapshot holds only values that can exist: known feature bits, an MP
+    /// state of the defined set, an SVE vector length that agrees with the SVE registers, each
+    /// register id once and well-formed, and an SError syndrome within ESR_EL1.ISS. The error is
+    /// one line naming the field. [`from_bytes`](Self::from_bytes) refuses what this refuses.
+    pub fn validate(&self) -> Result<()> {
+        let known = VcpuFeatures::NAMED.iter().fold(0, |all, (f, _)| all | f.0);
+        if self.features.0 & !known != 0 {
+            return Err(corrupt(format!(
+                "CONF features {:#x} has bits no feature defines ({:#x})",
+                self.features.0,
+                self.features.0 & !known
+            )));
+        }
+        if !MpState::NAMED.iter().any(|(m, _)| *m == self.mp_state) {
+            return Err(corrupt(format!(
+                "MPST MP state {:#x} is none of runnable (0), stopped (5) or suspended (10)",
+                self.mp_state.0
+            )));
+        }
+        let has_sve = self.features.contains(VcpuFeatures::SVE);
+        if has_sve != self.sve.is_some() {
+            return Err(corrupt("the FP/SVE sections do not match the vCPU's features"));
+        }
+        // Restore creates the vCPU at CONF's vector length and then writes the SVE registers:
+        // the two must agree, and without SVE there is no vector length.
+        let registers_vq = self.sve.as_ref().map_or(0, |s| s.vq);
+        if self.sve_vq != registers_vq {
+            return Err(corrupt(format!(
+                "CONF names an SVE vector length of {} quadwords, the SVE registers have {registers_vq}",
+                self.sve_vq
+            )));
+        }
+        if let Some(sve) = &self.sve {
+            if !(1..=SVE_VQ_MAX).contains(&sve.vq) || !sve.is_well_formed() {
+                return Err(corrupt(format!("SVE registers of {} quadwords are malformed", sve.vq)));
+            }
+            let zl = sve.z_len();
+            if let Some(n) = (0..32).find(|&n| self.fp.v[n][..] != sve.z[n * zl..][..16]) {
+                return Err(corrupt(format!("V{n} is not the low 128 bits of Z{n}")));
+            }
+        }
+        let mut ids: Vec<RegId> = self.regs.iter().map(|r| r.id).collect();
+        ids.sort_unstable();
+        if let Some(pair) = ids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(corrupt(format!("REGS holds register {} ({:#x}) twice", pair[0].name(), pair[0].0)));
+        }
+        for id in &ids {
+            let bad = match id.space() {
+                RegSpace::Sys => id.0 > 0xffff,
+                RegSpace::Ccsidr => id.index() & !CSSELR_MASK != 0,
+                RegSpace::Firmware | RegSpace::Raw => false,
+                RegSpace::Unknown(_) => true,
+            };
+            if bad {
+                return Err(corrupt(format!("REGS register id {:#x} is not a register of any space", id.0)));
+            }
+        }
+        let events = &self.events;
+        if events.serror_esr & !SERROR_ESR_MASK != 0 {
+            return Err(corrupt(format!(
+                "EVNT SError ESR {:#x} has bits above ESR_EL1.ISS [24:0]",
+                events.serror_esr
+            )));
+        }
+        if !events.serror_has_esr && events.serror_esr != 0 {
+            return Err(corrupt(format!(
+                "EVNT SError ESR {:#x} is given, but SError has ESR is not set",
+                events.serror_esr
+            )));
+        }
+        if events.ext_dabt_pending {
+            return Err(corrupt("an external data abort is never pending in a snapshot"));
+        }
+        Ok(())
+    }
+
+    /// Checks the snapshot against a backend's capabilities (from its probe): the vCPU index,
+    /// the features, the SVE vector length and an SError syndrome must all be offered.
+    pub fn check_restorable(&self, caps: &Capabilities) -> Result<()> {
+        if self.index >= caps.max_vcpus {
+            return Err(not_restorable(format!(
+                "CONF vCPU index {} is beyond this backend's {} vCPUs",
+                self.index, caps.max_vcpus
+            )));
+        }
+        let missing = self.features.difference(caps.vcpu_features);
+        if !missing.is_empty() {
+            return Err(not_restorable(format!(
+                "CONF features {} are not offered by this backend",
+                missing.names().join(", ")
+            )));
+        }
+        if self.sve_vq != 0 && (self.sve_vq > 32 || caps.sve_vqs & (1 << (self.sve_vq - 1)) == 0) {
+            return Err(not_restorable(format!(
+                "CONF SVE vector length of {} quadwords is not offered by this backend (offered: {:#x})",
+                self.sve_vq, caps.sve_vqs
+            )));
+        }
+        // KVM reports "has ESR" whenever the host has RAS, pending SError or not; only a pending
+        // SError's syndrome is written.
+        if self.events.serror_pending && self.events.serror_has_esr && !caps.serror_esr {
+            return Err(not_restorable(
+                "EVNT a pending SError with a syndrome, which this backend cannot inject",
+            ));
+        }
+        Ok(())
+    }
+
     /// Creates the vCPU in `vm` and writes the whole state into it, at the full put level.
-    pub fn restore(&self, vm: &Vm) -> Result<Vcpu> {
+    ///
+    /// Everything that can be checked without the vCPU is checked first, so that a snapshot
+    /// refused here leaves no vCPU behind: [`validate`](Self::validate) and
+    /// [`check_restorable`](Self::check_restorable) against `caps`, the capabilities of the
+    /// backend `vm` belongs to. The registers the kernel lists are only known once the vCPU
+    /// exists: a register it does not list is refused then, before any state is written.
+    pub fn restore(&self, vm: &Vm, caps: &Capabilities) -> Result<Vcpu> {
+        self.validate()?;
+        self.check_restorable(caps)?;
         let config = VcpuConfig { index: self.index, features: self.features, sve_max_vq: self.sve_vq };
         let mut vcpu = vm.create_vcpu(&config)?;
+        // A class the backend does not offer lists nothing: a register of it is refused below.
+        let listed: std::collections::HashSet<RegId> = RegClass::ALL
+            .into_iter()
+            .filter_map(|class| vcpu.get_regs(class).ok())
+            .flatten()
+            .map(|r| r.id)
+            .collect();
+        if let Some(r) = self.regs.iter().find(|r| !listed.contains(&r.id)) {
+            return Err(not_restorable(format!(
+                "REGS register {} ({:#x}) is not one this vCPU has",
+                r.id.name(),
+                r.id.0
+            )));
+        }
         vcpu.put_core(&self.core, PutLevel::FULL)?;
         match &self.sve {
             Some(sve) => {
@@ -232,8 +374,8 @@ impl VcpuSnapshot {
                     }
                 }
                 b"EVNT" => {
-                    snap.events.serror_pending = s.take(1, "SError pending")?[0] != 0;
-                    snap.events.serror_has_esr = s.take(1, "SError has ESR")?[0] != 0;
+                    snap.events.serror_pending = s.flag("EVNT SError pending")?;
+                    snap.events.serror_has_esr = s.flag("EVNT SError has ESR")?;
                     snap.events.serror_esr = s.u64("SError ESR")?;
                 }
                 b"MPST" => snap.mp_state = MpState(s.u32("MP state")?),
@@ -259,18 +401,10 @@ impl VcpuSnapshot {
         if has_sve != snap.sve.is_some() || has_sve == seen.contains(b"FPSI") {
             return Err(corrupt("the FP/SVE sections do not match the vCPU's features"));
         }
-        // Restore creates the vCPU at CONF's vector length and then writes the SVE registers:
-        // the two must agree, and without SVE there is no vector length.
-        let registers_vq = snap.sve.as_ref().map_or(0, |s| s.vq);
-        if snap.sve_vq != registers_vq {
-            return Err(corrupt(format!(
-                "CONF names an SVE vector length of {} quadwords, the SVE registers have {registers_vq}",
-                snap.sve_vq
-            )));
-        }
         if r.pos != r.bytes.len() {
             return Err(corrupt(format!("{} bytes after the last section", r.bytes.len() - r.pos)));
         }
+        snap.validate()?;
         Ok(snap)
     }
 }
@@ -301,13 +435,22 @@ impl<'a> Reader<'a> {
     fn u64(&mut self, what: &str) -> Result<u64> {
         Ok(u64::from_le_bytes(self.take(8, what)?.try_into().unwrap_or_default()))
     }
+
+    /// A byte that is 0 (false) or 1 (true).
+    fn flag(&mut self, what: &str) -> Result<bool> {
+        match self.take(1, what)?[0] {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(corrupt(format!("{what} is {other}, neither 0 nor 1"))),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn sample(sve: bool) -> VcpuSnapshot {
+    pub(super) fn sample(sve: bool) -> VcpuSnapshot {
         let mut core = CoreRegs::default();
         for (i, r) in CoreReg::all().enumerate() {
             core.set(r, 0x1000 + i as u64);
@@ -428,6 +571,71 @@ mod tests {
     }
 
     #[test]
+    fn impossible_values_are_refused_naming_the_field() {
+        let refused = |edit: &dyn Fn(&mut VcpuSnapshot), field: &str| {
+            let mut s = sample(false);
+            edit(&mut s);
+            let e = VcpuSnapshot::from_bytes(&s.to_bytes()).expect_err(field);
+            assert_eq!(e.kind, ErrorKind::INVALID_ARGUMENT);
+            assert!(e.message.contains(field), "{field}: {}", e.message);
+            assert!(!e.message.contains('\n'));
+            assert_eq!(s.validate().map_err(|e| e.message), Err(e.message), "validate agrees");
+        };
+        refused(&|s| s.features.0 |= 1 << 40, "CONF features 0x10000000004 has bits no feature defines");
+        refused(&|s| s.mp_state = MpState(0xdead_beef), "MPST MP state 0xdeadbeef");
+        refused(&|s| s.mp_state = MpState(1), "MPST MP state 0x1");
+        refused(&|s| s.regs.push(s.regs[0]), "REGS holds register TPIDR_EL1");
+        refused(&|s| s.regs.push(RegValue { id: RegId(0x1_0000), value: 0 }), "REGS register id 0x10000");
+        refused(&|s| s.regs.push(RegValue { id: RegId::ccsidr(0x20), value: 0 }), "REGS register id");
+        refused(&|s| s.regs.push(RegValue { id: RegId(7 << 56), value: 0 }), "REGS register id");
+        refused(&|s| s.events.serror_esr = u64::MAX, "EVNT SError ESR 0xffffffffffffffff has bits above");
+        refused(&|s| s.events.serror_esr = 1 << 25, "EVNT SError ESR 0x2000000");
+        refused(
+            &|s| {
+                s.events.serror_has_esr = false;
+            },
+            "SError has ESR is not set",
+        );
+        // The flag bytes are 0 or 1.
+        let mut s = sections(&sample(false));
+        s[4].1[0] = 2;
+        let e = VcpuSnapshot::from_bytes(&file_of(&s)).unwrap_err();
+        assert!(e.message.contains("EVNT SError pending is 2, neither 0 nor 1"), "{}", e.message);
+        // The largest ISS is accepted.
+        let mut s = sample(false);
+        s.events.serror_esr = SERROR_ESR_MASK;
+        assert_eq!(VcpuSnapshot::from_bytes(&s.to_bytes()), Ok(s));
+    }
+
+    #[test]
+    fn a_snapshot_is_checked_against_the_backend_before_restoring() {
+        let caps = Capabilities {
+            max_vcpus: 4,
+            vcpu_features: VcpuFeatures::PSCI_0_2 | VcpuFeatures::SVE,
+            sve_vqs: 0b1010,
+            serror_esr: true,
+            ..Default::default()
+        };
+        assert_eq!(sample(false).check_restorable(&caps), Ok(()));
+        assert_eq!(sample(true).check_restorable(&caps), Ok(()));
+        let message = |s: &VcpuSnapshot, caps: &Capabilities| s.check_restorable(caps).unwrap_err().message;
+        let mut s = sample(false);
+        s.index = 4;
+        assert!(message(&s, &caps).contains("CONF vCPU index 4 is beyond this backend's 4 vCPUs"));
+        let mut s = sample(false);
+        s.features |= VcpuFeatures::PMU_V3;
+        assert!(
+            message(&s, &caps).contains("CONF features pmu-v3 are not offered"),
+            "{}",
+            message(&s, &caps)
+        );
+        let only_vq1 = Capabilities { sve_vqs: 1, ..caps };
+        assert!(message(&sample(true), &only_vq1).contains("SVE vector length of 4 quadwords is not offered"));
+        let no_esr = Capabilities { serror_esr: false, ..caps };
+        assert!(message(&sample(false), &no_esr).contains("EVNT a pending SError with a syndrome"));
+    }
+
+    #[test]
     fn damage_is_refused_with_reasons() {
         let bytes = sample(true).to_bytes();
         let message = |b: &[u8]| VcpuSnapshot::from_bytes(b).unwrap_err().to_string();
@@ -449,5 +657,187 @@ mod tests {
         let crc = crc32fast::hash(&short);
         short.extend(crc.to_le_bytes());
         assert!(message(&short).contains("truncated"), "{}", message(&short));
+    }
+}
+
+/// A reader built from `docs/snapshot-format.md` alone: it parses the document's tables (so a
+/// change to the document is seen here) and decodes what [`VcpuSnapshot::to_bytes`] writes by
+/// them, independently of [`VcpuSnapshot::from_bytes`].
+#[cfg(test)]
+mod document {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    const DOCUMENT: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/snapshot-format.md"));
+
+    /// One decoded field: little-endian integers, or bytes.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Value {
+        Ints(Vec<u64>),
+        Bytes(Vec<u8>),
+    }
+
+    /// The rows of the table that follows `heading` (a line of the document), as cells.
+    fn table_after(heading: &str) -> Vec<Vec<String>> {
+        let mut lines = DOCUMENT.lines().skip_while(|l| l.trim() != heading).skip(1);
+        let rows: Vec<Vec<String>> = lines
+            .by_ref()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| l.trim_matches('|').split(" | ").map(|c| c.trim().to_string()).collect())
+            .collect();
+        assert!(rows.len() > 2, "no table after {heading:?}");
+        rows[2..].to_vec()
+    }
+
+    /// The section tags, in the order the document gives them.
+    fn tags() -> Vec<String> {
+        DOCUMENT
+            .lines()
+            .filter_map(|l| l.strip_prefix("### `")?.strip_suffix('`').map(str::to_string))
+            .collect()
+    }
+
+    /// Decodes `payload` by the field table of section `tag`.
+    fn decode(tag: &str, payload: &[u8]) -> Vec<(String, Value)> {
+        let mut fields: Vec<(String, Value)> = Vec::new();
+        let mut at = 0;
+        for row in table_after(&format!("### `{tag}`")) {
+            let (name, ty) = (&row[0], &row[1]);
+            let mut terms: Vec<&str> = ty.split(" × ").collect();
+            let base = terms.pop().expect("a type");
+            let mut count = 1u64;
+            for term in terms {
+                count *=
+                    term.parse::<u64>().unwrap_or_else(|_| match fields.iter().find(|(n, _)| n == term) {
+                        Some((_, Value::Ints(v))) if v.len() == 1 => v[0],
+                        _ => panic!("{tag}: {term:?} names no earlier single field"),
+                    });
+            }
+            let (per, width) = match base {
+                "u8" => (1, Some(1)),
+                "u16" => (1, Some(2)),
+                "u32" => (1, Some(4)),
+                "u64" => (1, Some(8)),
+                "(u64, u64)" => (2, Some(8)),
+                bytes => (bytes.strip_suffix(" bytes").and_then(|n| n.parse().ok()).expect(bytes), None),
+            };
+            let value = match width {
+                Some(width) => Value::Ints(
+                    (0..count * per)
+                        .map(|_| {
+                            let mut le = [0u8; 8];
+                            le[..width].copy_from_slice(&payload[at..at + width]);
+                            at += width;
+                            u64::from_le_bytes(le)
+                        })
+                        .collect(),
+                ),
+                None => {
+                    let len = (count * per) as usize;
+                    at += len;
+                    Value::Bytes(payload[at - len..at].to_vec())
+                }
+            };
+            fields.push((name.clone(), value));
+        }
+        assert_eq!(
+            at,
+            payload.len(),
+            "section {tag}: the document's fields take {at} of {} bytes",
+            payload.len()
+        );
+        fields
+    }
+
+    /// Reads a whole file by the document: its header table, the sections, the checksum.
+    fn read(bytes: &[u8]) -> BTreeMap<String, Vec<(String, Value)>> {
+        let header = table_after("All integers are little-endian. The file is:");
+        let cell = |row: &Vec<String>| row[2].split('`').nth(1).expect("a value in backticks").to_string();
+        let magic = cell(header.iter().find(|r| r[2].starts_with("magic")).expect("the magic's row"));
+        assert_eq!(&bytes[..magic.len()], magic.as_bytes());
+        let version: u32 = cell(header.iter().find(|r| r[2].starts_with("format version")).expect("version"))
+            .parse()
+            .expect("a version number");
+        assert_eq!(bytes[8..12], version.to_le_bytes());
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        assert_eq!(crc32fast::hash(body).to_le_bytes(), crc);
+        let count = u32::from_le_bytes(body[12..16].try_into().unwrap());
+        let mut at = 16;
+        let mut sections = BTreeMap::new();
+        let mut order = Vec::new();
+        for _ in 0..count {
+            // "a 4-byte tag, a 4-byte payload length, and the payload".
+            let tag = String::from_utf8(body[at..at + 4].to_vec()).unwrap();
+            let len = u32::from_le_bytes(body[at + 4..at + 8].try_into().unwrap()) as usize;
+            assert!(tags().contains(&tag), "the document has no section {tag:?}");
+            sections.insert(tag.clone(), decode(&tag, &body[at + 8..at + 8 + len]));
+            order.push(tag);
+            at += 8 + len;
+        }
+        assert_eq!(at, body.len());
+        let documented: Vec<String> = tags().into_iter().filter(|t| order.contains(t)).collect();
+        assert_eq!(order, documented, "sections in the order the document gives");
+        sections
+    }
+
+    fn ints(fields: &[(String, Value)], start: &str) -> Vec<u64> {
+        fields
+            .iter()
+            .filter(|(n, _)| n.starts_with(start))
+            .flat_map(|(_, v)| match v {
+                Value::Ints(i) => i.clone(),
+                Value::Bytes(_) => panic!("{start} is bytes"),
+            })
+            .collect()
+    }
+
+    fn bytes_of<'a>(fields: &'a [(String, Value)], name: &str) -> &'a [u8] {
+        match fields.iter().find(|(n, _)| n == name) {
+            Some((_, Value::Bytes(b))) => b,
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_reader_built_from_the_document_reads_what_the_code_writes() {
+        for sve in [false, true] {
+            let snapshot = super::tests::sample(sve);
+            let file = read(&snapshot.to_bytes());
+            let conf = &file["CONF"];
+            assert_eq!(
+                ints(conf, ""),
+                [u64::from(snapshot.index), snapshot.features.0, u64::from(snapshot.sve_vq)]
+            );
+            let core: Vec<u64> = CoreReg::all().map(|r| snapshot.core.get(r)).collect();
+            assert_eq!(core.len(), 41);
+            assert_eq!(ints(&file["CORE"], ""), core, "CORE, register by register");
+            let fp = if sve { &file["SVE "] } else { &file["FPSI"] };
+            assert_eq!(ints(fp, "FPSR"), [u64::from(snapshot.fp.fpsr)]);
+            assert_eq!(ints(fp, "FPCR"), [u64::from(snapshot.fp.fpcr)]);
+            match &snapshot.sve {
+                Some(regs) => {
+                    assert_eq!(ints(fp, "VQ"), [u64::from(regs.vq)]);
+                    assert_eq!(bytes_of(fp, "Z0–Z31"), regs.z.as_slice());
+                    assert_eq!(bytes_of(fp, "P0–P15"), regs.p.as_slice());
+                    assert_eq!(bytes_of(fp, "FFR"), regs.ffr.as_slice());
+                    assert!(!file.contains_key("FPSI"));
+                }
+                None => {
+                    assert_eq!(bytes_of(fp, "V0–V31"), snapshot.fp.v.as_flattened());
+                    assert!(!file.contains_key("SVE "));
+                }
+            }
+            let regs: Vec<u64> = snapshot.regs.iter().flat_map(|r| [r.id.0, r.value]).collect();
+            assert_eq!(ints(&file["REGS"], "count"), [snapshot.regs.len() as u64]);
+            assert_eq!(ints(&file["REGS"], "register id"), regs);
+            let e = &snapshot.events;
+            assert_eq!(
+                ints(&file["EVNT"], ""),
+                [u64::from(e.serror_pending), u64::from(e.serror_has_esr), e.serror_esr]
+            );
+            assert_eq!(ints(&file["MPST"], ""), [u64::from(snapshot.mp_state.0)]);
+        }
     }
 }

@@ -41,28 +41,67 @@ pub fn load(ram: &GuestRam, bytes: &[u8]) -> Result<LoadedImage> {
     }
 }
 
-/// Reads the file at `path` (a kernel, an initrd, an image: `what` names it in errors), refusing
-/// one larger than `limit` bytes, the size of guest RAM, without reading more than one byte past
-/// the limit: a character device such as `/dev/zero` never ends, and a regular file is refused
-/// from its size before any of it is read.
+/// What kind of file `file_type` is, for messages about files that are not regular.
+fn kind_of(file_type: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_char_device() {
+        "a character device"
+    } else if file_type.is_block_device() {
+        "a block device"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Reads the regular file at `path` (a kernel, an initrd, an image: `what` names it in errors),
+/// refusing one larger than `limit` bytes, the size of guest RAM, before any of it is read.
+///
+/// Anything but a regular file (a FIFO, a directory, a device, a socket) is refused from `stat`
+/// before it is opened, so nothing blocks: opening a FIFO for reading waits for a writer. The
+/// file is then opened with `O_NONBLOCK` (and `O_CLOEXEC`), and `fstat` of the descriptor must
+/// show the same regular file, so a file swapped for a FIFO between the two is refused too. At
+/// most one byte past the limit is read, in case the file grew in between.
 pub fn read_capped(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let shown = path.display();
-    let io_error = |e: std::io::Error| {
-        let error = AccelError::new(ErrorKind::IO, format!("{what} {shown}: {e}"));
-        match e.raw_os_error() {
-            Some(errno) => AccelError { errno, ..error },
-            None => error,
+    // One message: the OS error is given once, by the errno (AccelError's Display adds it).
+    let io_error = |doing: &str, e: std::io::Error| match e.raw_os_error() {
+        Some(errno) => {
+            AccelError { errno, ..AccelError::new(ErrorKind::IO, format!("{doing} {what} {shown}")) }
         }
+        None => AccelError::new(ErrorKind::IO, format!("{doing} {what} {shown}: {e}")),
     };
+    let not_regular =
+        |file_type| image_error(format!("{what} {shown} is {}, not a regular file", kind_of(file_type)));
     let too_large =
         |size: String| image_error(format!("{what} {shown} is {size} than the {limit} bytes of guest RAM"));
-    let file = File::open(path).map_err(io_error)?;
-    let size = file.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
-    if let Some(size) = size.filter(|size| *size > limit) {
-        return Err(too_large(format!("{size} bytes, more")));
+    let before = std::fs::metadata(path).map_err(|e| io_error("cannot read", e))?;
+    if !before.is_file() {
+        return Err(not_regular(before.file_type()));
     }
-    let mut bytes = Vec::with_capacity(size.and_then(|s| usize::try_from(s).ok()).unwrap_or(0));
-    file.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(io_error)?;
+    if before.len() > limit {
+        return Err(too_large(format!("{} bytes, more", before.len())));
+    }
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| io_error("cannot open", e))?;
+    let after = file.metadata().map_err(|e| io_error("cannot read", e))?;
+    if !after.is_file() {
+        return Err(not_regular(after.file_type()));
+    }
+    if (after.dev(), after.ino()) != (before.dev(), before.ino()) {
+        return Err(image_error(format!("{what} {shown} was replaced while it was being opened")));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(after.len().min(limit)).unwrap_or(0));
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| io_error("cannot read", e))?;
     if bytes.len() as u64 > limit {
         return Err(too_large("larger".into()));
     }
@@ -224,13 +263,31 @@ mod tests {
         );
         let missing = read_capped(&dir.join("missing"), 1, "initrd").expect_err("missing");
         assert_eq!(missing.kind, ErrorKind::IO);
-        assert!(missing.message.starts_with("initrd "), "{}", missing.message);
+        assert_eq!(missing.errno(), Some(libc::ENOENT));
+        assert_eq!(
+            missing.to_string(),
+            format!(
+                "cannot read initrd {} ({})",
+                dir.join("missing").display(),
+                std::io::Error::from_raw_os_error(libc::ENOENT)
+            )
+        );
+
+        // Nothing but a regular file is opened: a FIFO would block the open until a writer came.
+        let fifo = dir.join("fifo");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `c_path` is a valid NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+        let message = read_capped(&fifo, 1 << 20, "kernel").expect_err("a FIFO").message.to_string();
+        assert_eq!(message, format!("kernel {} is a FIFO, not a regular file", fifo.display()));
+        let message = read_capped(&dir, 1 << 20, "image").expect_err("a directory").message.to_string();
+        assert_eq!(message, format!("image {} is a directory, not a regular file", dir.display()));
         std::fs::remove_dir_all(&dir).unwrap();
 
-        // A device that never ends is read to one byte past the limit, then refused.
+        // A device, even one that never ends, is refused without being read.
         let zero = Path::new("/dev/zero");
-        let message = read_capped(zero, 1 << 20, "image").expect_err("endless").message.to_string();
-        assert_eq!(message, "image /dev/zero is larger than the 1048576 bytes of guest RAM");
+        let message = read_capped(zero, 1 << 20, "image").expect_err("a device").message.to_string();
+        assert_eq!(message, "image /dev/zero is a character device, not a regular file");
     }
 
     #[test]

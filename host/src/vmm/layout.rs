@@ -34,6 +34,26 @@ pub const GIC_REDIST_END: u64 = UART_BASE;
 /// not.
 pub const MAX_VCPUS: u32 = ((GIC_REDIST_END - GIC_REDIST_BASE) / GIC_REDIST_STRIDE) as u32;
 
+/// RAM sizes are whole multiples of this: 1 MiB.
+pub const RAM_GRANULE: u64 = 1 << 20;
+/// The largest guest physical address size the architecture has: 52 bits (FEAT_LPA). RAM must
+/// end within it, whatever the backend offers (which [`super::Plan::new`] checks later).
+pub const MAX_IPA_BITS: u32 = 52;
+/// The largest RAM size: from `RAM_BASE` to the end of the 52-bit guest physical address space.
+pub const MAX_RAM: u64 = (1 << MAX_IPA_BITS) - RAM_BASE;
+
+/// Checks a RAM size against the machine's rules: a non-zero multiple of 1 MiB, ending within
+/// the 52-bit guest physical address space. The message states the rule.
+pub fn check_ram_size(size: u64) -> Result<(), String> {
+    if size == 0 || size % RAM_GRANULE != 0 || size > MAX_RAM {
+        return Err(format!(
+            "{size} bytes of RAM: the size must be a non-zero multiple of 1 MiB, at most {} MiB",
+            MAX_RAM / RAM_GRANULE
+        ));
+    }
+    Ok(())
+}
+
 /// The number of SPIs (INTIDs 32 and up) the machine's GIC offers, as QEMU `virt` (`NUM_IRQS`).
 pub const NUM_SPIS: u32 = 256;
 /// The PL011's SPI (INTID 33).
@@ -84,6 +104,17 @@ mod tests {
         assert_eq!(MAX_VCPUS, 123);
         assert!(GIC_REDIST_BASE + gic_redist_size(MAX_VCPUS) <= UART_BASE);
         assert!(GIC_REDIST_BASE + gic_redist_size(MAX_VCPUS + 1) > UART_BASE);
+    }
+
+    #[test]
+    fn ram_sizes_are_non_zero_whole_mebibytes_within_52_bits() {
+        assert_eq!(check_ram_size(RAM_GRANULE), Ok(()));
+        assert_eq!(check_ram_size(MAX_RAM), Ok(()));
+        for bad in [0, 1000 << 10, RAM_GRANULE + 4096, MAX_RAM + RAM_GRANULE, u64::MAX] {
+            let message = check_ram_size(bad).expect_err("refused");
+            assert!(message.contains("must be a non-zero multiple of 1 MiB"), "{message}");
+        }
+        assert_eq!(RAM_BASE + MAX_RAM, 1 << 52);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! vCPU snapshots: a bit-exact round trip into a fresh VM (SVE included where offered), a guest
-//! that carries on after the restore, and damaged files refused with a clear error.
+//! that carries on after the restore, damaged files refused with a clear error, and snapshots
+//! with a bad field refused by restore before any vCPU is created.
 
 use accel_host::snapshot::VcpuSnapshot;
 
@@ -19,7 +20,11 @@ use crate::{
 };
 
 pub fn cases() -> Vec<Case> {
-    crate::case_list![snapshot: round_trip_into_a_fresh_vm, damaged_files_are_refused]
+    crate::case_list![
+        snapshot: round_trip_into_a_fresh_vm,
+        damaged_files_are_refused,
+        a_refused_snapshot_creates_no_vcpu
+    ]
 }
 
 /// A guest stopped at its first MMIO write, with random state, and the features it has.
@@ -77,7 +82,7 @@ fn round_trip_into_a_fresh_vm(ctx: &Context) -> CaseResult {
     ram.write(RAM_BASE, &image)?;
     // SAFETY: `ram` outlives the restored vCPU's runs in this case.
     unsafe { ram.map_into(&vm) }?;
-    let mut restored = loaded.restore(&vm)?;
+    let mut restored = loaded.restore(&vm, &ctx.accelerator()?.probe().caps)?;
     let again = VcpuSnapshot::save(&mut restored, features)?;
 
     ensure!(again.core == saved.core, "core registers differ after restore");
@@ -153,4 +158,66 @@ fn damaged_files_are_refused(ctx: &Context) -> CaseResult {
         }
     }
     Ok(())
+}
+
+fn a_refused_snapshot_creates_no_vcpu(ctx: &Context) -> CaseResult {
+    let (mut g, features) = prepared(ctx)?;
+    let saved =
+        crate::offered(VcpuSnapshot::save(&mut g.vcpu, features), "every register class a snapshot holds")?;
+    drop(g);
+    let accel = ctx.accelerator()?;
+    let caps = accel.probe().caps;
+    let vm = accel.create_vm(&VmConfig::default())?;
+    let mut bad: Vec<(&str, VcpuSnapshot)> = Vec::new();
+    let mut with = |what, edit: &dyn Fn(&mut VcpuSnapshot)| {
+        let mut s = saved.clone();
+        edit(&mut s);
+        bad.push((what, s));
+    };
+    with("CONF features", &|s| s.features.0 |= 1 << 40);
+    with("MPST MP state", &|s| s.mp_state = accel_api::MpState(0xdead_beef));
+    with("REGS holds register", &|s| s.regs.push(s.regs[0]));
+    with("EVNT SError ESR", &|s| {
+        s.events.serror_pending = true;
+        s.events.serror_has_esr = true;
+        s.events.serror_esr = u64::MAX;
+    });
+    with("CONF vCPU index", &|s| s.index = caps.max_vcpus);
+    if let Some(missing) = accel_api::VcpuFeatures::NAMED
+        .iter()
+        .map(|(f, _)| *f)
+        .find(|f| !caps.vcpu_features.contains(*f) && *f != VcpuFeatures::SVE)
+    {
+        with("are not offered by this backend", &|s| s.features |= missing);
+    }
+    if let Some(vq) = (1..=16u32).find(|vq| caps.sve_vqs & (1 << (vq - 1)) == 0) {
+        if saved.sve.is_some() {
+            with("SVE vector length", &|s| {
+                s.sve_vq = vq;
+                let mut sve = SveRegs::zeroed(vq);
+                for (n, v) in s.fp.v.iter().enumerate() {
+                    sve.z[n * vq as usize * 16..][..16].copy_from_slice(v);
+                }
+                s.sve = Some(sve);
+            });
+        }
+    }
+    for (what, snapshot) in &bad {
+        match snapshot.restore(&vm, &caps) {
+            Ok(_) => return Err(Failure::Fail(format!("a snapshot with a bad {what} was restored"))),
+            Err(e) => {
+                ensure!(e.message.contains(what) && !e.message.contains('\n'), "a bad {what} gave {e:?}")
+            }
+        }
+    }
+    // None of them created its vCPU: the index is still free.
+    let config = VcpuConfig { index: saved.index, features, sve_max_vq: saved.sve_vq };
+    match vm.create_vcpu(&config) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(Failure::Fail(format!(
+            "vCPU {} could not be created after {} refused restores: {e}",
+            saved.index,
+            bad.len()
+        ))),
+    }
 }
