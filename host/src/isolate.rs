@@ -19,8 +19,22 @@ use crate::trust;
 /// The hidden subcommand the parent runs in its child.
 pub const CHILD_COMMAND: &str = "__child";
 
-/// How long a child may take to load and probe a plugin before it is killed.
+/// How long a child may take to load and probe a plugin before it is killed, unless
+/// [`TIME_LIMIT_ENV`] says otherwise.
 pub const CHILD_TIME_LIMIT: Duration = Duration::from_secs(30);
+
+/// The environment variable that sets the child's time limit, in whole seconds (at least 1).
+pub const TIME_LIMIT_ENV: &str = "ACCEL_PROBE_TIME_LIMIT";
+
+/// The child's time limit: [`TIME_LIMIT_ENV`] when it holds a positive number of seconds,
+/// otherwise [`CHILD_TIME_LIMIT`].
+pub fn child_time_limit() -> Duration {
+    std::env::var(TIME_LIMIT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&secs| secs > 0)
+        .map_or(CHILD_TIME_LIMIT, Duration::from_secs)
+}
 
 /// What a child run came to.
 pub struct ChildRun {
@@ -33,7 +47,7 @@ pub struct ChildRun {
 }
 
 /// Runs this executable's `__child ARGS` about `plugin`, under the trust `policy`, and captures what it prints. The child
-/// dies with this process, and is killed after [`CHILD_TIME_LIMIT`], which is then the error.
+/// dies with this process, and is killed after [`child_time_limit`], which is then the error.
 pub fn run_child(plugin: &Path, policy: trust::Policy, args: &[&OsStr]) -> Result<ChildRun, String> {
     let exe = std::env::current_exe().map_err(|e| format!("finding accel-host's own executable: {e}"))?;
     let mut command = Command::new(&exe);
@@ -69,18 +83,19 @@ pub fn run_child(plugin: &Path, policy: trust::Policy, args: &[&OsStr]) -> Resul
         let _ = err.read_to_end(&mut bytes);
         bytes
     });
+    let limit = child_time_limit();
     let start = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().map_err(|e| format!("waiting for the child: {e}"))? {
             break status;
         }
-        if start.elapsed() >= CHILD_TIME_LIMIT {
+        if start.elapsed() >= limit {
             let _ = child.kill();
             let _ = child.wait();
             return Err(format!(
                 "{}: the plugin did not load and answer its probe within {} s; it was killed",
                 plugin.display(),
-                CHILD_TIME_LIMIT.as_secs()
+                limit.as_secs()
             ));
         }
         std::thread::sleep(Duration::from_millis(10));
