@@ -15,6 +15,8 @@
 //!   numbering ([`hvf_regs`]).
 //! - A value on a thread of its own, driven by calls sent to it ([`thread_proxy`]), for vCPUs
 //!   bound to the thread that created them.
+//! - Who is inside a vCPU's `run`, for kickers, forgotten also when the run unwinds
+//!   ([`inside_run`]).
 
 #![deny(missing_docs)]
 
@@ -25,6 +27,7 @@ pub mod exception;
 pub mod guest_debug;
 pub mod guest_text;
 pub mod hvf_regs;
+pub mod inside_run;
 pub mod memory_map;
 pub mod mmio;
 pub mod pool_debug;
