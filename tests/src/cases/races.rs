@@ -24,7 +24,7 @@ pub fn cases() -> Vec<Case> {
 /// Where the churned RAM lives in the guest's physical address space.
 const CHURNED: u64 = 0x8000_0000;
 /// How many times the RAM is added, removed and unmapped.
-const ROUNDS: usize = 300;
+const ROUNDS: usize = 200;
 
 /// Adds fresh RAM at [`CHURNED`] to `vm`, removes it and unmaps it, `ROUNDS` times.
 fn churn(vm: &Vm, done: &AtomicBool) -> CaseResult {
