@@ -43,7 +43,10 @@ thread_local! {
 
 /// Runs `f`, a vCPU's `run`, with this thread marked as inside it: an action-required memory
 /// error it receives meanwhile is recorded for [`take_pending`] instead of ending the process.
-/// The mark goes when `f` returns or unwinds.
+/// The mark goes when `f` returns or unwinds. Mark only calls that report such an error as a
+/// system call returns (`KVM_RUN`, or `madvise(MADV_HWPOISON)` injecting one), never host code
+/// that may touch guest RAM itself: there, returning from the handler would run the faulting
+/// access again.
 pub fn in_run<T>(f: impl FnOnce() -> T) -> T {
     struct Unmark;
     impl Drop for Unmark {
