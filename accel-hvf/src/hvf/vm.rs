@@ -17,6 +17,7 @@ use accel_api::{
 
 use accel_kit::{
     dirty::DirtyBitmap,
+    guest_text::GuestText,
     memory_map::MemoryMap,
     psci::{Offer, PowerBoard},
 };
@@ -24,7 +25,7 @@ use applevisor::{prelude::VirtualMachineConfig, vm::VirtualMachine};
 use applevisor_sys::{hv_vm_map, hv_vm_unmap, HV_MEMORY_EXEC, HV_MEMORY_READ, HV_MEMORY_WRITE};
 
 use super::{
-    debug::{GuestText, HvfDebug},
+    debug::HvfDebug,
     error::{hv_check, hv_error},
     gic::HvfGic,
     probe::{Probed, PAGE_SIZE},
@@ -83,7 +84,10 @@ impl HvfVm {
             vcpus: Mutex::new(BTreeMap::new()),
             psci: Arc::new(PowerBoard::default()),
             offer: Offer { system_suspend: caps.system_suspend },
-            debug: Arc::new(HvfDebug::new(capacity, GuestText(memory))),
+            // SAFETY: a region enters the map in `add_memory`, whose caller keeps its memory mapped
+            // until it is removed or the VM is dropped; `remove_memory` and the VM's `drop` take
+            // regions out of the map under its lock.
+            debug: Arc::new(HvfDebug::new(capacity, unsafe { GuestText::new(memory) })),
             slot: Some(slot),
         });
         Ok(Self { gic: Arc::new(HvfGic::new(Arc::clone(&shared))), shared })

@@ -15,7 +15,7 @@ use std::sync::{
 
 use accel_api::backend::Kick;
 
-use accel_kit::psci::PowerBoard;
+use accel_kit::{inside_run::Inside, psci::PowerBoard};
 use kvm_bindings::kvm_run;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
@@ -50,7 +50,8 @@ pub struct KickShared {
     board: Option<Arc<PowerBoard>>,
 }
 
-struct Inner {
+/// What a vCPU and its kickers share under the lock.
+pub struct Inner {
     /// The vCPU's `kvm_run`, or null once the vCPU is gone.
     run: *mut kvm_run,
     /// The thread inside `KVM_RUN`, if any.
@@ -102,24 +103,25 @@ impl KickShared {
         kicked
     }
 
-    /// Before `KVM_RUN`: takes a waiting kick (true: report it instead of entering), or records
-    /// the calling thread as the one a kick signals.
-    pub fn enter(&self) -> bool {
+    /// Before `KVM_RUN`: takes a waiting kick (`None`: report it instead of entering), or
+    /// records the calling thread as the one a kick signals, until the returned stay is left
+    /// ([`KickShared::leave`]) or dropped, as when the run unwinds.
+    pub fn enter(&self) -> Option<Inside<'_, Inner>> {
         let mut inner = self.lock();
         if self.requested.swap(false, Ordering::SeqCst) {
             set_immediate_exit(&inner, 0);
-            return true;
+            return None;
         }
         // SAFETY: pthread_self has no preconditions.
         inner.thread = Some(unsafe { libc::pthread_self() });
-        false
+        drop(inner);
+        Some(Inside::new(&self.inner, |inner| inner.thread = None))
     }
 
     /// After `KVM_RUN`: forgets the thread. When it returned `EINTR`, also clears
     /// `immediate_exit` and takes what asked for the interruption.
-    pub fn leave(&self, eintr: bool) -> Interruption {
-        let mut inner = self.lock();
-        inner.thread = None;
+    pub fn leave(&self, inside: Inside<'_, Inner>, eintr: bool) -> Interruption {
+        let inner = inside.leave();
         if !eintr {
             return Interruption { kicked: false, nudged: false };
         }
@@ -164,8 +166,9 @@ fn signal_out(inner: &Inner) {
     }
     set_immediate_exit(inner, 1);
     if let Some(thread) = inner.thread {
-        // SAFETY: `thread` is the live thread inside `run` (it clears itself under the lock
-        // before leaving), and the signal has a no-op handler.
+        // SAFETY: `thread` is the live thread inside `run`: it is cleared under the lock when the
+        // thread leaves `run`, by `leave` or, if the run unwinds, by dropping its `Inside`; the
+        // signal has a no-op handler.
         unsafe { libc::pthread_kill(thread, kick_signal()) };
     }
 }

@@ -625,14 +625,14 @@ impl BackendVcpu for KvmVcpu {
             if let Some(interrupted) = self.wait_while_off()? {
                 return Ok(interrupted);
             }
-            if self.kick.enter() {
+            let Some(inside) = self.kick.enter() else {
                 return Ok(VcpuExit::Interrupted);
-            }
+            };
             self.runs += 1;
             self.gic_checked = true;
             let result = self.fd.run();
             let eintr = matches!(&result, Err(e) if e.errno() == libc::EINTR);
-            let why = self.kick.leave(eintr);
+            let why = self.kick.leave(inside, eintr);
             let exit = match result {
                 Ok(exit) => exit,
                 Err(_) if eintr => {

@@ -8,16 +8,12 @@ use accel_api::{
     debug::DebugCapacity,
     AccelError, Capabilities, MemoryRegion, Result, VcpuConfig, VcpuFeatures, VmConfig,
 };
+use accel_kit::{guest_text::GuestText, memory_map::MemoryMap};
 use kvm_bindings::{kvm_enable_cap, kvm_vcpu_init, KVM_CAP_ARM_NISV_TO_USER, KVM_CAP_ARM_SYSTEM_SUSPEND};
 use kvm_ioctls::{Kvm, VmFd};
 
 use super::{
-    debug::{GuestText, KvmDebug},
-    error::ioctl_error,
-    eventfd::EventFds,
-    gic::Gic,
-    psci::UserPsci,
-    slots::Slots,
+    debug::KvmDebug, error::ioctl_error, eventfd::EventFds, gic::Gic, psci::UserPsci, slots::Slots,
     vcpu::KvmVcpu,
 };
 
@@ -32,6 +28,16 @@ pub struct KvmVm {
     target: kvm_vcpu_init,
     /// PSCI answered in the plugin (the `userspace_psci` option).
     psci: Option<Arc<UserPsci>>,
+}
+
+impl Drop for KvmVm {
+    /// The host may unmap guest memory once the VM is dropped, while the debug pool (which vCPUs
+    /// share) may live on: no region stays reachable through the map.
+    fn drop(&mut self) {
+        let map = self.slots.map();
+        let mut map = map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *map = MemoryMap::new();
+    }
 }
 
 /// The host page size: the granule of guest memory regions.
@@ -89,7 +95,11 @@ impl KvmVm {
             debug: guest_debug.then(|| {
                 let capacity =
                     DebugCapacity { breakpoints: caps.hw_breakpoints, watchpoints: caps.hw_watchpoints };
-                Arc::new(KvmDebug::new(capacity, GuestText(slots.map())))
+                // SAFETY: a region enters the map in `Slots::add`, whose caller keeps its memory
+                // mapped until it is removed or the VM is dropped; `Slots::remove` takes it out of
+                // the map under the lock before returning, and the VM's `drop` empties the map.
+                let text = unsafe { GuestText::new(slots.map()) };
+                Arc::new(KvmDebug::new(capacity, text))
             }),
             eventfds: Arc::new(EventFds::new(Arc::clone(&fd), Arc::clone(&gic))),
             fd,

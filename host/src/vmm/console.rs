@@ -256,8 +256,9 @@ const SIGNALS: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, li
 /// Each signal's disposition before ours, to deliver the signal with.
 struct Previous([UnsafeCell<MaybeUninit<libc::sigaction>>; SIGNALS.len()]);
 
-// SAFETY: each entry is written once, by the `sigaction` call that installs the handler (inside
-// `INSTALL`), before that handler can run; the handler only reads it.
+// SAFETY: each entry is written once (inside `INSTALL`), by a plain store made before the
+// `sigaction` call that installs the handler for its signal, so before that handler can run on
+// any thread; the handler only reads it.
 unsafe impl Sync for Previous {}
 
 static PREVIOUS: Previous = Previous([const { UnsafeCell::new(MaybeUninit::uninit()) }; SIGNALS.len()]);
@@ -280,8 +281,9 @@ extern "C" fn restore_at_exit() {
 extern "C" fn restore_on_signal(signal: libc::c_int) {
     restore_saved();
     if let Some(i) = SIGNALS.iter().position(|s| *s == signal) {
-        // SAFETY: the handler runs only for a signal it was installed for, after `sigaction`
-        // stored that signal's previous disposition in `PREVIOUS.0[i]`. Reinstating it and
+        // SAFETY: the handler runs only for a signal it was installed for, and
+        // `install_restorers` stored that signal's previous disposition in `PREVIOUS.0[i]`
+        // before installing it (see `Previous`). Reinstating it and
         // raising the signal again are async-signal-safe; the raised signal is delivered, with
         // the previous disposition, when this handler returns.
         unsafe {
@@ -301,23 +303,35 @@ fn install_restorers() {
             log::warn!("console: cannot register the terminal restore at exit");
         }
         for (i, signal) in SIGNALS.into_iter().enumerate() {
-            // SAFETY: `current` is a valid out-pointer for `sigaction`, which fills it in.
-            let ignored = unsafe {
+            // SAFETY: `current` is a valid out-pointer for `sigaction`, which fills it in on
+            // success; it is read only then.
+            let current = unsafe {
                 let mut current = MaybeUninit::<libc::sigaction>::zeroed();
-                libc::sigaction(signal, std::ptr::null(), current.as_mut_ptr()) == 0
-                    && current.assume_init().sa_sigaction == libc::SIG_IGN
+                (libc::sigaction(signal, std::ptr::null(), current.as_mut_ptr()) == 0)
+                    .then(|| current.assume_init())
             };
-            if ignored {
+            let Some(current) = current else {
+                log::warn!(
+                    "console: cannot read the action of signal {signal}; not restoring the terminal on it"
+                );
+                continue;
+            };
+            if current.sa_sigaction == libc::SIG_IGN {
                 continue;
             }
+            // The previous action is stored before the handler is installed: the kernel writes
+            // `sigaction`'s old action only after installing the new one, when the handler may
+            // already run on another thread.
+            // SAFETY: `PREVIOUS.0[i]` is written only here, once, and read only by the handler
+            // for `signal`, which is not installed yet (see `Previous`).
+            unsafe { (*PREVIOUS.0[i].get()).write(current) };
             // SAFETY: the new action is fully initialised (zeroed, then the handler, an empty
-            // mask and no flags), `restore_on_signal` is async-signal-safe, and the previous
-            // action is written to `PREVIOUS.0[i]`, which nothing else writes (see `Previous`).
+            // mask and no flags) and `restore_on_signal` is async-signal-safe.
             unsafe {
                 let mut action = MaybeUninit::<libc::sigaction>::zeroed().assume_init();
                 action.sa_sigaction = restore_on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
                 libc::sigemptyset(&mut action.sa_mask);
-                if libc::sigaction(signal, &action, (*PREVIOUS.0[i].get()).as_mut_ptr()) != 0 {
+                if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
                     log::warn!("console: cannot restore the terminal on signal {signal}");
                 }
             }

@@ -59,7 +59,7 @@ pub fn step(vcpu: &mut Vcpu, bus: &Bus, ram: &GuestRam) -> Result<Step> {
     }
     let fault = |why: String| Ok(Step::Ended(Outcome::Fault(format!("vCPU {index}: {why}"))));
     let stats = bus.stats();
-    let exit = vcpu.run()?;
+    let exit = memory_error::in_run(|| vcpu.run())?;
     ExitStats::count(match &exit {
         VcpuExit::MmioRead(_) | VcpuExit::MmioWrite(_) => {
             return mmio(vcpu, bus, exit).map(|()| Step::Continue)

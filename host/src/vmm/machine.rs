@@ -21,7 +21,7 @@ use super::{
     fdt::{self, Chosen, MachineDescription},
     image,
     layout::{self, RAM_BASE},
-    ram::GuestRam,
+    ram::{GuestRam, VmWithRam},
 };
 
 /// The granule of RAM sizes.
@@ -201,6 +201,9 @@ fn boot_error(e: boot::BootError) -> AccelError {
 }
 
 /// A built machine, ready to run.
+///
+/// Fields are dropped in declaration order: the VM before the RAM it maps (as [`VmWithRam`]
+/// keeps them while building).
 pub struct Machine {
     /// The VM.
     pub vm: Vm,
@@ -291,11 +294,13 @@ impl Machine {
         let config = &plan.config;
         let caps = accel.probe().caps;
         let vm = accel.create_vm(&VmConfig { ipa_bits: plan.ipa_bits, ..VmConfig::default() })?;
-        let ram = Arc::new(GuestRam::new(RAM_BASE, config.mem_size)?);
-        // SAFETY: every vCPU thread holds a clone of `ram`, so the RAM outlives every vCPU that
-        // can run; the VM itself never touches it after the vCPUs are gone.
-        unsafe { ram.map_into(&vm) }?;
-        let (gic, its) = create_gic(&vm, &caps)?;
+        let ram = GuestRam::new(RAM_BASE, config.mem_size)?;
+        // SAFETY: every vCPU thread holds a clone of the RAM, so it outlives every vCPU that can
+        // run. On an error below, `machine` drops the VM before the RAM (its field order), and
+        // the vCPUs, declared after it, before both.
+        let machine = unsafe { VmWithRam::map(vm, ram) }?;
+        let (vm, ram) = (machine.vm(), machine.ram());
+        let (gic, its) = create_gic(vm, &caps)?;
         let mut vcpus = Vec::new();
         for index in 0..config.cpus {
             vcpus.push(vm.create_vcpu(&VcpuConfig::new(index, vcpu_features(config, index)))?);
@@ -316,7 +321,7 @@ impl Machine {
                 kaslr_seed: Some(kaslr_seed),
             },
         };
-        let (dtb, boot) = plan.load(&ram, &mut description)?;
+        let (dtb, boot) = plan.load(ram, &mut description)?;
         log::info!(
             "loaded {:#x}..{:#x}, device tree at {:#x}, entry {:#x}",
             boot.kernel.start,
@@ -331,6 +336,7 @@ impl Machine {
         regs.pstate = boot.pstate;
         cpu0.put_core(&regs, PutLevel::RESET)?;
         let bus = Arc::new(Bus::new(console, Some(gic)));
+        let (vm, ram) = machine.into_parts();
         Ok(Self { vm, ram, bus, vcpus, config: plan.config, dtb, boot })
     }
 }

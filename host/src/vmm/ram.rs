@@ -1,6 +1,8 @@
 //! Guest RAM: anonymous host memory on a huge-page boundary ([`HostMapping`]), reached through
 //! `vm-memory`, registered with a VM.
 
+use std::sync::Arc;
+
 use accel_api::{client::Vm, AccelError, ErrorKind, MemoryRegion, Result};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
@@ -126,5 +128,88 @@ impl GuestRam {
             self.base,
             self.base + self.size
         ))
+    }
+}
+
+/// A VM and the guest RAM registered with it, in the one order they may be dropped: the VM (and
+/// with it the backend's map of guest to host addresses, which its debug pool plants software
+/// breakpoints through) goes first, the RAM after it. Rust drops fields in declaration order,
+/// so every path that drops this, an early error return included, keeps that order.
+pub struct VmWithRam<V = Vm> {
+    /// The VM; declared first, so it is dropped first.
+    vm: V,
+    /// The RAM; dropped last, once nothing registered with the VM can reach it.
+    ram: Arc<GuestRam>,
+}
+
+impl VmWithRam<Vm> {
+    /// Registers `ram` with `vm` and keeps them together.
+    ///
+    /// # Safety
+    /// Every vCPU of `vm` that may run must hold a clone of the RAM (see [`VmWithRam::ram`]),
+    /// so that it outlives them: the VM itself, dropped before the RAM, no longer reaches it.
+    pub unsafe fn map(vm: Vm, ram: GuestRam) -> Result<Self> {
+        let together = VmWithRam { vm, ram: Arc::new(ram) };
+        // SAFETY: the RAM lives until `together` is dropped, after the VM (field order), and the
+        // caller makes every vCPU that may run hold a clone (this function's contract).
+        unsafe { together.ram.map_into(&together.vm) }?;
+        Ok(together)
+    }
+}
+
+impl<V> VmWithRam<V> {
+    /// The VM.
+    pub fn vm(&self) -> &V {
+        &self.vm
+    }
+
+    /// The RAM.
+    pub fn ram(&self) -> &Arc<GuestRam> {
+        &self.ram
+    }
+
+    /// The VM and the RAM, for an owner that keeps the same order (see [`super::Machine`]).
+    pub fn into_parts(self) -> (V, Arc<GuestRam>) {
+        (self.vm, self.ram)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Weak,
+    };
+
+    use super::*;
+
+    /// Stands for a VM: when dropped, records whether the RAM still exists.
+    struct Witness {
+        ram: Weak<GuestRam>,
+        ram_alive_at_drop: Arc<AtomicBool>,
+    }
+
+    impl Drop for Witness {
+        fn drop(&mut self) {
+            self.ram_alive_at_drop.store(self.ram.upgrade().is_some(), Ordering::SeqCst);
+        }
+    }
+
+    fn fails_after_both_exist(seen: &Arc<AtomicBool>) -> Result<VmWithRam<Witness>> {
+        let ram = Arc::new(GuestRam::new(0x4000_0000, 1 << 20)?);
+        let vm = Witness { ram: Arc::downgrade(&ram), ram_alive_at_drop: Arc::clone(seen) };
+        let together = VmWithRam { vm, ram };
+        together.ram().write(0x4000_0000, &[1, 2, 3, 4])?;
+        if together.ram().size() > 0 {
+            return Err(AccelError::invalid("a failure after the VM and its RAM exist"));
+        }
+        Ok(together)
+    }
+
+    #[test]
+    fn the_vm_is_dropped_while_its_ram_still_exists() {
+        let seen = Arc::new(AtomicBool::new(false));
+        assert!(fails_after_both_exist(&seen).is_err());
+        assert!(seen.load(Ordering::SeqCst), "the RAM was gone when the VM was dropped");
     }
 }

@@ -30,16 +30,20 @@ fn poisoned_ram_becomes_an_sea(ctx: &Context) -> CaseResult {
     let mut g = TestGuest::new(&ctx.accelerator()?, &code)?;
     let page = g.ram.host_addr()? + (DATA - RAM_BASE);
     g.ram.write(DATA, &[1; 8])?;
+    // MADV_HWPOISON may report the error to its caller as action required, on the call's return
+    // as KVM_RUN does (not at a faulting access): marked as such, it is recorded.
     // SAFETY: the page belongs to the guest RAM this case owns; poisoning it makes later accesses
     // fault, and only the guest touches it again.
-    let rc = unsafe { libc::madvise(page as *mut libc::c_void, 4096, libc::MADV_HWPOISON) };
+    let rc = memory_error::in_run(|| unsafe {
+        libc::madvise(page as *mut libc::c_void, 4096, libc::MADV_HWPOISON)
+    });
     if rc != 0 {
         return Err(Failure::NotRun(format!(
             "this kernel cannot poison a page (MADV_HWPOISON: {})",
             std::io::Error::last_os_error()
         )));
     }
-    let exit = g.vcpu.run()?;
+    let exit = memory_error::in_run(|| g.vcpu.run())?;
     let error = memory_error::take_pending()
         .ok_or_else(|| Failure::Fail(format!("no memory error was signalled; the load gave {exit:?}")))?;
     ensure!(

@@ -7,6 +7,7 @@ mod loader;
 mod memory_errors;
 mod probe;
 mod psci;
+mod races;
 mod regs;
 mod run;
 mod snapshot;
@@ -32,6 +33,7 @@ pub fn all() -> Vec<Case> {
     cases.extend(snapshot::cases());
     cases.extend(memory_errors::cases());
     cases.extend(debug::cases());
+    cases.extend(races::cases());
     cases.extend(loader::cases());
     cases.extend(stress::cases());
     cases
