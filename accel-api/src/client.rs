@@ -11,9 +11,9 @@ use crate::{
     backend::Backend,
     error::{AccelError, ErrorKind, Result},
     events::VcpuEvents,
-    regs::PutLevel,
+    regs::{CoreReg, PutLevel},
     sve::SveRegs,
-    sysreg::RegId,
+    sysreg::{RegClass, RegId, RegValue, FPCR, FPSR},
 };
 
 impl Accelerator {
@@ -65,11 +65,47 @@ impl Vcpu {
         self.get_reg(crate::sysreg::MPIDR_EL1)
     }
 
-    /// Reads one register (through its class).
+    /// Reads one register.
     pub fn get_reg(&mut self, id: RegId) -> Result<u64> {
-        self.get_regs(id.class())?.into_iter().find(|v| v.id == id).map(|v| v.value).ok_or_else(|| {
-            AccelError::new(ErrorKind::NOT_FOUND, format!("{id} is not a register of this vCPU"))
-        })
+        Ok(self.read_named(&[id])?[0].value)
+    }
+
+    /// Reads the registers `ids`, in that order: by id where the backend can (ABI 2.3), and
+    /// otherwise through their classes, each class read once (the core registers' ids through
+    /// `get_core`, FPSR and FPCR, kept with the FP/SIMD registers, through `get_fp`).
+    pub fn read_named(&mut self, ids: &[RegId]) -> Result<Vec<RegValue>> {
+        match self.get_named(ids) {
+            Err(e) if e.kind == ErrorKind::UNSUPPORTED => {}
+            other => return other,
+        }
+        // FPSR and FPCR are system registers that backends keep with the FP/SIMD registers.
+        let status = |id: &&RegId| **id == FPSR || **id == FPCR;
+        let mut classes: Vec<RegClass> = ids.iter().filter(|id| !status(id)).map(|id| id.class()).collect();
+        classes.sort_unstable_by_key(|c| c.0);
+        classes.dedup();
+        let mut read = Vec::new();
+        for class in classes {
+            if class == RegClass::CORE {
+                let core = self.get_core()?;
+                read.extend(
+                    CoreReg::all().map(|reg| RegValue { id: RegId::core(reg), value: core.get(reg) }),
+                );
+            } else {
+                read.extend(self.get_regs(class)?);
+            }
+        }
+        if ids.iter().any(|id| status(&id)) {
+            let fp = self.get_fp()?;
+            read.push(RegValue { id: FPSR, value: fp.fpsr.into() });
+            read.push(RegValue { id: FPCR, value: fp.fpcr.into() });
+        }
+        ids.iter()
+            .map(|&id| {
+                read.iter().find(|v| v.id == id).copied().ok_or_else(|| {
+                    AccelError::new(ErrorKind::NOT_FOUND, format!("{id} is not a register of this vCPU"))
+                })
+            })
+            .collect()
     }
 }
 

@@ -5,13 +5,14 @@
 //! encodings"), packed as `op0 << 14 | op1 << 11 | CRn << 7 | CRm << 3 | op2`: the low 16 bits of
 //! KVM's `ARM64_SYS_REG` and the value of HVF's `hv_sys_reg_t`. Registers that only exist in a
 //! hypervisor's interface get ids in spaces of their own: firmware (PSCI/SMCCC) registers, the
-//! demultiplexed CCSIDR_EL1 values, and backend-specific registers passed through raw.
+//! demultiplexed CCSIDR_EL1 values, and backend-specific registers passed through raw. The core
+//! registers have ids too, so that a read by id (ABI 2.3) can name them beside system registers.
 
 use std::borrow::Cow;
 
 use abi_stable::StableAbi;
 
-use crate::regs::PutLevel;
+use crate::regs::{CoreReg, PutLevel, SPSR_BANKS};
 
 /// A register id: an address space in the top byte, the register within it in the rest.
 #[repr(transparent)]
@@ -29,6 +30,9 @@ pub enum RegSpace {
     Ccsidr,
     /// A backend-specific register, by the backend's own id.
     Raw,
+    /// A core register (X0–X30, SP_EL0, SP_EL1, PC, PSTATE, ELR_EL1, the SPSR banks), by its
+    /// place in [`CoreReg::all`].
+    Core,
     /// Unknown space (from a newer API).
     Unknown(u8),
 }
@@ -37,6 +41,7 @@ const SPACE_SHIFT: u32 = 56;
 const SPACE_SYS: u64 = 0;
 const SPACE_FIRMWARE: u64 = 1;
 const SPACE_CCSIDR: u64 = 2;
+const SPACE_CORE: u64 = 3;
 const SPACE_RAW: u64 = 0xff;
 const INDEX_MASK: u64 = (1 << SPACE_SHIFT) - 1;
 
@@ -68,6 +73,37 @@ impl RegId {
         Self(SPACE_CCSIDR << SPACE_SHIFT | (csselr & INDEX_MASK))
     }
 
+    /// Core register `reg`.
+    pub const fn core(reg: CoreReg) -> Self {
+        let index = match reg {
+            CoreReg::X(n) => n as u64,
+            CoreReg::SpEl0 => 31,
+            CoreReg::SpEl1 => 32,
+            CoreReg::Pc => 33,
+            CoreReg::Pstate => 34,
+            CoreReg::ElrEl1 => 35,
+            CoreReg::Spsr(n) => 36 + n as u64,
+        };
+        Self(SPACE_CORE << SPACE_SHIFT | index)
+    }
+
+    /// The core register this id names, if it names one.
+    pub fn core_reg(self) -> Option<CoreReg> {
+        if self.space() != RegSpace::Core {
+            return None;
+        }
+        match self.index() {
+            n @ 0..=30 => Some(CoreReg::X(n as u8)),
+            31 => Some(CoreReg::SpEl0),
+            32 => Some(CoreReg::SpEl1),
+            33 => Some(CoreReg::Pc),
+            34 => Some(CoreReg::Pstate),
+            35 => Some(CoreReg::ElrEl1),
+            n if n < 36 + SPSR_BANKS as u64 => Some(CoreReg::Spsr((n - 36) as u8)),
+            _ => None,
+        }
+    }
+
     /// A backend-specific register.
     pub const fn raw(backend_id: u64) -> Self {
         Self(SPACE_RAW << SPACE_SHIFT | (backend_id & INDEX_MASK))
@@ -79,6 +115,7 @@ impl RegId {
             SPACE_SYS => RegSpace::Sys,
             SPACE_FIRMWARE => RegSpace::Firmware,
             SPACE_CCSIDR => RegSpace::Ccsidr,
+            SPACE_CORE => RegSpace::Core,
             SPACE_RAW => RegSpace::Raw,
             other => RegSpace::Unknown(other as u8),
         }
@@ -114,6 +151,7 @@ impl RegId {
             RegSpace::Sys => RegClass::SYS,
             RegSpace::Firmware => RegClass::FIRMWARE,
             RegSpace::Ccsidr => RegClass::CCSIDR,
+            RegSpace::Core => RegClass::CORE,
             RegSpace::Raw | RegSpace::Unknown(_) => RegClass::RAW,
         }
     }
@@ -171,6 +209,10 @@ impl RegId {
             }),
             (RegSpace::Ccsidr, _) => Cow::Owned(format!("CCSIDR_EL1[CSSELR={:#x}]", self.index())),
             (RegSpace::Raw, _) => Cow::Owned(format!("backend register {:#x}", self.index())),
+            (RegSpace::Core, _) => match self.core_reg() {
+                Some(reg) => Cow::Owned(reg.name()),
+                None => Cow::Owned(format!("core register {:#x}", self.index())),
+            },
             _ => Cow::Owned(format!("register {:#x}", self.0)),
         }
     }
@@ -202,11 +244,14 @@ crate::numbered! {
         CCSIDR = 4 => "ccsidr",
         /// Backend-specific registers.
         RAW = 5 => "raw",
+        /// The core registers, named by id in a read by id (ABI 2.3). Not a class that
+        /// `get_regs` reads: the core registers come whole from `get_core`.
+        CORE = 6 => "core",
     }
 }
 
 impl RegClass {
-    /// Every class above.
+    /// Every class that `get_regs` reads (all above but [`RegClass::CORE`]).
     pub const ALL: [Self; 5] = [Self::SYS, Self::TIMER, Self::FIRMWARE, Self::CCSIDR, Self::RAW];
 }
 

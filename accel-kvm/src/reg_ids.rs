@@ -137,7 +137,8 @@ pub fn kvm_id_of(id: RegId, size: usize) -> Option<u64> {
             Some(base | KVM_REG_ARM_DEMUX | KVM_REG_ARM_DEMUX_ID_CCSIDR | (id.index() & 0xff))
         }
         RegSpace::Raw => Some(KVM_REG_ARM64 | id.index()),
-        RegSpace::Unknown(_) => None,
+        // The core registers' KVM ids are offsets into `struct kvm_regs` (see `core_reg_id`).
+        RegSpace::Core | RegSpace::Unknown(_) => None,
     }
 }
 

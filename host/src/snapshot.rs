@@ -132,7 +132,8 @@ impl VcpuSnapshot {
                 RegSpace::Sys => id.0 > 0xffff,
                 RegSpace::Ccsidr => id.index() & !CSSELR_MASK != 0,
                 RegSpace::Firmware | RegSpace::Raw => false,
-                RegSpace::Unknown(_) => true,
+                // The core registers have a section of their own.
+                RegSpace::Core | RegSpace::Unknown(_) => true,
             };
             if bad {
                 return Err(corrupt(format!("REGS register id {:#x} is not a register of any space", id.0)));

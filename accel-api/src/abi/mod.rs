@@ -72,7 +72,8 @@ use crate::{error::AccelError, logging::LogSink};
 /// - 2.1: the GIC's ITS (a GIC option, and a probe fact).
 /// - 2.2: what a debug pool has programmed (`DebugOps::program`, a trailing method); PSCI and
 ///   SMCCC answered inside the plugin (a VM option, and a probe fact).
-pub const ABI_VERSION: &str = "2.2.0";
+/// - 2.3: registers read by id (`VcpuOps::get_named`, a trailing method).
+pub const ABI_VERSION: &str = "2.3.0";
 
 /// The root module every plugin exports.
 #[repr(C)]

@@ -13,7 +13,7 @@ use crate::{
     events::MpState,
     exit::VcpuExit,
     regs::{CoreRegs, FpRegs, PutLevel, SyncCounters},
-    sysreg::{RegClass, RegValue},
+    sysreg::{RegClass, RegId, RegValue},
 };
 
 /// A backend's vCPU.
@@ -75,5 +75,15 @@ pub trait BackendVcpu: Send + 'static {
     #[abi(name = events, ret = abi_stable::std_types::ROption<EventsBox<'_>>, client = Option<Events<'_>>, last)]
     fn support_events(&mut self) -> Option<&mut dyn BackendEvents> {
         None
+    }
+
+    /// Reads the registers `ids`, in that order: core registers (`RegId::core`) as
+    /// [`get_core`](Self::get_core) reports them, FPSR and FPCR (their system-register ids) as [`get_fp`](Self::get_fp) does,
+    /// and listed registers of any class as [`get_regs`](Self::get_regs) does. An id the vCPU does not have is
+    /// [`ErrorKind::NOT_FOUND`](crate::ErrorKind::NOT_FOUND) (ABI 2.3).
+    #[abi(op = "vcpu get named", since = "2.3", what = "reading registers by id")]
+    fn get_named(&mut self, ids: &[RegId]) -> Result<Vec<RegValue>> {
+        let _ = ids;
+        Err(crate::AccelError::unsupported("this backend cannot read registers by id"))
     }
 }

@@ -11,6 +11,7 @@ use std::{cell::Cell, collections::HashMap, sync::Arc};
 use accel_api::{
     backend::{BackendEvents, BackendSve, BackendVcpu, Kick},
     sve::{vector_lengths_bits, SveReg, SveRegs, SVE_VQ_MAX},
+    sysreg::{FPCR, FPSR},
     AccelError, Capabilities, CoreReg, CoreRegs, DebugExit, ErrorKind, FpReg, FpRegs, MmioAccess, MpState,
     PutLevel, RegClass, RegId, RegValue, Result, SyncCounters, SystemEventKind, VcpuConfig, VcpuEvents,
     VcpuExit, VcpuFeatures,
@@ -381,6 +382,13 @@ impl KvmVcpu {
         Ok(())
     }
 
+    /// The listed register `id`, or `NOT_FOUND`.
+    fn listed_reg(&self, id: RegId) -> Result<Listed> {
+        self.by_id.get(&id).map(|&i| self.listed[i]).ok_or_else(|| {
+            AccelError::new(ErrorKind::NOT_FOUND, format!("{id} is not a register of vCPU {}", self.index))
+        })
+    }
+
     fn get_listed(&self, reg: &Listed) -> Result<u64> {
         let mut buf = [0u8; 8];
         self.get_bytes(reg.kvm, &mut buf[..reg.size], || reg.id.name().into_owned())?;
@@ -516,15 +524,35 @@ impl BackendVcpu for KvmVcpu {
         Ok(values)
     }
 
+    fn get_named(&mut self, ids: &[RegId]) -> Result<Vec<RegValue>> {
+        self.complete_pending()?;
+        let mut values = Vec::with_capacity(ids.len());
+        let mut listed = Vec::new();
+        for &id in ids {
+            let value = match id.core_reg() {
+                Some(reg) => self.get_u64(core_reg_id(reg), || reg.name())?,
+                None if id == FPSR || id == FPCR => {
+                    let reg = if id == FPSR { FpReg::Fpsr } else { FpReg::Fpcr };
+                    let mut buf = [0u8; 4];
+                    self.get_bytes(fp_reg_id(reg), &mut buf, || reg.name())?;
+                    u32::from_le_bytes(buf).into()
+                }
+                None => {
+                    let value = self.get_listed(&self.listed_reg(id)?)?;
+                    listed.push(RegValue { id, value });
+                    value
+                }
+            };
+            values.push(RegValue { id, value });
+        }
+        self.last_listed.got(&listed);
+        Ok(values)
+    }
+
     fn put_regs(&mut self, values: &[RegValue], level: PutLevel) -> Result<()> {
         self.complete_pending()?;
         for v in self.last_listed.to_write(level, values) {
-            let reg = self.by_id.get(&v.id).map(|&i| self.listed[i]).ok_or_else(|| {
-                AccelError::new(
-                    ErrorKind::NOT_FOUND,
-                    format!("{} is not a register of vCPU {}", v.id, self.index),
-                )
-            })?;
+            let reg = self.listed_reg(v.id)?;
             self.set_listed(&reg, v.value)?;
             self.last_listed.wrote(v);
         }

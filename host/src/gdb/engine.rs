@@ -375,7 +375,12 @@ impl Engine {
     fn question(&mut self, machine: &mut GdbTarget) -> Result<Answer> {
         if !self.non_stop {
             let index = machine.focus.unwrap_or(0);
-            return reply(&stop_reply(&StopReason::Signal { index, signal: SIGTRAP }, self.multiprocess));
+            let fields = expedited_fields(machine, index);
+            return reply(&stop_reply(
+                &StopReason::Signal { index, signal: SIGTRAP },
+                self.multiprocess,
+                &fields,
+            ));
         }
         let stopped: Vec<u32> =
             (0..machine.vcpus.len() as u32).filter(|i| !machine.running[*i as usize]).collect();
@@ -384,7 +389,10 @@ impl Engine {
             machine.resume_thread(*index, false)?;
         }
         let replies = shown
-            .map(|index| vec![stop_reply(&StopReason::Signal { index, signal: 0 }, self.multiprocess)])
+            .map(|index| {
+                let fields = expedited_fields(machine, index);
+                vec![stop_reply(&StopReason::Signal { index, signal: 0 }, self.multiprocess, &fields)]
+            })
             .unwrap_or_default();
         reply(&self.stops.restart(replies))
     }
@@ -488,7 +496,8 @@ impl Engine {
     fn report(&mut self, machine: &mut GdbTarget, reason: &StopReason, index: u32) -> Result<()> {
         self.waiting = false;
         machine.focus = Some(index);
-        self.send_packet(stop_reply(reason, self.multiprocess).as_bytes())
+        let fields = expedited_fields(machine, index);
+        self.send_packet(stop_reply(reason, self.multiprocess, &fields).as_bytes())
     }
 
     /// vCPU `index` stopped: in all-stop mode, when gdb waits for a stop, the others stop too and
@@ -534,11 +543,17 @@ impl Engine {
             (Stop::Kicked, Some(signal)) => (StopReason::Signal { index, signal }, None),
             (stop, _) => (machine.stop_reason(index, stop)?, None),
         };
-        if let Some(note) = self.stops.push(stop_reply(&reason, self.multiprocess)) {
+        let fields = expedited_fields(machine, index);
+        if let Some(note) = self.stops.push(stop_reply(&reason, self.multiprocess, &fields)) {
             self.out.send(&notification(&note))?;
         }
         Ok(ended)
     }
+}
+
+/// The expedited registers' stop-reply fields of vCPU `index`, empty when none are held.
+fn expedited_fields(machine: &GdbTarget, index: u32) -> String {
+    machine.expedited(index).map(|e| e.fields()).unwrap_or_default()
 }
 
 /// The register of a `p` or `P` packet's number.

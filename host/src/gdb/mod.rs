@@ -13,6 +13,7 @@
 pub mod arch;
 mod connection;
 mod engine;
+mod expedite;
 mod monitor;
 mod options;
 // The protocol's pure parts, public for the fuzz targets only.
@@ -107,11 +108,13 @@ fn serve_with(
         let kicker = vcpu.kicker();
         let (bus, ram, events_tx) = (Arc::clone(&bus), Arc::clone(&ram), events_tx.clone());
         let debug = vm.debug().ok_or_else(no_debug)?;
+        let expedited = expedite::ExpeditedSlot::default();
+        let slot = Arc::clone(&expedited);
         let thread = ThreadProxy::spawn(format!("vcpu{i}"), move || {
             memory_error::install();
-            Ok(Runner::new(vcpu, events_tx, debug, Box::new(move |v| step(v, &bus, &ram))))
+            Ok(Runner::new(vcpu, events_tx, debug, Box::new(move |v| step(v, &bus, &ram)), slot))
         })?;
-        handles.push(VcpuHandle { thread, kicker, features });
+        handles.push(VcpuHandle { thread, kicker, features, expedited });
     }
     let outcome =
         session::serve_session(options, handles, debug, Arc::clone(&ram), events_tx, events, connect);

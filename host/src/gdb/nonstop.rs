@@ -128,10 +128,11 @@ pub fn thread_id(index: u32, multiprocess: bool) -> String {
     }
 }
 
-/// A stop reply: `T` with the signal, the thread and what stopped it, or `W` for the end.
-pub fn stop_reply(reason: &StopReason, multiprocess: bool) -> String {
+/// A stop reply: `T` with the signal, the thread, the `expedited` registers' fields and what
+/// stopped it, or `W` for the end.
+pub fn stop_reply(reason: &StopReason, multiprocess: bool, expedited: &str) -> String {
     let t = |sig: u8, index: u32, extra: &str| {
-        format!("T{sig:02x}thread:{};{extra}", thread_id(index, multiprocess))
+        format!("T{sig:02x}thread:{};{expedited}{extra}", thread_id(index, multiprocess))
     };
     match *reason {
         StopReason::Signal { index, signal } => t(signal, index, ""),
@@ -208,12 +209,18 @@ mod tests {
 
     #[test]
     fn stop_replies_name_their_thread() {
-        assert_eq!(stop_reply(&StopReason::HwBreak(1), true), "T05thread:p1.2;hwbreak:;");
-        assert_eq!(stop_reply(&StopReason::Signal { index: 1, signal: SIGINT }, false), "T02thread:2;");
+        assert_eq!(stop_reply(&StopReason::HwBreak(1), true, ""), "T05thread:p1.2;hwbreak:;");
+        assert_eq!(stop_reply(&StopReason::Signal { index: 1, signal: SIGINT }, false, ""), "T02thread:2;");
         let watch = StopReason::Watch { index: 1, kind: WatchKind::Read, addr: 0x1000 };
-        assert_eq!(stop_reply(&watch, true), "T05thread:p1.2;rwatch:1000;");
-        assert_eq!(stop_reply(&StopReason::Exited(3), true), "W03");
-        assert_eq!(stop_reply(&StopReason::Signal { index: 15, signal: SIGSTOP }, true), "T11thread:p1.10;");
+        assert_eq!(
+            stop_reply(&watch, true, "20:0010000000000000;"),
+            "T05thread:p1.2;20:0010000000000000;rwatch:1000;"
+        );
+        assert_eq!(stop_reply(&StopReason::Exited(3), true, ""), "W03");
+        assert_eq!(
+            stop_reply(&StopReason::Signal { index: 15, signal: SIGSTOP }, true, ""),
+            "T11thread:p1.10;"
+        );
     }
 
     #[test]

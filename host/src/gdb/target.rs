@@ -11,13 +11,14 @@ use accel_api::{
     client::{Debug, Vcpu},
     debug::{DebugEvent, WatchKind as AccelWatchKind},
     sysreg::{self, RegId},
-    AccelError, CoreRegs, ErrorKind, PutLevel, RegClass, RegValue, Result,
+    AccelError, CoreReg, CoreRegs, ErrorKind, PutLevel, RegClass, RegValue, Result,
 };
 
 use crate::mmu::{translate, TranslationRegs};
 
 use super::{
     arch::{GdbRegId, GdbRegs, SveView, CORE_SYSREGS},
+    expedite::{Expedited, ExpeditedSlot},
     nonstop::{StopReason, SIGINT, SIGSTOP, SIGTRAP},
     vcpu_thread::{Event, Stop, VcpuHandle},
     z_packet::WatchKind,
@@ -150,14 +151,16 @@ impl GdbTarget {
                 ))),
             };
         }
-        let sys = self.exec(index, |v| v.get_regs(RegClass::SYS))?;
-        let find = |id: RegId| sys.iter().find(|r| r.id == id).map_or(0, |r| r.value);
-        let t = TranslationRegs {
-            sctlr: find(sysreg::SCTLR_EL1),
-            tcr: find(sysreg::TCR_EL1),
-            ttbr0: find(sysreg::TTBR0_EL1),
-            ttbr1: find(sysreg::TTBR1_EL1),
+        // The four registers the walk needs, not the whole class: by id where the backend can.
+        const IDS: [RegId; 4] = [sysreg::SCTLR_EL1, sysreg::TCR_EL1, sysreg::TTBR0_EL1, sysreg::TTBR1_EL1];
+        let values = match self.sysregs.get(&index) {
+            Some(sys) => IDS.map(|id| sys.iter().find(|r| r.id == id).map_or(0, |r| r.value)),
+            None => {
+                let read = self.exec(index, |v| v.read_named(&IDS))?;
+                IDS.map(|id| read.iter().find(|r| r.id == id).map_or(0, |r| r.value))
+            }
         };
+        let t = TranslationRegs { sctlr: values[0], tcr: values[1], ttbr0: values[2], ttbr1: values[3] };
         self.translation.insert(index, t);
         Ok(t)
     }
@@ -227,10 +230,26 @@ impl GdbTarget {
             return Ok(());
         }
         self.debug.set_single_step(index, step)?;
+        forget(&handle.expedited);
         handle.thread.post(move |runner| runner.resume(step))?;
         self.running[index as usize] = true;
         self.stepping[index as usize] = step;
         Ok(())
+    }
+
+    /// The expedited registers of stopped vCPU `index`'s last debug stop, as its thread read
+    /// them, if it has not been written since.
+    pub(super) fn expedited(&self, index: u32) -> Option<Expedited> {
+        if self.running.get(index as usize).copied().unwrap_or(true) {
+            return None;
+        }
+        self.vcpus.get(index as usize).and_then(|h| h.expedited.lock().ok().and_then(|held| *held))
+    }
+
+    fn forget_expedited(&self, index: u32) {
+        if let Some(h) = self.vcpus.get(index as usize) {
+            forget(&h.expedited);
+        }
     }
 
     /// Kicks vCPU `index` out of the guest; its thread then reports a stop.
@@ -278,6 +297,7 @@ impl GdbTarget {
 
     /// Writes a system register by encoding (see [`GdbTarget::read_sysreg`]).
     fn write_sysreg(&mut self, index: u32, encoding: u16, value: u64) -> Result<()> {
+        self.forget_expedited(index);
         self.sysregs.remove(&index);
         self.translation.remove(&index);
         if let Some(field) = core_sysreg(encoding) {
@@ -378,20 +398,22 @@ impl GdbTarget {
         let sve = self.sve_vq.is_some();
         self.exec(index, move |v| {
             let core = v.get_core()?;
-            let fp = v.get_fp()?;
             let mut r = GdbRegs {
                 x: core.x,
                 sp: *sp_of(&core),
                 pc: core.pc,
                 cpsr: core.pstate as u32,
-                v: fp.v,
-                fpsr: fp.fpsr,
-                fpcr: fp.fpcr,
-                sve: None,
+                ..GdbRegs::default()
             };
             if sve {
+                // The V registers are the Z registers' low 128 bits: read once, as Z.
                 let s = v.get_sve()?;
+                let status = v.read_named(&[sysreg::FPSR, sysreg::FPCR])?;
+                (r.fpsr, r.fpcr) = (status[0].value as u32, status[1].value as u32);
                 r.sve = Some(SveView { vq: s.vq, z: s.z.to_vec(), p: s.p.to_vec(), ffr: s.ffr.to_vec() });
+            } else {
+                let fp = v.get_fp()?;
+                (r.v, r.fpsr, r.fpcr) = (fp.v, fp.fpsr, fp.fpcr);
             }
             Ok(r)
         })
@@ -400,6 +422,7 @@ impl GdbTarget {
     /// Writes the registers of a `G` packet (bytes in the shape of [`GdbRegs::serialize`]) to
     /// vCPU `index`.
     pub(super) fn write_registers(&mut self, index: u32, bytes: &[u8]) -> Result<()> {
+        self.forget_expedited(index);
         let mut regs = GdbRegs::default();
         if let Some(vq) = self.sve_vq {
             let (z, p) = (vq as usize * 16, vq as usize * 2);
@@ -437,13 +460,25 @@ impl GdbTarget {
         Ok(match reg {
             GdbRegId::Sys(encoding) => self.read_sysreg(index, encoding)?.to_le_bytes().to_vec(),
             GdbRegId::X(_) | GdbRegId::Sp | GdbRegId::Pc | GdbRegId::Cpsr => {
-                let core = self.exec(index, |v| v.get_core())?;
-                let value = match reg {
-                    GdbRegId::X(n) => core.x[usize::from(n)],
-                    GdbRegId::Sp => *sp_of(&core),
-                    GdbRegId::Pc => core.pc,
-                    _ => core.pstate,
-                };
+                if let Some(value) = self.expedited(index).and_then(|e| e.value(reg)) {
+                    return Ok(value);
+                }
+                let value = self.exec(index, move |v| {
+                    let id = match reg {
+                        GdbRegId::X(n) => CoreReg::X(n),
+                        GdbRegId::Pc => CoreReg::Pc,
+                        GdbRegId::Cpsr => CoreReg::Pstate,
+                        _ => {
+                            let pstate = v.get_reg(RegId::core(CoreReg::Pstate))?;
+                            if pstate & 1 == 1 {
+                                CoreReg::SpEl1
+                            } else {
+                                CoreReg::SpEl0
+                            }
+                        }
+                    };
+                    v.get_reg(RegId::core(id))
+                })?;
                 value.to_le_bytes()[..size].to_vec()
             }
             GdbRegId::Vector(n) if self.sve_vq.is_some() => {
@@ -472,6 +507,7 @@ impl GdbTarget {
     /// Writes one register of vCPU `index` (a `P` packet): its class is read and only this
     /// register put back, so the backend writes this register alone.
     pub(super) fn write_register(&mut self, index: u32, reg: GdbRegId, bytes: &[u8]) -> Result<()> {
+        self.forget_expedited(index);
         let size = self.register_size(reg)?;
         if bytes.len() != size {
             return Err(AccelError::invalid(format!("{reg:?} takes {size} bytes, not {}", bytes.len())));
@@ -558,6 +594,13 @@ impl GdbTarget {
 }
 
 /// The stack pointer gdb calls SP: SP_EL1 when PSTATE.SP selects it (at EL1), else SP_EL0.
+/// Drops what a slot holds: the registers may change.
+fn forget(slot: &ExpeditedSlot) {
+    if let Ok(mut held) = slot.lock() {
+        *held = None;
+    }
+}
+
 fn sp_of(core: &CoreRegs) -> &u64 {
     if core.pstate & 1 == 1 {
         &core.sp_el1

@@ -11,6 +11,7 @@ use accel_api::{
 };
 use accel_kit::thread_proxy::ThreadProxy;
 
+use super::expedite::{Expedited, ExpeditedSlot};
 use crate::vmm::{guest_debug::deliver_to_guest, Outcome, Step};
 
 /// Why a vCPU stopped.
@@ -90,13 +91,21 @@ pub struct Runner {
     events: mpsc::SyncSender<Event>,
     debug: Debug,
     step_exit: StepExit,
+    expedited: ExpeditedSlot,
 }
 
 impl Runner {
-    /// A runner for `vcpu`, reporting its stops on `events`.
-    pub fn new(vcpu: Vcpu, events: mpsc::SyncSender<Event>, debug: Debug, step_exit: StepExit) -> Self {
+    /// A runner for `vcpu`, reporting its stops on `events`, and the expedited registers of a
+    /// debug stop in `expedited`.
+    pub fn new(
+        vcpu: Vcpu,
+        events: mpsc::SyncSender<Event>,
+        debug: Debug,
+        step_exit: StepExit,
+        expedited: ExpeditedSlot,
+    ) -> Self {
         let index = vcpu.index();
-        Self { vcpu, index, events, debug, step_exit }
+        Self { vcpu, index, events, debug, step_exit, expedited }
     }
 
     /// The vCPU, for a register access while it is stopped.
@@ -128,6 +137,15 @@ impl Runner {
                 Err(e) => break Stop::Failed(e),
             }
         };
+        if let Stop::Debug(_) = stop {
+            // Read here, before the stop is reported, so the stop reply costs the session no
+            // round trip to this thread. A vCPU stopped only because another did (kicked) is not
+            // what gdb is told of; a failed read leaves the reply without them.
+            let read = Expedited::read(&mut self.vcpu).ok();
+            if let Ok(mut slot) = self.expedited.lock() {
+                *slot = read;
+            }
+        }
         // A session that has ended no longer listens.
         let _ = self.events.send(Event::Vcpu(self.index, stop));
     }
@@ -141,6 +159,8 @@ pub struct VcpuHandle {
     pub kicker: Kicker,
     /// The features it was created with.
     pub features: VcpuFeatures,
+    /// The expedited registers of its last debug stop, until it is resumed or written.
+    pub expedited: ExpeditedSlot,
 }
 
 impl Drop for VcpuHandle {

@@ -1,5 +1,5 @@
-//! Register sync: bit-exact round trips of random state, host edits reaching the vCPU, and a
-//! refused write named in its error.
+//! Register sync: bit-exact round trips of random state, host edits reaching the vCPU, a refused
+//! write named in its error, and registers read by id (ABI 2.3) as their classes report them.
 
 use accel_api::{CoreReg, CoreRegs, ErrorKind, FpRegs, PutLevel, VcpuFeatures};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -7,7 +7,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use crate::{asm, ensure, guest::TestGuest, Case, CaseResult, Context, Failure};
 
 pub fn cases() -> Vec<Case> {
-    crate::case_list![regs: core_round_trip_random, fp_round_trip_random, host_edits_reach_the_vcpu, refused_write_is_named]
+    crate::case_list![regs: core_round_trip_random, fp_round_trip_random, host_edits_reach_the_vcpu, refused_write_is_named, named_reads_match_the_classes]
 }
 
 /// PSTATE values every AArch64 vCPU accepts: random NZCV and DAIF, mode EL0t, EL1t or EL1h.
@@ -162,4 +162,56 @@ fn refused_write_is_named(ctx: &Context) -> CaseResult {
     ensure!(g.vcpu.get_core()?.pstate == good.pstate, "the refused PSTATE changed the vCPU");
     g.vcpu.put_core(&good, PutLevel::RUNTIME)?;
     Ok(())
+}
+
+/// Every listed register, every core register, FPSR and FPCR read by id, in an order of their
+/// own, equal what their class's read, `get_core` or `get_fp` reports; an id the vCPU lacks is `NOT_FOUND`. A backend without the read by id (a plugin
+/// before ABI 2.3, or one that does not offer it) refuses it as `unsupported`, and the client's
+/// read falls back to the classes with the same values.
+fn named_reads_match_the_classes(ctx: &Context) -> CaseResult {
+    use accel_api::{sysreg::RegId, RegClass};
+    let mut g = guest(ctx)?;
+    let mut by_class = Vec::new();
+    for class in [RegClass::SYS, RegClass::TIMER, RegClass::FIRMWARE] {
+        by_class.extend(g.vcpu.get_regs(class)?);
+    }
+    ensure!(!by_class.is_empty(), "the vCPU lists no registers");
+    let core = g.vcpu.get_core()?;
+    // The core registers between the listed ones, as a read by id may name them.
+    let at = by_class.len() / 2;
+    let core_values =
+        CoreReg::all().map(|reg| accel_api::RegValue { id: RegId::core(reg), value: core.get(reg) });
+    by_class.splice(at..at, core_values);
+    let fp = g.vcpu.get_fp()?;
+    by_class.push(accel_api::RegValue { id: accel_api::sysreg::FPSR, value: fp.fpsr.into() });
+    by_class.insert(1, accel_api::RegValue { id: accel_api::sysreg::FPCR, value: fp.fpcr.into() });
+    // Reversed, and with the class order mixed, so that an answer in list order is caught.
+    let ids: Vec<RegId> = by_class.iter().rev().map(|v| v.id).collect();
+    let expected: Vec<_> = by_class.iter().rev().copied().collect();
+    let fallback = g.vcpu.read_named(&ids)?;
+    ensure!(fallback == expected, "the client's read by id differs from the classes' read");
+    let missing = RegId::from_encoding(0x7fff);
+    ensure!(!ids.contains(&missing), "the test's missing register is listed");
+    match g.vcpu.get_named(&ids) {
+        Err(e) if e.kind == ErrorKind::UNSUPPORTED => {
+            if ctx.plugin.abi_version().minor < 3 {
+                ensure!(
+                    e.message.contains("ABI 2.3"),
+                    "a plugin of ABI {} answered {e}",
+                    ctx.plugin.abi_version()
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(Failure::Fail(format!("reading {} registers by id: {e}", ids.len()))),
+        Ok(named) => {
+            ensure!(named == expected, "the read by id differs from the classes' read");
+            let refused = g.vcpu.get_named(&[ids[0], missing]);
+            ensure!(
+                refused.as_ref().is_err_and(|e| e.kind == ErrorKind::NOT_FOUND),
+                "an unlisted register read as {refused:?}"
+            );
+            Ok(())
+        }
+    }
 }
