@@ -87,12 +87,15 @@ fn breakpoints_race_with_memory_removal(ctx: &Context) -> CaseResult {
         churned?;
         tried
     })?;
-    let program = debug.program(0)?;
-    ensure!(
-        program.sw_breakpoints.is_empty(),
-        "breakpoints left in the pool after {planted} planted and {refused} refused: {:x?}",
-        program.sw_breakpoints
-    );
+    // A plugin before ABI 2.2 cannot show its pool; the planting below checks it still works.
+    if ctx.plugin.abi_version().minor >= 2 {
+        let program = debug.program(0)?;
+        ensure!(
+            program.sw_breakpoints.is_empty(),
+            "breakpoints left in the pool after {planted} planted and {refused} refused: {:x?}",
+            program.sw_breakpoints
+        );
+    }
     // With the region back, a breakpoint is planted and removed in it as usual.
     let ram = GuestRam::new(CHURNED, 1 << 16)?;
     ram.write_code(CHURNED, &[asm::NOP; 16])?;

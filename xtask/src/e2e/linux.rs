@@ -72,9 +72,10 @@ fn bad_inputs() -> Vec<(&'static str, Vec<String>, &'static str)> {
             run(&["--kernel", KERNEL, "--initrd", KERNEL, "--mem", "64M"]),
             "does not fit",
         ),
-        ("bad-image-too-large", run(&["--mem", "1M", "/dev/zero"]), "larger than"),
+        ("bad-image-too-large", run(&["--mem", "1M", KERNEL]), "more than the 1048576 bytes"),
         ("bad-cmdline", run(&["--kernel", KERNEL, "--append", &long]), "command line"),
-        ("bad-ram-beyond-ipa", run(&["--mem", "8388608G", DTBINFO]), "guest physical address space"),
+        // The largest size the argument takes (2^52 - 1 MiB): past every IPA size once placed.
+        ("bad-ram-beyond-ipa", run(&["--mem", "4294966272M", DTBINFO]), "guest physical address space"),
         ("bad-vcpus-beyond-probe", run(&["--cpus", "100000", DTBINFO]), "at most"),
         ("bad-vcpus-beyond-layout", run(&["--cpus", "200", DTBINFO]), "redistributor window"),
         ("bad-dtb-overlap", run(&["--mem", "1M", FILL]), "overlap"),
