@@ -551,9 +551,18 @@ impl Engine {
     }
 }
 
-/// The expedited registers' stop-reply fields of vCPU `index`, empty when none are held.
+/// The expedited registers' stop-reply fields of vCPU `index`, empty when none are held; with
+/// SVE, VG too, which gdb reads at every stop to know the vector length (as gdbserver
+/// expedites it), and which the stub knows without a read.
 fn expedited_fields(machine: &GdbTarget, index: u32) -> String {
-    machine.expedited(index).map(|e| e.fields()).unwrap_or_default()
+    let Some(expedited) = machine.expedited(index) else {
+        return String::new();
+    };
+    let mut fields = expedited.fields();
+    if let Some(vq) = machine.sve_vq {
+        fields.push_str(&super::expedite::vg_field(vq));
+    }
+    fields
 }
 
 /// The register of a `p` or `P` packet's number.

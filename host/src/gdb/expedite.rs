@@ -1,7 +1,8 @@
 //! The registers a stop reply carries (gdb's "expedited" registers): PC, SP, X29, X30 and CPSR,
-//! what gdb needs to show and unwind the frame it stopped in without asking for every register.
-//! The vCPU's thread reads them by id as it stops, five register reads, and the session answers
-//! `p` packets for them from the same values until the vCPU runs again.
+//! and VG with SVE, what gdb needs to show and unwind the frame it stopped in without asking for
+//! every register. The vCPU's thread reads them by id as it stops, four register reads beside
+//! the PC of the debug exit, and the session answers `p` packets for them from the same values
+//! until the vCPU runs again.
 
 use std::sync::{Arc, Mutex};
 
@@ -28,14 +29,15 @@ pub struct Expedited {
 }
 
 impl Expedited {
-    /// Reads them from a stopped vCPU.
-    pub fn read(vcpu: &mut Vcpu) -> Result<Self> {
-        let ids = [CoreReg::Pc, CoreReg::Pstate, CoreReg::X(29), CoreReg::X(30)].map(RegId::core);
+    /// Reads them from a vCPU stopped by a debug exit at `pc`: four register reads, the PC
+    /// being the exit's.
+    pub fn read(vcpu: &mut Vcpu, pc: u64) -> Result<Self> {
+        let ids = [CoreReg::Pstate, CoreReg::X(29), CoreReg::X(30)].map(RegId::core);
         let v = vcpu.read_named(&ids)?;
-        let pstate = v[1].value;
+        let pstate = v[0].value;
         let sp_reg = if pstate & PSTATE_SP != 0 { CoreReg::SpEl1 } else { CoreReg::SpEl0 };
         let sp = vcpu.read_named(&[RegId::core(sp_reg)])?[0].value;
-        Ok(Self { pc: v[0].value, sp, x29: v[2].value, x30: v[3].value, cpsr: pstate as u32 })
+        Ok(Self { pc, sp, x29: v[1].value, x30: v[2].value, cpsr: pstate as u32 })
     }
 
     /// The value of `reg` in gdb's byte order (little-endian, gdb's size), if it is one of them.
@@ -67,13 +69,20 @@ impl Expedited {
     }
 }
 
+/// VG's stop-reply field for a vector length of `vq` quadwords: gdb's register 85, the length in
+/// doublewords.
+pub fn vg_field(vq: u32) -> String {
+    let hex: String = (u64::from(vq) * 2).to_le_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    format!("55:{hex};")
+}
+
 /// Where a vCPU's thread leaves the expedited registers of its last stop for the session:
 /// written before the stop is reported, cleared when the vCPU is resumed.
 pub type ExpeditedSlot = Arc<Mutex<Option<Expedited>>>;
 
 #[cfg(test)]
 mod tests {
-    use super::{Expedited, GdbRegId};
+    use super::{vg_field, Expedited, GdbRegId};
 
     #[test]
     fn stop_reply_fields_are_gdb_numbers_and_little_endian_values() {
@@ -84,5 +93,6 @@ mod tests {
         );
         assert_eq!(e.value(GdbRegId::Cpsr), Some(vec![0xc5, 3, 0, 0]));
         assert_eq!(e.value(GdbRegId::X(0)), None);
+        assert_eq!(vg_field(4), "55:0800000000000000;");
     }
 }

@@ -493,12 +493,13 @@ impl GdbTarget {
                     _ => fp.fpcr.to_le_bytes().to_vec(),
                 }
             }
-            GdbRegId::Pred(_) | GdbRegId::Ffr | GdbRegId::Vg => {
+            // The vector length is fixed at the vCPU's creation: no read.
+            GdbRegId::Vg => (u64::from(self.sve_vq.unwrap_or(0)) * 2).to_le_bytes().to_vec(),
+            GdbRegId::Pred(_) | GdbRegId::Ffr => {
                 let sve = self.exec(index, |v| v.get_sve())?;
                 match reg {
                     GdbRegId::Pred(n) => sve.p[usize::from(n) * size..][..size].to_vec(),
-                    GdbRegId::Ffr => sve.ffr.to_vec(),
-                    _ => (u64::from(sve.vq) * 2).to_le_bytes().to_vec(),
+                    _ => sve.ffr.to_vec(),
                 }
             }
         })

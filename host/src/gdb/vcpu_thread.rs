@@ -118,6 +118,8 @@ impl Runner {
     /// `step` when the debugger asked this vCPU for one instruction.
     pub fn resume(&mut self, step: bool) {
         let powered_off = step && self.vcpu.get_mp_state().is_ok_and(|s| s == MpState::STOPPED);
+        // The PC of the debug exit that stops the run, which the backend read with it.
+        let mut stop_pc = 0;
         let stop = loop {
             if powered_off {
                 break Stop::PoweredOff;
@@ -132,7 +134,10 @@ impl Runner {
                             break Stop::Failed(e);
                         }
                     }
-                    event => break Stop::Debug(event),
+                    event => {
+                        stop_pc = exit.pc;
+                        break Stop::Debug(event);
+                    }
                 },
                 Err(e) => break Stop::Failed(e),
             }
@@ -141,7 +146,7 @@ impl Runner {
             // Read here, before the stop is reported, so the stop reply costs the session no
             // round trip to this thread. A vCPU stopped only because another did (kicked) is not
             // what gdb is told of; a failed read leaves the reply without them.
-            let read = Expedited::read(&mut self.vcpu).ok();
+            let read = Expedited::read(&mut self.vcpu, stop_pc).ok();
             if let Ok(mut slot) = self.expedited.lock() {
                 *slot = read;
             }
