@@ -60,6 +60,9 @@ pub struct GdbTarget {
     pub(super) last_refusal: Option<String>,
 }
 
+/// SCTLR_EL1.M: the stage-1 MMU is on.
+const SCTLR_M: u64 = 1;
+
 /// A core register that gdb sees as a system register.
 #[derive(Clone, Copy)]
 enum CoreSysreg {
@@ -151,16 +154,33 @@ impl GdbTarget {
                 ))),
             };
         }
-        // The four registers the walk needs, not the whole class: by id where the backend can.
-        const IDS: [RegId; 4] = [sysreg::SCTLR_EL1, sysreg::TCR_EL1, sysreg::TTBR0_EL1, sysreg::TTBR1_EL1];
-        let values = match self.sysregs.get(&index) {
-            Some(sys) => IDS.map(|id| sys.iter().find(|r| r.id == id).map_or(0, |r| r.value)),
-            None => {
-                let read = self.exec(index, |v| v.read_named(&IDS))?;
-                IDS.map(|id| read.iter().find(|r| r.id == id).map_or(0, |r| r.value))
+        // The registers the walk needs, not the whole class, by id where the backend can:
+        // SCTLR_EL1, and only with the MMU on (SCTLR_EL1.M) TCR_EL1 and TTBRn_EL1.
+        const TABLES: [RegId; 3] = [sysreg::TCR_EL1, sysreg::TTBR0_EL1, sysreg::TTBR1_EL1];
+        let t = match self.sysregs.get(&index) {
+            Some(sys) => {
+                let find = |id: RegId| sys.iter().find(|r| r.id == id).map_or(0, |r| r.value);
+                TranslationRegs {
+                    sctlr: find(sysreg::SCTLR_EL1),
+                    tcr: find(sysreg::TCR_EL1),
+                    ttbr0: find(sysreg::TTBR0_EL1),
+                    ttbr1: find(sysreg::TTBR1_EL1),
+                }
             }
+            None => self.exec(index, |v| {
+                let sctlr = v.get_reg(sysreg::SCTLR_EL1)?;
+                if sctlr & SCTLR_M == 0 {
+                    return Ok(TranslationRegs { sctlr, tcr: 0, ttbr0: 0, ttbr1: 0 });
+                }
+                let tables = v.read_named(&TABLES)?;
+                Ok(TranslationRegs {
+                    sctlr,
+                    tcr: tables[0].value,
+                    ttbr0: tables[1].value,
+                    ttbr1: tables[2].value,
+                })
+            })?,
         };
-        let t = TranslationRegs { sctlr: values[0], tcr: values[1], ttbr0: values[2], ttbr1: values[3] };
         self.translation.insert(index, t);
         Ok(t)
     }

@@ -4,10 +4,10 @@
 //! plugin, each call counted with the stub's `monitor counters`. Set against raw KVM making the
 //! fewest calls that could answer the same packets (`raw::RawGuest::gdb_stop`).
 //!
-//! After every stop gdb sends `g` (every register of its target description) and reads memory
-//! by virtual address; the stub's stop replies expedite no registers. The row without `g` is
-//! what a stop would cost if the stop reply carried what gdb needs (PC, SP, X29) and gdb
-//! asked for nothing more.
+//! The stub's stop replies expedite PC, SP, X29, X30, CPSR (and VG with SVE), and gdb 13 then
+//! asks for no `g` after a `stepi` or at a watchpoint; at a breakpoint it still does, to show
+//! the function's arguments. The `stepi` row with `g` is what a client that asks for every
+//! register at each stop costs.
 
 use std::{net::TcpListener, thread::JoinHandle, time::Duration};
 
@@ -69,7 +69,9 @@ fn z2(insert: bool) -> Ask {
     Ask::Point { insert, kind: 2, at: WATCHED, len: 8 }
 }
 
-/// What gdb 13 sent around a `stepi` (the vCPU in the loop), in order.
+/// What gdb 13 sends around a `stepi` (the vCPU in the loop), in order: with the registers
+/// expedited in the stop reply it sends no `g`; `with_g` adds the `g` a client that asks for
+/// every register sends (gdb did before the stub expedited them).
 fn stepi(with_g: bool) -> Vec<Ask> {
     let (bp, st) = (breakpoint_at(), store_at());
     let mut asks = vec![Ask::Mem(bp, 4), Ask::Packet("vCont;s:p1.1")];
@@ -82,21 +84,25 @@ fn stepi(with_g: bool) -> Vec<Ask> {
     asks
 }
 
-/// A `continue` from the breakpoint back to it: step off, insert, continue, remove.
+/// A `continue` from the breakpoint back to it: step off, insert, continue, remove. The stop
+/// replies carry PC, SP, X29, X30, CPSR and VG, so gdb asks for `g` only at the breakpoint, to
+/// show the function's arguments.
 fn to_breakpoint() -> Vec<Ask> {
     let bp = breakpoint_at();
-    let mut asks = vec![Ask::Mem(bp, 4), Ask::Packet("vCont;s:p1.1"), Ask::Packet("g")];
-    asks.extend([z0(true), Ask::Packet("vCont;c:p1.-1"), Ask::Packet("g")]);
+    let mut asks = vec![Ask::Mem(bp, 4), Ask::Packet("vCont;s:p1.1")];
+    asks.extend([z0(true), Ask::Packet("vCont;c:p1.-1")]);
     asks.extend([Ask::Packet("qfThreadInfo"), Ask::Packet("qsThreadInfo"), z0(false)]);
     asks.extend([Ask::Mem(bp, 4), Ask::Mem(bp - 4, 4), Ask::Mem(bp, 4), Ask::Mem(RAM_BASE, 0x40)]);
+    asks.push(Ask::Packet("g"));
     asks
 }
 
-/// A `continue` to the watchpoint, and the step over the store gdb makes to see the new value.
+/// A `continue` to the watchpoint, and the step over the store gdb makes to see the new value:
+/// no `g` at either stop.
 fn to_watchpoint() -> Vec<Ask> {
     let mut asks = vec![Ask::Mem(WATCHED, 8), z2(true), Ask::Packet("vCont;c:p1.-1")];
-    asks.extend([Ask::Packet("g"), Ask::Mem(WATCHED, 8), z2(false), Ask::Mem(store_at(), 4)]);
-    asks.extend([Ask::Packet("vCont;s:p1.1"), Ask::Packet("g"), Ask::Mem(WATCHED, 8)]);
+    asks.extend([Ask::Mem(WATCHED, 8), z2(false), Ask::Mem(store_at(), 4)]);
+    asks.extend([Ask::Packet("vCont;s:p1.1"), Ask::Mem(WATCHED, 8)]);
     asks.extend([Ask::Packet("qfThreadInfo"), Ask::Packet("qsThreadInfo")]);
     asks
 }
@@ -189,10 +195,11 @@ pub fn rows(accel: &Accelerator, features: VcpuFeatures, cli: &Cli) -> Result<Ve
     let mut stub = Stub::start(accel, features)?;
     let mut floor = floor::guest(sve);
     let mut rows = Vec::new();
-    let (step, step_no_g) = (stepi(true), stepi(false));
-    for (what, asks, kind) in
-        [(crate::ROWS[7], &step, floor::Stop::Step), (crate::ROWS[8], &step_no_g, floor::Stop::StepExpedited)]
-    {
+    let (step, step_with_g) = (stepi(false), stepi(true));
+    for (what, asks, kind) in [
+        (crate::ROWS[7], &step, floor::Stop::StepExpedited),
+        (crate::ROWS[8], &step_with_g, floor::Stop::Step),
+    ] {
         let mut s = stub_subject(&mut stub, asks);
         let mut f = floor.as_mut().map(|g| floor::subject(g, kind)).transpose()?;
         crate::row(&mut rows, cli, what, f.as_mut().map(|s| s as &mut dyn Subject), None, &mut s)?;

@@ -82,7 +82,7 @@ pub const ROWS: [&str; 11] = [
     "full put (full level)",
     "put, nothing changed (runtime level)",
     "gdb stepi",
-    "gdb stepi, registers expedited",
+    "gdb stepi, a g packet at the stop",
     "gdb continue to a breakpoint",
     "gdb continue to a watchpoint",
 ];

@@ -133,11 +133,12 @@ pub fn gdb_g_ids(sve: bool) -> Vec<u64> {
 pub enum GdbStop {
     /// `stepi`: one step, then `g` and memory reads.
     Step,
-    /// `stepi` with PC, SP and X29 expedited in the stop reply and no `g`.
+    /// `stepi` with PC, SP, X29, X30 and CPSR expedited in the stop reply and no `g`.
     StepExpedited,
-    /// `continue` from a breakpoint back to it: a step off it, then a run to it, `g` at both.
+    /// `continue` from a breakpoint back to it: a step off it (expedited), then a run to it,
+    /// `g` there.
     Breakpoint,
-    /// `continue` to a write watchpoint, then a step over the store, `g` at both.
+    /// `continue` to a write watchpoint, then a step over the store, expedited at both.
     Watchpoint,
 }
 
@@ -347,7 +348,7 @@ impl RawGuest {
     }
 
     /// What gdb asks at a stop, with the fewest calls: `g` (one read per register, the PC
-    /// known from the stop), or only SP and X29 where they are expedited; and SCTLR_EL1 once,
+    /// known from the stop), or only PSTATE, SP, X29 and X30 where they are expedited; and SCTLR_EL1 once,
     /// to see that the MMU is off so that gdb's memory reads by virtual address are physical.
     fn gdb_answer(&mut self, g: bool) -> Result<(), Error> {
         if g {
@@ -355,7 +356,7 @@ impl RawGuest {
                 self.get(self.gdb_g[i])?;
             }
         } else {
-            for id in [pstate_id(), sp_el1_id(), x_id(29)] {
+            for id in [pstate_id(), sp_el1_id(), x_id(29), x_id(30)] {
                 self.get(id)?;
             }
         }
@@ -381,12 +382,13 @@ impl RawGuest {
                 };
                 // A breakpoint: a step off it, then on to it. A watchpoint: on to it, then a
                 // step over the store.
+                let breakpoint = matches!(kind, GdbStop::Breakpoint);
                 self.guest_debug(first.is_none(), first)?;
                 self.run_to_debug()?;
-                self.gdb_answer(true)?;
+                self.gdb_answer(false)?;
                 self.guest_debug(then_step.is_none(), then_step)?;
                 self.run_to_debug()?;
-                self.gdb_answer(true)
+                self.gdb_answer(breakpoint)
             }
         }
     }

@@ -68,8 +68,8 @@ fn check_rounds(tally: &mut Tally, name: &str, outcomes: &[Outcome], check: fn(&
 }
 
 /// The sessions of the gdb end-to-end tests: the bare-metal debuggee on one and on two running
-/// vCPUs, and the Linux kernel with the MMU on.
-pub const SESSIONS: [&str; 3] = [debuggee::JOB, smp::JOB, linux::JOB];
+/// vCPUs, the packets gdb sends at each kind of stop, and the Linux kernel with the MMU on.
+pub const SESSIONS: [&str; 4] = [debuggee::JOB, smp::JOB, packets::JOB, linux::JOB];
 
 /// The gdb end-to-end tests, each session once.
 pub fn gdb_end_to_end(tally: &mut Tally, kernel: &Path) -> Result<()> {
@@ -115,9 +115,9 @@ pub fn gdb_sessions(tally: &mut Tally, kernel: &Path, only: &[&str], rounds: u32
     }
     if wanted(packets::JOB) {
         for outcome in get(packets::JOB) {
-            print_clients(packets::JOB, &outcome);
             packets::print(&outcome);
         }
+        check_rounds(tally, packets::JOB, &get(packets::JOB), packets::check);
     }
     Ok(())
 }

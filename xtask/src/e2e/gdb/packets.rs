@@ -1,14 +1,16 @@
 //! What gdb sends around each kind of stop, captured with `set debug remote 1` against
 //! accel-host in the nested VM: a `stepi`, a `continue` to a software and to a hardware
-//! breakpoint, and a `continue` to a watchpoint, on the debuggee (one vCPU, SVE on). Not a test:
+//! breakpoint, and a `continue` to a watchpoint, on the debuggee (one vCPU, SVE on).
 //! `cargo xtask gdb-e2e --session gdb-packets` prints the packets of each step between its
-//! markers, the sequences `accel-bench` replays to measure a stop as gdb sees it.
+//! markers, the sequences `accel-bench` replays to measure a stop as gdb sees it; the check is
+//! that gdb asks for no `g` after a `stepi` or at a watchpoint, since the stop replies carry the
+//! registers it needs.
 
 use super::{
     client::Client,
     session::{host_under_gdb, Outcome, Session},
 };
-use crate::guests;
+use crate::{guests, report::Tally};
 
 /// The session's accel-host job.
 pub const JOB: &str = "gdb-packets";
@@ -67,6 +69,49 @@ pub fn session() -> Session {
         }),
         junk_first: false,
     }
+}
+
+/// The packets gdb sent in each marked step, by step.
+fn sent_by_step(out: &str) -> Vec<(String, Vec<String>)> {
+    let mut steps: Vec<(String, Vec<String>)> = Vec::new();
+    let mut in_step = false;
+    for line in out.lines() {
+        if let Some(name) = line.strip_prefix("@@step ") {
+            steps.push((name.trim().to_string(), Vec::new()));
+            in_step = true;
+        } else if line.starts_with("@@end") {
+            in_step = false;
+        } else if let (true, Some(packet), Some((_, sent))) =
+            (in_step, line.split("Sending packet: ").nth(1), steps.last_mut())
+        {
+            sent.push(packet.trim().to_string());
+        }
+    }
+    steps
+}
+
+/// Checks that gdb asked for no `g` after a `stepi` or at a watchpoint, and that the stop
+/// replies carried the expedited registers.
+pub fn check(tally: &mut Tally, outcome: &Outcome) {
+    let out = outcome.clients.first().cloned().unwrap_or_default();
+    let steps = sent_by_step(&out);
+    let expect = ["stepi", "stepi-again", "continue-to-watchpoint", "continue-to-watchpoint-again"];
+    for name in expect {
+        let sent = steps.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone());
+        tally.check(
+            &format!("[gdb] gdb asks for no g in {name}: the stop reply carries its registers"),
+            sent.as_ref().is_some_and(|s| !s.is_empty() && !s.iter().any(|p| p.starts_with("$g#"))),
+            || format!("packets sent: {sent:?} ({})", outcome.log_of(0)),
+        );
+    }
+    tally.check(
+        "[gdb] stop replies carry X29, X30, SP, PC, CPSR and VG",
+        out.lines().any(|l| {
+            l.contains("Packet received: T05")
+                && ["1d:", "1e:", "1f:", "20:", "21:", "55:"].iter().all(|f| l.contains(f))
+        }),
+        || format!("no stop reply with all six ({})", outcome.log_of(0)),
+    );
 }
 
 /// Prints the packets gdb sent in each marked step, and the stop replies it received.
