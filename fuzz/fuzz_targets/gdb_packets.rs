@@ -1,5 +1,6 @@
 //! The gdb stub's byte-level pieces: the `Framer` that cuts gdb's bytes into packets, the packet
-//! encoders, `parse_vcont`, `Threads::parse`, `StopQueue`, `stop_reply`, and `GdbAddress::parse`.
+//! encoders, `parse_vcont`, `Threads::parse`, `StopQueue`, `stop_reply` with expedited registers,
+//! and `GdbAddress::parse`.
 //!
 //! Invariants, for any input:
 //! - nothing panics;
@@ -22,6 +23,7 @@
 use std::collections::VecDeque;
 
 use accel_host::gdb::{
+    expedite::{vg_field, Expedited},
     nonstop::{action_for, parse_vcont, stop_reply, thread_id, StopQueue, StopReason, ThreadAction, Threads},
     packets::{checksum, error_reply, notification, packet, Frame, Framer},
     z_packet::WatchKind,
@@ -235,7 +237,13 @@ fn check_stop_reply(s: &Stop) {
         5 => StopReason::Watch { index, kind: WatchKind::ReadWrite, addr: s.addr },
         _ => StopReason::Exited(s.signal),
     };
-    let reply = stop_reply(&reason, s.multiprocess);
+    let expedited =
+        Expedited { pc: s.addr, sp: !s.addr, x29: s.addr.rotate_left(7), x30: 0, cpsr: s.signal.into() };
+    let mut fields = expedited.fields();
+    if s.multiprocess {
+        fields.push_str(&vg_field(u32::from(s.signal)));
+    }
+    let reply = stop_reply(&reason, s.multiprocess, &fields);
     assert!(
         reply.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'$' | b'#' | b'}' | b'*')),
         "{reply:?}"
@@ -243,6 +251,7 @@ fn check_stop_reply(s: &Stop) {
     if reply.starts_with('T') {
         let named = format!("thread:{};", thread_id(index, s.multiprocess));
         assert!(reply.contains(&named), "{reply:?} names vCPU {index}");
+        assert!(reply.contains(&fields), "{reply:?} carries the expedited registers {fields:?}");
     }
 }
 

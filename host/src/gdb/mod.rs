@@ -13,10 +13,11 @@
 pub mod arch;
 mod connection;
 mod engine;
-mod expedite;
 mod monitor;
 mod options;
 // The protocol's pure parts, public for the fuzz targets only.
+#[doc(hidden)]
+pub mod expedite;
 #[doc(hidden)]
 pub mod nonstop;
 #[doc(hidden)]
