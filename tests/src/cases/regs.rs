@@ -169,12 +169,22 @@ fn refused_write_is_named(ctx: &Context) -> CaseResult {
 /// before ABI 2.3, or one that does not offer it) refuses it as `unsupported`, and the client's
 /// read falls back to the classes with the same values.
 fn named_reads_match_the_classes(ctx: &Context) -> CaseResult {
-    use accel_api::{sysreg::RegId, RegClass};
+    use accel_api::{
+        sysreg::{self, RegId},
+        RegClass,
+    };
     let mut g = guest(ctx)?;
     let mut by_class = Vec::new();
     for class in [RegClass::SYS, RegClass::TIMER, RegClass::FIRMWARE] {
-        by_class.extend(g.vcpu.get_regs(class)?);
+        match g.vcpu.get_regs(class) {
+            Ok(values) => by_class.extend(values),
+            // A class the backend does not sync (the example backend's timer) is left out.
+            Err(e) if e.kind == ErrorKind::UNSUPPORTED => {}
+            Err(e) => return Err(e.into()),
+        }
     }
+    // The counters move between any two reads.
+    by_class.retain(|v| ![sysreg::CNTVCT_EL0, sysreg::CNTPCT_EL0].contains(&v.id));
     ensure!(!by_class.is_empty(), "the vCPU lists no registers");
     let core = g.vcpu.get_core()?;
     // The core registers between the listed ones, as a read by id may name them.
