@@ -135,7 +135,11 @@ impl Stub {
         });
         let mut stub = Stub { child, stderr };
         let started = Instant::now();
-        while !stub.stderr().contains("gdb stub ready on") {
+        // The whole line: the pipe may bring it in pieces.
+        let ready = |text: &str| {
+            text.split_inclusive('\n').any(|l| l.contains("gdb stub ready on") && l.ends_with('\n'))
+        };
+        while !ready(&stub.stderr()) {
             if let Ok(Some(status)) = stub.child.try_wait() {
                 return Err(format!("accel-host ended ({status}): {:?}", stub.stderr()));
             }
