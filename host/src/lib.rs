@@ -6,6 +6,7 @@ pub mod choose;
 /// host's API, so it is built only for tests and with the `test-util` feature.
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
+pub mod file_kind;
 pub mod gdb;
 pub mod isolate;
 pub mod loader;

@@ -63,7 +63,10 @@ impl PluginFile {
             before
         };
         if !before.file_type().is_file() {
-            return Err(OpenError::Other(format!("not a regular file ({})", kind(&before))));
+            return Err(OpenError::Other(format!(
+                "not a regular file ({})",
+                crate::file_kind::describe(before.file_type())
+            )));
         }
         let mut flags = libc::O_NONBLOCK;
         if !follow_links {
@@ -78,7 +81,10 @@ impl PluginFile {
         let meta =
             file.metadata().map_err(|e| OpenError::Other(format!("cannot stat the open file: {e}")))?;
         if !meta.file_type().is_file() {
-            return Err(OpenError::Other(format!("not a regular file ({})", kind(&meta))));
+            return Err(OpenError::Other(format!(
+                "not a regular file ({})",
+                crate::file_kind::describe(meta.file_type())
+            )));
         }
         if (meta.dev(), meta.ino()) != (before.dev(), before.ino()) {
             return Err(OpenError::Other("the file was replaced while it was being opened".into()));
@@ -125,27 +131,6 @@ impl PluginFile {
         {
             self.path.clone()
         }
-    }
-}
-
-/// What kind of non-regular file `meta` is, in words.
-fn kind(meta: &Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_symlink() {
-        "a symbolic link"
-    } else {
-        "not a regular file"
     }
 }
 

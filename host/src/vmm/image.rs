@@ -41,24 +41,6 @@ pub fn load(ram: &GuestRam, bytes: &[u8]) -> Result<LoadedImage> {
     }
 }
 
-/// What kind of file `file_type` is, for messages about files that are not regular.
-fn kind_of(file_type: std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if file_type.is_dir() {
-        "a directory"
-    } else if file_type.is_fifo() {
-        "a FIFO"
-    } else if file_type.is_char_device() {
-        "a character device"
-    } else if file_type.is_block_device() {
-        "a block device"
-    } else if file_type.is_socket() {
-        "a socket"
-    } else {
-        "not a regular file"
-    }
-}
-
 /// Reads the regular file at `path` (a kernel, an initrd, an image: `what` names it in errors),
 /// refusing one larger than `limit` bytes, the size of guest RAM, before any of it is read.
 ///
@@ -77,8 +59,12 @@ pub fn read_capped(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
         }
         None => AccelError::new(ErrorKind::IO, format!("{doing} {what} {shown}: {e}")),
     };
-    let not_regular =
-        |file_type| image_error(format!("{what} {shown} is {}, not a regular file", kind_of(file_type)));
+    let not_regular = |file_type| {
+        image_error(format!(
+            "{what} {shown} is {}, not a regular file",
+            crate::file_kind::describe(file_type)
+        ))
+    };
     let too_large =
         |size: String| image_error(format!("{what} {shown} is {size} than the {limit} bytes of guest RAM"));
     let before = std::fs::metadata(path).map_err(|e| io_error("cannot read", e))?;
